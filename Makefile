@@ -1,0 +1,41 @@
+# `make run` serves the default model repository; `make test` runs every test. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# `make run GPU=1` installs onnxruntime-gpu instead of onnxruntime
+RUNTIME := $(if $(GPU),gpu,cpu)
+REPOSITORY ?= model_repository
+HOST ?= 0.0.0.0
+
+.PHONY: install run serve models test lint proto clean
+
+$(VENV)/.installed-$(RUNTIME): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(RUNTIME),dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(VENV)/.installed-$(RUNTIME)
+
+models: install
+	$(PY) -m exporters.demo $(REPOSITORY)
+
+run: models
+	@echo "ortserve: HTTP http://localhost:8000  gRPC localhost:8001  metrics http://localhost:8002/metrics"
+	@echo "try: curl -s localhost:8000/v2/models/simple/infer -d '{\"inputs\":[{\"name\":\"INPUT0\",\"datatype\":\"INT32\",\"shape\":[1,16],\"data\":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]},{\"name\":\"INPUT1\",\"datatype\":\"INT32\",\"shape\":[1,16],\"data\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}'"
+	$(VENV)/bin/ortserve serve --model-repository $(REPOSITORY) --host $(HOST)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+# Regenerates the protocol's descriptor set from proto/ (tests check it is up to date).
+proto: install
+	$(PY) -m grpc_tools.protoc -Iproto --include_imports \
+		--descriptor_set_out=server/protocol/inference.binpb proto/grpc_service.proto proto/model_config.proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from server.cli import serve_main
+
+sys.exit(serve_main())

@@ -1,0 +1,152 @@
+"""KServe v2 JSON and Triton's binary tensor data extension <-> InferRequest / InferResponse."""
+
+import json
+
+import numpy as np
+
+from server.core import tensors
+from server.core.errors import InvalidArgument
+from server.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def parse_json(body: bytes, what: str = "request body") -> dict:
+    if not body:
+        return {}
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidArgument(f"malformed JSON in {what}: {error}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def decode_infer(body: bytes, header_length: str | None, model: str, version: str) -> InferRequest:
+    header, binary = _split(body, header_length)
+    document = parse_json(header, "inference request")
+    inputs = _field(document, "inputs", list)
+    if not inputs:
+        raise InvalidArgument("inference request has no 'inputs'")
+    offset = 0
+    decoded = []
+    for item in inputs:
+        tensor, used = _decode_input(item, binary, offset)
+        decoded.append(tensor)
+        offset += used
+    if offset != len(binary):
+        raise InvalidArgument(
+            f"binary data is {len(binary)} bytes but the inputs' binary_data_size add up to {offset}"
+        )
+    parameters = _field(document, "parameters", dict, {})
+    return InferRequest(
+        model_name=model,
+        model_version=version,
+        id=str(document.get("id", "")),
+        inputs=decoded,
+        outputs=[_decode_output(item) for item in _field(document, "outputs", list, [])],
+        parameters=parameters,
+    )
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise InvalidArgument(
+            f"{HEADER_LENGTH} is '{header_length}' but the body has {len(body)} bytes"
+        )
+    return body[: int(header_length)], body[int(header_length) :]
+
+
+_REQUIRED = object()
+
+
+def _field(document: dict, key: str, kind: type, default=_REQUIRED):
+    value = document.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise InvalidArgument(f"'{key}' is missing")
+        return default
+    if not isinstance(value, kind):
+        raise InvalidArgument(f"'{key}' must be a JSON {_json_type(kind())}, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def _decode_input(item, binary: bytes, offset: int) -> tuple[Tensor, int]:
+    if not isinstance(item, dict):
+        raise InvalidArgument("each entry of 'inputs' must be a JSON object")
+    name = _field(item, "name", str)
+    datatype = _field(item, "datatype", str)
+    shape = _field(item, "shape", list)
+    parameters = _field(item, "parameters", dict, {})
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidArgument(f"input '{name}': binary_data_size must be an integer >= 0")
+        if offset + size > len(binary):
+            raise InvalidArgument(
+                f"input '{name}' claims {size} bytes of binary data at offset {offset}, "
+                f"but only {len(binary) - offset} remain"
+            )
+        data = tensors.from_raw(name, datatype, shape, binary[offset : offset + size])
+        return Tensor(name, datatype, data), size
+    if "data" not in item:
+        raise InvalidArgument(f"input '{name}' has neither 'data' nor binary_data_size")
+    return Tensor(name, datatype, tensors.from_list(name, datatype, shape, item["data"])), 0
+
+
+def _decode_output(item) -> RequestedOutput:
+    if not isinstance(item, dict):
+        raise InvalidArgument("each entry of 'outputs' must be a JSON object")
+    parameters = _field(item, "parameters", dict, {})
+    class_count = parameters.get("class_count", 0)
+    if not isinstance(class_count, int) or isinstance(class_count, bool):
+        raise InvalidArgument("class_count must be an integer")
+    binary = parameters.get("binary_data")
+    return RequestedOutput(
+        name=_field(item, "name", str),
+        class_count=class_count,
+        binary=bool(binary) if binary is not None else None,
+        parameters=parameters,
+    )
+
+
+def encode_infer(response: InferResponse, binary_default: bool) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length."""
+    outputs = []
+    chunks = []
+    for tensor in response.outputs:
+        requested = response.requested.get(tensor.name)
+        binary = binary_default if requested is None or requested.binary is None else requested.binary
+        entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if binary:
+            raw = tensors.to_raw(tensor.data)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _json_data(tensor.data)
+        outputs.append(entry)
+    document = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = response.parameters
+    document["outputs"] = outputs
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def _json_data(array: np.ndarray) -> list:
+    if array.dtype.kind in "OSU":
+        return [tensors.as_bytes(item).decode("utf-8", "replace") for item in array.flat]
+    return array.reshape(-1).tolist()

@@ -1,0 +1,46 @@
+"""`ortserve serve` and `ortserve export`."""
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from server import settings as settings_module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "export":
+        from importlib import import_module
+
+        return import_module("exporters.cli").main(argv[1:])
+    parser = argparse.ArgumentParser(prog="ortserve", description="ONNX Runtime inference server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="serve a model repository")
+    settings_module.add_arguments(serve_parser)
+    commands.add_parser("export", help="export a model to ONNX (see `ortserve export --help`)")
+    return serve(parser.parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = settings_module.from_arguments(args)
+    logging.basicConfig(
+        level=logging.DEBUG if settings.log_verbose > 1 else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from server.main import serve as run_server
+
+    try:
+        asyncio.run(run_server(settings))
+    except FileNotFoundError as error:
+        logging.getLogger("ortserve").error("%s", error)
+        return 2
+    return 0
+
+
+def serve_main() -> int:
+    """`python -m server [serve] --model-repository ...`."""
+    parser = argparse.ArgumentParser(prog="python -m server")
+    settings_module.add_arguments(parser)
+    argv = sys.argv[1:]
+    return serve(parser.parse_args(argv[1:] if argv[:1] == ["serve"] else argv))

@@ -1,0 +1,44 @@
+"""One error base for every protocol: front ends map `ServerError.code` to a status in one table each."""
+
+from enum import Enum
+
+
+class ErrorCode(Enum):
+    INVALID_ARGUMENT = "invalid argument"
+    NOT_FOUND = "not found"
+    UNAVAILABLE = "unavailable"
+    RESOURCE_EXHAUSTED = "resource exhausted"
+    UNSUPPORTED = "unsupported"
+    INTERNAL = "internal"
+
+
+class ServerError(Exception):
+    code = ErrorCode.INTERNAL
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServerError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class NotFound(ServerError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Unavailable(ServerError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class TooLarge(ServerError):
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class Unsupported(ServerError):
+    code = ErrorCode.UNSUPPORTED
+
+
+class Internal(ServerError):
+    code = ErrorCode.INTERNAL

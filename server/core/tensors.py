@@ -1,0 +1,103 @@
+"""Tensor contents to and from bytes: raw little-endian data, and BYTES as 4-byte length + bytes."""
+
+import struct
+
+import numpy as np
+
+from server.core import datatypes
+from server.core.errors import InvalidArgument
+
+_LENGTH = struct.Struct("<I")
+
+
+def from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+    count = _element_count(name, shape)
+    if datatype == "BYTES":
+        return _bytes_from_raw(name, shape, count, raw)
+    dtype = datatypes.numpy_dtype(datatype)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidArgument(
+            f"input '{name}' with shape {shape} needs {expected} bytes of {datatype} data, "
+            f"got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes) -> np.ndarray:
+    items = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidArgument(f"input '{name}': BYTES data ends inside an element's length")
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidArgument(
+                f"input '{name}': BYTES element {len(items)} claims {length} bytes, "
+                f"only {len(raw) - offset} remain"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise InvalidArgument(
+            f"input '{name}' with shape {shape} needs {count} BYTES elements, got {len(items)}"
+        )
+    return _object_array(items, shape)
+
+
+def to_raw(array: np.ndarray) -> bytes:
+    if array.dtype.kind in "OSU":
+        return b"".join(_LENGTH.pack(len(item)) + item for item in map(as_bytes, array.flat))
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def as_bytes(item) -> bytes:
+    return item.encode() if isinstance(item, str) else bytes(item)
+
+
+def from_list(name: str, datatype: str, shape: list[int], values: list) -> np.ndarray:
+    """Elements given as a list (JSON `data`, gRPC typed contents), flat or nested."""
+    count = _element_count(name, shape)
+    flat = _flatten(values)
+    if len(flat) != count:
+        raise InvalidArgument(
+            f"input '{name}' with shape {shape} needs {count} elements, got {len(flat)}"
+        )
+    if datatype == "BYTES":
+        if not all(isinstance(item, (str, bytes)) for item in flat):
+            raise InvalidArgument(f"input '{name}' is BYTES: its elements must be strings")
+        return _object_array([as_bytes(item) for item in flat], shape)
+    dtype = datatypes.numpy_dtype(datatype)
+    if datatype == "BOOL" and not all(isinstance(item, bool) for item in flat):
+        raise InvalidArgument(f"input '{name}' is BOOL: its elements must be true or false")
+    if datatype != "BOOL" and any(isinstance(item, (str, bytes, bool)) for item in flat):
+        raise InvalidArgument(f"input '{name}' is {datatype}: its elements must be numbers")
+    try:
+        return np.array(flat, dtype=dtype).reshape(shape)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise InvalidArgument(f"input '{name}' holds values that are not {datatype}: {error}") from None
+
+
+def _flatten(values) -> list:
+    if not isinstance(values, list):
+        return [values]
+    if all(not isinstance(item, list) for item in values):
+        return values
+    flat = []
+    for item in values:
+        flat.extend(_flatten(item))
+    return flat
+
+
+def _element_count(name: str, shape: list[int]) -> int:
+    if any(not isinstance(dim, int) or isinstance(dim, bool) or dim < 0 for dim in shape):
+        raise InvalidArgument(f"input '{name}' has shape {shape}: dimensions must be integers >= 0")
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _object_array(items: list[bytes], shape: list[int]) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)

@@ -1,0 +1,60 @@
+"""Protocol-neutral requests and responses exchanged between front ends and the core."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 for a variable dimension, batch dimension included when batching
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str
+    data: np.ndarray  # object arrays of bytes for BYTES
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    class_count: int = 0
+    binary: bool | None = None  # None: the front end's default
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferRequest:
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    inputs: list[Tensor] = field(default_factory=list)
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[Tensor]
+    requested: dict[str, RequestedOutput]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelIndexEntry:
+    name: str
+    version: str
+    state: str
+    reason: str

@@ -1,0 +1,180 @@
+"""config.pbtxt: Triton's text-format ModelConfig, read, completed from the ONNX graph and checked."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import json_format, text_format
+from google.protobuf.descriptor import FieldDescriptor
+
+from server.core import datatypes
+from server.core.types import TensorSpec
+from server.protocol import ModelConfig, enum
+
+CONFIG_FILE = "config.pbtxt"
+DEFAULT_MODEL_FILENAME = "model.onnx"
+DEFAULT_MAX_BATCH_SIZE = 4
+ONNX_PLATFORM = "onnxruntime_onnx"
+ONNX_BACKEND = "onnxruntime"
+_DATA_TYPE = enum("DataType")
+
+
+class ConfigError(Exception):
+    """The configuration cannot describe a servable model; the message says why."""
+
+
+@dataclass(frozen=True)
+class GraphTensor:
+    """An input or output as the ONNX graph declares it (None for a dynamic dimension)."""
+
+    name: str
+    datatype: str | None
+    shape: tuple[int | None, ...]
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    path = model_dir / CONFIG_FILE
+    return parse_config(path.read_text() if path.exists() else "", model_dir)
+
+
+def parse_config(text: str, model_dir: Path) -> ModelConfig:
+    config = ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as error:
+        raise ConfigError(f"{CONFIG_FILE}: {error}") from None
+    if config.name and config.name != model_dir.name:
+        raise ConfigError(
+            f"{CONFIG_FILE} names the model '{config.name}' but its directory is '{model_dir.name}'"
+        )
+    config.name = model_dir.name
+    return config
+
+
+def check_platform(config: ModelConfig) -> None:
+    if not config.platform and not config.backend:
+        config.platform, config.backend = ONNX_PLATFORM, ONNX_BACKEND
+    if config.platform not in ("", ONNX_PLATFORM) or config.backend not in ("", ONNX_BACKEND):
+        raise ConfigError(
+            f"unsupported platform '{config.platform or config.backend}', "
+            f"ortserve serves '{ONNX_PLATFORM}' (backend '{ONNX_BACKEND}') models"
+        )
+    config.platform, config.backend = ONNX_PLATFORM, ONNX_BACKEND
+    if config.HasField("sequence_batching") or config.HasField("ensemble_scheduling"):
+        raise ConfigError("sequence batching and ensembles are not supported")
+
+
+def complete(config: ModelConfig, inputs: list[GraphTensor], outputs: list[GraphTensor]) -> None:
+    """Fill what the config leaves out from the graph, as Triton's ONNX Runtime backend does."""
+    check_platform(config)
+    declared = bool(config.input) or bool(config.output)
+    if config.max_batch_size == 0 and not declared and _batchable(inputs + outputs):
+        config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+        if not config.WhichOneof("scheduling_choice"):
+            config.dynamic_batching.SetInParent()
+    _complete_tensors(config, config.input, inputs, "input", add_missing=True)
+    _complete_tensors(config, config.output, outputs, "output", add_missing=not config.output)
+    if not config.instance_group:
+        config.instance_group.add(count=1)
+    for group in config.instance_group:
+        group.count = group.count or 1
+
+
+def _batchable(tensors: list[GraphTensor]) -> bool:
+    return bool(tensors) and all(t.shape and t.shape[0] is None for t in tensors)
+
+
+def _complete_tensors(config, declared, graph: list[GraphTensor], kind: str, add_missing: bool):
+    by_name = {tensor.name: tensor for tensor in graph}
+    for tensor in declared:
+        if tensor.name not in by_name:
+            raise ConfigError(
+                f"{kind} '{tensor.name}' in {CONFIG_FILE} is not in the model, "
+                f"whose {kind}s are: {', '.join(by_name)}"
+            )
+        _complete_tensor(config, tensor, by_name[tensor.name], kind)
+    if add_missing:
+        names = {tensor.name for tensor in declared}
+        for tensor in graph:
+            if tensor.name not in names:
+                _complete_tensor(config, declared.add(name=tensor.name), tensor, kind)
+
+
+def _complete_tensor(config, tensor, graph: GraphTensor, kind: str) -> None:
+    if graph.datatype is None:
+        raise ConfigError(f"{kind} '{graph.name}' has an element type that ortserve cannot serve")
+    expected = datatypes.to_config(graph.datatype)
+    if tensor.data_type == 0:
+        tensor.data_type = _DATA_TYPE.values_by_name[expected].number
+    actual = data_type_name(tensor.data_type)
+    if actual != expected:
+        raise ConfigError(
+            f"{kind} '{graph.name}' is {actual} in {CONFIG_FILE} but {expected} in the model"
+        )
+    graph_dims = graph.shape[1:] if config.max_batch_size > 0 else graph.shape
+    if config.max_batch_size > 0 and (not graph.shape or graph.shape[0] is not None):
+        raise ConfigError(
+            f"max_batch_size is {config.max_batch_size} but {kind} '{graph.name}' has no variable "
+            "batch dimension; set max_batch_size: 0"
+        )
+    if not tensor.dims:
+        tensor.dims.extend(-1 if dim is None else dim for dim in graph_dims)
+    model_dims = list(tensor.reshape.shape if tensor.HasField("reshape") else tensor.dims)
+    if not _dims_fit(model_dims, graph_dims):
+        raise ConfigError(
+            f"{kind} '{graph.name}' has dims {model_dims} in {CONFIG_FILE} but the model "
+            f"expects {[-1 if dim is None else dim for dim in graph_dims]}"
+        )
+
+
+def _dims_fit(dims: list[int], graph_dims) -> bool:
+    if len(dims) != len(graph_dims):
+        return False
+    return all(g is None or d == g for d, g in zip(dims, graph_dims))
+
+
+def data_type_name(number: int) -> str:
+    return _DATA_TYPE.values_by_number[number].name
+
+
+def tensor_specs(config: ModelConfig, tensors) -> list[TensorSpec]:
+    """The shapes clients send and receive: the batch dimension (-1) first when batching."""
+    batch = (-1,) if config.max_batch_size > 0 else ()
+    return [
+        TensorSpec(
+            name=t.name,
+            datatype=datatypes.from_config(data_type_name(t.data_type)),
+            shape=batch + tuple(t.dims),
+        )
+        for t in tensors
+    ]
+
+
+def parameter(config: ModelConfig, key: str, default: str | None = None) -> str | None:
+    return config.parameters[key].string_value if key in config.parameters else default
+
+
+def to_json(config: ModelConfig) -> dict:
+    """ModelConfig as Triton's HTTP API returns it: proto field names, integers as numbers."""
+    return _numbers(config, json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+_INT64_TYPES = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64}
+
+
+def _numbers(message, as_dict: dict) -> dict:
+    for field, value in message.ListFields():
+        if field.name not in as_dict:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            if value_field.message_type is not None:
+                for key, item in value.items():
+                    _numbers(item, as_dict[field.name][str(key)])
+        elif field.message_type is not None:
+            items = value if field.is_repeated else [value]
+            targets = as_dict[field.name] if field.is_repeated else [as_dict[field.name]]
+            for item, target in zip(items, targets):
+                _numbers(item, target)
+        elif field.type in _INT64_TYPES:
+            as_dict[field.name] = [int(v) for v in value] if field.is_repeated else int(value)
+    return as_dict

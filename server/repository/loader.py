@@ -1,0 +1,159 @@
+"""Loads one model directory of a Triton repository into ready ModelVersions."""
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from server.core import datatypes
+from server.protocol import ModelConfig, enum
+from server.repository import config as cfg
+from server.repository.config import ConfigError
+from server.repository.model import ModelVersion
+from server.runtime.executor import InstancePool
+from server.runtime.session import OrtSession, SessionSettings, gpu_available
+
+log = logging.getLogger(__name__)
+
+_KIND = enum("ModelInstanceGroup.Kind")
+
+
+def available_versions(model_dir: Path, config: ModelConfig) -> list[int]:
+    filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
+    return sorted(
+        int(entry.name)
+        for entry in model_dir.iterdir()
+        if entry.is_dir() and entry.name.isdigit() and (entry / filename).exists()
+    )
+
+
+def select_versions(model_dir: Path, config: ModelConfig) -> list[int]:
+    found = available_versions(model_dir, config)
+    policy = config.version_policy.WhichOneof("policy_choice")
+    if policy == "all":
+        chosen = found
+    elif policy == "specific":
+        wanted = sorted(config.version_policy.specific.versions)
+        missing = [v for v in wanted if v not in found]
+        if missing:
+            raise ConfigError(f"version_policy names versions {missing} that have no model file")
+        chosen = wanted
+    else:
+        latest = config.version_policy.latest.num_versions or 1
+        chosen = found[-latest:]
+    if not chosen:
+        filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
+        raise ConfigError(f"no version directory holds a '{filename}' file")
+    return chosen
+
+
+def load_model(model_dir: Path, config_text: str | None = None) -> list[ModelVersion]:
+    """Every version of the model chosen by its version policy, ready to serve."""
+    config = cfg.parse_config(config_text, model_dir) if config_text else cfg.read_config(model_dir)
+    cfg.check_platform(config)
+    filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
+    instances = _instance_settings(config)
+    loaded = []
+    try:
+        for version in select_versions(model_dir, config):
+            path = model_dir / str(version) / filename
+            sessions = [OrtSession(path, settings) for settings in instances]
+            cfg.complete(config, sessions[0].graph_inputs(), sessions[0].graph_outputs())
+            model = _model_version(model_dir, version, config, sessions)
+            loaded.append(model)
+            _warm_up(model_dir, model)
+    except BaseException:
+        for model in loaded:
+            model.pool.close()
+        raise
+    return loaded
+
+
+def _model_version(model_dir, version, config, sessions) -> ModelVersion:
+    return ModelVersion(
+        name=config.name,
+        version=version,
+        config=config,
+        inputs=cfg.tensor_specs(config, config.input),
+        outputs=cfg.tensor_specs(config, config.output),
+        pool=InstancePool(sessions, name=f"{config.name}-{version}"),
+        labels=_labels(model_dir, config),
+        input_reshapes={t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")},
+        output_reshapes={t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")},
+    )
+
+
+def _instance_settings(config: ModelConfig) -> list[SessionSettings]:
+    """One SessionSettings per instance; threads are split so N instances do not oversubscribe."""
+    total = sum(group.count or 1 for group in config.instance_group) or 1
+    default_threads = 0 if total == 1 else max(1, (os.cpu_count() or 1) // total)
+    intra = int(cfg.parameter(config, "intra_op_thread_count", str(default_threads)))
+    inter = int(cfg.parameter(config, "inter_op_thread_count", "0"))
+    mode = cfg.parameter(config, "execution_mode", "0")
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    tensorrt = any(acc.name == "tensorrt" for acc in accelerators)
+    settings = []
+    for group in config.instance_group or [None]:
+        kind = _KIND.values_by_number[group.kind].name if group else "KIND_AUTO"
+        device = "gpu" if kind == "KIND_GPU" or (kind == "KIND_AUTO" and gpu_available()) else "cpu"
+        gpus = list(group.gpus) if group and group.gpus else [0]
+        count = (group.count if group else 1) or 1
+        for index in range(count):
+            settings.append(
+                SessionSettings(
+                    device=device,
+                    device_id=gpus[index % len(gpus)],
+                    tensorrt=tensorrt,
+                    intra_op_threads=intra,
+                    inter_op_threads=inter,
+                    execution_mode=mode,
+                    graph_level=config.optimization.graph.level,
+                )
+            )
+    return settings
+
+
+def _labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:
+    labels = {}
+    for output in config.output:
+        if output.label_filename:
+            path = model_dir / output.label_filename
+            if not path.exists():
+                raise ConfigError(f"label file '{output.label_filename}' of output '{output.name}' is missing")
+            labels[output.name] = path.read_text().splitlines()
+    return labels
+
+
+def _warm_up(model_dir: Path, model: ModelVersion) -> None:
+    for warmup in model.config.model_warmup:
+        feeds = {}
+        for name, spec in warmup.inputs.items():
+            datatype = datatypes.from_config(cfg.data_type_name(spec.data_type))
+            shape = ((warmup.batch_size or 1),) if model.batching else ()
+            shape += tuple(spec.dims)
+            feeds[name] = _warmup_data(model_dir, spec, datatype, shape)
+        names = [output.name for output in model.outputs]
+        for session in model.pool.sessions:
+            for _ in range(warmup.count or 1):
+                try:
+                    session.run(model.graph_feeds(feeds), names)
+                except Exception as error:
+                    raise ConfigError(f"warmup '{warmup.name}' failed: {error}") from None
+        log.info("model '%s' version %d warmed up with '%s'", model.name, model.version, warmup.name)
+
+
+def _warmup_data(model_dir: Path, spec, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    dtype = datatypes.numpy_dtype(datatype)
+    source = spec.WhichOneof("input_data_type")
+    if datatype == "BYTES":
+        return np.full(shape, b"" if source != "random_data" else b"warmup", dtype=object)
+    if source == "random_data":
+        return np.random.default_rng(0).integers(0, 2, size=shape).astype(dtype)
+    if source == "input_data_file":
+        path = model_dir / "warmup" / spec.input_data_file
+        try:
+            return np.fromfile(path, dtype=dtype).reshape(shape)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"warmup data file '{path.name}': {error}") from None
+    return np.zeros(shape, dtype=dtype)

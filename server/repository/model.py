@@ -1,0 +1,62 @@
+"""A loaded model version: its completed config, tensor specs, labels and running instances."""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.core.stats import ModelStats, Timing
+from server.core.types import TensorSpec
+from server.protocol import ModelConfig
+from server.runtime.executor import InstancePool
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: int
+    config: ModelConfig
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    pool: InstancePool
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    # Triton's `reshape`: the graph's shape of an input, and the client's shape of an output
+    input_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    output_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    stats: ModelStats = field(default_factory=ModelStats)
+
+    @property
+    def batching(self) -> bool:
+        return self.config.max_batch_size > 0
+
+    async def execute(
+        self, feeds: dict[str, np.ndarray], output_names: list[str]
+    ) -> tuple[dict[str, np.ndarray], Timing]:
+        start = time.perf_counter_ns()
+        feeds = self.graph_feeds(feeds)
+        ready = time.perf_counter_ns()
+        arrays = await self.pool.run(feeds, output_names)
+        done = time.perf_counter_ns()
+        batch = next(iter(feeds.values())).shape[0] if self.batching and feeds else 1
+        outputs = {name: self._client_shape(name, a, batch) for name, a in zip(output_names, arrays)}
+        timing = Timing(
+            input_ns=ready - start, infer_ns=done - ready, output_ns=time.perf_counter_ns() - done
+        )
+        self.stats.record_execution(batch, timing)
+        return outputs, timing
+
+    def graph_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.input_reshapes:
+            return feeds
+        return {name: self._reshape(array, self.input_reshapes.get(name)) for name, array in feeds.items()}
+
+    def _client_shape(self, name: str, array: np.ndarray, batch: int) -> np.ndarray:
+        dims = self.output_reshapes.get(name)
+        if dims is None:
+            return array
+        return array.reshape((batch, *dims) if self.batching else dims)
+
+    def _reshape(self, array: np.ndarray, dims: tuple[int, ...] | None) -> np.ndarray:
+        if dims is None:
+            return array
+        return array.reshape((array.shape[0], *dims) if self.batching else dims)

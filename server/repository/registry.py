@@ -1,0 +1,187 @@
+"""The models of one repository, their load states, and load/unload under a control mode."""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.core.errors import InvalidArgument, NotFound, Unavailable, Unsupported
+from server.core.types import ModelIndexEntry
+from server.repository.config import CONFIG_FILE
+from server.repository.loader import load_model
+from server.repository.model import ModelVersion
+
+log = logging.getLogger(__name__)
+
+READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+CONTROL_MODES = ("none", "explicit", "poll")
+
+
+@dataclass
+class ModelEntry:
+    state: str = UNAVAILABLE
+    reason: str = "unloaded"
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    stamp: float = 0.0  # newest modification time seen in the model directory at load
+
+
+class ModelRegistry:
+    def __init__(self, repository: Path, control_mode: str = "none", startup_models=()):
+        if control_mode not in CONTROL_MODES:
+            raise ValueError(f"model control mode must be one of {', '.join(CONTROL_MODES)}")
+        self.repository = Path(repository)
+        self.control_mode = control_mode
+        self.startup_models = list(startup_models)
+        self._models: dict[str, ModelEntry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.load_seconds: dict[str, float] = {}
+
+    async def start(self) -> None:
+        if not self.repository.is_dir():
+            raise FileNotFoundError(f"model repository '{self.repository}' is not a directory")
+        if self.control_mode == "explicit":
+            names = self._model_dirs() if "*" in self.startup_models else self.startup_models
+        else:
+            names = self._model_dirs()
+        for name in names:
+            await self._load(name)
+
+    def _model_dirs(self) -> list[str]:
+        return sorted(p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        entry = self._models.get(name)
+        if entry is None or (entry.state != READY and name not in self._model_dirs()):
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
+        if entry.state != READY:
+            raise Unavailable(f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})")
+        if not version:
+            return entry.versions[max(entry.versions)]
+        if not version.isdigit():
+            raise InvalidArgument(f"model version must be a positive integer, got '{version}'")
+        model = entry.versions.get(int(version))
+        if model is None:
+            ready = ", ".join(map(str, sorted(entry.versions)))
+            raise NotFound(
+                f"Request for unknown model: '{name}' version {version} is not found "
+                f"(ready versions: {ready})"
+            )
+        return model
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except (NotFound, Unavailable, InvalidArgument):
+            return False
+        return True
+
+    def all_ready(self) -> bool:
+        return all(entry.state == READY for entry in self._models.values())
+
+    def ready_models(self) -> list[ModelVersion]:
+        return [
+            model
+            for entry in self._models.values()
+            if entry.state == READY
+            for model in entry.versions.values()
+        ]
+
+    def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
+        rows = []
+        for name in sorted(set(self._model_dirs()) | set(self._models)):
+            entry = self._models.get(name, ModelEntry())
+            if entry.versions:
+                rows += [
+                    ModelIndexEntry(name, str(version), entry.state, "")
+                    for version in sorted(entry.versions)
+                ]
+            elif not ready_only:
+                rows.append(ModelIndexEntry(name, "", entry.state, entry.reason))
+        return [row for row in rows if row.state == READY or not ready_only]
+
+    async def load(self, name: str, config_text: str | None = None) -> None:
+        self._require_explicit("load")
+        if not (self.repository / name).is_dir():
+            raise NotFound(f"failed to load '{name}': no model directory '{name}' in the repository")
+        await self._load(name, config_text)
+        entry = self._models[name]
+        if entry.state != READY:
+            raise InvalidArgument(f"failed to load '{name}': {entry.reason}")
+
+    async def unload(self, name: str) -> None:
+        self._require_explicit("unload")
+        if name not in self._models and name not in self._model_dirs():
+            raise NotFound(f"failed to unload '{name}': no such model")
+        await self._unload(name)
+
+    def _require_explicit(self, action: str) -> None:
+        if self.control_mode != "explicit":
+            raise Unsupported(
+                f"explicit model {action} is not allowed in model control mode "
+                f"'{self.control_mode}'; start the server with --model-control-mode explicit"
+            )
+
+    async def poll(self) -> None:
+        """Load new or changed model directories and unload removed ones (control mode poll)."""
+        present = set(self._model_dirs())
+        for name in sorted(set(self._models) - present):
+            await self._unload(name)
+        for name in sorted(present):
+            entry = self._models.get(name)
+            if entry is None or _stamp(self.repository / name) > entry.stamp:
+                await self._load(name)
+
+    async def close(self) -> None:
+        for name in list(self._models):
+            await self._unload(name)
+
+    async def _load(self, name: str, config_text: str | None = None) -> None:
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            previous = self._models.get(name)
+            self._models[name] = ModelEntry(state=LOADING, reason="loading")
+            model_dir = self.repository / name
+            started = time.perf_counter()
+            stamp = _stamp(model_dir)
+            try:
+                versions = await asyncio.to_thread(load_model, model_dir, config_text)
+            except Exception as error:  # a model that fails to load must not stop the others
+                reason = str(error) or type(error).__name__
+                log.error("failed to load model '%s': %s", name, reason)
+                self._models[name] = ModelEntry(UNAVAILABLE, reason, stamp=stamp)
+                if previous:
+                    _close(previous)
+                return
+            self.load_seconds[name] = time.perf_counter() - started
+            self._models[name] = ModelEntry(
+                READY, "", {model.version: model for model in versions}, stamp
+            )
+            if previous:
+                _close(previous)
+            log.info(
+                "loaded model '%s' versions %s in %.2f s",
+                name, sorted(m.version for m in versions), self.load_seconds[name],
+            )
+
+    async def _unload(self, name: str) -> None:
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            entry = self._models.get(name)
+            if entry is None:
+                return
+            self._models[name] = ModelEntry(UNLOADING, "unloading")
+            await asyncio.to_thread(_close, entry)
+            if (self.repository / name).is_dir():
+                self._models[name] = ModelEntry(UNAVAILABLE, "unloaded")
+            else:
+                del self._models[name]
+            log.info("unloaded model '%s'", name)
+
+
+def _close(entry: ModelEntry) -> None:
+    for model in entry.versions.values():
+        model.pool.close()
+
+
+def _stamp(model_dir: Path) -> float:
+    paths = [model_dir, model_dir / CONFIG_FILE, *model_dir.glob("*/*")]
+    return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)

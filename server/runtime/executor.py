@@ -1,0 +1,37 @@
+"""Runs model executions off the event loop, one worker thread per model instance."""
+
+import asyncio
+import queue
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from server.runtime.session import OrtSession
+
+
+class InstancePool:
+    """N sessions of one model version serving N executions at once; more wait for a free one."""
+
+    def __init__(self, sessions: list[OrtSession], name: str):
+        self.sessions = sessions
+        self._free: queue.SimpleQueue[OrtSession] = queue.SimpleQueue()
+        for session in sessions:
+            self._free.put(session)
+        self._threads = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=name)
+
+    async def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self._run, feeds, output_names)
+
+    def run_blocking(self, feeds: dict[str, np.ndarray], output_names: list[str]):
+        return self._threads.submit(self._run, feeds, output_names).result()
+
+    def _run(self, feeds, output_names):
+        session = self._free.get()
+        try:
+            return session.run(feeds, output_names)
+        finally:
+            self._free.put(session)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)

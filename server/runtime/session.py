@@ -1,0 +1,84 @@
+"""ONNX Runtime sessions: execution providers from the instance group, thread and graph settings."""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from server.core import datatypes
+from server.repository.config import GraphTensor
+
+log = logging.getLogger(__name__)
+
+_EXECUTION_MODES = {"0": ort.ExecutionMode.ORT_SEQUENTIAL, "1": ort.ExecutionMode.ORT_PARALLEL}
+_GRAPH_LEVELS = {
+    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    device: str = "cpu"  # "cpu" or "gpu"
+    device_id: int = 0
+    tensorrt: bool = False
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default
+    inter_op_threads: int = 0
+    execution_mode: str = "0"
+    graph_level: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def gpu_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def providers(settings: SessionSettings) -> list:
+    if settings.device != "gpu":
+        return ["CPUExecutionProvider"]
+    if not gpu_available():
+        log.warning(
+            "a GPU instance was asked for but ONNX Runtime has no CUDAExecutionProvider "
+            "(providers: %s); serving on CPU",
+            ", ".join(ort.get_available_providers()),
+        )
+        return ["CPUExecutionProvider"]
+    chosen = [("CUDAExecutionProvider", {"device_id": settings.device_id})]
+    if settings.tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
+        chosen.insert(0, ("TensorrtExecutionProvider", {"device_id": settings.device_id}))
+    return chosen + ["CPUExecutionProvider"]
+
+
+class OrtSession:
+    """One ONNX Runtime session of one model version; `run` is called from a worker thread."""
+
+    def __init__(self, path: Path, settings: SessionSettings):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.intra_op_threads
+        options.inter_op_num_threads = settings.inter_op_threads
+        options.execution_mode = _EXECUTION_MODES.get(settings.execution_mode, _EXECUTION_MODES["0"])
+        options.graph_optimization_level = _GRAPH_LEVELS.get(
+            settings.graph_level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
+        self.session = ort.InferenceSession(
+            os.fspath(path), sess_options=options, providers=providers(settings)
+        )
+        self.device = "gpu" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+
+    def graph_inputs(self) -> list[GraphTensor]:
+        return [_graph_tensor(node) for node in self.session.get_inputs()]
+
+    def graph_outputs(self) -> list[GraphTensor]:
+        return [_graph_tensor(node) for node in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
+        return self.session.run(output_names, feeds)
+
+
+def _graph_tensor(node) -> GraphTensor:
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in node.shape or ())
+    return GraphTensor(name=node.name, datatype=datatypes.from_onnx(node.type), shape=shape)
