@@ -7,6 +7,7 @@ import signal
 
 import uvicorn
 
+from server.api.grpc.servicer import channel_options, create_server
 from server.api.http.app import create_app
 from server.core.service import InferenceService
 from server.repository.registry import ModelRegistry
@@ -24,9 +25,7 @@ class _HttpServer(uvicorn.Server):
 
 
 async def serve(settings: Settings) -> None:
-    registry = ModelRegistry(
-        settings.model_repository, settings.model_control_mode, settings.load_models
-    )
+    registry = ModelRegistry(settings.model_repository, settings.model_control_mode, settings.load_models)
     await registry.start()
     service = InferenceService(registry, strict_readiness=settings.strict_readiness)
     stop = asyncio.Event()
@@ -39,12 +38,22 @@ async def serve(settings: Settings) -> None:
     if settings.allow_http:
         app = create_app(service, settings.max_request_bytes)
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.http_port, log_config=None,
-            access_log=settings.log_verbose > 0, timeout_graceful_shutdown=settings.exit_timeout_secs,
+            app,
+            host=settings.host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=settings.log_verbose > 0,
+            timeout_graceful_shutdown=settings.exit_timeout_secs,
         )
         http = _HttpServer(config)
         tasks.append(asyncio.create_task(http.serve(), name="http"))
         log.info("HTTP service at http://%s:%d", settings.host, settings.http_port)
+    grpc_server = None
+    if settings.allow_grpc:
+        options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)
+        grpc_server = create_server(service, f"{settings.host}:{settings.grpc_port}", options)
+        await grpc_server.start()
+        log.info("gRPC service at %s:%d", settings.host, settings.grpc_port)
     if settings.model_control_mode == "poll":
         tasks.append(asyncio.create_task(_poll(registry, settings.repository_poll_secs), name="poll"))
 
@@ -55,6 +64,8 @@ async def serve(settings: Settings) -> None:
     service.live = False
     if http is not None:
         http.should_exit = True
+    if grpc_server is not None:
+        await grpc_server.stop(settings.exit_timeout_secs)
     for task in tasks:
         if task.get_name() == "poll":
             task.cancel()

@@ -63,8 +63,8 @@ class InferenceService:
     def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         return self.registry.index(ready_only)
 
-    async def load(self, name: str, config_text: str | None = None) -> None:
-        await self.registry.load(name, config_text)
+    async def load(self, name: str, config_json: str | None = None) -> None:
+        await self.registry.load(name, config_json)
 
     async def unload(self, name: str) -> None:
         await self.registry.unload(name)
@@ -144,7 +144,14 @@ def _statistics(model: ModelVersion) -> dict:
         "execution_count": stats.execution_count,
         "inference_stats": {
             key: duration(getattr(stats, key))
-            for key in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+            for key in (
+                "success",
+                "fail",
+                "queue",
+                "compute_input",
+                "compute_infer",
+                "compute_output",
+            )
         },
         "batch_stats": [
             {

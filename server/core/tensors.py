@@ -18,8 +18,7 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarr
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
-            f"input '{name}' with shape {shape} needs {expected} bytes of {datatype} data, "
-            f"got {len(raw)}"
+            f"input '{name}' with shape {shape} needs {expected} bytes of {datatype} data, got {len(raw)}"
         )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
 
@@ -62,9 +61,7 @@ def from_list(name: str, datatype: str, shape: list[int], values: list) -> np.nd
     count = _element_count(name, shape)
     flat = _flatten(values)
     if len(flat) != count:
-        raise InvalidArgument(
-            f"input '{name}' with shape {shape} needs {count} elements, got {len(flat)}"
-        )
+        raise InvalidArgument(f"input '{name}' with shape {shape} needs {count} elements, got {len(flat)}")
     if datatype == "BYTES":
         if not all(isinstance(item, (str, bytes)) for item in flat):
             raise InvalidArgument(f"input '{name}' is BYTES: its elements must be strings")

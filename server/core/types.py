@@ -5,6 +5,8 @@ from typing import Any
 
 import numpy as np
 
+from server.core.errors import InvalidArgument
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -27,9 +29,19 @@ class Tensor:
 @dataclass
 class RequestedOutput:
     name: str
-    class_count: int = 0
+    class_count: int = 0  # Triton's classification extension: top-k as "value:index[:label]"
     binary: bool | None = None  # None: the front end's default
     parameters: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_parameters(cls, name: str, parameters: dict[str, Any]) -> "RequestedOutput":
+        class_count = parameters.get("classification", 0)
+        if not isinstance(class_count, int) or isinstance(class_count, bool) or class_count < 0:
+            raise InvalidArgument(
+                f"output '{name}': 'classification' must be an integer >= 0, got {class_count!r}"
+            )
+        binary = parameters.get("binary_data")
+        return cls(name, class_count, None if binary is None else bool(binary), parameters)
 
 
 @dataclass

@@ -30,7 +30,7 @@ def check_inputs(request: InferRequest, specs: list[TensorSpec], max_batch_size:
                 f"unexpected shape for input '{tensor.name}' for model '{model}'. "
                 f"Expected {_format(spec.shape)}, got {_format(tensor.shape)}"
             )
-        feeds[tensor.name] = tensor.data
+        feeds[tensor.name] = _as_text(tensor) if tensor.datatype == "BYTES" else tensor.data
     missing = [name for name in expected if name not in feeds]
     if missing:
         raise InvalidArgument(
@@ -54,14 +54,23 @@ def check_outputs(request: InferRequest, specs: list[TensorSpec]) -> list[str]:
                 f"unexpected inference output '{output.name}' for model '{request.model_name}', "
                 f"expected outputs: {', '.join(known)}"
             )
-        if output.class_count < 0:
-            raise InvalidArgument(f"class_count of output '{output.name}' must not be negative")
         if output.class_count and spec.datatype == "BYTES":
             raise InvalidArgument(f"output '{output.name}' is BYTES and cannot be classified")
         if output.name in names:
             raise InvalidArgument(f"output '{output.name}' is requested more than once")
         names.append(output.name)
     return names
+
+
+def _as_text(tensor) -> np.ndarray:
+    """ONNX Runtime string tensors take str: BYTES elements must be UTF-8."""
+    try:
+        text = [item.decode() if isinstance(item, bytes) else item for item in tensor.data.flat]
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(
+            f"input '{tensor.name}' feeds a string tensor: its elements must be UTF-8 ({error})"
+        ) from None
+    return np.array(text, dtype=object).reshape(tensor.data.shape)
 
 
 def _shape_fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:

@@ -42,6 +42,20 @@ def parse_config(text: str, model_dir: Path) -> ModelConfig:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
         raise ConfigError(f"{CONFIG_FILE}: {error}") from None
+    return _named(config, model_dir)
+
+
+def config_from_json(text: str, model_dir: Path) -> ModelConfig:
+    """A config given with a load request: Triton takes it as ModelConfig in JSON."""
+    config = ModelConfig()
+    try:
+        json_format.Parse(text, config)
+    except json_format.ParseError as error:
+        raise ConfigError(f"the load request's config is not a valid model config: {error}") from None
+    return _named(config, model_dir)
+
+
+def _named(config: ModelConfig, model_dir: Path) -> ModelConfig:
     if config.name and config.name != model_dir.name:
         raise ConfigError(
             f"{CONFIG_FILE} names the model '{config.name}' but its directory is '{model_dir.name}'"
@@ -107,9 +121,7 @@ def _complete_tensor(config, tensor, graph: GraphTensor, kind: str) -> None:
         tensor.data_type = _DATA_TYPE.values_by_name[expected].number
     actual = data_type_name(tensor.data_type)
     if actual != expected:
-        raise ConfigError(
-            f"{kind} '{graph.name}' is {actual} in {CONFIG_FILE} but {expected} in the model"
-        )
+        raise ConfigError(f"{kind} '{graph.name}' is {actual} in {CONFIG_FILE} but {expected} in the model")
     graph_dims = graph.shape[1:] if config.max_batch_size > 0 else graph.shape
     if config.max_batch_size > 0 and (not graph.shape or graph.shape[0] is not None):
         raise ConfigError(

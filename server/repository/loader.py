@@ -48,9 +48,12 @@ def select_versions(model_dir: Path, config: ModelConfig) -> list[int]:
     return chosen
 
 
-def load_model(model_dir: Path, config_text: str | None = None) -> list[ModelVersion]:
-    """Every version of the model chosen by its version policy, ready to serve."""
-    config = cfg.parse_config(config_text, model_dir) if config_text else cfg.read_config(model_dir)
+def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVersion]:
+    """Every version of the model chosen by its version policy, ready to serve.
+
+    `config_json` replaces config.pbtxt, as the config parameter of Triton's load request does.
+    """
+    config = cfg.config_from_json(config_json, model_dir) if config_json else cfg.read_config(model_dir)
     cfg.check_platform(config)
     filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
     instances = _instance_settings(config)
@@ -120,7 +123,9 @@ def _labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:
         if output.label_filename:
             path = model_dir / output.label_filename
             if not path.exists():
-                raise ConfigError(f"label file '{output.label_filename}' of output '{output.name}' is missing")
+                raise ConfigError(
+                    f"label file '{output.label_filename}' of output '{output.name}' is missing"
+                )
             labels[output.name] = path.read_text().splitlines()
     return labels
 

@@ -52,7 +52,9 @@ class ModelRegistry:
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         entry = self._models.get(name)
-        if entry is None or (entry.state != READY and name not in self._model_dirs()):
+        if entry is None:
+            if self._in_repository(name):
+                raise Unavailable(f"model '{name}' is not loaded")
             raise NotFound(f"Request for unknown model: '{name}' is not found")
         if entry.state != READY:
             raise Unavailable(f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})")
@@ -93,27 +95,30 @@ class ModelRegistry:
             entry = self._models.get(name, ModelEntry())
             if entry.versions:
                 rows += [
-                    ModelIndexEntry(name, str(version), entry.state, "")
-                    for version in sorted(entry.versions)
+                    ModelIndexEntry(name, str(version), entry.state, "") for version in sorted(entry.versions)
                 ]
             elif not ready_only:
                 rows.append(ModelIndexEntry(name, "", entry.state, entry.reason))
         return [row for row in rows if row.state == READY or not ready_only]
 
-    async def load(self, name: str, config_text: str | None = None) -> None:
+    async def load(self, name: str, config_json: str | None = None) -> None:
         self._require_explicit("load")
-        if not (self.repository / name).is_dir():
+        if not self._in_repository(name):
             raise NotFound(f"failed to load '{name}': no model directory '{name}' in the repository")
-        await self._load(name, config_text)
+        await self._load(name, config_json)
         entry = self._models[name]
         if entry.state != READY:
             raise InvalidArgument(f"failed to load '{name}': {entry.reason}")
 
     async def unload(self, name: str) -> None:
         self._require_explicit("unload")
-        if name not in self._models and name not in self._model_dirs():
+        if name not in self._models and not self._in_repository(name):
             raise NotFound(f"failed to unload '{name}': no such model")
         await self._unload(name)
+
+    def _in_repository(self, name: str) -> bool:
+        """Whether `name` is a model directory of the repository (never a path out of it)."""
+        return name in self._model_dirs()
 
     def _require_explicit(self, action: str) -> None:
         if self.control_mode != "explicit":
@@ -136,7 +141,7 @@ class ModelRegistry:
         for name in list(self._models):
             await self._unload(name)
 
-    async def _load(self, name: str, config_text: str | None = None) -> None:
+    async def _load(self, name: str, config_json: str | None = None) -> None:
         async with self._locks.setdefault(name, asyncio.Lock()):
             previous = self._models.get(name)
             self._models[name] = ModelEntry(state=LOADING, reason="loading")
@@ -144,7 +149,7 @@ class ModelRegistry:
             started = time.perf_counter()
             stamp = _stamp(model_dir)
             try:
-                versions = await asyncio.to_thread(load_model, model_dir, config_text)
+                versions = await asyncio.to_thread(load_model, model_dir, config_json)
             except Exception as error:  # a model that fails to load must not stop the others
                 reason = str(error) or type(error).__name__
                 log.error("failed to load model '%s': %s", name, reason)
@@ -153,14 +158,14 @@ class ModelRegistry:
                     _close(previous)
                 return
             self.load_seconds[name] = time.perf_counter() - started
-            self._models[name] = ModelEntry(
-                READY, "", {model.version: model for model in versions}, stamp
-            )
+            self._models[name] = ModelEntry(READY, "", {model.version: model for model in versions}, stamp)
             if previous:
                 _close(previous)
             log.info(
                 "loaded model '%s' versions %s in %.2f s",
-                name, sorted(m.version for m in versions), self.load_seconds[name],
+                name,
+                sorted(m.version for m in versions),
+                self.load_seconds[name],
             )
 
     async def _unload(self, name: str) -> None:
@@ -170,10 +175,7 @@ class ModelRegistry:
                 return
             self._models[name] = ModelEntry(UNLOADING, "unloading")
             await asyncio.to_thread(_close, entry)
-            if (self.repository / name).is_dir():
-                self._models[name] = ModelEntry(UNAVAILABLE, "unloaded")
-            else:
-                del self._models[name]
+            del self._models[name]
             log.info("unloaded model '%s'", name)
 
 

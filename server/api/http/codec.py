@@ -54,9 +54,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     if not header_length.isdigit() or int(header_length) > len(body):
-        raise InvalidArgument(
-            f"{HEADER_LENGTH} is '{header_length}' but the body has {len(body)} bytes"
-        )
+        raise InvalidArgument(f"{HEADER_LENGTH} is '{header_length}' but the body has {len(body)} bytes")
     return body[: int(header_length)], body[int(header_length) :]
 
 
@@ -106,17 +104,7 @@ def _decode_input(item, binary: bytes, offset: int) -> tuple[Tensor, int]:
 def _decode_output(item) -> RequestedOutput:
     if not isinstance(item, dict):
         raise InvalidArgument("each entry of 'outputs' must be a JSON object")
-    parameters = _field(item, "parameters", dict, {})
-    class_count = parameters.get("class_count", 0)
-    if not isinstance(class_count, int) or isinstance(class_count, bool):
-        raise InvalidArgument("class_count must be an integer")
-    binary = parameters.get("binary_data")
-    return RequestedOutput(
-        name=_field(item, "name", str),
-        class_count=class_count,
-        binary=bool(binary) if binary is not None else None,
-        parameters=parameters,
-    )
+    return RequestedOutput.from_parameters(_field(item, "name", str), _field(item, "parameters", dict, {}))
 
 
 def encode_infer(response: InferResponse, binary_default: bool) -> tuple[bytes, int | None]:

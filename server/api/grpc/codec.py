@@ -1,0 +1,82 @@
+"""ModelInferRequest / ModelInferResponse protobufs <-> InferRequest / InferResponse."""
+
+from server.core import datatypes, tensors
+from server.core.errors import InvalidArgument
+from server.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from server.protocol import message
+
+ModelInferResponse = message("ModelInferResponse")
+
+# datatype -> the typed `InferTensorContents` field that carries it (FP16 has none: raw only)
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters(entries) -> dict:
+    return {
+        key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param")
+        for key, value in entries.items()
+    }
+
+
+def decode_infer(request) -> InferRequest:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries but the request has "
+            f"{len(request.inputs)} inputs; send raw contents for every input or for none"
+        )
+    inputs = []
+    for index, item in enumerate(request.inputs):
+        shape = list(item.shape)
+        if raw:
+            if item.HasField("contents"):
+                raise InvalidArgument(f"input '{item.name}' has both contents and raw_input_contents")
+            data = tensors.from_raw(item.name, item.datatype, shape, raw[index])
+        else:
+            data = tensors.from_list(item.name, item.datatype, shape, _typed(item))
+        inputs.append(Tensor(item.name, item.datatype, data))
+    outputs = [
+        RequestedOutput.from_parameters(item.name, parameters(item.parameters)) for item in request.outputs
+    ]
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=parameters(request.parameters),
+    )
+
+
+def _typed(item) -> list:
+    field = CONTENTS_FIELD.get(item.datatype)
+    if field is None:
+        datatypes.numpy_dtype(item.datatype)  # an unknown datatype is named as such
+        raise InvalidArgument(
+            f"input '{item.name}' is {item.datatype}, which has no typed contents: "
+            "send it in raw_input_contents"
+        )
+    return list(getattr(item.contents, field))
+
+
+def encode_infer(response: InferResponse):
+    encoded = ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    for tensor in response.outputs:
+        encoded.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        encoded.raw_output_contents.append(tensors.to_raw(tensor.data))
+    return encoded

@@ -1,0 +1,197 @@
+"""The gRPC front end: `inference.GRPCInferenceService` on grpc.aio, decoding into the core and back."""
+
+import asyncio
+import logging
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.api.grpc import codec
+from server.api.grpc.errors import STATUS
+from server.core.errors import InvalidArgument, ServerError
+from server.core.service import InferenceService
+from server.protocol import SERVICE_NAME, message
+
+log = logging.getLogger(__name__)
+
+STREAM_IN_FLIGHT = 64  # requests of one stream running at once; the stream waits beyond that
+
+
+class GrpcInferenceService:
+    def __init__(self, service: InferenceService):
+        self.service = service
+
+    async def ServerLive(self, request, context):
+        return message("ServerLiveResponse")(live=self.service.live)
+
+    async def ServerReady(self, request, context):
+        return message("ServerReadyResponse")(ready=self.service.ready())
+
+    async def ModelReady(self, request, context):
+        ready = self.service.model_ready(request.name, request.version)
+        return message("ModelReadyResponse")(ready=ready)
+
+    async def ServerMetadata(self, request, context):
+        return json_format.ParseDict(self.service.server_metadata(), message("ServerMetadataResponse")())
+
+    async def ModelMetadata(self, request, context):
+        metadata = self.service.model_metadata(request.name, request.version)
+        return json_format.ParseDict(metadata, message("ModelMetadataResponse")())
+
+    async def ModelConfig(self, request, context):
+        config = self.service.model_config(request.name, request.version)
+        return message("ModelConfigResponse")(config=config)
+
+    async def ModelStatistics(self, request, context):
+        stats = {"model_stats": self.service.statistics(request.name, request.version)}
+        return json_format.ParseDict(stats, message("ModelStatisticsResponse")())
+
+    async def RepositoryIndex(self, request, context):
+        response = message("RepositoryIndexResponse")()
+        for entry in self.service.repository_index(request.ready):
+            response.models.add(
+                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
+            )
+        return response
+
+    async def RepositoryModelLoad(self, request, context):
+        options = codec.parameters(request.parameters)
+        config = options.get("config")
+        if config is not None and not isinstance(config, str):
+            raise InvalidArgument("load parameter 'config' must be a string holding a model config")
+        await self.service.load(request.model_name, config)
+        return message("RepositoryModelLoadResponse")()
+
+    async def RepositoryModelUnload(self, request, context):
+        await self.service.unload(request.model_name)
+        return message("RepositoryModelUnloadResponse")()
+
+    async def ModelInfer(self, request, context):
+        return codec.encode_infer(await self.service.infer(codec.decode_infer(request)))
+
+    async def ModelStreamInfer(self, requests, context):
+        """Each request runs as it arrives; responses (or error messages) go back as they finish."""
+        responses: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        stream_response = message("ModelStreamInferResponse")
+
+        async def answer(request):
+            try:
+                result = await self.ModelInfer(request, context)
+                await responses.put(stream_response(infer_response=result))
+            except ServerError as error:
+                await responses.put(stream_response(error_message=error.message))
+            except Exception as error:
+                log.exception("ModelStreamInfer request failed")
+                await responses.put(stream_response(error_message=f"{type(error).__name__}: {error}"))
+            finally:
+                slots.release()
+
+        async def read():
+            running = set()
+            try:
+                async for data in requests:
+                    try:
+                        request = _parse(message("ModelInferRequest"), data)
+                    except ServerError as error:
+                        await responses.put(stream_response(error_message=error.message))
+                        continue
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.gather(*running)
+            finally:
+                await responses.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+
+
+def _parse(message_type, data: bytes):
+    try:
+        return message_type.FromString(data)
+    except DecodeError as error:
+        name = message_type.DESCRIPTOR.name
+        raise InvalidArgument(f"malformed {name} protobuf: {error}") from None
+
+
+def _unary(method, request_type: str):
+    message_type = message(request_type)
+
+    async def handle(data: bytes, context):
+        try:
+            return await method(_parse(message_type, data), context)
+        except ServerError as error:
+            await context.abort(STATUS[error.code], error.message)
+        except Exception as error:
+            log.exception("%s failed", request_type)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=None, response_serializer=lambda m: m.SerializeToString()
+    )
+
+
+def handlers(service: GrpcInferenceService) -> grpc.GenericRpcHandler:
+    unary = {
+        "ServerLive": "ServerLiveRequest",
+        "ServerReady": "ServerReadyRequest",
+        "ModelReady": "ModelReadyRequest",
+        "ServerMetadata": "ServerMetadataRequest",
+        "ModelMetadata": "ModelMetadataRequest",
+        "ModelInfer": "ModelInferRequest",
+        "ModelConfig": "ModelConfigRequest",
+        "ModelStatistics": "ModelStatisticsRequest",
+        "RepositoryIndex": "RepositoryIndexRequest",
+        "RepositoryModelLoad": "RepositoryModelLoadRequest",
+        "RepositoryModelUnload": "RepositoryModelUnloadRequest",
+    }
+    methods = {name: _unary(getattr(service, name), request) for name, request in unary.items()}
+    methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        service.ModelStreamInfer, response_serializer=lambda m: m.SerializeToString()
+    )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+
+
+def channel_options(max_message_bytes: int, keepalive) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", keepalive.time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(keepalive.permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", keepalive.max_pings_without_data),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", keepalive.min_recv_ping_interval_ms),
+        ("grpc.http2.max_ping_strikes", keepalive.max_ping_strikes),
+    ]
+
+
+class _Health(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1: SERVING while the server is ready, for "" and the inference service."""
+
+    def __init__(self, service: InferenceService):
+        self.service = service
+
+    async def Check(self, request, context):
+        if request.service not in ("", SERVICE_NAME):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
+        serving = health_pb2.HealthCheckResponse.SERVING
+        status = serving if self.service.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+def create_server(service: InferenceService, address: str, options) -> grpc.aio.Server:
+    """A grpc.aio server with the inference and the standard health services; not yet started."""
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((handlers(GrpcInferenceService(service)),))
+    health_pb2_grpc.add_HealthServicer_to_server(_Health(service), server)
+    if not server.add_insecure_port(address):
+        raise OSError(f"cannot listen for gRPC on {address}")
+    return server

@@ -1,0 +1,118 @@
+"""Tiny ONNX models for tests, written into a Triton-style repository."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from exporters.demo import SIMPLE_CONFIG, publish, simple_model
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "test", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=OPSET, ir_version=8)
+
+
+def _info(name, elem_type, shape):
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def string_model() -> onnx.ModelProto:
+    """INPUT0 BYTES[-1,4] -> OUTPUT0 (the same strings)."""
+    return _model(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        [_info("INPUT0", TensorProto.STRING, ["batch", 4])],
+        [_info("OUTPUT0", TensorProto.STRING, ["batch", 4])],
+    )
+
+
+def relu_model() -> onnx.ModelProto:
+    """x FP32[batch, n] -> y = relu(x); no config.pbtxt, so every setting comes from the graph."""
+    return _model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [_info("y", TensorProto.FLOAT, ["batch", "n"])],
+    )
+
+
+def classifier_model() -> onnx.ModelProto:
+    """scores FP32[-1,5] -> probabilities = softmax(scores)."""
+    return _model(
+        [helper.make_node("Softmax", ["scores"], ["probabilities"], axis=-1)],
+        [_info("scores", TensorProto.FLOAT, ["batch", 5])],
+        [_info("probabilities", TensorProto.FLOAT, ["batch", 5])],
+    )
+
+
+def types_model() -> onnx.ModelProto:
+    """half FP16[3] -> doubled = 2 * half; flags BOOL[3] -> negated = not flags (no batching)."""
+    two = numpy_helper.from_array(np.array(2, dtype=np.float16), "two")
+    return _model(
+        [
+            helper.make_node("Mul", ["half", "two"], ["doubled"]),
+            helper.make_node("Not", ["flags"], ["negated"]),
+        ],
+        [_info("half", TensorProto.FLOAT16, [3]), _info("flags", TensorProto.BOOL, [3])],
+        [_info("doubled", TensorProto.FLOAT16, [3]), _info("negated", TensorProto.BOOL, [3])],
+        [two],
+    )
+
+
+def offset_model(offset: int) -> onnx.ModelProto:
+    """x INT64[-1,1] -> y = x + offset: versions tell themselves apart by their offset."""
+    constant = numpy_helper.from_array(np.array([offset], dtype=np.int64), "offset")
+    return _model(
+        [helper.make_node("Add", ["x", "offset"], ["y"])],
+        [_info("x", TensorProto.INT64, ["batch", 1])],
+        [_info("y", TensorProto.INT64, ["batch", 1])],
+        [constant],
+    )
+
+
+LABELS = ["cat", "dog", "bird", "fish", "frog"]
+
+
+def build_repository(root: Path) -> Path:
+    publish(root, "simple", simple_model(), SIMPLE_CONFIG)
+    publish(
+        root,
+        "simple_string",
+        string_model(),
+        """
+name: "simple_string"
+max_batch_size: 8
+input [ { name: "INPUT0", data_type: TYPE_STRING, dims: [ 4 ] } ]
+output [ { name: "OUTPUT0", data_type: TYPE_STRING, dims: [ 4 ] } ]
+""",
+    )
+    publish(root, "relu", relu_model(), None)
+    model_dir = publish(
+        root,
+        "classifier",
+        classifier_model(),
+        """
+max_batch_size: 4
+output [ { name: "probabilities", data_type: TYPE_FP32, dims: [ 5 ], label_filename: "labels.txt" } ]
+instance_group [ { kind: KIND_CPU, count: 2 } ]
+model_warmup [ {
+  name: "zeros", batch_size: 2,
+  inputs { key: "scores" value: { data_type: TYPE_FP32, dims: [ 5 ], zero_data: true } }
+} ]
+""",
+    )
+    (model_dir / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    publish(root, "types", types_model(), None)
+    for version in (1, 2, 3):
+        model_dir = root / "versioned" / str(version)
+        model_dir.mkdir(parents=True)
+        onnx.save(offset_model(100 * version), model_dir / "model.onnx")
+    (root / "versioned" / "config.pbtxt").write_text(
+        "max_batch_size: 2\nversion_policy: { latest: { num_versions: 2 } }\n"
+    )
+    broken = root / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"this is not an ONNX model")
+    return root

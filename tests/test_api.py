@@ -1,0 +1,411 @@
+"""Every API behaviour and error, asserted on HTTP and gRPC alike with tritonclient."""
+
+import asyncio
+import queue
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": "400",
+    "NOT_FOUND": "404",
+    "UNAVAILABLE": "503",
+    "UNIMPLEMENTED": "400",
+}
+
+
+@dataclass
+class Protocol:
+    name: str
+    module: object
+    client: object
+
+    def input(self, name, array, datatype=None, binary=True):
+        from tritonclient.utils import np_to_triton_dtype
+
+        tensor = self.module.InferInput(name, list(array.shape), datatype or np_to_triton_dtype(array.dtype))
+        if self.name == "http":
+            tensor.set_data_from_numpy(array, binary_data=binary)
+        else:
+            tensor.set_data_from_numpy(array)
+        return tensor
+
+    def output(self, name, class_count=0, binary=True):
+        if self.name == "http":
+            return self.module.InferRequestedOutput(name, binary_data=binary, class_count=class_count)
+        return self.module.InferRequestedOutput(name, class_count=class_count)
+
+    def config(self, model):
+        if self.name == "http":
+            return self.client.get_model_config(model)
+        return self.client.get_model_config(model, as_json=True)["config"]
+
+    def metadata(self, model, version=""):
+        if self.name == "http":
+            return self.client.get_model_metadata(model, version)
+        return self.client.get_model_metadata(model, version, as_json=True)
+
+    def statistics(self, model):
+        if self.name == "http":
+            return self.client.get_inference_statistics(model)["model_stats"]
+        return self.client.get_inference_statistics(model, as_json=True)["model_stats"]
+
+    def index(self):
+        if self.name == "http":
+            return self.client.get_model_repository_index()
+        return self.client.get_model_repository_index(as_json=True).get("models", [])
+
+    def assert_error(self, error: InferenceServerException, code: str, *fragments: str):
+        expected = HTTP_STATUS[code] if self.name == "http" else f"StatusCode.{code}"
+        assert error.status() == expected, error
+        for fragment in fragments:
+            assert fragment in error.message(), error.message()
+
+
+@pytest.fixture(params=["http", "grpc"])
+def api(request, server):
+    if request.param == "http":
+        client = httpclient.InferenceServerClient(server.http_url, concurrency=4)
+        yield Protocol("http", httpclient, client)
+    else:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        yield Protocol("grpc", grpcclient, client)
+    client.close()
+    assert server.process.poll() is None, "the server must keep serving"
+
+
+def simple_inputs(api, batch=1, binary=True):
+    a = np.arange(16 * batch, dtype=np.int32).reshape(batch, 16)
+    b = np.full((batch, 16), 3, dtype=np.int32)
+    return a, b, [api.input("INPUT0", a, binary=binary), api.input("INPUT1", b, binary=binary)]
+
+
+def test_health_and_server_metadata(api):
+    assert api.client.is_server_live()
+    # strict readiness: the repository's 'broken' model failed to load
+    assert not api.client.is_server_ready()
+    metadata = api.client.get_server_metadata()
+    metadata = (
+        metadata
+        if isinstance(metadata, dict)
+        else {"name": metadata.name, "extensions": list(metadata.extensions)}
+    )
+    assert metadata["name"] == "ortserve"
+    assert {"binary_tensor_data", "classification", "model_repository", "statistics"} <= set(
+        metadata["extensions"]
+    )
+
+
+def test_model_metadata(api):
+    metadata = api.metadata("simple")
+    assert metadata["name"] == "simple"
+    assert metadata["platform"] == "onnxruntime_onnx"
+    assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in metadata["inputs"]] == [
+        ("INPUT0", "INT32", [-1, 16]),
+        ("INPUT1", "INT32", [-1, 16]),
+    ]
+    assert [t["name"] for t in metadata["outputs"]] == ["OUTPUT0", "OUTPUT1"]
+    assert api.client.is_model_ready("simple")
+    assert not api.client.is_model_ready("no_such_model")
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_infer_simple(api, binary):
+    a, b, inputs = simple_inputs(api, batch=3, binary=binary)
+    outputs = [api.output("OUTPUT0", binary=binary), api.output("OUTPUT1", binary=binary)]
+    result = api.client.infer("simple", inputs, outputs=outputs, request_id="req-7")
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    response = result.get_response()
+    assert (response["id"] if api.name == "http" else response.id) == "req-7"
+
+
+def test_requested_output_subset(api):
+    a, b, inputs = simple_inputs(api)
+    result = api.client.infer("simple", inputs, outputs=[api.output("OUTPUT1")])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    assert result.as_numpy("OUTPUT0") is None
+
+
+def test_all_outputs_when_none_requested(api):
+    a, b, inputs = simple_inputs(api, batch=2)
+    result = api.client.infer("simple", inputs)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+
+
+def test_async_infer(api):
+    a, b, inputs = simple_inputs(api)
+    if api.name == "http":
+        result = api.client.async_infer("simple", inputs).get_result()
+    else:
+        done = queue.Queue()
+        api.client.async_infer("simple", inputs, callback=lambda result, error: done.put((result, error)))
+        result, error = done.get(timeout=30)
+        assert error is None
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+
+
+def test_bytes_tensors(api):
+    words = np.array([["alpha", "", "ünï", "d" * 300], ["e", "f", "g", "h"]], dtype=object)
+    result = api.client.infer("simple_string", [api.input("INPUT0", words, "BYTES")])
+    out = result.as_numpy("OUTPUT0")
+    assert out.shape == (2, 4)
+    assert [x.decode() if isinstance(x, bytes) else x for x in out.flat] == list(words.flat)
+
+
+def test_fp16_and_bool_on_unbatched_model(api):
+    half = np.array([0.5, -1.25, 3.0], dtype=np.float16)
+    flags = np.array([True, False, True])
+    result = api.client.infer("types", [api.input("half", half), api.input("flags", flags)])
+    np.testing.assert_array_equal(result.as_numpy("doubled"), half * 2)
+    assert result.as_numpy("doubled").dtype == np.float16
+    np.testing.assert_array_equal(result.as_numpy("negated"), ~flags)
+
+
+def test_classification(api):
+    scores = np.array([[0.1, 3.0, 0.2, 2.0, 0.0], [5.0, 0.0, 0.0, 0.0, 1.0]], dtype=np.float32)
+    result = api.client.infer(
+        "classifier",
+        [api.input("scores", scores)],
+        outputs=[api.output("probabilities", class_count=2)],
+    )
+    top = result.as_numpy("probabilities")
+    assert top.shape == (2, 2)
+    first = [entry.decode().split(":") for entry in top[0]]
+    assert [(index, label) for _, index, label in first] == [("1", "dog"), ("3", "fish")]
+    probabilities = np.exp(scores[0]) / np.exp(scores[0]).sum()
+    assert float(first[0][0]) == pytest.approx(probabilities[1], abs=1e-5)
+    assert top[1][0].decode().endswith(":0:cat")
+
+
+def test_config_completed_from_graph(api):
+    config = api.config("relu")
+    assert int(config["max_batch_size"]) == 4
+    assert config["platform"] == "onnxruntime_onnx"
+    assert "dynamic_batching" in config
+    assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in config["input"]] == [
+        ("x", "TYPE_FP32", [-1])
+    ]
+    x = np.array([[-1.0, 2.0, -3.0, 4.0, 0.5, -0.5, 7.0]] * 3, dtype=np.float32)
+    result = api.client.infer("relu", [api.input("x", x)])
+    np.testing.assert_array_equal(result.as_numpy("y"), np.maximum(x, 0))
+
+
+def test_triton_config_is_served_as_written(api):
+    config = api.config("simple")
+    assert int(config["max_batch_size"]) == 8
+    assert [int(d) for d in config["input"][0]["dims"]] == [16]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] in (100, "100")
+
+
+def test_version_policy(api):
+    x = np.array([[1]], dtype=np.int64)
+    latest = api.client.infer("versioned", [api.input("x", x)])
+    assert latest.as_numpy("y")[0, 0] == 301
+    assert api.client.infer("versioned", [api.input("x", x)], model_version="2").as_numpy("y")[0, 0] == 201
+    assert api.client.is_model_ready("versioned", "2")
+    assert not api.client.is_model_ready("versioned", "1")
+    assert api.metadata("versioned")["versions"] == ["2", "3"]
+    with pytest.raises(InferenceServerException) as error:
+        api.client.infer("versioned", [api.input("x", x)], model_version="1")
+    api.assert_error(error.value, "NOT_FOUND", "version 1")
+
+
+def test_statistics_count_inferences(api):
+    before = api.statistics("simple")[0]
+    _, _, inputs = simple_inputs(api, batch=3)
+    api.client.infer("simple", inputs)
+    api.client.infer("simple", inputs)
+    after = api.statistics("simple")[0]
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 6
+    assert int(after["execution_count"]) - int(before.get("execution_count", 0)) == 2
+    success = after["inference_stats"]["success"]
+    assert int(success["count"]) - int(before["inference_stats"]["success"].get("count", 0)) == 2
+    assert int(success["ns"]) > 0
+
+
+def test_compression(api, server):
+    if api.name == "http":
+        a, b, inputs = simple_inputs(api)
+        for request_algorithm, response_algorithm in (("gzip", "deflate"), ("deflate", "gzip")):
+            result = api.client.infer(
+                "simple",
+                inputs,
+                request_compression_algorithm=request_algorithm,
+                response_compression_algorithm=response_algorithm,
+            )
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    else:
+        a, b, inputs = simple_inputs(api)
+        result = api.client.infer("simple", inputs, compression_algorithm="gzip")
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+
+
+# --- bad input: a clear error naming what was wrong, and the server keeps serving --------------
+
+
+def infer_error(api, model, inputs, **kwargs) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as error:
+        api.client.infer(model, inputs, **kwargs)
+    return error.value
+
+
+def test_unknown_model(api):
+    _, _, inputs = simple_inputs(api)
+    api.assert_error(infer_error(api, "no_such_model", inputs), "NOT_FOUND", "no_such_model")
+
+
+def test_unknown_version(api):
+    _, _, inputs = simple_inputs(api)
+    api.assert_error(infer_error(api, "simple", inputs, model_version="9"), "NOT_FOUND", "version 9")
+
+
+def test_misnamed_input(api):
+    a, b, _ = simple_inputs(api)
+    inputs = [api.input("INPUT0", a), api.input("INPUT9", b)]
+    api.assert_error(infer_error(api, "simple", inputs), "INVALID_ARGUMENT", "INPUT9", "INPUT1")
+
+
+def test_missing_input(api):
+    a, _, _ = simple_inputs(api)
+    api.assert_error(
+        infer_error(api, "simple", [api.input("INPUT0", a)]), "INVALID_ARGUMENT", "missing: INPUT1"
+    )
+
+
+def test_extra_input(api):
+    a, b, inputs = simple_inputs(api)
+    inputs.append(api.input("EXTRA", a))
+    api.assert_error(infer_error(api, "simple", inputs), "INVALID_ARGUMENT", "EXTRA")
+
+
+def test_wrong_datatype(api):
+    a, b, _ = simple_inputs(api)
+    inputs = [api.input("INPUT0", a.astype(np.float32)), api.input("INPUT1", b)]
+    api.assert_error(infer_error(api, "simple", inputs), "INVALID_ARGUMENT", "INPUT0", "FP32", "INT32")
+
+
+def test_wrong_shape(api):
+    inputs = [api.input(n, np.zeros((1, 15), dtype=np.int32)) for n in ("INPUT0", "INPUT1")]
+    api.assert_error(infer_error(api, "simple", inputs), "INVALID_ARGUMENT", "INPUT0", "[-1,16]", "[1,15]")
+
+
+def test_batch_over_max_batch_size(api):
+    _, _, inputs = simple_inputs(api, batch=9)
+    api.assert_error(infer_error(api, "simple", inputs), "INVALID_ARGUMENT", "batch-size", "8")
+
+
+def test_unknown_output(api):
+    _, _, inputs = simple_inputs(api)
+    error = infer_error(api, "simple", inputs, outputs=[api.output("OUTPUT7")])
+    api.assert_error(error, "INVALID_ARGUMENT", "OUTPUT7", "OUTPUT0")
+
+
+def test_broken_model_is_unavailable_with_reason(api):
+    rows = {row["name"]: row for row in api.index()}
+    assert rows["broken"]["state"] == "UNAVAILABLE"
+    assert "model.onnx" in rows["broken"]["reason"] or "protobuf" in rows["broken"]["reason"].lower()
+    assert rows["simple"]["state"] == "READY"
+    x = np.zeros((1, 1), dtype=np.int64)
+    api.assert_error(infer_error(api, "broken", [api.input("x", x)]), "UNAVAILABLE", "broken")
+
+
+def test_load_and_unload(api):
+    api.client.unload_model("relu")
+    assert not api.client.is_model_ready("relu")
+    rows = {row["name"]: row for row in api.index()}
+    assert rows["relu"]["state"] == "UNAVAILABLE"
+    x = np.ones((1, 2), dtype=np.float32)
+    api.assert_error(infer_error(api, "relu", [api.input("x", x)]), "UNAVAILABLE", "not loaded")
+    api.client.load_model("relu")
+    assert api.client.is_model_ready("relu")
+    np.testing.assert_array_equal(api.client.infer("relu", [api.input("x", x)]).as_numpy("y"), x)
+
+
+def test_load_with_config_override(api):
+    api.client.load_model("relu", config='{"max_batch_size": 2}')
+    try:
+        assert int(api.config("relu")["max_batch_size"]) == 2
+        x = np.ones((3, 2), dtype=np.float32)
+        api.assert_error(infer_error(api, "relu", [api.input("x", x)]), "INVALID_ARGUMENT", "batch-size")
+    finally:
+        api.client.load_model("relu")
+    assert int(api.config("relu")["max_batch_size"]) == 4
+
+
+def test_load_unknown_model(api):
+    with pytest.raises(InferenceServerException) as error:
+        api.client.load_model("no_such_model")
+    api.assert_error(error.value, "NOT_FOUND", "no_such_model")
+
+
+def test_load_broken_model_names_the_reason(api):
+    with pytest.raises(InferenceServerException) as error:
+        api.client.load_model("broken")
+    api.assert_error(error.value, "INVALID_ARGUMENT", "broken")
+
+
+# --- gRPC streaming and the asyncio client ----------------------------------------------------
+
+
+def test_grpc_stream_infer(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    results = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    expected = {}
+    for index in range(5):
+        a = np.full((1, 16), index, dtype=np.int32)
+        inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for tensor in inputs:
+            tensor.set_data_from_numpy(a)
+        client.async_stream_infer("simple", inputs, request_id=str(index))
+        expected[str(index)] = a + a
+    bad = grpcclient.InferInput("INPUT0", [1, 16], "INT32")
+    bad.set_data_from_numpy(np.zeros((1, 16), dtype=np.int32))
+    client.async_stream_infer("simple", [bad], request_id="bad")
+    answers = [results.get(timeout=30) for _ in range(6)]
+    client.stop_stream()
+    client.close()
+    errors = [error for _, error in answers if error is not None]
+    assert len(errors) == 1 and "INPUT1" in errors[0].message()
+    for result, error in answers:
+        if error is None:
+            request_id = result.get_response().id
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), expected.pop(request_id))
+    assert not expected
+
+
+def test_grpc_aio_client(server):
+    async def run():
+        client = grpcaio.InferenceServerClient(server.grpc_url)
+        try:
+            assert await client.is_server_live()
+            a = np.arange(32, dtype=np.int32).reshape(2, 16)
+            inputs = [grpcaio.InferInput(n, [2, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+            for tensor in inputs:
+                tensor.set_data_from_numpy(a)
+            results = await asyncio.gather(*(client.infer("simple", inputs) for _ in range(8)))
+            for result in results:
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), np.zeros_like(a))
+            config = await client.get_model_config("simple", as_json=True)
+            assert config["config"]["name"] == "simple"
+
+            async def requests():
+                for index in range(3):
+                    yield {"model_name": "simple", "inputs": inputs, "request_id": str(index)}
+
+            ids = set()
+            async for result, error in client.stream_infer(requests()):
+                assert error is None
+                ids.add(result.get_response().id)
+            assert ids == {"0", "1", "2"}
+        finally:
+            await client.close()
+
+    asyncio.run(run())

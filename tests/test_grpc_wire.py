@@ -1,0 +1,110 @@
+"""gRPC at the wire: malformed protobuf, inconsistent raw contents, size limits and health."""
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.protocol import SERVICE_NAME, message
+
+ModelInferRequest = message("ModelInferRequest")
+ModelInferResponse = message("ModelInferResponse")
+
+
+@pytest.fixture
+def channel(server):
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        yield channel
+    assert server.process.poll() is None
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        assert infer(channel, simple_request()).model_name == "simple"
+
+
+def infer(channel, request):
+    call = channel.unary_unary(
+        f"/{SERVICE_NAME}/ModelInfer",
+        request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
+        response_deserializer=ModelInferResponse.FromString,
+    )
+    return call(request, timeout=30)
+
+
+def simple_request(raw=True):
+    request = ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        tensor = request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        if raw:
+            request.raw_input_contents.append(np.arange(16, dtype="<i4").tobytes())
+        else:
+            tensor.contents.int_contents.extend(range(16))
+    return request
+
+
+def rpc_error(channel, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as error:
+        infer(channel, request)
+    return error.value
+
+
+def test_typed_contents(channel):
+    response = infer(channel, simple_request(raw=False))
+    assert [o.name for o in response.outputs] == ["OUTPUT0", "OUTPUT1"]
+    out = np.frombuffer(response.raw_output_contents[0], dtype="<i4")
+    assert out.tolist() == [2 * x for x in range(16)]
+
+
+def test_malformed_protobuf(channel):
+    error = rpc_error(channel, b"\xff\xff\xff\x0f garbage")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed ModelInferRequest" in error.details()
+
+
+def test_raw_contents_count_mismatch(channel):
+    request = simple_request()
+    del request.raw_input_contents[1]
+    error = rpc_error(channel, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents has 1 entries" in error.details()
+
+
+def test_raw_contents_size_mismatch(channel):
+    request = simple_request()
+    request.raw_input_contents[1] = b"\0" * 63
+    error = rpc_error(channel, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "INPUT1" in error.details() and "64 bytes" in error.details()
+
+
+def test_typed_contents_count_mismatch(channel):
+    request = simple_request(raw=False)
+    request.inputs[0].contents.int_contents.append(99)
+    error = rpc_error(channel, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "INPUT0" in error.details() and "16 elements, got 17" in error.details()
+
+
+def test_fp16_needs_raw_contents(channel):
+    request = ModelInferRequest(model_name="types")
+    request.inputs.add(name="half", datatype="FP16", shape=[3]).contents.fp32_contents.extend([1, 2, 3])
+    error = rpc_error(channel, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents" in error.details()
+
+
+def test_message_over_the_limit(channel):
+    # the test server runs with --max-request-bytes 1048576
+    request = simple_request()
+    request.raw_input_contents[0] = b"\0" * (2 * 1024 * 1024)
+    error = rpc_error(channel, request)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_health_service(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    # strict readiness: the repository's 'broken' model keeps the server from being ready
+    for service in ("", SERVICE_NAME):
+        status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Check(health_pb2.HealthCheckRequest(service="other"), timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,238 @@
+"""Malformed HTTP requests: each gets a 4xx with {"error": ...} naming the problem; serving goes on."""
+
+import gzip
+import json
+import struct
+
+import httpx
+import numpy as np
+import pytest
+
+SIXTEEN = list(range(16))
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=f"http://{server.http_url}", timeout=30) as client:
+        yield client
+    assert server.process.poll() is None
+    # the server keeps serving after every bad request
+    with httpx.Client(base_url=f"http://{server.http_url}") as client:
+        assert client.post("/v2/models/simple/infer", json=simple_request()).status_code == 200
+
+
+def simple_request(**overrides) -> dict:
+    request = {
+        "inputs": [
+            {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": SIXTEEN},
+            {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": SIXTEEN},
+        ]
+    }
+    request.update(overrides)
+    return request
+
+
+def binary_request(header: dict, *chunks: bytes, header_length=None) -> tuple[bytes, dict]:
+    encoded = json.dumps(header).encode()
+    length = len(encoded) if header_length is None else header_length
+    return encoded + b"".join(chunks), {"Inference-Header-Content-Length": str(length)}
+
+
+def assert_error(response: httpx.Response, status: int, *fragments: str) -> None:
+    assert response.status_code == status, response.text
+    message = response.json()["error"]
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_json_infer_with_nested_data(http):
+    request = simple_request()
+    request["inputs"][0]["data"] = [SIXTEEN]
+    response = http.post("/v2/models/simple/infer", json=request)
+    assert response.status_code == 200
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["OUTPUT0"]["data"] == [2 * x for x in SIXTEEN]
+    assert outputs["OUTPUT0"]["shape"] == [1, 16]
+
+
+def test_binary_output_when_asked(http):
+    request = simple_request(outputs=[{"name": "OUTPUT1", "parameters": {"binary_data": True}}])
+    response = http.post("/v2/models/simple/infer", json=request)
+    length = int(response.headers["Inference-Header-Content-Length"])
+    header = json.loads(response.content[:length])
+    assert header["outputs"][0]["parameters"]["binary_data_size"] == 64
+    assert np.frombuffer(response.content[length:], dtype="<i4").tolist() == [0] * 16
+
+
+def test_malformed_json(http):
+    response = http.post("/v2/models/simple/infer", content=b'{"inputs": [')
+    assert_error(response, 400, "malformed JSON")
+
+
+def test_json_not_an_object(http):
+    assert_error(http.post("/v2/models/simple/infer", json=[1, 2]), 400, "JSON object")
+
+
+def test_no_inputs(http):
+    assert_error(http.post("/v2/models/simple/infer", json={}), 400, "inputs")
+
+
+def test_input_without_datatype(http):
+    request = simple_request()
+    del request["inputs"][0]["datatype"]
+    assert_error(http.post("/v2/models/simple/infer", json=request), 400, "datatype")
+
+
+def test_unknown_datatype(http):
+    request = simple_request()
+    request["inputs"][0]["datatype"] = "INT33"
+    assert_error(http.post("/v2/models/simple/infer", json=request), 400, "INT33", "INT32")
+
+
+def test_shape_and_data_length_disagree(http):
+    request = simple_request()
+    request["inputs"][1]["data"] = SIXTEEN[:15]
+    assert_error(http.post("/v2/models/simple/infer", json=request), 400, "INPUT1", "16 elements", "15")
+
+
+def test_data_of_the_wrong_kind(http):
+    request = simple_request()
+    request["inputs"][0]["data"] = ["a"] * 16
+    assert_error(http.post("/v2/models/simple/infer", json=request), 400, "INPUT0", "numbers")
+
+
+def test_negative_dimension(http):
+    request = simple_request()
+    request["inputs"][0]["shape"] = [-1, 16]
+    assert_error(http.post("/v2/models/simple/infer", json=request), 400, "INPUT0", "dimensions")
+
+
+def test_binary_size_does_not_match_shape(http):
+    raw = np.zeros(16, dtype=np.int32).tobytes()
+    header = simple_request()
+    header["inputs"][0] = {
+        "name": "INPUT0",
+        "datatype": "INT32",
+        "shape": [1, 16],
+        "parameters": {"binary_data_size": 60},
+    }
+    body, headers = binary_request(header, raw[:60])
+    assert_error(
+        http.post("/v2/models/simple/infer", content=body, headers=headers),
+        400,
+        "INPUT0",
+        "64 bytes",
+        "60",
+    )
+
+
+def test_binary_sizes_do_not_add_up(http):
+    raw = np.zeros(16, dtype=np.int32).tobytes()
+    header = simple_request()
+    header["inputs"][0] = {
+        "name": "INPUT0",
+        "datatype": "INT32",
+        "shape": [1, 16],
+        "parameters": {"binary_data_size": 64},
+    }
+    body, headers = binary_request(header, raw, b"trailing")
+    assert_error(http.post("/v2/models/simple/infer", content=body, headers=headers), 400, "72 bytes", "64")
+
+
+def test_binary_size_past_the_end(http):
+    header = simple_request()
+    header["inputs"][0] = {
+        "name": "INPUT0",
+        "datatype": "INT32",
+        "shape": [1, 16],
+        "parameters": {"binary_data_size": 64},
+    }
+    body, headers = binary_request(header, b"\0" * 10)
+    assert_error(
+        http.post("/v2/models/simple/infer", content=body, headers=headers),
+        400,
+        "INPUT0",
+        "64 bytes",
+        "10 remain",
+    )
+
+
+def test_header_length_past_the_body(http):
+    body, headers = binary_request(simple_request(), header_length=10**6)
+    assert_error(
+        http.post("/v2/models/simple/infer", content=body, headers=headers),
+        400,
+        "Inference-Header-Content-Length",
+    )
+
+
+def test_bytes_element_length_past_the_end(http):
+    raw = struct.pack("<I", 100) + b"abc"
+    header = {
+        "inputs": [
+            {
+                "name": "INPUT0",
+                "datatype": "BYTES",
+                "shape": [1, 4],
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ]
+    }
+    body, headers = binary_request(header, raw)
+    assert_error(
+        http.post("/v2/models/simple_string/infer", content=body, headers=headers),
+        400,
+        "INPUT0",
+        "100 bytes",
+    )
+
+
+def test_bytes_in_json(http):
+    request = {
+        "inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [1, 4], "data": ["a", "b", "c", "d"]}]
+    }
+    response = http.post("/v2/models/simple_string/infer", json=request)
+    assert response.json()["outputs"][0]["data"] == ["a", "b", "c", "d"]
+    request["inputs"][0]["data"] = [1, 2, 3, 4]
+    assert_error(http.post("/v2/models/simple_string/infer", json=request), 400, "strings")
+
+
+def test_body_over_the_limit(http):
+    # the test server runs with --max-request-bytes 1048576
+    response = http.post("/v2/models/simple/infer", content=b" " * (2 * 1024 * 1024))
+    assert_error(response, 413, "limit")
+
+
+def test_compressed_body_over_the_limit(http):
+    bomb = gzip.compress(b" " * (4 * 1024 * 1024))
+    response = http.post("/v2/models/simple/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert_error(response, 413, "decompressed")
+
+
+def test_unsupported_and_corrupt_encoding(http):
+    body = json.dumps(simple_request()).encode()
+    response = http.post("/v2/models/simple/infer", content=body, headers={"Content-Encoding": "br"})
+    assert_error(response, 400, "br", "gzip")
+    response = http.post("/v2/models/simple/infer", content=body, headers={"Content-Encoding": "gzip"})
+    assert_error(response, 400, "gzip")
+
+
+def test_unknown_route_and_method(http):
+    assert_error(http.get("/v2/no/such/route"), 404, "Not Found")
+    assert http.get("/v2/models/simple/infer").status_code == 405
+
+
+def test_non_numeric_version(http):
+    assert_error(http.post("/v2/models/simple/versions/x1/infer", json=simple_request()), 400, "x1")
+
+
+def test_repository_index_body(http):
+    assert_error(http.post("/v2/repository/index", content=b"{"), 400, "malformed JSON")
+    rows = http.post("/v2/repository/index", json={"ready": True}).json()
+    assert rows and all(row["state"] == "READY" for row in rows)
+
+
+def test_health_endpoints(http):
+    assert http.get("/v2/health/live").status_code == 200
+    assert http.get("/v2/models/simple/ready").status_code == 200
+    assert http.get("/v2/models/nope/ready").status_code == 400
