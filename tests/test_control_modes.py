@@ -1,0 +1,116 @@
+"""Model control modes, readiness and shutdown of a real server process."""
+
+import shutil
+import time
+
+import numpy as np
+import onnxruntime
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from exporters.demo import SIMPLE_CONFIG, publish, simple_model
+from tests.conftest import start_server, stop_server
+from tests.models import relu_model
+
+
+@pytest.fixture
+def good_repository(tmp_path):
+    root = tmp_path / "repository"
+    publish(root, "simple", simple_model(), SIMPLE_CONFIG)
+    publish(root, "relu", relu_model(), None)
+    return root
+
+
+def wait_for(condition, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_mode_none_serves_all_and_refuses_load(good_repository, tmp_path):
+    server = start_server(good_repository, tmp_path / "log", ready_model="simple")
+    try:
+        http = httpclient.InferenceServerClient(server.http_url)
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        assert http.is_server_ready() and grpc.is_server_ready()
+        assert http.is_model_ready("relu")
+        for client, status in ((http, "400"), (grpc, "StatusCode.UNIMPLEMENTED")):
+            for action in (client.load_model, client.unload_model):
+                with pytest.raises(InferenceServerException) as error:
+                    action("relu")
+                assert error.value.status() == status
+                assert "--model-control-mode explicit" in error.value.message()
+        assert http.is_model_ready("relu")
+    finally:
+        assert stop_server(server) == 0
+
+
+def test_explicit_mode_loads_only_named_models(good_repository, tmp_path):
+    server = start_server(
+        good_repository, tmp_path / "log", "--model-control-mode", "explicit", "--load-model", "relu",
+        ready_model="relu",
+    )
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        assert client.is_server_ready()
+        assert not client.is_model_ready("simple")
+        states = {row["name"]: row["state"] for row in client.get_model_repository_index()}
+        assert states == {"relu": "READY", "simple": "UNAVAILABLE"}
+        client.load_model("simple")
+        assert client.is_model_ready("simple")
+    finally:
+        assert stop_server(server) == 0
+
+
+def test_poll_mode_follows_the_repository(good_repository, tmp_path):
+    server = start_server(
+        good_repository, tmp_path / "log", "--model-control-mode", "poll", "--repository-poll-secs", "0.3",
+        ready_model="simple",
+    )
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        publish(good_repository, "relu2", relu_model(), None)
+        assert wait_for(lambda: client.is_model_ready("relu2")), server.output()
+        x = np.array([[-1.0, 1.0]], dtype=np.float32)
+        tensor = httpclient.InferInput("x", [1, 2], "FP32")
+        tensor.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("relu2", [tensor]).as_numpy("y"), [[0.0, 1.0]])
+        shutil.rmtree(good_repository / "relu2")
+        assert wait_for(lambda: not client.is_model_ready("relu2")), server.output()
+        assert "relu2" not in {row["name"] for row in client.get_model_repository_index()}
+    finally:
+        assert stop_server(server) == 0
+
+
+def test_readiness_without_strictness(repository, tmp_path):
+    server = start_server(repository, tmp_path / "log", "--strict-readiness", "false", ready_model="simple")
+    try:
+        assert httpclient.InferenceServerClient(server.http_url).is_server_ready()
+        assert "failed to load model 'broken'" in server.output()
+    finally:
+        assert stop_server(server) == 0
+
+
+def test_missing_repository_fails_at_start(tmp_path):
+    with pytest.raises(RuntimeError, match="not a directory"):
+        start_server(tmp_path / "nowhere", tmp_path / "log")
+
+
+def test_gpu_instance_falls_back_to_cpu_and_says_so(tmp_path):
+    root = tmp_path / "repository"
+    publish(root, "relu", relu_model(), "instance_group [{ kind: KIND_GPU, count: 1 }]")
+    server = start_server(root, tmp_path / "log", ready_model="relu")
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        tensor = httpclient.InferInput("x", [1, 2], "FP32")
+        tensor.set_data_from_numpy(np.array([[-2.0, 2.0]], dtype=np.float32))
+        np.testing.assert_array_equal(client.infer("relu", [tensor]).as_numpy("y"), [[0.0, 2.0]])
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            assert "ONNX Runtime has no CUDAExecutionProvider" in server.output()
+    finally:
+        assert stop_server(server) == 0
