@@ -5,7 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from server.core.errors import Internal, ServerError
+from server.core.errors import Internal, InvalidArgument, ServerError
 from server.core.types import InferRequest, InferResponse, ModelIndexEntry, Tensor
 from server.core.validation import check_inputs, check_outputs
 from server.protocol import ModelConfig
@@ -14,6 +14,7 @@ from server.repository.registry import ModelRegistry
 
 EXTENSIONS = (
     "classification",
+    "schedule_policy",
     "model_repository",
     "model_configuration",
     "binary_tensor_data",
@@ -86,7 +87,8 @@ class InferenceService:
         try:
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
             names = check_outputs(request, model.outputs)
-            arrays, timing = await model.execute(feeds, names)
+            priority, timeout = _scheduling(request.parameters)
+            arrays, timing = await model.infer(feeds, names, priority, timeout)
         except ServerError:
             model.stats.record_failure(time.perf_counter_ns() - start)
             raise
@@ -103,6 +105,17 @@ class InferenceService:
             outputs=outputs,
             requested=requested,
         )
+
+
+def _scheduling(parameters: dict) -> tuple[int, int]:
+    """The `priority` and `timeout` (microseconds) request parameters of Triton's protocol."""
+    values = []
+    for key in ("priority", "timeout"):
+        value = parameters.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidArgument(f"request parameter '{key}' must be an integer >= 0, got {value!r}")
+        values.append(value)
+    return values[0], values[1]
 
 
 def _tensor_metadata(spec) -> dict:

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from server.batching.batcher import Batcher, BatchPolicy
+from server.batching.collate import Padding
 from server.core.stats import ModelStats, Timing
 from server.core.types import TensorSpec
 from server.protocol import ModelConfig
@@ -24,6 +26,28 @@ class ModelVersion:
     input_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     output_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     stats: ModelStats = field(default_factory=ModelStats)
+    scheduler: Batcher | None = None
+
+    def start(self) -> None:
+        """Starts the model's request queue (on the event loop that will serve it)."""
+        padding = Padding.from_parameters({k: v.string_value for k, v in self.config.parameters.items()})
+        self.scheduler = Batcher(
+            name=self.name,
+            run_batch=self.execute,
+            policy=BatchPolicy.from_config(self.config),
+            padding=padding if self.batching else None,
+            instances=len(self.pool.sessions),
+        )
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+
+    async def infer(
+        self, feeds: dict[str, np.ndarray], output_names: list[str], priority: int = 0, timeout_us: int = 0
+    ) -> tuple[dict[str, np.ndarray], Timing]:
+        return await self.scheduler.submit(feeds, output_names, priority, timeout_us)
 
     @property
     def batching(self) -> bool:

@@ -155,12 +155,14 @@ class ModelRegistry:
                 log.error("failed to load model '%s': %s", name, reason)
                 self._models[name] = ModelEntry(UNAVAILABLE, reason, stamp=stamp)
                 if previous:
-                    _close(previous)
+                    await _stop(previous)
                 return
             self.load_seconds[name] = time.perf_counter() - started
+            for model in versions:
+                model.start()
             self._models[name] = ModelEntry(READY, "", {model.version: model for model in versions}, stamp)
             if previous:
-                _close(previous)
+                await _stop(previous)
             log.info(
                 "loaded model '%s' versions %s in %.2f s",
                 name,
@@ -174,14 +176,16 @@ class ModelRegistry:
             if entry is None:
                 return
             self._models[name] = ModelEntry(UNLOADING, "unloading")
-            await asyncio.to_thread(_close, entry)
+            await _stop(entry)
             del self._models[name]
             log.info("unloaded model '%s'", name)
 
 
-def _close(entry: ModelEntry) -> None:
+async def _stop(entry: ModelEntry) -> None:
+    """Fails the requests still queued, waits for running ones, then frees the sessions."""
     for model in entry.versions.values():
-        model.pool.close()
+        await model.stop()
+        await asyncio.to_thread(model.pool.close)
 
 
 def _stamp(model_dir: Path) -> float:

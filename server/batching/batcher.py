@@ -1,0 +1,308 @@
+"""The per-model scheduler: a bounded priority queue and one loop that forms batches for free instances.
+
+Requests wait at most `max_queue_delay_microseconds` for a batch to fill; a batch goes at once when it
+reaches `max_batch_size` or a preferred size. A model without dynamic batching goes through the same
+queue, one request per execution. Results return to each caller, in arrival order when asked.
+"""
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from server.batching.collate import Padding, batch_key, collate, padded_length, rows, split
+from server.core.errors import InvalidArgument, Unavailable
+from server.core.stats import Timing
+from server.protocol import ModelConfig
+
+DEFAULT_MAX_QUEUE_SIZE = 1024  # where the config leaves max_queue_size at 0 (unbounded in Triton)
+
+RunBatch = Callable[[dict[str, np.ndarray], list[str]], Awaitable[tuple[dict[str, np.ndarray], Timing]]]
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    default_timeout_us: int = 0
+    allow_timeout_override: bool = False
+    delay_on_timeout: bool = False  # timeout_action DELAY; REJECT otherwise
+
+    @classmethod
+    def from_config(cls, policy) -> "QueuePolicy":
+        return cls(
+            max_queue_size=policy.max_queue_size or DEFAULT_MAX_QUEUE_SIZE,
+            default_timeout_us=policy.default_timeout_microseconds,
+            allow_timeout_override=policy.allow_timeout_override,
+            delay_on_timeout=policy.timeout_action == 1,
+        )
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 0  # 0: every request runs alone
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    preserve_ordering: bool = False
+    default_priority: int = 1
+    queues: tuple[QueuePolicy, ...] = (QueuePolicy(),)  # one per priority level, highest first
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "BatchPolicy":
+        if not config.HasField("dynamic_batching") or config.max_batch_size <= 0:
+            return cls()
+        batching = config.dynamic_batching
+        default = QueuePolicy.from_config(batching.default_queue_policy)
+        levels = max(int(batching.priority_levels), 1)
+        queues = tuple(
+            QueuePolicy.from_config(batching.priority_queue_policy[level])
+            if level in batching.priority_queue_policy
+            else default
+            for level in range(1, levels + 1)
+        )
+        return cls(
+            max_batch_size=config.max_batch_size,
+            preferred_batch_sizes=tuple(sorted(s for s in batching.preferred_batch_size if s > 0)),
+            max_queue_delay_us=batching.max_queue_delay_microseconds,
+            preserve_ordering=batching.preserve_ordering,
+            default_priority=int(batching.default_priority_level) or (levels + 1) // 2,
+            queues=queues,
+        )
+
+
+@dataclass(eq=False)
+class Pending:
+    feeds: dict[str, np.ndarray]
+    output_names: list[str]
+    rows: int
+    length: int | None
+    key: tuple
+    level: int
+    enqueued_ns: int
+    deadline_ns: int | None
+    future: asyncio.Future
+    previous: asyncio.Future | None = None  # preserve_ordering: delivered before this one
+    delivered: asyncio.Future | None = None
+
+
+@dataclass
+class _Outcome:
+    pending: Pending
+    result: tuple | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Batcher:
+    name: str
+    run_batch: RunBatch
+    policy: BatchPolicy = field(default_factory=BatchPolicy)
+    padding: Padding | None = None
+    instances: int = 1
+
+    def __post_init__(self):
+        self._queues = [deque() for _ in self.policy.queues]
+        self._wakeup = asyncio.Event()
+        self._free = asyncio.Semaphore(self.instances)
+        self._running: set[asyncio.Task] = set()
+        self._last_delivered: asyncio.Future | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
+
+    @property
+    def queued(self) -> int:
+        return sum(len(queue) for queue in self._queues)
+
+    async def submit(
+        self,
+        feeds: dict[str, np.ndarray],
+        output_names: list[str],
+        priority: int = 0,
+        timeout_us: int = 0,
+    ) -> tuple[dict[str, np.ndarray], Timing]:
+        if self._closed:
+            raise Unavailable(f"model '{self.name}' is unloading")
+        level = self._level(priority)
+        policy = self.policy.queues[level]
+        if len(self._queues[level]) >= policy.max_queue_size:
+            raise Unavailable(
+                f"the queue of model '{self.name}' is full ({policy.max_queue_size} requests waiting); "
+                "retry later"
+            )
+        timeout = timeout_us if timeout_us and policy.allow_timeout_override else policy.default_timeout_us
+        length = padded_length(feeds, self.padding)
+        now = time.monotonic_ns()
+        loop = asyncio.get_running_loop()
+        pending = Pending(
+            feeds=feeds,
+            output_names=output_names,
+            rows=rows(feeds) if self.policy.max_batch_size else 1,
+            length=length,
+            key=batch_key(feeds, self.padding, length),
+            level=level,
+            enqueued_ns=now,
+            deadline_ns=now + timeout * 1000 if timeout else None,
+            future=loop.create_future(),
+        )
+        if self.policy.preserve_ordering:
+            pending.previous, pending.delivered = self._last_delivered, loop.create_future()
+            self._last_delivered = pending.delivered
+        self._queues[level].append(pending)
+        self._wakeup.set()
+        return await pending.future
+
+    def _level(self, priority: int) -> int:
+        levels = len(self.policy.queues)
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= levels:
+            raise InvalidArgument(
+                f"priority {priority!r} is out of range: model '{self.name}' has priority levels 1..{levels} "
+                "(0 for its default)"
+            )
+        return (priority or min(self.policy.default_priority, levels)) - 1
+
+    async def stop(self) -> None:
+        """Refuse new requests, fail the waiting ones, and let running batches finish."""
+        self._closed = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        unloaded = Unavailable(f"model '{self.name}' was unloaded while the request waited")
+        for queue in self._queues:
+            while queue:
+                self._deliver(_Outcome(queue.popleft(), error=unloaded))
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            await self._free.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._free.release()
+                raise
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _next_batch(self) -> list[Pending]:
+        while True:
+            self._wakeup.clear()
+            now = time.monotonic_ns()
+            wake_at = self._expire(now)
+            candidates = self._candidates()
+            if candidates:
+                chosen, ready_at = self._choose(candidates, now)
+                if chosen:
+                    for pending in chosen:
+                        self._queues[pending.level].remove(pending)
+                    return chosen
+                wake_at = min(ready_at, wake_at) if wake_at else ready_at
+            timeout = None if wake_at is None else max(wake_at - time.monotonic_ns(), 0) / 1e9
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _expire(self, now: int) -> int | None:
+        """Rejects or delays requests whose timeout passed; returns the next deadline."""
+        next_deadline = None
+        for level, queue in enumerate(self._queues):
+            for pending in list(queue):
+                if pending.future.done():  # the caller gave up
+                    queue.remove(pending)
+                    self._deliver(_Outcome(pending))
+                elif pending.deadline_ns is not None and pending.deadline_ns <= now:
+                    queue.remove(pending)
+                    if self.policy.queues[level].delay_on_timeout:
+                        pending.deadline_ns = None
+                        pending.level = len(self._queues) - 1
+                        self._queues[-1].append(pending)
+                    else:
+                        waited = (now - pending.enqueued_ns) // 1000
+                        error = Unavailable(
+                            f"request timed out after waiting {waited} us in the queue of model '{self.name}'"
+                        )
+                        self._deliver(_Outcome(pending, error=error))
+                elif pending.deadline_ns is not None:
+                    next_deadline = min(next_deadline or pending.deadline_ns, pending.deadline_ns)
+        return next_deadline
+
+    def _candidates(self) -> list[Pending]:
+        """The oldest request of the highest priority and those that can join its batch."""
+        head = next((queue[0] for queue in self._queues if queue), None)
+        if head is None or not self.policy.max_batch_size:
+            return [head] if head else []
+        chosen, total = [], 0
+        for queue in self._queues:
+            for pending in queue:
+                if pending.key == head.key and total + pending.rows <= self.policy.max_batch_size:
+                    chosen.append(pending)
+                    total += pending.rows
+        return chosen
+
+    def _choose(self, candidates: list[Pending], now: int) -> tuple[list[Pending], int]:
+        """The batch to send now (empty to wait), and when the oldest candidate stops waiting."""
+        ready_at = candidates[0].enqueued_ns + self.policy.max_queue_delay_us * 1000
+        total = sum(p.rows for p in candidates)
+        if not self.policy.max_batch_size or total >= self.policy.max_batch_size or now >= ready_at:
+            return candidates, ready_at
+        preferred = [size for size in self.policy.preferred_batch_sizes if size <= total]
+        if preferred:
+            chosen, count = [], 0
+            for pending in candidates:
+                if count + pending.rows > preferred[-1]:
+                    break
+                chosen.append(pending)
+                count += pending.rows
+            if count in self.policy.preferred_batch_sizes:
+                return chosen, ready_at
+        return [], ready_at
+
+    async def _run(self, batch: list[Pending]) -> None:
+        try:
+            outcomes = await self._compute(batch)
+        finally:
+            self._free.release()
+        for outcome in outcomes:
+            self._deliver(outcome)
+
+    async def _compute(self, batch: list[Pending]) -> list[_Outcome]:
+        start = time.monotonic_ns()
+        names = list(dict.fromkeys(name for pending in batch for name in pending.output_names))
+        try:
+            outputs, timing = await self.run_batch(collate([p.feeds for p in batch], self.padding), names)
+            parts = split(outputs, [p.rows for p in batch], [p.length for p in batch], self.padding)
+        except Exception as error:
+            if len(batch) == 1:
+                return [_Outcome(batch[0], error=error)]
+            # a failed batch is retried request by request, so that only the bad ones fail
+            return [outcome for pending in batch for outcome in await self._compute([pending])]
+        return [
+            _Outcome(
+                pending,
+                result=(
+                    {name: part[name] for name in pending.output_names},
+                    replace(timing, queue_ns=start - pending.enqueued_ns),
+                ),
+            )
+            for pending, part in zip(batch, parts)
+        ]
+
+    def _deliver(self, outcome: _Outcome) -> None:
+        pending = outcome.pending
+        if pending.previous is not None and not pending.previous.done():
+            pending.previous.add_done_callback(lambda _: self._deliver(outcome))
+            return
+        if not pending.future.done():
+            if outcome.error is not None:
+                pending.future.set_exception(outcome.error)
+            else:
+                pending.future.set_result(outcome.result)
+        if pending.delivered is not None:
+            pending.delivered.set_result(None)
+
