@@ -72,6 +72,27 @@ def offset_model(offset: int) -> onnx.ModelProto:
     )
 
 
+def padded_model() -> onnx.ModelProto:
+    """x FP32[batch, seq] -> y = relu(x) [batch, seq], total = sum(x) [batch, 1]."""
+    return _model(
+        [
+            helper.make_node("Relu", ["x"], ["y"]),
+            helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1),
+        ],
+        [_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [_info("y", TensorProto.FLOAT, ["batch", "seq"]), _info("total", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
+    )
+
+
+PADDED_CONFIG = """
+max_batch_size: 16
+dynamic_batching { max_queue_delay_microseconds: 200000 }
+parameters { key: "pad_inputs" value { string_value: "x:0" } }
+parameters { key: "pad_outputs" value { string_value: "y" } }
+parameters { key: "pad_buckets" value { string_value: "8,64" } }
+"""
+
 LABELS = ["cat", "dog", "bird", "fish", "frog"]
 
 
@@ -105,6 +126,7 @@ model_warmup [ {
     )
     (model_dir / "labels.txt").write_text("\n".join(LABELS) + "\n")
     publish(root, "types", types_model(), None)
+    publish(root, "padded", padded_model(), PADDED_CONFIG)
     for version in (1, 2, 3):
         model_dir = root / "versioned" / str(version)
         model_dir.mkdir(parents=True)

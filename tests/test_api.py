@@ -2,81 +2,12 @@
 
 import asyncio
 import queue
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
-
-HTTP_STATUS = {
-    "INVALID_ARGUMENT": "400",
-    "NOT_FOUND": "404",
-    "UNAVAILABLE": "503",
-    "UNIMPLEMENTED": "400",
-}
-
-
-@dataclass
-class Protocol:
-    name: str
-    module: object
-    client: object
-
-    def input(self, name, array, datatype=None, binary=True):
-        from tritonclient.utils import np_to_triton_dtype
-
-        tensor = self.module.InferInput(name, list(array.shape), datatype or np_to_triton_dtype(array.dtype))
-        if self.name == "http":
-            tensor.set_data_from_numpy(array, binary_data=binary)
-        else:
-            tensor.set_data_from_numpy(array)
-        return tensor
-
-    def output(self, name, class_count=0, binary=True):
-        if self.name == "http":
-            return self.module.InferRequestedOutput(name, binary_data=binary, class_count=class_count)
-        return self.module.InferRequestedOutput(name, class_count=class_count)
-
-    def config(self, model):
-        if self.name == "http":
-            return self.client.get_model_config(model)
-        return self.client.get_model_config(model, as_json=True)["config"]
-
-    def metadata(self, model, version=""):
-        if self.name == "http":
-            return self.client.get_model_metadata(model, version)
-        return self.client.get_model_metadata(model, version, as_json=True)
-
-    def statistics(self, model):
-        if self.name == "http":
-            return self.client.get_inference_statistics(model)["model_stats"]
-        return self.client.get_inference_statistics(model, as_json=True)["model_stats"]
-
-    def index(self):
-        if self.name == "http":
-            return self.client.get_model_repository_index()
-        return self.client.get_model_repository_index(as_json=True).get("models", [])
-
-    def assert_error(self, error: InferenceServerException, code: str, *fragments: str):
-        expected = HTTP_STATUS[code] if self.name == "http" else f"StatusCode.{code}"
-        assert error.status() == expected, error
-        for fragment in fragments:
-            assert fragment in error.message(), error.message()
-
-
-@pytest.fixture(params=["http", "grpc"])
-def api(request, server):
-    if request.param == "http":
-        client = httpclient.InferenceServerClient(server.http_url, concurrency=4)
-        yield Protocol("http", httpclient, client)
-    else:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
-        yield Protocol("grpc", grpcclient, client)
-    client.close()
-    assert server.process.poll() is None, "the server must keep serving"
 
 
 def simple_inputs(api, batch=1, binary=True):

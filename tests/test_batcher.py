@@ -1,0 +1,276 @@
+"""The batcher driven by a fake runner: what it merges, when, in which order, and what it refuses."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from server.batching.batcher import Batcher, BatchPolicy, QueuePolicy
+from server.batching.collate import Padding
+from server.core.errors import InvalidArgument, Unavailable
+from server.core.stats import Timing
+
+
+class FakeRunner:
+    """Doubles `x`; records every batch; can be held closed to let a queue build up."""
+
+    def __init__(self, fail_on=None):
+        self.batches: list[dict[str, np.ndarray]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_on = fail_on
+
+    async def __call__(self, feeds, names):
+        self.batches.append(feeds)
+        await self.gate.wait()
+        if self.fail_on is not None and (feeds["x"] == self.fail_on).any():
+            raise RuntimeError("poisoned row")
+        outputs = {"y": feeds["x"] * 2, "total": feeds["x"].reshape(len(feeds["x"]), -1).sum(axis=1)}
+        return {name: outputs[name] for name in names}, Timing(infer_ns=1)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(batch["x"]) for batch in self.batches]
+
+
+def rows(value, n=1, width=2):
+    return {"x": np.full((n, width), value, dtype=np.int64)}
+
+
+async def started(runner, **policy) -> Batcher:
+    padding = policy.pop("padding", None)
+    instances = policy.pop("instances", 1)
+    batcher = Batcher("m", runner, BatchPolicy(**policy), padding, instances)
+    batcher.start()
+    return batcher
+
+
+async def settle():
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 30))
+
+
+def test_full_batch_goes_at_once():
+    async def scenario():
+        runner = FakeRunner()
+        batcher = await started(runner, max_batch_size=4, max_queue_delay_us=60_000_000)
+        results = await asyncio.gather(*(batcher.submit(rows(i), ["y"]) for i in range(4)))
+        assert runner.sizes == [4]
+        assert [int(r[0]["y"][0, 0]) for r in results] == [0, 2, 4, 6]
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_partial_batch_goes_after_the_delay():
+    async def scenario():
+        runner = FakeRunner()
+        batcher = await started(runner, max_batch_size=8, max_queue_delay_us=20_000)
+        results = await asyncio.gather(*(batcher.submit(rows(i, n=2), ["y"]) for i in range(3)))
+        assert runner.sizes == [6]
+        assert [r[0]["y"].shape for r in results] == [(2, 2)] * 3
+        assert all(r[1].queue_ns > 0 for r in results)
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_preferred_size_goes_without_waiting():
+    async def scenario():
+        runner = FakeRunner()
+        batcher = await started(
+            runner, max_batch_size=8, preferred_batch_sizes=(2,), max_queue_delay_us=60_000_000
+        )
+        await asyncio.gather(*(batcher.submit(rows(i), ["y"]) for i in range(2)))
+        assert runner.sizes == [2]
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_without_dynamic_batching_each_request_runs_alone():
+    async def scenario():
+        runner = FakeRunner()
+        batcher = await started(runner)
+        await asyncio.gather(*(batcher.submit(rows(i, n=3), ["y"]) for i in range(3)))
+        assert runner.sizes == [3, 3, 3]
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_higher_priority_runs_first():
+    async def scenario():
+        runner = FakeRunner()
+        runner.gate.clear()
+        policy = dict(max_batch_size=1, queues=(QueuePolicy(), QueuePolicy()), default_priority=2)
+        batcher = await started(runner, **policy)
+        first = asyncio.create_task(batcher.submit(rows(0), ["y"]))
+        await settle()  # 0 is running, the instance is busy
+        low = asyncio.create_task(batcher.submit(rows(1), ["y"], priority=2))
+        default = asyncio.create_task(batcher.submit(rows(2), ["y"]))
+        high = asyncio.create_task(batcher.submit(rows(3), ["y"], priority=1))
+        await settle()
+        runner.gate.set()
+        await asyncio.gather(first, low, default, high)
+        assert [int(b["x"][0, 0]) for b in runner.batches] == [0, 3, 1, 2]
+        with pytest.raises(InvalidArgument, match="priority 3"):
+            await batcher.submit(rows(0), ["y"], priority=3)
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_full_queue_is_refused_at_once():
+    async def scenario():
+        runner = FakeRunner()
+        runner.gate.clear()
+        batcher = await started(runner, max_batch_size=1, queues=(QueuePolicy(max_queue_size=2),))
+        running = asyncio.create_task(batcher.submit(rows(0), ["y"]))
+        await settle()
+        waiting = [asyncio.create_task(batcher.submit(rows(i), ["y"])) for i in (1, 2)]
+        await settle()
+        with pytest.raises(Unavailable, match="full"):
+            await batcher.submit(rows(3), ["y"])
+        runner.gate.set()
+        await asyncio.gather(running, *waiting)
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_timeout_rejects_or_delays():
+    async def scenario(delay: bool):
+        runner = FakeRunner()
+        runner.gate.clear()
+        queue = QueuePolicy(default_timeout_us=1_000, delay_on_timeout=delay, allow_timeout_override=True)
+        batcher = await started(runner, max_batch_size=1, queues=(queue,))
+        running = asyncio.create_task(batcher.submit(rows(0), ["y"]))
+        await settle()
+        expiring = asyncio.create_task(batcher.submit(rows(1), ["y"]))
+        patient = asyncio.create_task(batcher.submit(rows(2), ["y"], timeout_us=60_000_000))
+        await asyncio.sleep(0.05)
+        runner.gate.set()
+        await asyncio.gather(running, patient)
+        if delay:
+            assert int((await expiring)[0]["y"][0, 0]) == 2
+        else:
+            with pytest.raises(Unavailable, match="timed out"):
+                await expiring
+        await batcher.stop()
+
+    run(scenario(delay=False))
+    run(scenario(delay=True))
+
+
+def test_preserve_ordering_across_instances():
+    async def scenario():
+        slow_gate = asyncio.Event()
+
+        async def runner(feeds, names):
+            if feeds["x"][0, 0] == 0:
+                await slow_gate.wait()
+            return {"y": feeds["x"]}, Timing()
+
+        batcher = await started(runner, max_batch_size=1, preserve_ordering=True, instances=2)
+        done = []
+
+        async def call(value):
+            await batcher.submit(rows(value), ["y"])
+            done.append(value)
+
+        tasks = [asyncio.create_task(call(v)) for v in (0, 1)]
+        await asyncio.sleep(0.02)
+        assert done == []  # 1 finished first but waits for 0
+        slow_gate.set()
+        await asyncio.gather(*tasks)
+        assert done == [0, 1]
+        await batcher.stop()
+
+    run(scenario())
+
+
+PADDING = Padding(values={"x": -1}, outputs=frozenset({"y"}), buckets=(4, 8, 16))
+
+
+def test_padding_merges_lengths_of_one_bucket_and_cuts_outputs_back():
+    async def scenario():
+        runner = FakeRunner()
+        batcher = await started(runner, max_batch_size=4, max_queue_delay_us=20_000, padding=PADDING)
+        short, long_ = rows(3, width=5), rows(4, width=7)
+        (out_short, _), (out_long, _) = await asyncio.gather(
+            batcher.submit(short, ["y", "total"]), batcher.submit(long_, ["y", "total"])
+        )
+        assert runner.sizes == [2]
+        assert runner.batches[0]["x"].tolist() == [[3] * 5 + [-1, -1], [4] * 7]
+        np.testing.assert_array_equal(out_short["y"], short["x"] * 2)
+        np.testing.assert_array_equal(out_long["y"], long_["x"] * 2)
+        assert out_short["total"].tolist() == [15 - 2]  # outputs not on the padded axis are kept whole
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_lengths_of_different_buckets_do_not_share_a_batch():
+    async def scenario():
+        runner = FakeRunner()
+        batcher = await started(runner, max_batch_size=4, max_queue_delay_us=20_000, padding=PADDING)
+        short, long_ = rows(1, width=3), rows(1, width=12)
+        await asyncio.gather(batcher.submit(short, ["y"]), batcher.submit(long_, ["y"]))
+        assert sorted(batch["x"].shape[1] for batch in runner.batches) == [3, 12]
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_padded_inputs_must_agree_on_length():
+    async def scenario():
+        padding = Padding(values={"x": 0, "mask": 0}, outputs=frozenset())
+        batcher = await started(FakeRunner(), max_batch_size=4, padding=padding)
+        feeds = {"x": np.zeros((1, 3), dtype=np.int64), "mask": np.zeros((1, 4), dtype=np.int64)}
+        with pytest.raises(InvalidArgument, match="same length"):
+            await batcher.submit(feeds, ["y"])
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_a_failing_row_fails_only_its_request():
+    async def scenario():
+        runner = FakeRunner(fail_on=7)
+        batcher = await started(runner, max_batch_size=4, max_queue_delay_us=20_000)
+        results = await asyncio.gather(
+            *(batcher.submit(rows(v), ["y"]) for v in (1, 7, 3)), return_exceptions=True
+        )
+        assert isinstance(results[1], RuntimeError)
+        assert int(results[0][0]["y"][0, 0]) == 2 and int(results[2][0]["y"][0, 0]) == 6
+        assert int((await batcher.submit(rows(5), ["y"]))[0]["y"][0, 0]) == 10  # still serving
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_stop_fails_waiting_requests_and_refuses_new_ones():
+    async def scenario():
+        runner = FakeRunner()
+        runner.gate.clear()
+        batcher = await started(runner, max_batch_size=1)
+        running = asyncio.create_task(batcher.submit(rows(0), ["y"]))
+        await settle()
+        waiting = [asyncio.create_task(batcher.submit(rows(i), ["y"])) for i in (1, 2)]
+        await settle()
+        stopping = asyncio.create_task(batcher.stop())
+        for task in waiting:
+            with pytest.raises(Unavailable, match="unloaded"):
+                await task
+        runner.gate.set()
+        await stopping
+        assert int((await running)[0]["y"][0, 0]) == 0  # the running batch finished
+        with pytest.raises(Unavailable, match="unloading"):
+            await batcher.submit(rows(3), ["y"])
+
+    run(scenario())
