@@ -169,7 +169,7 @@ class Protocol:
 @pytest.fixture(params=["http", "grpc"])
 def api(request, server):
     if request.param == "http":
-        client = httpclient.InferenceServerClient(server.http_url, concurrency=4)
+        client = httpclient.InferenceServerClient(server.http_url, concurrency=16)
         yield Protocol("http", httpclient, client)
     else:
         client = grpcclient.InferenceServerClient(server.grpc_url)

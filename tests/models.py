@@ -73,15 +73,28 @@ def offset_model(offset: int) -> onnx.ModelProto:
 
 
 def padded_model() -> onnx.ModelProto:
-    """x FP32[batch, seq] -> y = relu(x) [batch, seq], total = sum(x) [batch, 1]."""
+    """x FP32[batch, seq] -> y = relu(x) [batch, seq], total = sum(x) [batch, 1], and `heavy` [batch, 1]:
+    a product with 64 MB of weights, so that an execution takes long enough for requests to queue."""
+    weights = np.full((2048, 8192), 1 / 2048, dtype=np.float32)
     return _model(
         [
             helper.make_node("Relu", ["x"], ["y"]),
             helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1),
+            helper.make_node("Expand", ["total", "wide"], ["spread"]),
+            helper.make_node("MatMul", ["spread", "weights"], ["product"]),
+            helper.make_node("ReduceMean", ["product"], ["heavy"], axes=[1], keepdims=1),
         ],
         [_info("x", TensorProto.FLOAT, ["batch", "seq"])],
-        [_info("y", TensorProto.FLOAT, ["batch", "seq"]), _info("total", TensorProto.FLOAT, ["batch", 1])],
-        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
+        [
+            _info("y", TensorProto.FLOAT, ["batch", "seq"]),
+            _info("total", TensorProto.FLOAT, ["batch", 1]),
+            _info("heavy", TensorProto.FLOAT, ["batch", 1]),
+        ],
+        [
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+            numpy_helper.from_array(np.array([1, 2048], dtype=np.int64), "wide"),
+            numpy_helper.from_array(weights, "weights"),
+        ],
     )
 
 

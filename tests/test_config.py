@@ -61,10 +61,13 @@ def test_partial_tensor_is_filled_in():
 
 def test_declared_outputs_are_a_subset():
     text = 'max_batch_size: 2\noutput [{ name: "y", data_type: TYPE_FP32, dims: [2] }]'
-    graph = [GraphTensor("x", "FP32", (None, 3))], [
-        GraphTensor("y", "FP32", (None, 2)),
-        GraphTensor("z", "FP32", (None, 1)),
-    ]
+    graph = (
+        [GraphTensor("x", "FP32", (None, 3))],
+        [
+            GraphTensor("y", "FP32", (None, 2)),
+            GraphTensor("z", "FP32", (None, 1)),
+        ],
+    )
     assert [t.name for t in completed(text, graph).output] == ["y"]
 
 

@@ -52,7 +52,12 @@ def test_mode_none_serves_all_and_refuses_load(good_repository, tmp_path):
 
 def test_explicit_mode_loads_only_named_models(good_repository, tmp_path):
     server = start_server(
-        good_repository, tmp_path / "log", "--model-control-mode", "explicit", "--load-model", "relu",
+        good_repository,
+        tmp_path / "log",
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "relu",
         ready_model="relu",
     )
     try:
@@ -69,7 +74,12 @@ def test_explicit_mode_loads_only_named_models(good_repository, tmp_path):
 
 def test_poll_mode_follows_the_repository(good_repository, tmp_path):
     server = start_server(
-        good_repository, tmp_path / "log", "--model-control-mode", "poll", "--repository-poll-secs", "0.3",
+        good_repository,
+        tmp_path / "log",
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-secs",
+        "0.3",
         ready_model="simple",
     )
     try:

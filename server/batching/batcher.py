@@ -1,7 +1,8 @@
 """The per-model scheduler: a bounded priority queue and one loop that forms batches for free instances.
 
 Requests wait at most `max_queue_delay_microseconds` for a batch to fill; a batch goes at once when it
-reaches `max_batch_size` or a preferred size. A model without dynamic batching goes through the same
+reaches `max_batch_size` or a preferred size, and so does a lone request when nothing else is queued
+(under load, requests pile up while the instances are busy and form the next batches). A model without dynamic batching goes through the same
 queue, one request per execution. Results return to each caller, in arrival order when asked.
 """
 
@@ -249,7 +250,8 @@ class Batcher:
         """The batch to send now (empty to wait), and when the oldest candidate stops waiting."""
         ready_at = candidates[0].enqueued_ns + self.policy.max_queue_delay_us * 1000
         total = sum(p.rows for p in candidates)
-        if not self.policy.max_batch_size or total >= self.policy.max_batch_size or now >= ready_at:
+        alone = len(candidates) == 1 and self.queued == 1  # low load: waiting would only add latency
+        if not self.policy.max_batch_size or alone or total >= self.policy.max_batch_size or now >= ready_at:
             return candidates, ready_at
         preferred = [size for size in self.policy.preferred_batch_sizes if size <= total]
         if preferred:
@@ -305,4 +307,3 @@ class Batcher:
                 pending.future.set_result(outcome.result)
         if pending.delivered is not None:
             pending.delivered.set_result(None)
-

