@@ -7,7 +7,7 @@ RUNTIME := $(if $(GPU),gpu,cpu)
 REPOSITORY ?= model_repository
 HOST ?= 0.0.0.0
 
-.PHONY: install run serve models test lint proto clean
+.PHONY: install run serve models test lint proto bench clean
 
 $(VENV)/.installed-$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: models
 
 test: install
 	$(PY) -m pytest -q
+
+# Benchmarks, side by side in one run each; they rewrite their sections of BENCHMARKS.md.
+bench: install
+	$(PY) -m pip install --quiet -e '.[export]'
+	$(PY) -m loadtest.bench_batching
 
 lint: install
 	$(VENV)/bin/ruff check .
