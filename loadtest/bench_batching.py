@@ -270,10 +270,12 @@ def run(seconds: float) -> str:
     body = (
         "## Dynamic batching\n\n"
         f"`python -m loadtest.bench_batching --seconds {seconds:g}` on {report.machine()}; "
-        "the load client is one asyncio process (raw HTTP/1.1 keep-alive, grpc.aio) on the same two cores as the server.\n\n"
+        "the load client is one asyncio process (raw HTTP/1.1 keep-alive, grpc.aio) "
+        "on the same two cores as the server.\n\n"
         + report.table(["measure", "figures", "ratio", "target", "notes"], rows)
-        + "\n\nAt concurrency 1 a lone request waits for company up to `max_queue_delay_microseconds`, as in "
-        "Triton; a model that must not wait sets it to 0.\n"
+        + "\n\nA lone request (nothing else queued, an instance free) runs at once instead of waiting "
+        "`max_queue_delay_microseconds` for company: under load, batches form from the requests that "
+        "queue while the instances are busy.\n"
     )
     report.write_section("batching", body)
     return body

@@ -10,6 +10,7 @@ import uvicorn
 from server.api.grpc.servicer import channel_options, create_server
 from server.api.http.app import create_app
 from server.core.service import InferenceService
+from server.metrics import create_metrics_app
 from server.repository.registry import ModelRegistry
 from server.settings import Settings
 
@@ -33,8 +34,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    tasks = []
-    http = None
+    tasks, servers = [], []
     if settings.allow_http:
         app = create_app(service, settings.max_request_bytes)
         config = uvicorn.Config(
@@ -46,8 +46,22 @@ async def serve(settings: Settings) -> None:
             timeout_graceful_shutdown=settings.exit_timeout_secs,
         )
         http = _HttpServer(config)
+        servers.append(http)
         tasks.append(asyncio.create_task(http.serve(), name="http"))
         log.info("HTTP service at http://%s:%d", settings.host, settings.http_port)
+    if settings.allow_metrics:
+        metrics = _HttpServer(
+            uvicorn.Config(
+                create_metrics_app(registry),
+                host=settings.host,
+                port=settings.metrics_port,
+                log_config=None,
+                access_log=False,
+            )
+        )
+        servers.append(metrics)
+        tasks.append(asyncio.create_task(metrics.serve(), name="metrics"))
+        log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
     grpc_server = None
     if settings.allow_grpc:
         options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)
@@ -62,8 +76,8 @@ async def serve(settings: Settings) -> None:
     failed = [task for task in done if task is not stopper and task.exception()]
     log.info("shutting down")
     service.live = False
-    if http is not None:
-        http.should_exit = True
+    for server in servers:
+        server.should_exit = True
     if grpc_server is not None:
         await grpc_server.stop(settings.exit_timeout_secs)
     for task in tasks:

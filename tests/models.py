@@ -106,6 +106,18 @@ parameters { key: "pad_outputs" value { string_value: "y" } }
 parameters { key: "pad_buckets" value { string_value: "8,64" } }
 """
 
+
+def lookup_model() -> onnx.ModelProto:
+    """index INT64[-1,1] -> value = table[index]; an index past the table fails inside ONNX Runtime."""
+    table = numpy_helper.from_array(np.array([10.0, 20.0, 30.0, 40.0], dtype=np.float32), "table")
+    return _model(
+        [helper.make_node("Gather", ["table", "index"], ["value"], axis=0)],
+        [_info("index", TensorProto.INT64, ["batch", 1])],
+        [_info("value", TensorProto.FLOAT, ["batch", 1])],
+        [table],
+    )
+
+
 LABELS = ["cat", "dog", "bird", "fish", "frog"]
 
 
@@ -140,6 +152,16 @@ model_warmup [ {
     (model_dir / "labels.txt").write_text("\n".join(LABELS) + "\n")
     publish(root, "types", types_model(), None)
     publish(root, "padded", padded_model(), PADDED_CONFIG)
+    publish(root, "lookup", lookup_model(), None)
+    publish(
+        root,
+        "limited",
+        padded_model(),
+        """
+max_batch_size: 1
+dynamic_batching { default_queue_policy { max_queue_size: 1 } }
+""",
+    )
     for version in (1, 2, 3):
         model_dir = root / "versioned" / str(version)
         model_dir.mkdir(parents=True)

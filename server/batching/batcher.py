@@ -3,7 +3,8 @@
 Requests wait at most `max_queue_delay_microseconds` for a batch to fill; a batch goes at once when it
 reaches `max_batch_size` or a preferred size, and so does a lone request when nothing else is queued
 (under load, requests pile up while the instances are busy and form the next batches). A model
-without dynamic batching goes through the same queue, one request per execution. Results return to each caller, in arrival order when asked.
+without dynamic batching goes through the same queue, one request per execution. Results return to
+each caller, in arrival order when asked.
 """
 
 import asyncio

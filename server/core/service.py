@@ -1,11 +1,12 @@
 """The protocol-neutral core: every front end decodes into these calls and encodes what they return."""
 
+import asyncio
 import time
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from server.core.errors import Internal, InvalidArgument, ServerError
+from server.core.errors import Internal, InvalidArgument, ServerError, Unavailable
 from server.core.types import InferRequest, InferResponse, ModelIndexEntry, Tensor
 from server.core.validation import check_inputs, check_outputs
 from server.protocol import ModelConfig
@@ -89,15 +90,15 @@ class InferenceService:
             names = check_outputs(request, model.outputs)
             priority, timeout = _scheduling(request.parameters)
             arrays, timing = await model.infer(feeds, names, priority, timeout)
-        except ServerError:
-            model.stats.record_failure(time.perf_counter_ns() - start)
-            raise
-        except Exception as error:
-            model.stats.record_failure(time.perf_counter_ns() - start)
+        except BaseException as error:
+            elapsed = time.perf_counter_ns() - start
+            model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
+            if isinstance(error, ServerError) or not isinstance(error, Exception):
+                raise
             raise Internal(f"model '{model.name}' failed to run: {error}") from error
         requested = {output.name: output for output in request.outputs}
         outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
-        model.stats.record_success(time.perf_counter_ns() - start, timing)
+        model.stats.record_success(time.perf_counter_ns() - start, timing, request.protocol)
         return InferResponse(
             model_name=model.name,
             model_version=str(model.version),
@@ -105,6 +106,17 @@ class InferenceService:
             outputs=outputs,
             requested=requested,
         )
+
+
+def failure_reason(error: BaseException) -> str:
+    """Triton's `reason` label of nv_inference_request_failure."""
+    if isinstance(error, Unavailable):
+        return "REJECTED"  # queue full, timed out in the queue, unloaded while waiting
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELED"
+    if isinstance(error, ServerError):
+        return "OTHER"
+    return "BACKEND"
 
 
 def _scheduling(parameters: dict) -> tuple[int, int]:

@@ -1,7 +1,39 @@
-"""Per model version statistics in the shape of Triton's statistics extension."""
+"""Per model version statistics: Triton's statistics extension and every metric read the same numbers."""
 
+import bisect
 import time
 from dataclasses import dataclass, field
+
+LATENCY_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+
+@dataclass
+class Histogram:
+    """Cumulative-bucket histogram in Prometheus' shape; `counts[i]` counts values <= bounds[i]."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: int = 0
+    sum: float = 0.0
+
+    def __post_init__(self):
+        self.counts = self.counts or [0] * len(self.bounds)
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self.bounds, value)
+        if index < len(self.counts):
+            self.counts[index] += 1
+        self.total += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        running, buckets = 0, []
+        for bound, count in zip(self.bounds, self.counts):
+            running += count
+            buckets.append((bound, running))
+        return buckets
 
 
 @dataclass
@@ -33,6 +65,12 @@ class ModelStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
+    requests_by_protocol: dict[tuple[str, str], int] = field(default_factory=dict)  # (protocol, outcome)
+    request_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
+    queue_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
+    compute_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
+    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BOUNDS))
 
     def record_execution(self, batch_size: int, timing: "Timing") -> None:
         """One run of the model on a batch of `batch_size` items (Triton's batch_stats)."""
@@ -42,18 +80,30 @@ class ModelStats:
         batch.compute_input.add(timing.input_ns)
         batch.compute_infer.add(timing.infer_ns)
         batch.compute_output.add(timing.output_ns)
+        self.batch_size.observe(batch_size)
+        self.compute_seconds.observe((timing.input_ns + timing.infer_ns + timing.output_ns) / 1e9)
 
-    def record_success(self, request_ns: int, timing: "Timing") -> None:
+    def record_success(self, request_ns: int, timing: "Timing", protocol: str = "") -> None:
         self.last_inference_ms = time.time_ns() // 1_000_000
         self.success.add(request_ns)
         self.queue.add(timing.queue_ns)
         self.compute_input.add(timing.input_ns)
         self.compute_infer.add(timing.infer_ns)
         self.compute_output.add(timing.output_ns)
+        self.request_seconds.observe(request_ns / 1e9)
+        self.queue_seconds.observe(timing.queue_ns / 1e9)
+        self._count(protocol, "success")
 
-    def record_failure(self, request_ns: int) -> None:
+    def record_failure(self, request_ns: int, reason: str, protocol: str = "") -> None:
         self.last_inference_ms = time.time_ns() // 1_000_000
         self.fail.add(request_ns)
+        self.failures[reason] += 1
+        self.request_seconds.observe(request_ns / 1e9)
+        self._count(protocol, "failure")
+
+    def _count(self, protocol: str, outcome: str) -> None:
+        key = (protocol or "other", outcome)
+        self.requests_by_protocol[key] = self.requests_by_protocol.get(key, 0) + 1
 
 
 @dataclass

@@ -52,6 +52,7 @@ class InferRequest:
     inputs: list[Tensor] = field(default_factory=list)
     outputs: list[RequestedOutput] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    protocol: str = ""  # the front end it came through, for per-protocol counts
 
 
 @dataclass

@@ -58,6 +58,7 @@ def decode_infer(request) -> InferRequest:
         inputs=inputs,
         outputs=outputs,
         parameters=parameters(request.parameters),
+        protocol="grpc",
     )
 
 

@@ -47,6 +47,7 @@ def decode_infer(body: bytes, header_length: str | None, model: str, version: st
         inputs=decoded,
         outputs=[_decode_output(item) for item in _field(document, "outputs", list, [])],
         parameters=parameters,
+        protocol="http",
     )
 
 

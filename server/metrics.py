@@ -1,0 +1,200 @@
+"""Prometheus metrics in Triton's names, read at scrape time from the statistics the core keeps.
+
+A collector over the same ModelStats that the statistics extension reports: the two always agree, and
+the request path pays nothing for metrics.
+"""
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from server.core.stats import FAILURE_REASONS, Histogram
+from server.repository.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+LABELS = ["model", "version"]
+# Triton's cumulative durations: (metric, ModelStats attribute, help)
+DURATIONS = (
+    ("nv_inference_queue_duration_us", "queue", "Cumulative inference queuing duration in microseconds"),
+    (
+        "nv_inference_compute_input_duration_us",
+        "compute_input",
+        "Cumulative compute input duration in microseconds",
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "compute_infer",
+        "Cumulative compute inference duration in microseconds",
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "compute_output",
+        "Cumulative inference compute output duration in microseconds",
+    ),
+)
+HISTOGRAMS = (
+    ("ortserve_request_duration_seconds", "request_seconds", "End-to-end request duration"),
+    ("ortserve_queue_duration_seconds", "queue_seconds", "Time a request waited in the model's queue"),
+    ("ortserve_compute_duration_seconds", "compute_seconds", "Duration of one model execution"),
+    ("ortserve_batch_size", "batch_size", "Items per model execution"),
+)
+
+
+class ServerCollector:
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+        self._cpu_sample = _cpu_times()
+
+    def collect(self):
+        models = self.registry.ready_models()
+        yield from self._triton_counters(models)
+        yield from self._histograms(models)
+        yield from self._gauges(models)
+        yield from self._system()
+
+    def _triton_counters(self, models):
+        success = CounterMetricFamily(
+            "nv_inference_request_success",
+            "Number of successful inference requests, all batch sizes",
+            labels=LABELS,
+        )
+        failure = CounterMetricFamily(
+            "nv_inference_request_failure",
+            "Number of failed inference requests, all batch sizes",
+            labels=LABELS + ["reason"],
+        )
+        count = CounterMetricFamily(
+            "nv_inference_count", "Number of inferences performed (a batch of n counts n)", labels=LABELS
+        )
+        executions = CounterMetricFamily(
+            "nv_inference_exec_count", "Number of model executions performed", labels=LABELS
+        )
+        request = CounterMetricFamily(
+            "nv_inference_request_duration_us",
+            "Cumulative inference request duration in microseconds",
+            labels=LABELS,
+        )
+        durations = [CounterMetricFamily(name, text, labels=LABELS) for name, _, text in DURATIONS]
+        protocols = CounterMetricFamily(
+            "ortserve_inference_requests",
+            "Inference requests by front end and outcome",
+            labels=LABELS + ["protocol", "outcome"],
+        )
+        for model in models:
+            labels, stats = [model.name, str(model.version)], model.stats
+            success.add_metric(labels, stats.success.count)
+            for reason in FAILURE_REASONS:
+                failure.add_metric(labels + [reason], stats.failures[reason])
+            count.add_metric(labels, stats.inference_count)
+            executions.add_metric(labels, stats.execution_count)
+            request.add_metric(labels, (stats.success.ns + stats.fail.ns) / 1000)
+            for family, (_, attribute, _) in zip(durations, DURATIONS):
+                family.add_metric(labels, getattr(stats, attribute).ns / 1000)
+            for (protocol, outcome), value in list(stats.requests_by_protocol.items()):
+                protocols.add_metric(labels + [protocol, outcome], value)
+        yield from (success, failure, count, executions, request, *durations, protocols)
+
+    def _histograms(self, models):
+        for name, attribute, text in HISTOGRAMS:
+            family = HistogramMetricFamily(name, text, labels=LABELS)
+            for model in models:
+                histogram: Histogram = getattr(model.stats, attribute)
+                buckets = [(_bound(b), c) for b, c in histogram.cumulative()] + [("+Inf", histogram.total)]
+                family.add_metric([model.name, str(model.version)], buckets, histogram.sum)
+            yield family
+
+    def _gauges(self, models):
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model",
+            labels=LABELS,
+        )
+        load = GaugeMetricFamily("nv_model_load_duration_secs", "Model load time in seconds", labels=LABELS)
+        for model in models:
+            labels = [model.name, str(model.version)]
+            pending.add_metric(labels, model.scheduler.queued if model.scheduler else 0)
+            load.add_metric(labels, self.registry.load_seconds.get(model.name, 0.0))
+        yield from (pending, load)
+
+    def _system(self):
+        sample = _cpu_times()
+        busy, total = (now - before for now, before in zip(sample, self._cpu_sample))
+        self._cpu_sample = sample
+        cpu = GaugeMetricFamily("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]")
+        cpu.add_metric([], busy / total if total else 0.0)
+        used, available = _memory()
+        memory_total = GaugeMetricFamily("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes")
+        memory_total.add_metric([], used + available)
+        memory_used = GaugeMetricFamily("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes")
+        memory_used.add_metric([], used)
+        yield from (cpu, memory_total, memory_used)
+        yield from _gpu_metrics()
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and value >= 1 else repr(float(value))
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat; zeros where there is no /proc."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _memory() -> tuple[int, int]:
+    """(used, available) bytes from /proc/meminfo."""
+    values = {}
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                key, _, rest = line.partition(":")
+                values[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        return 0, 0
+    available = values.get("MemAvailable", 0)
+    return values.get("MemTotal", 0) - available, available
+
+
+def _gpu_metrics():
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no NVML library or no GPU: Triton leaves the GPU metrics out as well
+        return
+    utilization = GaugeMetricFamily(
+        "nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0]", labels=["gpu_uuid"]
+    )
+    used = GaugeMetricFamily("nv_gpu_memory_used_bytes", "GPU used memory, in bytes", labels=["gpu_uuid"])
+    total = GaugeMetricFamily("nv_gpu_memory_total_bytes", "GPU total memory, in bytes", labels=["gpu_uuid"])
+    for index in range(pynvml.nvmlDeviceGetCount()):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        uuid = pynvml.nvmlDeviceGetUUID(handle)
+        uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        utilization.add_metric([uuid], pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
+        used.add_metric([uuid], memory.used)
+        total.add_metric([uuid], memory.total)
+    yield from (utilization, used, total)
+
+
+def create_metrics_app(registry: ModelRegistry) -> FastAPI:
+    """The /metrics endpoint on its own port; one CollectorRegistry per server, made here."""
+    prometheus = CollectorRegistry(auto_describe=False)
+    prometheus.register(ServerCollector(registry))
+    app = FastAPI(title="ortserve metrics", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(prometheus), media_type=CONTENT_TYPE_LATEST)
+
+    return app
