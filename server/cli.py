@@ -28,6 +28,9 @@ def serve(args: argparse.Namespace) -> int:
         level=logging.DEBUG if settings.log_verbose > 1 else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.log_verbose == 1:
+        logging.getLogger("server").setLevel(logging.DEBUG)
+        logging.getLogger("ortserve").setLevel(logging.DEBUG)
     from server.main import serve as run_server
 
     try:

@@ -36,7 +36,7 @@ async def serve(settings: Settings) -> None:
 
     tasks, servers = [], []
     if settings.allow_http:
-        app = create_app(service, settings.max_request_bytes)
+        app = create_app(service, settings.max_request_bytes, settings.access_log)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -65,7 +65,8 @@ async def serve(settings: Settings) -> None:
     grpc_server = None
     if settings.allow_grpc:
         options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)
-        grpc_server = create_server(service, f"{settings.host}:{settings.grpc_port}", options)
+        address = f"{settings.host}:{settings.grpc_port}"
+        grpc_server = create_server(service, address, options, settings.access_log)
         await grpc_server.start()
         log.info("gRPC service at %s:%d", settings.host, settings.grpc_port)
     if settings.model_control_mode == "poll":

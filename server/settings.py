@@ -37,6 +37,7 @@ class Settings:
     grpc_keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)
     exit_timeout_secs: float = 30.0
     log_verbose: int = 0
+    access_log: bool = True
 
 
 def _bool(text: str) -> bool:
@@ -87,7 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--grpc-http2-max-ping-strikes", type=int, default=GrpcKeepalive.max_ping_strikes)
     parser.add_argument("--exit-timeout-secs", type=float, default=Settings.exit_timeout_secs)
-    parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument(
+        "--log-verbose", type=int, default=0, help="1: debug logs of ortserve, 2: of every library"
+    )
+    parser.add_argument("--access-log", type=_bool, default=True, help="one JSON log line per request")
 
 
 def from_arguments(args: argparse.Namespace) -> Settings:
@@ -115,4 +119,5 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         ),
         exit_timeout_secs=args.exit_timeout_secs,
         log_verbose=args.log_verbose,
+        access_log=args.access_log,
     )

@@ -33,7 +33,7 @@ def wait_for(condition, seconds=30.0):
 
 
 def test_mode_none_serves_all_and_refuses_load(good_repository, tmp_path):
-    server = start_server(good_repository, tmp_path / "log", ready_model="simple")
+    server = start_server(good_repository, tmp_path / "log", "--access-log", "false", ready_model="simple")
     try:
         http = httpclient.InferenceServerClient(server.http_url)
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
@@ -48,6 +48,7 @@ def test_mode_none_serves_all_and_refuses_load(good_repository, tmp_path):
         assert http.is_model_ready("relu")
     finally:
         assert stop_server(server) == 0
+    assert "ortserve.access" not in server.output()
 
 
 def test_explicit_mode_loads_only_named_models(good_repository, tmp_path):
@@ -124,3 +125,27 @@ def test_gpu_instance_falls_back_to_cpu_and_says_so(tmp_path):
             assert "ONNX Runtime has no CUDAExecutionProvider" in server.output()
     finally:
         assert stop_server(server) == 0
+
+
+def test_access_log_lines(server):
+    """The session server logs one JSON line per request, for both front ends."""
+    import json
+
+    httpclient.InferenceServerClient(server.http_url).is_model_ready("simple")
+    grpcclient.InferenceServerClient(server.grpc_url).is_model_ready("simple")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [
+            line.split("ortserve.access: ", 1)[1]
+            for line in server.output().splitlines()
+            if "ortserve.access: " in line
+        ]
+        entries = [json.loads(line) for line in lines]
+        http = [e for e in entries if e["protocol"] == "http" and e["target"] == "/v2/models/simple/ready"]
+        grpc = [e for e in entries if e["protocol"] == "grpc" and e["target"] == "ModelReady"]
+        if http and grpc:
+            assert http[-1]["status"] == "200" and grpc[-1]["status"] == "OK"
+            assert http[-1]["ms"] >= 0
+            return
+        time.sleep(0.1)
+    raise AssertionError("no access log lines for both protocols")

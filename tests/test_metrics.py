@@ -108,3 +108,22 @@ def test_system_and_load_gauges(server):
     assert samples[("nv_cpu_memory_used_bytes", ())] > 0
     assert value(samples, "nv_model_load_duration_secs", "simple") > 0
     assert value(samples, "nv_inference_pending_request_count", "simple") == 0
+
+
+def test_dashboard_queries_name_served_metrics(server):
+    """Every metric the Grafana dashboard queries is one the server exposes."""
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads(
+        (Path(__file__).parent.parent / "deploy/grafana/ortserve-dashboard.json").read_text()
+    )
+    served = {name for name, _ in scrape(server)}
+    suffixes = ("_total", "_bucket", "_count", "_sum", "")
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for name in re.findall(r"\b(nv_\w+|ortserve_\w+)\b", target["expr"]):
+                assert any(
+                    name + s in served or name.removesuffix("_bucket") + s in served for s in suffixes
+                ), (panel["title"], name)

@@ -2,12 +2,14 @@
 
 import asyncio
 import logging
+import time
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.api import access_log as access
 from server.api.grpc import codec
 from server.api.grpc.errors import STATUS
 from server.core.errors import InvalidArgument, ServerError
@@ -122,24 +124,31 @@ def _parse(message_type, data: bytes):
         raise InvalidArgument(f"malformed {name} protobuf: {error}") from None
 
 
-def _unary(method, request_type: str):
+def _unary(method, request_type: str, access_log: bool):
     message_type = message(request_type)
+    name = request_type.removesuffix("Request")
 
     async def handle(data: bytes, context):
+        started, status = time.perf_counter(), "OK"
         try:
             return await method(_parse(message_type, data), context)
         except ServerError as error:
+            status = STATUS[error.code].name
             await context.abort(STATUS[error.code], error.message)
         except Exception as error:
+            status = "INTERNAL"
             log.exception("%s failed", request_type)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+        finally:
+            if access_log:
+                access.record("grpc", "rpc", name, status, started, context.peer())
 
     return grpc.unary_unary_rpc_method_handler(
         handle, request_deserializer=None, response_serializer=lambda m: m.SerializeToString()
     )
 
 
-def handlers(service: GrpcInferenceService) -> grpc.GenericRpcHandler:
+def handlers(service: GrpcInferenceService, access_log: bool = True) -> grpc.GenericRpcHandler:
     unary = {
         "ServerLive": "ServerLiveRequest",
         "ServerReady": "ServerReadyRequest",
@@ -153,7 +162,7 @@ def handlers(service: GrpcInferenceService) -> grpc.GenericRpcHandler:
         "RepositoryModelLoad": "RepositoryModelLoadRequest",
         "RepositoryModelUnload": "RepositoryModelUnloadRequest",
     }
-    methods = {name: _unary(getattr(service, name), request) for name, request in unary.items()}
+    methods = {name: _unary(getattr(service, name), request, access_log) for name, request in unary.items()}
     methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
         service.ModelStreamInfer, response_serializer=lambda m: m.SerializeToString()
     )
@@ -187,10 +196,12 @@ class _Health(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=status)
 
 
-def create_server(service: InferenceService, address: str, options) -> grpc.aio.Server:
+def create_server(
+    service: InferenceService, address: str, options, access_log: bool = True
+) -> grpc.aio.Server:
     """A grpc.aio server with the inference and the standard health services; not yet started."""
     server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((handlers(GrpcInferenceService(service)),))
+    server.add_generic_rpc_handlers((handlers(GrpcInferenceService(service), access_log),))
     health_pb2_grpc.add_HealthServicer_to_server(_Health(service), server)
     if not server.add_insecure_port(address):
         raise OSError(f"cannot listen for gRPC on {address}")

@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from server.api.access_log import HttpAccessLog
 from server.api.http import codec
 from server.api.http.errors import error_response
 from server.core.errors import InvalidArgument, ServerError, TooLarge
@@ -17,8 +18,10 @@ from server.repository.config import to_json
 _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def create_app(service: InferenceService, max_request_bytes: int) -> FastAPI:
+def create_app(service: InferenceService, max_request_bytes: int, access_log: bool = True) -> FastAPI:
     app = FastAPI(title="ortserve", docs_url=None, redoc_url=None, openapi_url=None)
+    if access_log:
+        app.add_middleware(HttpAccessLog)
 
     @app.exception_handler(ServerError)
     async def server_error(_: Request, error: ServerError):
