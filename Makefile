@@ -7,7 +7,7 @@ RUNTIME := $(if $(GPU),gpu,cpu)
 REPOSITORY ?= model_repository
 HOST ?= 0.0.0.0
 
-.PHONY: install run serve models test lint proto bench clean
+.PHONY: install run serve models test lint proto bench loadtest clean
 
 $(VENV)/.installed-$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: install
 bench: install
 	$(PY) -m pip install --quiet -e '.[export]'
 	$(PY) -m loadtest.bench_batching
+
+# Serves the default repository on loopback and runs locust headless (bounded users and time).
+loadtest: models
+	$(PY) -m loadtest.run_locust --repository $(REPOSITORY) --users 16 --seconds 30
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,134 @@
+"""The Helm chart, the Dockerfile and the locust scenario, checked with the real tools, offline."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from loadtest.run_locust import run_locust
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "ortserve"
+KUBERNETES = kubernetes_validate.latest_version()
+
+VALUE_SETS = {
+    "cpu": {},
+    "gpu": {"gpu": {"enabled": True, "count": 2}},
+    "autoscaling-queue": {"autoscaling": {"enabled": True}},
+    "autoscaling-cpu": {"autoscaling": {"enabled": True, "metric": "cpu"}},
+    "servicemonitor": {"serviceMonitor": {"enabled": True}},
+    "pvc": {"modelRepository": {"persistentVolumeClaim": {"claimName": "models"}}},
+    "init-container": {
+        "modelRepository": {"initContainer": {"enabled": True}},
+        "server": {"modelControlMode": "explicit", "loadModels": ["simple", "minilm"]},
+    },
+}
+
+
+def render(values: dict) -> dict[str, dict]:
+    manifests = helm.Chart.load(CHART).render(values, name="demo", namespace="serving")
+    documents = {}
+    for path, text in manifests.items():
+        if path.endswith(".yaml"):
+            for document in yaml.safe_load_all(text):
+                if document:
+                    documents[document["kind"]] = document
+    return documents
+
+
+def test_chart_lints_strictly():
+    for values in VALUE_SETS.values():
+        report = helm.lint(CHART, values, strict=True)
+        assert not report["errors"] and not report["messages"], report
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_rendered_manifests_are_valid_kubernetes(name):
+    documents = render(VALUE_SETS[name])
+    for kind, document in documents.items():
+        if document["apiVersion"].startswith("monitoring.coreos.com"):
+            assert document["spec"]["endpoints"][0]["port"] == "metrics"  # a CRD: no schema to check against
+            continue
+        kubernetes_validate.validate(document, KUBERNETES, strict=True)
+    assert {"Deployment", "Service"} <= set(documents)
+
+
+def container(documents) -> dict:
+    return documents["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_probes_ports_and_security():
+    documents = render({})
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    server = container(documents)
+    assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert server["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert [p["containerPort"] for p in server["ports"]] == [8000, 8001, 8002]
+    assert [p["port"] for p in documents["Service"]["spec"]["ports"]] == [8000, 8001, 8002]
+    assert server["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["terminationGracePeriodSeconds"] > int(
+        next(a for a in server["args"] if a.startswith("--exit-timeout-secs=")).split("=")[1]
+    )
+    assert "PodDisruptionBudget" in documents
+
+
+def test_gpu_values_request_gpus_on_gpu_nodes():
+    documents = render(VALUE_SETS["gpu"])
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    assert container(documents)["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert container(documents)["image"].endswith("-gpu")
+    assert "nvidia.com/gpu" not in container(render({}))["resources"].get("limits", {})
+
+
+def test_autoscaling_on_queue_time():
+    hpa = render(VALUE_SETS["autoscaling-queue"])["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "avg_time_queue_us"
+    assert "replicas" not in render(VALUE_SETS["autoscaling-queue"])["Deployment"]["spec"]
+
+
+def test_server_flags_follow_values():
+    args = container(render(VALUE_SETS["init-container"]))["args"]
+    assert "--model-control-mode=explicit" in args
+    assert args.count("--load-model=simple") == 1 and "--load-model=minilm" in args
+    pod = render(VALUE_SETS["init-container"])["Deployment"]["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["volumeMounts"][0]["mountPath"] == "/models"
+
+
+def test_dockerfile_lints_clean():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_promises():
+    text = (ROOT / "Dockerfile").read_text()
+    for promise in (
+        "AS cpu",
+        "AS gpu",
+        "USER 10001",
+        "EXPOSE 8000 8001 8002",
+        'VOLUME ["/models"]',
+        "HEALTHCHECK",
+        "/v2/health/ready",
+        "[gpu]",
+        "[cpu]",
+    ):
+        assert promise in text, promise
+
+
+def test_locust_scenario_against_a_real_server(server, tmp_path):
+    rows = run_locust(server.http_url, server.grpc_url, users=4, seconds=4, prefix=tmp_path / "locust")
+    by_name = {row["Name"]: row for row in rows}
+    assert set(by_name) == {"http json infer", "http binary infer", "grpc infer"}
+    for row in rows:
+        assert int(row["Request Count"]) > 0, row
+        assert int(row["Failure Count"]) == 0, row
