@@ -50,7 +50,7 @@ def test_chart_lints_strictly():
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_rendered_manifests_are_valid_kubernetes(name):
     documents = render(VALUE_SETS[name])
-    for kind, document in documents.items():
+    for document in documents.values():
         if document["apiVersion"].startswith("monitoring.coreos.com"):
             assert document["spec"]["endpoints"][0]["port"] == "metrics"  # a CRD: no schema to check against
             continue
