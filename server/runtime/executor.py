@@ -23,9 +23,6 @@ class InstancePool:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, self._run, feeds, output_names)
 
-    def run_blocking(self, feeds: dict[str, np.ndarray], output_names: list[str]):
-        return self._threads.submit(self._run, feeds, output_names).result()
-
     def _run(self, feeds, output_names):
         session = self._free.get()
         try:
