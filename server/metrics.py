@@ -8,8 +8,9 @@ import logging
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from server.core.stats import FAILURE_REASONS, Histogram
 from server.repository.registry import ModelRegistry
@@ -57,30 +58,30 @@ class ServerCollector:
         yield from self._system()
 
     def _triton_counters(self, models):
-        success = CounterMetricFamily(
+        success = _Counter(
             "nv_inference_request_success",
             "Number of successful inference requests, all batch sizes",
             labels=LABELS,
         )
-        failure = CounterMetricFamily(
+        failure = _Counter(
             "nv_inference_request_failure",
             "Number of failed inference requests, all batch sizes",
             labels=LABELS + ["reason"],
         )
-        count = CounterMetricFamily(
+        count = _Counter(
             "nv_inference_count", "Number of inferences performed (a batch of n counts n)", labels=LABELS
         )
-        executions = CounterMetricFamily(
+        executions = _Counter(
             "nv_inference_exec_count", "Number of model executions performed", labels=LABELS
         )
-        request = CounterMetricFamily(
+        request = _Counter(
             "nv_inference_request_duration_us",
             "Cumulative inference request duration in microseconds",
             labels=LABELS,
         )
-        durations = [CounterMetricFamily(name, text, labels=LABELS) for name, _, text in DURATIONS]
-        protocols = CounterMetricFamily(
-            "ortserve_inference_requests",
+        durations = [_Counter(name, text, labels=LABELS) for name, _, text in DURATIONS]
+        protocols = _Counter(
+            "ortserve_inference_requests_total",
             "Inference requests by front end and outcome",
             labels=LABELS + ["protocol", "outcome"],
         )
@@ -133,6 +134,37 @@ class ServerCollector:
         memory_used.add_metric([], used)
         yield from (cpu, memory_total, memory_used)
         yield from _gpu_metrics()
+
+
+class _Counter(Metric):
+    """A counter under its exact name: Triton's counters carry no `_total` suffix."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str]):
+        super().__init__(name, documentation, "counter")
+        self._labels = labels
+
+    def add_metric(self, values: list[str], value: float) -> None:
+        self.add_sample(self.name, dict(zip(self._labels, values)), value)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """Prometheus text format, writing each sample under the name it was given."""
+    lines = []
+    for family in registry.collect():
+        lines.append(f"# HELP {family.name} {family.documentation}")
+        lines.append(f"# TYPE {family.name} {family.type}")
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{_escape(value)}"' for key, value in sorted(sample.labels.items()))
+            lines.append(
+                f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}"
+                if labels
+                else f"{sample.name} {floatToGoString(sample.value)}"
+            )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _bound(value: float) -> str:
@@ -195,6 +227,6 @@ def create_metrics_app(registry: ModelRegistry) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics():
-        return Response(generate_latest(prometheus), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(prometheus), media_type=CONTENT_TYPE_LATEST)
 
     return app

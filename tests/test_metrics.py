@@ -127,3 +127,23 @@ def test_dashboard_queries_name_served_metrics(server):
                 assert any(
                     name + s in served or name.removesuffix("_bucket") + s in served for s in suffixes
                 ), (panel["title"], name)
+
+
+def test_counters_carry_triton_names_exactly(server):
+    """Triton writes `nv_inference_count{...}`, not `nv_inference_count_total`: dashboards depend on it."""
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+    for name in (
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_input_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "nv_inference_compute_output_duration_us",
+    ):
+        assert f"# TYPE {name} counter\n" in text
+        assert f'\n{name}{{model="simple",' in text
+        assert f"{name}_total" not in text
+    assert "\nnv_inference_pending_request_count{" in text and "\nnv_model_load_duration_secs{" in text
