@@ -1,4 +1,4 @@
-"""`ortserve serve` and `ortserve export`."""
+"""`ortserve serve`."""
 
 import argparse
 import asyncio
@@ -10,15 +10,10 @@ from server import settings as settings_module
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "export":
-        from importlib import import_module
-
-        return import_module("exporters.cli").main(argv[1:])
     parser = argparse.ArgumentParser(prog="ortserve", description="ONNX Runtime inference server")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="serve a model repository")
     settings_module.add_arguments(serve_parser)
-    commands.add_parser("export", help="export a model to ONNX (see `ortserve export --help`)")
     return serve(parser.parse_args(argv))
 
 
