@@ -51,6 +51,28 @@ def test_mode_none_serves_all_and_refuses_load(good_repository, tmp_path):
     assert "ortserve.access" not in server.output()
 
 
+def test_bad_padding_parameters_make_only_that_model_unavailable(good_repository, tmp_path):
+    publish(
+        good_repository,
+        "padded_badly",
+        relu_model(),
+        """
+parameters { key: "pad_inputs" value { string_value: "x:zero" } }
+""",
+    )
+    server = start_server(
+        good_repository, tmp_path / "log", "--strict-readiness", "false", ready_model="simple"
+    )
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        rows = {row["name"]: row for row in client.get_model_repository_index()}
+        assert rows["padded_badly"]["state"] == "UNAVAILABLE"
+        assert "pad_inputs" in rows["padded_badly"]["reason"]
+        assert rows["relu"]["state"] == "READY"
+    finally:
+        assert stop_server(server) == 0
+
+
 def test_explicit_mode_loads_only_named_models(good_repository, tmp_path):
     server = start_server(
         good_repository,

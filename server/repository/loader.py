@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from server.batching.collate import Padding
 from server.core import datatypes
 from server.protocol import ModelConfig, enum
 from server.repository import config as cfg
@@ -82,9 +83,17 @@ def _model_version(model_dir, version, config, sessions) -> ModelVersion:
         outputs=cfg.tensor_specs(config, config.output),
         pool=InstancePool(sessions, name=f"{config.name}-{version}"),
         labels=_labels(model_dir, config),
+        padding=_padding(config),
         input_reshapes={t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")},
         output_reshapes={t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")},
     )
+
+
+def _padding(config: ModelConfig) -> Padding | None:
+    try:
+        return Padding.from_parameters({k: v.string_value for k, v in config.parameters.items()})
+    except ValueError as error:
+        raise ConfigError(f"padding parameters (pad_inputs, pad_outputs, pad_buckets): {error}") from None
 
 
 def _instance_settings(config: ModelConfig) -> list[SessionSettings]:

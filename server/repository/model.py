@@ -25,17 +25,17 @@ class ModelVersion:
     # Triton's `reshape`: the graph's shape of an input, and the client's shape of an output
     input_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     output_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    padding: Padding | None = None
     stats: ModelStats = field(default_factory=ModelStats)
     scheduler: Batcher | None = None
 
     def start(self) -> None:
         """Starts the model's request queue (on the event loop that will serve it)."""
-        padding = Padding.from_parameters({k: v.string_value for k, v in self.config.parameters.items()})
         self.scheduler = Batcher(
             name=self.name,
             run_batch=self.execute,
             policy=BatchPolicy.from_config(self.config),
-            padding=padding if self.batching else None,
+            padding=self.padding if self.batching else None,
             instances=len(self.pool.sessions),
         )
         self.scheduler.start()
