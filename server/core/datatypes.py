@@ -1,4 +1,4 @@
-"""The three names of a tensor element type: protocol (`FP32`), config (`TYPE_FP32`), numpy and ONNX."""
+"""A tensor element type by its names: protocol (`FP32`), config (`TYPE_FP32`), numpy and ONNX."""
 
 import numpy as np
 
@@ -21,7 +21,6 @@ _TYPES = {
     "BYTES": (np.dtype(np.object_), "tensor(string)"),
 }
 _FROM_ONNX = {onnx_type: name for name, (_, onnx_type) in _TYPES.items()}
-_FROM_NUMPY = {dtype: name for name, (dtype, _) in _TYPES.items() if name != "BYTES"}
 
 DATATYPES = tuple(_TYPES)
 
@@ -33,12 +32,6 @@ def numpy_dtype(datatype: str) -> np.dtype:
         raise InvalidArgument(
             f"unknown datatype '{datatype}', expected one of {', '.join(DATATYPES)}"
         ) from None
-
-
-def from_numpy(dtype: np.dtype) -> str:
-    if dtype.kind in "OSU":
-        return "BYTES"
-    return _FROM_NUMPY[np.dtype(dtype)]
 
 
 def from_onnx(onnx_type: str) -> str | None:
@@ -53,7 +46,3 @@ def from_config(data_type: str) -> str:
 
 def to_config(datatype: str) -> str:
     return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
-
-
-def element_size(datatype: str) -> int:
-    return numpy_dtype(datatype).itemsize
