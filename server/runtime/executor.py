@@ -2,11 +2,15 @@
 
 import asyncio
 import queue
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
 from server.runtime.session import OrtSession
+
+T = TypeVar("T")
 
 
 class InstancePool:
@@ -20,13 +24,17 @@ class InstancePool:
         self._threads = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=name)
 
     async def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._run, feeds, output_names)
+        return await self.call(lambda session: session.run(feeds, output_names))
 
-    def _run(self, feeds, output_names):
+    async def call(self, work: Callable[[OrtSession], T]) -> T:
+        """`work(session)` on a worker thread with a free session."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self._call, work)
+
+    def _call(self, work):
         session = self._free.get()
         try:
-            return session.run(feeds, output_names)
+            return work(session)
         finally:
             self._free.put(session)
 

@@ -1,0 +1,66 @@
+"""Image classifiers (transformers' ResNet family or plain modules) to ONNX; int8 is static, calibrated."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from exporters.module import ExportError, ExportReport, export_module
+
+SUPPORTED = ("resnet", "convnext", "regnet")
+
+
+class Logits(nn.Module):
+    """A transformers image classifier returning its logits tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits
+
+
+def load(checkpoint: str | Path) -> nn.Module:
+    """A transformers checkpoint directory (or hub id), or a whole module saved with torch.save."""
+    if Path(checkpoint).suffix in (".pt", ".pth"):
+        return torch.load(checkpoint, weights_only=False).eval()
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    model_type = AutoConfig.from_pretrained(str(checkpoint)).model_type
+    if model_type not in SUPPORTED:
+        raise ExportError(
+            f"checkpoint '{checkpoint}' is a '{model_type}' model; the cnn exporter supports "
+            f"{', '.join(SUPPORTED)} checkpoints or a module saved with torch.save"
+        )
+    return Logits(AutoModelForImageClassification.from_pretrained(str(checkpoint)).eval())
+
+
+def image_shape(model: nn.Module, size: int | None) -> tuple[int, int, int]:
+    config = getattr(getattr(model, "model", model), "config", None)
+    channels = getattr(config, "num_channels", 3)
+    return channels, size or 224, size or 224
+
+
+def export(
+    model: nn.Module,
+    repository: Path,
+    name: str,
+    variants=("fp32",),
+    shape: tuple[int, int, int] = (3, 224, 224),
+    calibration: np.ndarray | None = None,
+    cases: list[dict] | None = None,
+    progress=None,
+) -> list[ExportReport]:
+    """`calibration`: representative images [n, *shape] for static int8 (default: random ones)."""
+    rng = np.random.default_rng(0)
+    if calibration is None:
+        calibration = rng.standard_normal((16, *shape)).astype(np.float32)
+    feeds = [{"pixel_values": calibration[i:i + 4]} for i in range(0, len(calibration), 4)]
+    cases = cases or [{"pixel_values": rng.standard_normal((n, *shape)).astype(np.float32)} for n in (1, 3)]
+    return export_module(
+        model.eval(), {"pixel_values": torch.from_numpy(cases[0]["pixel_values"])}, repository, name,
+        output_names=["logits"], variants=variants, cases=cases, classifier=True,
+        int8="static", calibration=feeds, progress=progress,
+    )

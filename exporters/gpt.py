@@ -1,0 +1,258 @@
+"""GPT-2-family decoders to one ONNX graph with KV cache, checked by greedy decoding.
+
+The graph takes `input_ids`, `attention_mask` (past and new tokens), `position_ids` and
+`past_key_values.{i}.key|value` and returns `logits` and `present.{i}.key|value`; a zero-length past is
+the prefill. Its config.pbtxt describes the generation interface the server offers for it (text in, text
+out, decoupled), not the graph's tensors.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from google.protobuf import text_format
+from torch import nn
+
+from exporters import parity
+from exporters.module import (
+    ExportError,
+    ExportReport,
+    build_variant,
+    check_variants,
+    step,
+    variant_name,
+)
+from exporters.publish import model_path, set_parameters
+from server.generation.decoder import Decoder
+from server.protocol import ModelConfig
+
+SUPPORTED = ("gpt2",)
+GENERATION_CONFIG = """\
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [
+  { name: "text_input", data_type: TYPE_STRING, dims: [ 1 ], optional: true },
+  { name: "input_ids", data_type: TYPE_INT64, dims: [ -1 ], optional: true },
+  { name: "sampling_parameters", data_type: TYPE_STRING, dims: [ 1 ], optional: true }
+]
+output [
+  { name: "text_output", data_type: TYPE_STRING, dims: [ -1 ] },
+  { name: "output_ids", data_type: TYPE_INT64, dims: [ -1 ] }
+]
+"""
+
+
+class DecoderWithPast(nn.Module):
+    """Flat past tensors in, flat present tensors out, around a transformers causal LM.
+
+    The 4-D mask is built here from the 2-D one with tensor operations, so the traced graph stays
+    right for every past length and padding (transformers decides some mask shortcuts in Python)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers import DynamicCache
+
+        pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
+        cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)
+        total, new = attention_mask.shape[1], input_ids.shape[1]
+        keys = torch.arange(total, device=input_ids.device)
+        queries = torch.arange(new, device=input_ids.device) + (total - new)
+        causal = keys[None, :] <= queries[:, None]
+        allowed = causal[None, None] & attention_mask[:, None, None, :].bool()
+        # a padding row attends to itself, so no row is all masked (softmax would give NaN)
+        allowed = allowed | (keys[None, :] == queries[:, None])[None, None]
+        mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+        out = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+            past_key_values=cache, use_cache=True,
+        )
+        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        return (out.logits, *present)
+
+
+def io_names(layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    return past, [name.replace("past_key_values", "present") for name in past]
+
+
+def load(checkpoint: str | Path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_type = AutoConfig.from_pretrained(str(checkpoint)).model_type
+    if model_type not in SUPPORTED:
+        raise ExportError(
+            f"checkpoint '{checkpoint}' is a '{model_type}' model; the gpt exporter supports "
+            f"{', '.join(SUPPORTED)}"
+        )
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    return model, AutoTokenizer.from_pretrained(str(checkpoint))
+
+
+def export_decoder(model: nn.Module, path: Path, opset: int = 17) -> Path:
+    config = model.config
+    layers, heads = config.n_layer, config.n_head
+    head_dim = config.n_embd // heads
+    past_names, present_names = io_names(layers)
+    batch, past_len, new = 2, 3, 4
+    mask = torch.ones(batch, past_len + new, dtype=torch.long)
+    mask[0, :2] = 0  # trace with padding, so no all-ones shortcut is baked in
+    example = (
+        torch.ones(batch, new, dtype=torch.long),
+        mask,
+        torch.arange(past_len, past_len + new).repeat(batch, 1),
+        *[torch.zeros(batch, heads, past_len, head_dim) for _ in past_names],
+    )
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total_sequence"},
+        "position_ids": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch", 1: "sequence"},
+        **{name: {0: "batch", 2: "past_sequence"} for name in past_names},
+        **{name: {0: "batch", 2: "total_sequence"} for name in present_names},
+    }
+    wrapper = DecoderWithPast(model).eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper, example, str(path),
+                input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+                output_names=["logits", *present_names], dynamic_axes=axes,
+                opset_version=opset, dynamo=False,
+            )
+    except Exception as error:
+        raise ExportError(f"{type(model).__name__} could not be exported to ONNX: {error}") from error
+    finally:
+        wrapper.eval()  # export restores the wrapper's mode; keep the model in eval for parity runs
+    return path
+
+
+def greedy_onnx(path: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy continuation of every prompt, batched with left padding, as the server decodes."""
+    decoder = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+    logits, cache = decoder.prefill(prompts)
+    generated = [[] for _ in prompts]
+    for _ in range(new_tokens):
+        tokens = logits.argmax(axis=-1).tolist()
+        for row, token in enumerate(tokens):
+            generated[row].append(token)
+        logits, cache = decoder.decode(tokens, cache)
+    return generated
+
+
+def greedy_torch(model: nn.Module, prompts: list[list[int]], new_tokens: int, pad_id: int = 0):
+    """transformers' `generate(do_sample=False)` on the batch, left padded."""
+    length = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (length - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            do_sample=False, pad_token_id=pad_id, eos_token_id=None,
+        )
+    return out[:, length:].tolist()
+
+
+def prefill_logits(path: Path, prompts: list[list[int]]) -> np.ndarray:
+    decoder = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+    return decoder.prefill(prompts)[0]
+
+
+def generation_config(model: nn.Module, tokenizer_file: str | None, max_running: int = 16) -> ModelConfig:
+    config = text_format.Parse(GENERATION_CONFIG, ModelConfig())
+    eos = model.config.eos_token_id
+    values = {
+        "eos_token_id": eos if eos is not None else -1,
+        "max_sequence_length": model.config.n_positions,
+        "default_max_tokens": 64,
+        "max_running_sequences": max_running,
+        "max_waiting_sequences": 64,
+        "max_prefill_tokens": 2048,
+    }
+    if tokenizer_file:
+        values["tokenizer_file"] = tokenizer_file
+    return set_parameters(config, **values)
+
+
+def default_prompts(vocab_size: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, vocab_size, size=n).tolist() for n in (5, 1, 11, 8)]
+
+
+def export(
+    model: nn.Module,
+    repository: Path,
+    name: str,
+    variants=("fp32",),
+    tokenizer_file: Path | None = None,
+    prompts: list[list[int]] | None = None,
+    new_tokens: int = 12,
+    progress=None,
+) -> list[ExportReport]:
+    """Exports the causal LM; fp32 must reproduce transformers' greedy tokens exactly for a batch of
+    prompts of different lengths, fp16 and int8 must keep the prefill logits' cosine tolerance."""
+    chosen = check_variants(variants)
+    model = model.eval()
+    prompts = prompts or default_prompts(model.config.vocab_size)
+    expected_tokens = greedy_torch(model, prompts, new_tokens)
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        with step(f"{name}: exporting fp32 decoder with KV cache", progress):
+            fp32 = export_decoder(model, work / "fp32.onnx")
+        expected_logits = [[_torch_prefill(model, prompts)]]
+        built = []
+        for variant in chosen:
+            with step(f"{name}: building and checking {variant}", progress):
+                path = build_variant(fp32, variant, work, "dynamic", None)
+                tokens = greedy_onnx(path, prompts, new_tokens)
+                report = parity.compare(variant, expected_logits, [[prefill_logits(path, prompts)]])
+                report.top1 = _token_agreement(expected_tokens, tokens)
+                if variant == "fp32" and tokens != expected_tokens:
+                    raise parity.ParityError(
+                        f"fp32 export's greedy tokens differ from transformers' generate: "
+                        f"{tokens} != {expected_tokens}"
+                    )
+                parity.check(report, expected_logits, parity.Tolerance(
+                    max_abs=parity.TOLERANCES[variant].max_abs,
+                    min_cosine=parity.TOLERANCES[variant].min_cosine,
+                ))
+            built.append((variant, path, report))
+        return [_publish(path, repository, variant_name(name, variant), variant, report, model,
+                         tokenizer_file) for variant, path, report in built]
+
+
+def _publish(path, repository, name, variant, report, model, tokenizer_file) -> ExportReport:
+    target = model_path(repository, name)
+    shutil.copyfile(path, target)
+    config = generation_config(model, tokenizer_file and Path(tokenizer_file).name)
+    config.name = name
+    (target.parent.parent / "config.pbtxt").write_text(text_format.MessageToString(config))
+    if tokenizer_file:
+        shutil.copyfile(tokenizer_file, target.parent.parent / Path(tokenizer_file).name)
+    return ExportReport(name, variant, target, target.stat().st_size, report)
+
+
+def _torch_prefill(model: nn.Module, prompts: list[list[int]]) -> np.ndarray:
+    length = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (length - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    return logits[:, -1, :].numpy()
+
+
+def _token_agreement(expected: list[list[int]], actual: list[list[int]]) -> float:
+    pairs = [(a, b) for want, got in zip(expected, actual) for a, b in zip(want, got)]
+    return sum(a == b for a, b in pairs) / max(len(pairs), 1)
+
+
+def tokenizer_metadata(tokenizer_file: Path) -> dict:
+    return json.loads(Path(tokenizer_file).read_text()).get("model", {})
