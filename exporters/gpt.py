@@ -28,23 +28,11 @@ from exporters.module import (
 )
 from exporters.publish import model_path, set_parameters
 from server.generation.decoder import Decoder
+from server.generation.interface import GENERATION_INTERFACE
 from server.protocol import ModelConfig
 
 SUPPORTED = ("gpt2",)
-GENERATION_CONFIG = """\
-platform: "onnxruntime_onnx"
-max_batch_size: 0
-model_transaction_policy { decoupled: true }
-input [
-  { name: "text_input", data_type: TYPE_STRING, dims: [ 1 ], optional: true },
-  { name: "input_ids", data_type: TYPE_INT64, dims: [ -1 ], optional: true },
-  { name: "sampling_parameters", data_type: TYPE_STRING, dims: [ 1 ], optional: true }
-]
-output [
-  { name: "text_output", data_type: TYPE_STRING, dims: [ -1 ] },
-  { name: "output_ids", data_type: TYPE_INT64, dims: [ -1 ] }
-]
-"""
+GENERATION_CONFIG = 'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + GENERATION_INTERFACE
 
 
 class DecoderWithPast(nn.Module):

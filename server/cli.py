@@ -1,4 +1,4 @@
-"""`ortserve serve`."""
+"""`ortserve serve` and `ortserve export` (the latter needs the `export` extra: torch)."""
 
 import argparse
 import asyncio
@@ -14,6 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="serve a model repository")
     settings_module.add_arguments(serve_parser)
+    if argv[:1] == ["export"]:
+        from exporters import cli as export_cli  # imported only here: serving never needs torch
+
+        export_parser = commands.add_parser("export", help="export a model to ONNX into a repository")
+        export_cli.add_arguments(export_parser)
+        return export_cli.run(parser.parse_args(argv))
+    commands.add_parser("export", help="export a model to ONNX into a repository (needs torch)")
     return serve(parser.parse_args(argv))
 
 

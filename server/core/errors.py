@@ -1,5 +1,6 @@
 """One error base for every protocol: front ends map `ServerError.code` to a status in one table each."""
 
+import asyncio
 from enum import Enum
 
 
@@ -42,3 +43,14 @@ class Unsupported(ServerError):
 
 class Internal(ServerError):
     code = ErrorCode.INTERNAL
+
+
+def failure_reason(error: BaseException) -> str:
+    """Triton's `reason` label of nv_inference_request_failure."""
+    if isinstance(error, Unavailable):
+        return "REJECTED"  # queue full, timed out in the queue, unloaded while waiting
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELED"
+    if isinstance(error, ServerError):
+        return "OTHER"
+    return "BACKEND"

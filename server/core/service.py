@@ -1,14 +1,17 @@
 """The protocol-neutral core: every front end decodes into these calls and encodes what they return."""
 
-import asyncio
+import json
 import time
+from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from server.core.errors import Internal, InvalidArgument, ServerError, Unavailable
-from server.core.types import InferRequest, InferResponse, ModelIndexEntry, Tensor
+from server.core.errors import Internal, InvalidArgument, ServerError, failure_reason
+from server.core.stats import Timing
+from server.core.types import GenerateRequest, InferRequest, InferResponse, ModelIndexEntry, Tensor
 from server.core.validation import check_inputs, check_outputs
+from server.generation.engine import TokenStream
 from server.protocol import ModelConfig
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
@@ -82,9 +85,41 @@ class InferenceService:
             models = self.registry.ready_models()
         return [_statistics(model) for model in models]
 
+    def generate(self, request: GenerateRequest) -> TokenStream:
+        """Admits the request, raising any error before the first token, and returns its tokens."""
+        start = time.perf_counter_ns()
+        model = self.registry.get(request.model_name, request.model_version)
+        if model.engine is None:
+            raise InvalidArgument(
+                f"model '{model.name}' is not a generation model (its config has no "
+                "model_transaction_policy {{ decoupled: true }}); use its infer endpoint"
+            )
+        try:
+            prompt, params = model.engine.prepare(request.text, request.input_ids, request.parameters)
+            return model.engine.submit(prompt, params, _recorder(model, start, request.protocol))
+        except BaseException as error:
+            elapsed = time.perf_counter_ns() - start
+            model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
+            raise
+
+    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """One response for a plain model; for a generation model one per step's new tokens."""
+        model = self.registry.get(request.model_name, request.model_version)
+        if model.engine is None:
+            yield await self.infer(request)
+            return
+        tokens = self.generate(_generate_request(request, model))
+        try:
+            async for event in tokens:
+                yield _generation_response(model, request.id, event.text, event.token_ids, event)
+        finally:
+            await tokens.aclose()
+
     async def infer(self, request: InferRequest) -> InferResponse:
         start = time.perf_counter_ns()
         model = self.registry.get(request.model_name, request.model_version)
+        if model.engine is not None:
+            return await self._generate_whole(model, request)
         try:
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
             names = check_outputs(request, model.outputs)
@@ -108,15 +143,89 @@ class InferenceService:
         )
 
 
-def failure_reason(error: BaseException) -> str:
-    """Triton's `reason` label of nv_inference_request_failure."""
-    if isinstance(error, Unavailable):
-        return "REJECTED"  # queue full, timed out in the queue, unloaded while waiting
-    if isinstance(error, asyncio.CancelledError):
-        return "CANCELED"
-    if isinstance(error, ServerError):
-        return "OTHER"
-    return "BACKEND"
+    async def _generate_whole(self, model: ModelVersion, request: InferRequest) -> InferResponse:
+        text, ids, last = [], [], None
+        tokens = self.generate(_generate_request(request, model))
+        try:
+            async for event in tokens:
+                text.append(event.text)
+                ids.extend(event.token_ids)
+                last = event
+        finally:
+            await tokens.aclose()
+        return _generation_response(model, request.id, "".join(text), ids, last)
+
+
+def _recorder(model: ModelVersion, start: int, protocol: str):
+    """Counts a generation request once, as a success or a failure, when its stream ends."""
+
+    def record(outcome: str) -> None:
+        elapsed = time.perf_counter_ns() - start
+        if outcome == "success":
+            model.stats.inference_count += 1
+            model.stats.record_success(elapsed, Timing(infer_ns=elapsed), protocol)
+        else:
+            model.stats.record_failure(elapsed, outcome, protocol)
+
+    return record
+
+
+GENERATION_INPUTS = ("text_input", "input_ids", "sampling_parameters")
+
+
+def _generate_request(request: InferRequest, model: ModelVersion) -> GenerateRequest:
+    """An infer request to a generation model: text_input or input_ids, and sampling parameters
+    from the request's parameters and/or a sampling_parameters JSON input."""
+    inputs = {tensor.name: tensor for tensor in request.inputs}
+    unknown = [name for name in inputs if name not in GENERATION_INPUTS]
+    if unknown:
+        raise InvalidArgument(
+            f"unexpected input {', '.join(map(repr, unknown))} for generation model '{model.name}'; "
+            f"expected {', '.join(GENERATION_INPUTS)}"
+        )
+    parameters = dict(request.parameters)
+    if "sampling_parameters" in inputs:
+        parameters.update(_json_input(inputs["sampling_parameters"]))
+    text = ids = None
+    if "text_input" in inputs:
+        text = _one_string(inputs["text_input"])
+    if "input_ids" in inputs:
+        ids = [int(i) for i in inputs["input_ids"].data.reshape(-1)]
+    return GenerateRequest(model.name, str(model.version), text, ids, parameters, request.protocol)
+
+
+def _one_string(tensor: Tensor) -> str:
+    if tensor.datatype != "BYTES" or tensor.data.size != 1:
+        raise InvalidArgument(
+            f"input '{tensor.name}' must be BYTES holding one string, "
+            f"got {tensor.datatype} {list(tensor.shape)}"
+        )
+    value = tensor.data.reshape(-1)[0]
+    try:
+        return value.decode() if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"input '{tensor.name}' is not valid UTF-8") from None
+
+
+def _json_input(tensor: Tensor) -> dict:
+    try:
+        value = json.loads(_one_string(tensor))
+    except json.JSONDecodeError as error:
+        raise InvalidArgument(f"input 'sampling_parameters' is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument("input 'sampling_parameters' must be a JSON object")
+    return value
+
+
+def _generation_response(model, request_id: str, text: str, ids: list[int], last) -> InferResponse:
+    outputs = [
+        Tensor("text_output", "BYTES", np.array([text.encode()], dtype=object)),
+        Tensor("output_ids", "INT64", np.array(ids, dtype=np.int64)),
+    ]
+    parameters = {}
+    if last is not None and last.finish_reason is not None:
+        parameters = {"finish_reason": last.finish_reason, "triton_final_response": True}
+    return InferResponse(model.name, str(model.version), request_id, outputs, {}, parameters)
 
 
 def _scheduling(parameters: dict) -> tuple[int, int]:

@@ -54,6 +54,22 @@ class BatchStats:
 
 
 @dataclass
+class GenerationStats:
+    """A generation model's token-level numbers; gauges are refreshed after every engine step."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    steps: int = 0
+    running: int = 0
+    waiting: int = 0
+    cache_tokens: int = 0
+    finished: dict[str, int] = field(default_factory=dict)  # by finish reason
+    time_to_first_token: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
+    inter_token: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
+    request_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
+
+
+@dataclass
 class ModelStats:
     last_inference_ms: int = 0
     inference_count: int = 0
@@ -71,6 +87,7 @@ class ModelStats:
     queue_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
     compute_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BOUNDS))
+    generation: GenerationStats = field(default_factory=GenerationStats)
 
     def record_execution(self, batch_size: int, timing: "Timing") -> None:
         """One run of the model on a batch of `batch_size` items (Triton's batch_stats)."""

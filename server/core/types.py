@@ -71,3 +71,15 @@ class ModelIndexEntry:
     version: str
     state: str
     reason: str
+
+
+@dataclass
+class GenerateRequest:
+    """A prompt as text or token ids, with sampling parameters, for a generation model."""
+
+    model_name: str
+    model_version: str = ""
+    text: str | None = None
+    input_ids: list[int] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    protocol: str = ""

@@ -5,9 +5,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import text_format
 
 from server.batching.collate import Padding
 from server.core import datatypes
+from server.generation.decoder import Decoder, DecoderGraphError
+from server.generation.engine import GenerationSettings
+from server.generation.interface import GENERATION_INTERFACE
 from server.protocol import ModelConfig, enum
 from server.repository import config as cfg
 from server.repository.config import ConfigError
@@ -56,15 +60,20 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
     """
     config = cfg.config_from_json(config_json, model_dir) if config_json else cfg.read_config(model_dir)
     cfg.check_platform(config)
+    generation = _generation(model_dir, config)
     filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
     instances = _instance_settings(config)
     loaded = []
     try:
         for version in select_versions(model_dir, config):
             path = model_dir / str(version) / filename
-            sessions = [OrtSession(path, settings) for settings in instances]
-            cfg.complete(config, sessions[0].graph_inputs(), sessions[0].graph_outputs())
+            sessions = [OrtSession(path, settings) for settings in instances[: 1 if generation else None]]
+            if generation:
+                _check_decoder(sessions[0])
+            else:
+                cfg.complete(config, sessions[0].graph_inputs(), sessions[0].graph_outputs())
             model = _model_version(model_dir, version, config, sessions)
+            model.generation = generation
             loaded.append(model)
             _warm_up(model_dir, model)
     except BaseException:
@@ -87,6 +96,30 @@ def _model_version(model_dir, version, config, sessions) -> ModelVersion:
         input_reshapes={t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")},
         output_reshapes={t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")},
     )
+
+
+def _generation(model_dir: Path, config: ModelConfig) -> GenerationSettings | None:
+    """Decoupled models are decoders served by the generation engine, with the generation interface
+    (text_input/input_ids in, text_output/output_ids out) when the config leaves it out."""
+    if not config.model_transaction_policy.decoupled:
+        return None
+    if not config.input and not config.output:
+        text_format.Merge(GENERATION_INTERFACE, config)
+    config.max_batch_size = 0
+    if not config.instance_group:
+        config.instance_group.add(count=1)
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    try:
+        return GenerationSettings.from_parameters(parameters, model_dir)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_decoder(session: OrtSession) -> None:
+    try:
+        Decoder(session.session)
+    except DecoderGraphError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _padding(config: ModelConfig) -> Padding | None:

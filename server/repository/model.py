@@ -9,6 +9,7 @@ from server.batching.batcher import Batcher, BatchPolicy
 from server.batching.collate import Padding
 from server.core.stats import ModelStats, Timing
 from server.core.types import TensorSpec
+from server.generation.engine import GenerationEngine, GenerationSettings
 from server.protocol import ModelConfig
 from server.runtime.executor import InstancePool
 
@@ -28,9 +29,15 @@ class ModelVersion:
     padding: Padding | None = None
     stats: ModelStats = field(default_factory=ModelStats)
     scheduler: Batcher | None = None
+    generation: GenerationSettings | None = None  # set for decoder models served by generation
+    engine: GenerationEngine | None = None
 
     def start(self) -> None:
-        """Starts the model's request queue (on the event loop that will serve it)."""
+        """Starts the model's request queue or generation loop (on the event loop that serves it)."""
+        if self.generation is not None:
+            self.engine = GenerationEngine(self.pool, self.generation, self.stats)
+            self.engine.start()
+            return
         self.scheduler = Batcher(
             name=self.name,
             run_batch=self.execute,
@@ -43,6 +50,8 @@ class ModelVersion:
     async def stop(self) -> None:
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.engine is not None:
+            await self.engine.stop()
 
     async def infer(
         self, feeds: dict[str, np.ndarray], output_names: list[str], priority: int = 0, timeout_us: int = 0

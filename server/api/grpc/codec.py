@@ -80,4 +80,9 @@ def encode_infer(response: InferResponse):
     for tensor in response.outputs:
         encoded.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         encoded.raw_output_contents.append(tensors.to_raw(tensor.data))
+    for key, value in response.parameters.items():
+        field = "string_param"
+        if isinstance(value, bool | int):
+            field = "bool_param" if isinstance(value, bool) else "int64_param"
+        setattr(encoded.parameters[key], field, value)
     return encoded

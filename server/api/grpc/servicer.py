@@ -74,15 +74,16 @@ class GrpcInferenceService:
         return codec.encode_infer(await self.service.infer(codec.decode_infer(request)))
 
     async def ModelStreamInfer(self, requests, context):
-        """Each request runs as it arrives; responses (or error messages) go back as they finish."""
+        """Each request runs as it arrives; responses (or error messages) go back as they finish, one
+        per step of new tokens for generation models (decoupled)."""
         responses: asyncio.Queue = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         stream_response = message("ModelStreamInferResponse")
 
         async def answer(request):
             try:
-                result = await self.ModelInfer(request, context)
-                await responses.put(stream_response(infer_response=result))
+                async for result in self.service.infer_stream(codec.decode_infer(request)):
+                    await responses.put(stream_response(infer_response=codec.encode_infer(result)))
             except ServerError as error:
                 await responses.put(stream_response(error_message=error.message))
             except Exception as error:

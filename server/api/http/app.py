@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from server.api.access_log import HttpAccessLog
 from server.api.http import codec
 from server.api.http.errors import error_response
+from server.api.http.generation import add_generation_routes
 from server.core.errors import InvalidArgument, ServerError, TooLarge
 from server.core.service import InferenceService
 from server.repository.config import to_json
@@ -115,6 +116,7 @@ def create_app(service: InferenceService, max_request_bytes: int, access_log: bo
         await service.unload(model)
         return Response(status_code=200)
 
+    add_generation_routes(app, service, body)
     return app
 
 

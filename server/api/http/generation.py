@@ -1,0 +1,187 @@
+"""Generation over HTTP: Triton's generate extension (JSON and server-sent events) and the
+OpenAI-compatible completions API, both on the core's token streams."""
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.api.http import codec
+from server.api.http.errors import STATUS
+from server.core.errors import InvalidArgument, ServerError
+from server.core.service import InferenceService
+from server.core.types import GenerateRequest
+from server.generation.engine import TokenEvent
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_REQUEST_KEYS = ("text_input", "input_ids", "parameters", "id", "stream")
+OPENAI_PARAMETERS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty",
+                     "stop_token_ids", "ignore_eos"}
+OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+
+
+def add_generation_routes(app: FastAPI, service: InferenceService, body: Callable) -> None:
+    @app.post("/v2/models/{model}/generate")
+    @app.post("/v2/models/{model}/versions/{version}/generate")
+    async def generate(request: Request, model: str, version: str = ""):
+        tokens = service.generate(_triton_request(await body(request), model, version))
+        text, ids, last = [], [], None
+        try:
+            async for event in tokens:
+                text.append(event.text)
+                ids.extend(event.token_ids)
+                last = event
+        finally:
+            await tokens.aclose()
+        return _triton_event(model, version, "".join(text), ids, last)
+
+    @app.post("/v2/models/{model}/generate_stream")
+    @app.post("/v2/models/{model}/versions/{version}/generate_stream")
+    async def generate_stream(request: Request, model: str, version: str = ""):
+        tokens = service.generate(_triton_request(await body(request), model, version))
+
+        def event(e: TokenEvent) -> dict:
+            return _triton_event(model, version, e.text, e.token_ids, e)
+
+        return StreamingResponse(_sse(tokens, event), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @app.get("/v1/models")
+    async def openai_models():
+        created = int(time.time())
+        names = sorted({m.name for m in service.registry.ready_models() if m.engine is not None})
+        return {"object": "list",
+                "data": [{"id": n, "object": "model", "created": created, "owned_by": "ortserve"}
+                         for n in names]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        streams = []
+        try:
+            payload = codec.parse_json(await body(request))
+            model, prompts, parameters = _openai_request(payload)
+            for prompt in prompts:
+                request = GenerateRequest(model, text=prompt, parameters=parameters, protocol="http")
+                streams.append(service.generate(request))
+        except ServerError as error:
+            for tokens in streams:
+                await tokens.aclose()
+            return _openai_error(error)
+        completion = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                      "created": int(time.time()), "model": model}
+        if payload.get("stream"):
+            usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            chunks = _openai_chunks(streams, completion, usage)
+            return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
+        try:
+            choices, usage = await _openai_choices(streams)
+        except ServerError as error:
+            return _openai_error(error)
+        finally:
+            for tokens in streams:
+                await tokens.aclose()
+        return {**completion, "choices": choices, "usage": usage}
+
+
+def _triton_request(data: bytes, model: str, version: str) -> GenerateRequest:
+    """Triton's generate body: text_input (or input_ids), parameters in `parameters` or at the top."""
+    payload = codec.parse_json(data)
+    parameters = payload.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidArgument("'parameters' must be a JSON object")
+    parameters = {**{k: v for k, v in payload.items() if k not in _REQUEST_KEYS}, **parameters}
+    text, ids = payload.get("text_input"), payload.get("input_ids")
+    if text is not None and not isinstance(text, str):
+        raise InvalidArgument(f"'text_input' must be a string, got {type(text).__name__}")
+    if ids is not None and not isinstance(ids, list):
+        raise InvalidArgument(f"'input_ids' must be a list of token ids, got {type(ids).__name__}")
+    return GenerateRequest(model, version, text, ids, parameters, protocol="http")
+
+
+def _triton_event(model: str, version: str, text: str, ids: list[int], event: TokenEvent | None) -> dict:
+    answer = {"model_name": model, "model_version": version or "1", "text_output": text, "output_ids": ids}
+    if event is not None and event.finish_reason is not None:
+        answer["finish_reason"] = event.finish_reason
+        answer["usage"] = _usage(event.prompt_tokens, event.generated_tokens)
+    return answer
+
+
+async def _sse(tokens: AsyncIterator[TokenEvent], encode: Callable[[TokenEvent], dict]):
+    try:
+        async for event in tokens:
+            yield f"data: {json.dumps(encode(event))}\n\n"
+    except ServerError as error:
+        yield f"data: {json.dumps({'error': error.message})}\n\n"
+    finally:
+        await tokens.aclose()  # a client gone: the sequence leaves the batch
+
+
+def _openai_request(payload: dict) -> tuple[str, list, dict]:
+    model, prompt = payload.get("model"), payload.get("prompt")
+    if not isinstance(model, str) or not model:
+        raise InvalidArgument("'model' must name a model (see GET /v1/models)")
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = prompt
+    else:
+        raise InvalidArgument("'prompt' must be a string or a non-empty list of strings")
+    if payload.get("n", 1) != 1:
+        raise InvalidArgument("'n' must be 1: ortserve returns one completion per prompt")
+    parameters = {k: v for k, v in payload.items() if k in OPENAI_PARAMETERS}
+    parameters.setdefault("max_tokens", OPENAI_DEFAULT_MAX_TOKENS)
+    if parameters["max_tokens"] is None:
+        del parameters["max_tokens"]
+    return model, prompts, parameters
+
+
+async def _openai_choices(streams) -> tuple[list[dict], dict]:
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for index, tokens in enumerate(streams):
+        text, last = [], None
+        async for event in tokens:
+            text.append(event.text)
+            last = event
+        choices.append({"index": index, "text": "".join(text), "logprobs": None,
+                        "finish_reason": last.finish_reason})
+        prompt_tokens += last.prompt_tokens
+        completion_tokens += last.generated_tokens
+    return choices, _usage(prompt_tokens, completion_tokens)
+
+
+async def _openai_chunks(streams, completion: dict, include_usage: bool):
+    """Choices stream one after another (each prompt's tokens in order), then `data: [DONE]`."""
+    prompt_tokens = completion_tokens = 0
+    try:
+        for index, tokens in enumerate(streams):
+            async for event in tokens:
+                choice = {"index": index, "text": event.text, "logprobs": None,
+                          "finish_reason": event.finish_reason}
+                yield f"data: {json.dumps({**completion, 'choices': [choice]})}\n\n"
+                if event.finish_reason is not None:
+                    prompt_tokens += event.prompt_tokens
+                    completion_tokens += event.generated_tokens
+        if include_usage:
+            usage = _usage(prompt_tokens, completion_tokens)
+            yield f"data: {json.dumps({**completion, 'choices': [], 'usage': usage})}\n\n"
+        yield "data: [DONE]\n\n"
+    except ServerError as error:
+        yield f"data: {json.dumps(_openai_error_body(error))}\n\n"
+    finally:
+        for tokens in streams:
+            await tokens.aclose()
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _openai_error_body(error: ServerError) -> dict:
+    kind = "invalid_request_error" if STATUS[error.code] < 500 else "server_error"
+    return {"error": {"message": error.message, "type": kind, "param": None, "code": None}}
+
+
+def _openai_error(error: ServerError) -> JSONResponse:
+    return JSONResponse(_openai_error_body(error), status_code=STATUS[error.code])

@@ -1,0 +1,74 @@
+"""One decoder graph with KV cache: `input_ids`, `attention_mask`, `position_ids`,
+`past_key_values.{i}.key|value` in; `logits`, `present.{i}.key|value` out. The same graph runs the
+prefill (zero-length past) and each decode step."""
+
+import re
+
+import numpy as np
+
+from server.core.errors import ServerError
+from server.generation.kv_cache import KVBatch
+
+_PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
+_ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class DecoderGraphError(ServerError):
+    pass
+
+
+class Decoder:
+    def __init__(self, session):
+        """`session`: an onnxruntime.InferenceSession of the decoder graph."""
+        self.session = session
+        inputs = {node.name: node for node in session.get_inputs()}
+        missing = [n for n in ("input_ids", "attention_mask", "position_ids") if n not in inputs]
+        self.past_names = sorted((n for n in inputs if _PAST.match(n)), key=_layer_order)
+        if missing or not self.past_names:
+            raise DecoderGraphError(
+                "a generation model needs inputs input_ids, attention_mask, position_ids and "
+                f"past_key_values.<i>.key|value; the graph's inputs are {', '.join(inputs)}"
+            )
+        self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
+        first = inputs[self.past_names[0]]
+        self.heads, self.head_dim = first.shape[1], first.shape[3]
+        self.past_dtype = _ORT_FLOAT.get(first.type, np.float32)
+        self.id_dtype = np.int64 if inputs["input_ids"].type == "tensor(int64)" else np.int32
+        logits = next((n for n in session.get_outputs() if n.name == "logits"), None)
+        vocab = logits.shape[-1] if logits is not None and logits.shape else None
+        self.vocab_size = vocab if isinstance(vocab, int) else None
+
+    def empty(self, rows: int) -> KVBatch:
+        shape = (rows, self.heads, 0, self.head_dim)
+        return KVBatch([np.zeros(shape, self.past_dtype) for _ in self.past_names],
+                       np.zeros((rows, 0), np.int64))
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, KVBatch]:
+        """Left-padded prompts in one call: each row's next-token logits and the batch's cache."""
+        length = max(len(p) for p in prompts)
+        ids = np.zeros((len(prompts), length), self.id_dtype)
+        mask = np.zeros((len(prompts), length), np.int64)
+        for row, prompt in enumerate(prompts):
+            ids[row, length - len(prompt):] = prompt
+            mask[row, length - len(prompt):] = 1
+        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
+        return self._run(ids, mask, positions, self.empty(len(prompts)).past)
+
+    def decode(self, last_tokens: list[int], cache: KVBatch) -> tuple[np.ndarray, KVBatch]:
+        """One new token per row: next-token logits and the cache grown by one column."""
+        ids = np.asarray(last_tokens, self.id_dtype)[:, None]
+        positions = cache.mask.sum(axis=1, keepdims=True)
+        mask = np.concatenate([cache.mask, np.ones((cache.rows, 1), np.int64)], axis=1)
+        return self._run(ids, mask, positions, cache.past)
+
+    def _run(self, ids, mask, positions, past) -> tuple[np.ndarray, KVBatch]:
+        feeds = {"input_ids": ids, "attention_mask": mask.astype(self.id_dtype),
+                 "position_ids": positions.astype(self.id_dtype)}
+        feeds.update(zip(self.past_names, past))
+        logits, *present = self.session.run(["logits", *self.present_names], feeds)
+        return logits[:, -1, :].astype(np.float32), KVBatch(present, mask)
+
+
+def _layer_order(name: str) -> tuple[int, int]:
+    layer, kind = _PAST.match(name).groups()
+    return int(layer), kind == "value"

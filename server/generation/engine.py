@@ -1,0 +1,300 @@
+"""The asyncio generation loop of one decoder model: it runs the scheduler's plan on the KV-cache batch
+each iteration and feeds every request its own stream of tokens."""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import count
+from pathlib import Path
+
+import numpy as np
+
+from server.core.errors import Internal, InvalidArgument, Unavailable, failure_reason
+from server.core.stats import ModelStats
+from server.generation.decoder import Decoder
+from server.generation.kv_cache import KVBatch
+from server.generation.sampling import Sampler, SamplingParams, sampling_params
+from server.generation.scheduler import (
+    FINISH_ABORT,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Plan,
+    Scheduler,
+    SchedulerLimits,
+    Sequence,
+)
+from server.generation.text import TextCodec, TextStream, prompt_ids
+from server.runtime.executor import InstancePool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """From the model's config.pbtxt `parameters`."""
+
+    max_sequence_length: int
+    eos_token_id: int = -1
+    default_max_tokens: int = 64
+    limits: SchedulerLimits = field(default_factory=SchedulerLimits)
+    tokenizer_file: Path | None = None
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, str], model_dir: Path) -> "GenerationSettings":
+        def number(key, default):
+            value = parameters.get(key, default)
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"generation parameter '{key}' must be an integer, got {value!r}") from None
+
+        if "max_sequence_length" not in parameters:
+            raise ValueError("a generation model needs the parameter 'max_sequence_length'")
+        tokenizer = parameters.get("tokenizer_file")
+        if tokenizer and not (model_dir / tokenizer).exists():
+            raise ValueError(f"tokenizer_file '{tokenizer}' is not in the model directory")
+        defaults = SchedulerLimits()
+        return cls(
+            max_sequence_length=number("max_sequence_length", None),
+            eos_token_id=number("eos_token_id", -1),
+            default_max_tokens=number("default_max_tokens", 64),
+            limits=SchedulerLimits(
+                max_running=number("max_running_sequences", defaults.max_running),
+                max_waiting=number("max_waiting_sequences", defaults.max_waiting),
+                max_prefill_tokens=number("max_prefill_tokens", defaults.max_prefill_tokens),
+                max_cache_tokens=number("max_cache_tokens", defaults.max_cache_tokens),
+            ),
+            tokenizer_file=model_dir / tokenizer if tokenizer else None,
+        )
+
+
+@dataclass
+class TokenEvent:
+    """New tokens of one sequence (and their text), the last one with its finish reason."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+
+
+@dataclass
+class _Request:
+    sequence: Sequence
+    params: SamplingParams
+    sampler: Sampler
+    text: TextStream
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    submitted: float = field(default_factory=time.perf_counter)
+    last_token: float = 0.0
+
+
+class TokenStream:
+    """One request's events; `on_close` hears once how it ended: "success", "CANCELED" (closed
+    early, the sequence aborted) or the failure reason of the error it raised."""
+
+    def __init__(self, engine: "GenerationEngine", request: _Request, on_close=None):
+        self._engine, self._request, self._on_close = engine, request, on_close
+        self._outcome: str | None = None
+
+    def __aiter__(self) -> "TokenStream":
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._outcome is not None:
+            raise StopAsyncIteration
+        event = await self._request.events.get()
+        if isinstance(event, Exception):
+            self._close(failure_reason(event))
+            raise event
+        if event.finish_reason is not None:
+            self._close("success")
+        return event
+
+    async def aclose(self) -> None:
+        self._close("CANCELED")
+
+    def _close(self, outcome: str) -> None:
+        if self._outcome is None:
+            self._outcome = outcome
+            self._engine.abort(self._request)
+            if self._on_close is not None:
+                self._on_close(outcome)
+
+
+class GenerationEngine:
+    def __init__(self, pool: InstancePool, settings: GenerationSettings, model_stats: ModelStats):
+        self.pool = pool
+        self.settings = settings
+        self.model_stats = model_stats
+        self.stats = model_stats.generation
+        self.decoder = Decoder(pool.sessions[0].session)
+        self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
+        self.scheduler = Scheduler(settings.limits)
+        self.cache: KVBatch | None = None
+        self.rows: list[_Request] = []  # aligned with the cache's rows
+        self._requests: dict[int, _Request] = {}
+        self._ids = count(1)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        for sequence in self.scheduler.abort_all():
+            request = self._requests.pop(sequence.id, None)
+            if request is not None:
+                request.events.put_nowait(Unavailable("the model was unloaded while generating"))
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def prepare(
+        self, text: str | None, ids: list[int] | None, parameters: dict
+    ) -> tuple[list[int], SamplingParams]:
+        """The prompt's token ids and the sampling parameters, or a clear error about either."""
+        prompt = prompt_ids(self.codec, text, ids, self.decoder.vocab_size)
+        limit = self.settings.max_sequence_length
+        if len(prompt) >= limit:
+            raise InvalidArgument(
+                f"the prompt has {len(prompt)} tokens; this model allows at most {limit - 1} "
+                f"(context {limit}, one token left to generate)"
+            )
+        room = limit - len(prompt)
+        params = sampling_params(parameters, min(self.settings.default_max_tokens, room), 1 << 30)
+        if params.max_tokens > room:
+            raise InvalidArgument(
+                f"max_tokens {params.max_tokens} is beyond the context: the prompt has {len(prompt)} "
+                f"tokens and the model's context is {limit}, so at most {room} can be generated"
+            )
+        return prompt, params
+
+    def submit(
+        self, prompt: list[int], params: SamplingParams, on_close: Callable[[str], None] | None = None
+    ) -> "TokenStream":
+        """Queues the sequence (or refuses it at once when too many wait) and returns its tokens as
+        they come; closing the stream before the end (a client gone) aborts the sequence."""
+        sequence = Sequence(next(self._ids), prompt, params.max_tokens)
+        request = _Request(sequence, params, Sampler(params), TextStream(self.codec, params.stop))
+        self.scheduler.add(sequence)
+        self._requests[sequence.id] = request
+        self.stats.prompt_tokens += len(prompt)
+        self._wake.set()
+        return TokenStream(self, request, on_close)
+
+    def abort(self, request: _Request) -> None:
+        if not request.sequence.finished:
+            self.scheduler.finish(request.sequence, FINISH_ABORT)
+            self.stats.finished[FINISH_ABORT] = self.stats.finished.get(FINISH_ABORT, 0) + 1
+        self._requests.pop(request.sequence.id, None)
+
+    @property
+    def cache_tokens(self) -> int:
+        return 0 if self.cache is None else self.cache.rows * self.cache.length
+
+    async def _loop(self) -> None:
+        while True:
+            if not self.scheduler.has_work:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._drop_finished_rows()
+            plan = self.scheduler.schedule()
+            if plan.empty:
+                await asyncio.sleep(0)
+                continue
+            try:
+                await self._iterate(plan)
+            except Exception as error:  # a failed step fails its sequences, never the loop
+                log.exception("generation step failed")
+                self._fail([*plan.decode, *plan.prefill], Internal(f"generation failed: {error}"))
+            self.stats.running = len(self.rows)
+            self.stats.waiting = len(self.scheduler.waiting)
+            self.stats.cache_tokens = self.cache_tokens
+
+    async def _iterate(self, plan: Plan) -> None:
+        decoding = [self._requests[s.id] for s in plan.decode if s.id in self._requests]
+        prefilling = [self._requests[s.id] for s in plan.prefill if s.id in self._requests]
+        last = [r.sequence.generated[-1] for r in decoding]
+        prompts = [r.sequence.prompt for r in prefilling]
+        cache = self.cache
+
+        def step(_session):
+            decoded = self.decoder.decode(last, cache) if decoding else None
+            prefilled = self.decoder.prefill(prompts) if prefilling else None
+            return decoded, prefilled
+
+        started = time.perf_counter_ns()
+        decoded, prefilled = await self.pool.call(step)
+        self._record_step(len(decoding) + len(prefilling), time.perf_counter_ns() - started)
+        parts = [p for p in (decoded, prefilled) if p is not None]
+        logits = np.concatenate([p[0] for p in parts])
+        self.cache = KVBatch.concatenate([p[1] for p in parts])
+        self.rows = decoding + prefilling
+        for request, row_logits in zip(self.rows, logits):
+            self._advance(request, row_logits)
+        self._drop_finished_rows()
+
+    def _record_step(self, rows: int, ns: int) -> None:
+        self.stats.steps += 1
+        self.model_stats.execution_count += 1
+        self.model_stats.compute_infer.add(ns)
+        self.model_stats.batch_size.observe(rows)
+        self.model_stats.compute_seconds.observe(ns / 1e9)
+
+    def _advance(self, request: _Request, logits: np.ndarray) -> None:
+        sequence = request.sequence
+        if sequence.finished:  # aborted while the step ran
+            return
+        token = request.sampler(logits, sequence.prompt + sequence.generated)
+        sequence.generated.append(token)
+        now = time.perf_counter()
+        if len(sequence.generated) == 1:
+            self.stats.time_to_first_token.observe(now - request.submitted)
+        else:
+            self.stats.inter_token.observe(now - request.last_token)
+        request.last_token = now
+        self.stats.generated_tokens += 1
+        reason = self._finish_reason(request, token)
+        by_token = reason == FINISH_STOP  # an eos or stop token: not part of the output
+        visible = sequence.generated[:-1] if by_token else sequence.generated
+        text = request.text.push(visible, reason is not None)
+        if request.text.stopped:
+            reason = FINISH_STOP
+        if reason is not None:
+            self.scheduler.finish(sequence, reason)
+            self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+            self.stats.request_seconds.observe(now - request.submitted)
+        request.events.put_nowait(TokenEvent(
+            [] if by_token else [token], text, reason, len(sequence.prompt), len(visible)
+        ))
+
+    def _finish_reason(self, request: _Request, token: int) -> str | None:
+        sequence, params = request.sequence, request.params
+        eos = token == self.settings.eos_token_id and not params.ignore_eos
+        if eos or token in params.stop_token_ids:
+            return FINISH_STOP
+        if len(sequence.generated) >= sequence.max_tokens:
+            return FINISH_LENGTH
+        if len(sequence.prompt) + len(sequence.generated) >= self.settings.max_sequence_length:
+            return FINISH_LENGTH
+        return None
+
+    def _drop_finished_rows(self) -> None:
+        keep = [i for i, r in enumerate(self.rows) if not r.sequence.finished]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        self.cache = self.cache.filter(keep) if keep else None
+
+    def _fail(self, sequences: list[Sequence], error: Exception) -> None:
+        for sequence in sequences:
+            self.scheduler.finish(sequence, FINISH_ABORT)
+            request = self._requests.get(sequence.id)
+            if request is not None:
+                request.events.put_nowait(error)
+        self._drop_finished_rows()

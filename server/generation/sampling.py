@@ -1,0 +1,113 @@
+"""Sampling parameters, checked with errors naming the parameter, and the per-sequence sampler."""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from server.core.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 1.0  # 0: greedy, as in vLLM and the OpenAI API
+    top_k: int = 0  # 0: every token
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _number(parameters, key, default, low, high=math.inf, integer=False, low_open=False):
+    value = parameters.get(key, default)
+    if value is None:
+        return default
+    kind = int if integer else (int, float)
+    valid = isinstance(value, kind) and not isinstance(value, bool)
+    if valid and not integer:
+        valid = math.isfinite(value)
+    if valid:
+        valid = (value > low if low_open else value >= low) and value <= high
+    if not valid:
+        bound = f"> {low}" if low_open else f">= {low}"
+        upper = "" if high == math.inf else f" and <= {high}"
+        what = "an integer" if integer else "a number"
+        raise InvalidArgument(f"parameter '{key}' must be {what} {bound}{upper}, got {value!r}")
+    return value
+
+
+def _strings(parameters, key) -> tuple[str, ...]:
+    value = parameters.get(key) or ()
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidArgument(
+            f"parameter '{key}' must be a non-empty string or a list of them, got {value!r}"
+        )
+    return tuple(value)
+
+
+def _token_ids(parameters, key) -> tuple[int, ...]:
+    value = parameters.get(key) or ()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, int) and v >= 0 for v in value):
+        raise InvalidArgument(f"parameter '{key}' must be a list of token ids (integers >= 0), got {value!r}")
+    return tuple(value)
+
+
+def sampling_params(
+    parameters: dict[str, Any], default_max_tokens: int, max_tokens_limit: int
+) -> SamplingParams:
+    """From a request's parameters (Triton's generate extension, OpenAI's completions, gRPC)."""
+    return SamplingParams(
+        max_tokens=_number(parameters, "max_tokens", default_max_tokens, 1, max_tokens_limit, integer=True),
+        temperature=float(_number(parameters, "temperature", 1.0, 0.0, 100.0)),
+        top_k=_number(parameters, "top_k", 0, 0, integer=True),
+        top_p=float(_number(parameters, "top_p", 1.0, 0.0, 1.0, low_open=True)),
+        repetition_penalty=float(_number(parameters, "repetition_penalty", 1.0, 0.0, 100.0, low_open=True)),
+        seed=_number(parameters, "seed", None, 0, 2**63 - 1, integer=True),
+        stop=_strings(parameters, "stop"),
+        stop_token_ids=_token_ids(parameters, "stop_token_ids"),
+        ignore_eos=bool(parameters.get("ignore_eos", False)),
+    )
+
+
+@dataclass
+class Sampler:
+    """Chooses one sequence's tokens; with a seed its choices depend on nothing else."""
+
+    params: SamplingParams
+    rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(self.params.seed)
+
+    def __call__(self, logits: np.ndarray, history: list[int]) -> int:
+        logits = logits.astype(np.float64)
+        if self.params.repetition_penalty != 1.0 and history:
+            seen = np.unique(history)
+            scores = logits[seen]
+            logits[seen] = np.where(scores > 0, scores / self.params.repetition_penalty,
+                                    scores * self.params.repetition_penalty)
+        if self.params.greedy:
+            return int(np.argmax(logits))
+        logits = logits / self.params.temperature
+        if 0 < self.params.top_k < logits.size:
+            cutoff = np.partition(logits, -self.params.top_k)[-self.params.top_k]
+            logits = np.where(logits < cutoff, -np.inf, logits)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        if self.params.top_p < 1.0:
+            order = np.argsort(-probabilities, kind="stable")
+            cumulative = np.cumsum(probabilities[order])
+            keep = order[: int(np.searchsorted(cumulative, self.params.top_p)) + 1]
+            kept = np.zeros_like(probabilities)
+            kept[keep] = probabilities[keep]
+            probabilities = kept / kept.sum()
+        return int(self.rng.choice(probabilities.size, p=probabilities))
