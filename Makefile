@@ -12,7 +12,7 @@ HOST ?= 0.0.0.0
 $(VENV)/.installed-$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(RUNTIME),dev]'
+	$(PY) -m pip install --quiet -e '.[$(RUNTIME),dev,export]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -31,8 +31,10 @@ test: install
 
 # Benchmarks, side by side in one run each; they rewrite their sections of BENCHMARKS.md.
 bench: install
-	$(PY) -m pip install --quiet -e '.[export]'
+	$(PY) -m exporters.demo $(REPOSITORY) --benchmark-models
 	$(PY) -m loadtest.bench_batching
+	$(PY) -m loadtest.bench_exporters --repository $(REPOSITORY)
+	$(PY) -m loadtest.bench_generation --repository $(REPOSITORY)
 
 # Serves the default repository on loopback and runs locust headless (bounded users and time).
 loadtest: models

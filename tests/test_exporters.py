@@ -1,0 +1,177 @@
+"""Every exporter family in every variant: parity, configs the server loads, clear failures."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import tritonclient.http as httpclient
+from torch import nn
+
+from exporters import bert, cnn, gpt, lstm
+from exporters.module import ExportError, export_module
+from exporters.parity import ParityError
+from tests.conftest import ROOT, start_server, stop_server
+
+VARIANTS = ("fp32", "fp16", "int8")
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    return BertModel(config).eval()
+
+
+def tiny_gpt(vocab: int = 120):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                        initializer_range=0.3, eos_token_id=None, bos_token_id=None)
+    return GPT2LMHeadModel(config).eval()
+
+
+def tiny_resnet():
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                          layer_type="basic", num_labels=5)
+    return cnn.Logits(ResNetForImageClassification(config))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    repository = tmp_path_factory.mktemp("exported")
+    torch.manual_seed(0)
+    reports = {
+        "bert": bert.export_encoder(tiny_bert(), repository, "bert", VARIANTS),
+        "cnn": cnn.export(tiny_resnet(), repository, "cnn", VARIANTS, shape=(3, 32, 32)),
+        "lstm": lstm.export(lstm.SequenceClassifier(6, 16, 4), repository, "lstm", VARIANTS),
+        "gpt": gpt.export(tiny_gpt(), repository, "gpt", VARIANTS),
+    }
+    return repository, reports
+
+
+def test_every_family_and_variant_is_published_within_tolerance(exported):
+    repository, reports = exported
+    for family, family_reports in reports.items():
+        assert [r.variant for r in family_reports] == list(VARIANTS)
+        for report in family_reports:
+            assert (repository / report.name / "config.pbtxt").exists()
+            assert report.path == repository / report.name / "1" / "model.onnx"
+            assert report.parity.cosine >= (0.98 if report.variant == "int8" else 0.999), report.summary()
+    fp32 = {family: r[0].parity for family, r in reports.items()}
+    assert all(p.max_abs < 1e-3 for p in fp32.values()), fp32
+    assert fp32["cnn"].top1 == 1.0 and fp32["gpt"].top1 == 1.0  # gpt: greedy tokens equal
+
+
+def test_int8_variants_hold_int8_weights(exported):
+    import onnx
+
+    repository, _ = exported
+    for name in ("bert_int8", "lstm_int8", "cnn_int8"):
+        model = onnx.load(str(repository / name / "1" / "model.onnx"))
+        types = {init.data_type for init in model.graph.initializer}
+        assert onnx.TensorProto.INT8 in types, name
+
+
+def test_gpt_greedy_tokens_match_transformers_generate_for_mixed_lengths(tmp_path):
+    model = tiny_gpt()
+    path = gpt.export_decoder(model, tmp_path / "gpt.onnx")
+    prompts = [[5, 17, 3, 99, 42], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [60, 61]]
+    batched = gpt.greedy_onnx(path, prompts, 15)
+    assert batched == gpt.greedy_torch(model, prompts, 15)
+    assert batched == [gpt.greedy_torch(model, [p], 15)[0] for p in prompts]
+    assert len({tuple(tokens) for tokens in batched}) > 1
+
+
+def test_server_answers_each_export_as_in_process_onnx_runtime(exported, tmp_path):
+    repository, _ = exported
+    server = start_server(repository, tmp_path / "server.log", ready_model="lstm_int8")
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        rng = np.random.default_rng(1)
+        feeds = {
+            "cnn": {"pixel_values": rng.standard_normal((2, 3, 32, 32)).astype(np.float32)},
+            "lstm": {"sequence": rng.standard_normal((3, 9, 6)).astype(np.float32)},
+            "bert": bert.token_cases(200, shapes=((2, 11),))[0],
+        }
+        for family, inputs in feeds.items():
+            for variant in VARIANTS:
+                name = family if variant == "fp32" else f"{family}_{variant}"
+                path = repository / name / "1" / "model.onnx"
+                expected = ort.InferenceSession(str(path)).run(None, inputs)
+                request = []
+                for key, array in inputs.items():
+                    tensor = httpclient.InferInput(key, list(array.shape), "FP32" if array.dtype == np.float32
+                                                   else "INT64")
+                    tensor.set_data_from_numpy(array)
+                    request.append(tensor)
+                result = client.infer(name, request)
+                config = client.get_model_config(name)
+                for output, want in zip(config["output"], expected):
+                    np.testing.assert_allclose(result.as_numpy(output["name"]), want, rtol=1e-5, atol=1e-5)
+    finally:
+        stop_server(server)
+
+
+class PlantedBreak(nn.Module):
+    """Adds 1 only in the exported graph, as a wrong export would."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        out = self.linear(x)
+        return out + 1 if torch.onnx.is_in_onnx_export() else out
+
+
+def test_a_planted_parity_break_fails_the_export_and_publishes_nothing(tmp_path):
+    with pytest.raises(ParityError, match=r"fp32 export is outside its tolerance.*max abs diff 1"):
+        export_module(PlantedBreak(), {"x": torch.randn(2, 4)}, tmp_path, "broken", output_names=["y"])
+    assert not (tmp_path / "broken").exists()
+
+
+class NotTraceable(nn.Module):
+    def forward(self, x):
+        return torch.linalg.svd(x).S  # no ONNX operator for a singular value decomposition
+
+
+def test_a_module_that_cannot_be_exported_gets_a_clear_error(tmp_path):
+    with pytest.raises(ExportError, match="NotTraceable could not be exported to ONNX"):
+        export_module(NotTraceable(), {"x": torch.randn(2, 4, 4)}, tmp_path, "nope", output_names=["y"])
+
+
+def test_unknown_variant_is_refused(tmp_path):
+    with pytest.raises(ExportError, match="unknown variants.*choose from fp32, fp16, int8"):
+        export_module(nn.Linear(2, 2), {"x": torch.randn(1, 2)}, tmp_path, "m", output_names=["y"],
+                      variants=["bf16"])
+
+
+def test_cli_refuses_an_unsupported_checkpoint_and_exports_an_lstm(tmp_path):
+    checkpoint = tmp_path / "gpt2"
+    tiny_gpt().save_pretrained(checkpoint)
+    wrong = subprocess.run(
+        [sys.executable, "-m", "exporters", "bert", "--checkpoint", str(checkpoint),
+         "--repository", str(tmp_path / "repo"), "--name", "x"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert wrong.returncode == 1
+    assert "is a 'gpt2' model; the bert exporter supports bert" in wrong.stderr
+    torch.manual_seed(0)
+    torch.save(lstm.SequenceClassifier(5, 8, 3), tmp_path / "lstm.pt")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())", "export", "lstm", "--checkpoint", str(tmp_path / "lstm.pt"),
+         "--repository", str(tmp_path / "repo"), "--name", "seq", "--variants", "fp32,int8"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "repo" / "seq_int8" / "1" / "model.onnx").exists()
+    assert "seq_int8" in done.stdout
