@@ -45,6 +45,23 @@ HISTOGRAMS = (
 )
 
 
+GENERATION_HISTOGRAMS = (
+    ("ortserve_time_to_first_token_seconds", "time_to_first_token", "Time from request to first token"),
+    ("ortserve_inter_token_latency_seconds", "inter_token", "Time between a sequence's tokens"),
+    ("ortserve_generation_request_duration_seconds", "request_seconds", "Time from request to last token"),
+)
+GENERATION_COUNTERS = (
+    ("ortserve_prompt_tokens_total", "prompt_tokens", "Prompt tokens admitted"),
+    ("ortserve_generation_tokens_total", "generated_tokens", "Tokens generated"),
+)
+GENERATION_GAUGES = (
+    ("ortserve_generation_running_sequences", "running", "Sequences in the running batch"),
+    ("ortserve_generation_waiting_sequences", "waiting", "Sequences waiting to start"),
+    ("ortserve_kv_cache_tokens", "cache_tokens", "KV cache positions in use (rows x length)"),
+)
+FINISH_REASONS = ("length", "stop", "abort")
+
+
 class ServerCollector:
     def __init__(self, registry: ModelRegistry):
         self.registry = registry
@@ -55,6 +72,7 @@ class ServerCollector:
         yield from self._triton_counters(models)
         yield from self._histograms(models)
         yield from self._gauges(models)
+        yield from self._generation([m for m in models if m.engine is not None])
         yield from self._system()
 
     def _triton_counters(self, models):
@@ -117,9 +135,32 @@ class ServerCollector:
         load = GaugeMetricFamily("nv_model_load_duration_secs", "Model load time in seconds", labels=LABELS)
         for model in models:
             labels = [model.name, str(model.version)]
-            pending.add_metric(labels, model.scheduler.queued if model.scheduler else 0)
+            queued = model.scheduler.queued if model.scheduler else model.stats.generation.waiting
+            pending.add_metric(labels, queued)
             load.add_metric(labels, self.registry.load_seconds.get(model.name, 0.0))
         yield from (pending, load)
+
+    def _generation(self, models):
+        for name, attribute, text in GENERATION_HISTOGRAMS:
+            family = HistogramMetricFamily(name, text, labels=LABELS)
+            for model in models:
+                histogram: Histogram = getattr(model.stats.generation, attribute)
+                buckets = [(_bound(b), c) for b, c in histogram.cumulative()] + [("+Inf", histogram.total)]
+                family.add_metric([model.name, str(model.version)], buckets, histogram.sum)
+            yield family
+        counters = [_Counter(name, text, labels=LABELS) for name, _, text in GENERATION_COUNTERS]
+        gauges = [GaugeMetricFamily(name, text, labels=LABELS) for name, _, text in GENERATION_GAUGES]
+        finished = _Counter("ortserve_generation_finished_total", "Generation requests by finish reason",
+                            labels=LABELS + ["finish_reason"])
+        for model in models:
+            labels, stats = [model.name, str(model.version)], model.stats.generation
+            for family, (_, attribute, _) in zip(counters, GENERATION_COUNTERS):
+                family.add_metric(labels, getattr(stats, attribute))
+            for family, (_, attribute, _) in zip(gauges, GENERATION_GAUGES):
+                family.add_metric(labels, getattr(stats, attribute))
+            for reason in FINISH_REASONS:
+                finished.add_metric(labels + [reason], stats.finished.get(reason, 0))
+        yield from (*counters, *gauges, finished)
 
     def _system(self):
         sample = _cpu_times()

@@ -60,7 +60,7 @@ def exported(tmp_path_factory):
 
 def test_every_family_and_variant_is_published_within_tolerance(exported):
     repository, reports = exported
-    for family, family_reports in reports.items():
+    for family_reports in reports.values():
         assert [r.variant for r in family_reports] == list(VARIANTS)
         for report in family_reports:
             assert (repository / report.name / "config.pbtxt").exists()
@@ -168,7 +168,8 @@ def test_cli_refuses_an_unsupported_checkpoint_and_exports_an_lstm(tmp_path):
     torch.manual_seed(0)
     torch.save(lstm.SequenceClassifier(5, 8, 3), tmp_path / "lstm.pt")
     done = subprocess.run(
-        [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())", "export", "lstm", "--checkpoint", str(tmp_path / "lstm.pt"),
+        [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())",
+         "export", "lstm", "--checkpoint", str(tmp_path / "lstm.pt"),
          "--repository", str(tmp_path / "repo"), "--name", "seq", "--variants", "fp32,int8"],
         cwd=ROOT, capture_output=True, text=True,
     )

@@ -1,0 +1,229 @@
+"""Generation through the real server: parity with transformers, streaming over SSE and gRPC,
+stop strings, abort on disconnect, limits."""
+
+import asyncio
+import json
+import queue
+import shutil
+import time
+from functools import partial
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from google.protobuf import text_format
+from httpx_sse import connect_sse
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporters import gpt, training
+from exporters.publish import set_parameters, write_config
+from server.protocol import ModelConfig
+from tests.conftest import start_server, stop_server
+from tests.test_exporters import tiny_gpt
+
+PROMPTS = [[5, 17, 3, 99, 42, 8, 8], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [60, 61, 62]]
+
+
+@pytest.fixture(scope="module")
+def generation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generation")
+    repository = root / "repository"
+    corpus = training.python_corpus(max_bytes=60_000)
+    tokenizer = training.train_tokenizer(corpus, 300, root / "tokenizer.json")
+    model = tiny_gpt(vocab=300)
+    gpt.export(model, repository, "gpt", ["fp32"], tokenizer_file=tokenizer)
+    limited = repository / "gpt_limited"
+    shutil.copytree(repository / "gpt", limited)
+    config = text_format.Parse((limited / "config.pbtxt").read_text(), ModelConfig())
+    set_parameters(config, max_running_sequences=1, max_waiting_sequences=1)
+    write_config(repository, "gpt_limited", config)
+    server = start_server(repository, root / "server.log", ready_model="gpt_limited")
+    yield server, model
+    assert stop_server(server) == 0, server.output()
+
+
+def post(server, path, body, timeout=60):
+    return httpx.post(f"http://{server.http_url}{path}", json=body, timeout=timeout)
+
+
+def greedy(ids, max_tokens=12):
+    return {"input_ids": ids, "parameters": {"max_tokens": max_tokens, "temperature": 0}}
+
+
+def test_concurrent_greedy_generation_equals_transformers_and_each_prompt_alone(generation):
+    server, model = generation
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=f"http://{server.http_url}", timeout=60) as client:
+            replies = await asyncio.gather(*[client.post("/v2/models/gpt/generate", json=greedy(p))
+                                             for p in PROMPTS])
+        return [r.json()["output_ids"] for r in replies]
+
+    together = asyncio.run(all_at_once())
+    alone = [post(server, "/v2/models/gpt/generate", greedy(p)).json()["output_ids"] for p in PROMPTS]
+    expected = [gpt.greedy_torch(model, [p], 12)[0] for p in PROMPTS]
+    assert together == expected
+    assert alone == expected
+
+
+def test_seeded_sampling_is_reproducible(generation):
+    server, _ = generation
+    body = {"text_input": "def ", "parameters": {"max_tokens": 20, "temperature": 1.0, "seed": 11}}
+    first = post(server, "/v2/models/gpt/generate", body).json()
+    again = post(server, "/v2/models/gpt/generate", body).json()
+    reseeded = {**body, "parameters": {**body["parameters"], "seed": 12}}
+    other = post(server, "/v2/models/gpt/generate", reseeded)
+    assert first["text_output"] == again["text_output"]
+    assert first["output_ids"] != other.json()["output_ids"]
+
+
+def test_triton_generate_stream_pieces_add_up_to_the_whole_text(generation):
+    server, _ = generation
+    body = {"text_input": "import ", "max_tokens": 10, "temperature": 0}
+    whole = post(server, "/v2/models/gpt/generate", body).json()
+    with httpx.Client(timeout=60) as client, connect_sse(
+        client, "POST", f"http://{server.http_url}/v2/models/gpt/generate_stream", json=body
+    ) as source:
+        events = [json.loads(e.data) for e in source.iter_sse()]
+    assert len(events) == 10
+    assert "".join(e["text_output"] for e in events) == whole["text_output"]
+    assert events[-1]["finish_reason"] == "length" and "finish_reason" not in events[0]
+    assert events[-1]["usage"]["completion_tokens"] == 10
+
+
+def test_openai_completions_json_and_stream(generation):
+    server, _ = generation
+    body = {"model": "gpt", "prompt": ["class ", "for "], "max_tokens": 6, "temperature": 0}
+    reply = post(server, "/v1/completions", body).json()
+    assert [c["index"] for c in reply["choices"]] == [0, 1]
+    assert reply["usage"]["completion_tokens"] == 12
+    assert reply["usage"]["total_tokens"] == reply["usage"]["prompt_tokens"] + 12
+    with httpx.Client(timeout=60) as client, connect_sse(
+        client, "POST", f"http://{server.http_url}/v1/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+    ) as source:
+        data = [e.data for e in source.iter_sse()]
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    texts = ["".join(c["text"] for c in choices if c["index"] == i) for i in (0, 1)]
+    assert texts == [c["text"] for c in reply["choices"]]
+    assert chunks[-1]["usage"] == reply["usage"]
+    models = httpx.get(f"http://{server.http_url}/v1/models").json()
+    assert {m["id"] for m in models["data"]} == {"gpt", "gpt_limited"}
+
+
+def test_grpc_stream_sends_tokens_as_they_come_and_model_infer_the_whole_text(generation):
+    server, _ = generation
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"while "], dtype=object))
+    parameters = {"max_tokens": 7, "temperature": 0}
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    client.async_stream_infer("gpt", [text], parameters=parameters)
+    pieces = []
+    while True:
+        result, error = responses.get(timeout=60)
+        assert error is None, error
+        pieces.append(result.as_numpy("text_output")[0].decode())
+        final = result.get_response().parameters.get("triton_final_response")
+        if final is not None and final.bool_param:
+            break
+    client.stop_stream()
+    whole = client.infer("gpt", [text], parameters=parameters)
+    assert len(pieces) == 7
+    assert "".join(pieces) == whole.as_numpy("text_output")[0].decode()
+    assert whole.get_response().parameters["finish_reason"].string_param == "length"
+
+
+def test_stop_string_across_tokens_ends_the_text_before_it(generation):
+    server, _ = generation
+    body = {"input_ids": PROMPTS[0], "parameters": {"max_tokens": 20, "temperature": 0}}
+    full = post(server, "/v2/models/gpt/generate", body).json()
+    text = full["text_output"]
+    pieces = [post(server, "/v2/models/gpt/generate", {**body, "parameters": {**body["parameters"],
+                                                                              "max_tokens": n}}).json()
+              for n in range(1, 21)]
+    lengths = [len(p["text_output"]) for p in pieces]
+    # a stop string that starts inside one token's text and ends inside a later one's
+    start = next(i for i in range(1, len(lengths)) if lengths[i] - lengths[i - 1] >= 1 and lengths[i - 1] > 0)
+    stop = text[lengths[start - 1] - 1: lengths[start] + 1]
+    assert len(stop) >= 3
+    cut = text.find(stop)
+    stopped = post(server, "/v2/models/gpt/generate",
+                   {**body, "parameters": {**body["parameters"], "stop": [stop]}}).json()
+    assert stopped["finish_reason"] == "stop"
+    assert stopped["text_output"] == text[:cut]
+
+
+def metric(server, name, **labels):
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_a_client_that_disconnects_aborts_its_sequence(generation):
+    server, _ = generation
+    aborted = metric(server, "ortserve_generation_finished_total", model="gpt", finish_reason="abort")
+    body = {"input_ids": [1, 2], "parameters": {"max_tokens": 60, "temperature": 0, "ignore_eos": True}}
+    with httpx.Client(timeout=60) as client, connect_sse(
+        client, "POST", f"http://{server.http_url}/v2/models/gpt/generate_stream", json=body
+    ) as source:
+        next(source.iter_sse())
+    aborts = partial(metric, server, "ortserve_generation_finished_total", model="gpt", finish_reason="abort")
+    for _ in range(100):
+        if aborts() > aborted:
+            break
+        time.sleep(0.05)
+    assert aborts() == aborted + 1
+    assert metric(server, "ortserve_generation_running_sequences", model="gpt") == 0
+    assert post(server, "/v2/models/gpt/generate", greedy([3], 2)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"input_ids": list(range(1, 65))}, "the prompt has 64 tokens; this model allows at most 63"),
+        ({"input_ids": [1, 2], "max_tokens": 63}, "max_tokens 63 is beyond the context"),
+        ({"text_input": "x", "temperature": -0.5}, "parameter 'temperature' must be a number >= 0"),
+        ({"text_input": "x", "top_p": 1.5}, "parameter 'top_p'"),
+        ({"input_ids": [1, 999]}, "input_ids must be a non-empty list of token ids in [0, 300)"),
+        ({"parameters": {}}, "needs text_input (or input_ids)"),
+    ],
+)
+def test_limits_and_bad_values_are_refused_with_the_reason(generation, body, fragment):
+    server, _ = generation
+    reply = post(server, "/v2/models/gpt/generate", body)
+    assert reply.status_code == 400
+    assert fragment in reply.json()["error"]
+
+
+def test_openai_errors_use_openai_shape(generation):
+    server, _ = generation
+    reply = post(server, "/v1/completions", {"model": "gpt", "prompt": "x", "temperature": "hot"})
+    assert reply.status_code == 400
+    assert "temperature" in reply.json()["error"]["message"]
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+    missing = post(server, "/v1/completions", {"model": "nope", "prompt": "x"})
+    assert missing.status_code == 404
+
+
+def test_too_many_waiting_sequences_get_503(generation):
+    server, _ = generation
+    long = {"input_ids": [1], "parameters": {"max_tokens": 63, "temperature": 0, "ignore_eos": True}}
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=f"http://{server.http_url}", timeout=60) as client:
+            send = partial(client.post, "/v2/models/gpt_limited/generate")
+            return await asyncio.gather(*[send(json=long) for _ in range(6)])
+
+    replies = asyncio.run(burst())
+    codes = sorted(r.status_code for r in replies)
+    assert 200 in codes and 503 in codes, codes
+    refused = next(r for r in replies if r.status_code == 503)
+    assert "too many sequences waiting" in refused.json()["error"]

@@ -1,0 +1,132 @@
+"""The generation pieces that need no model: scheduler, KV batch, sampling, text stream."""
+
+import numpy as np
+import pytest
+
+from server.core.errors import InvalidArgument, Unavailable
+from server.generation.kv_cache import KVBatch
+from server.generation.sampling import Sampler, SamplingParams, sampling_params
+from server.generation.scheduler import FINISH_ABORT, FINISH_LENGTH, Scheduler, SchedulerLimits, Sequence
+from server.generation.text import TextStream
+
+
+def sequence(i, prompt_len=4, max_tokens=8):
+    return Sequence(i, list(range(prompt_len)), max_tokens)
+
+
+def test_scheduler_admits_up_to_the_running_limit_and_decodes_the_rest():
+    scheduler = Scheduler(SchedulerLimits(max_running=2, max_waiting=8))
+    first, second, third = sequence(1), sequence(2), sequence(3)
+    for s in (first, second, third):
+        scheduler.add(s)
+    plan = scheduler.schedule()
+    assert plan.prefill == [first, second] and plan.decode == []
+    plan = scheduler.schedule()
+    assert plan.prefill == [] and plan.decode == [first, second]
+    scheduler.finish(first, FINISH_LENGTH)
+    plan = scheduler.schedule()  # the finished one leaves, the waiting one joins at once
+    assert plan.decode == [second] and plan.prefill == [third]
+
+
+def test_prefill_budget_bounds_new_prompt_tokens_per_step_but_never_blocks_one():
+    scheduler = Scheduler(SchedulerLimits(max_running=8, max_prefill_tokens=10))
+    long, short, other = sequence(1, 30), sequence(2, 6), sequence(3, 6)
+    for s in (long, short, other):
+        scheduler.add(s)
+    assert scheduler.schedule().prefill == [long]  # alone over budget: still admitted
+    plan = scheduler.schedule()
+    assert plan.prefill == [short] and plan.decode == [long]  # short + other would be 12 > 10
+    assert scheduler.schedule().prefill == [other]
+
+
+def test_cache_budget_holds_sequences_back_until_room_frees():
+    scheduler = Scheduler(SchedulerLimits(max_running=8, max_cache_tokens=30))
+    a, b = sequence(1, 10, 10), sequence(2, 10, 10)
+    scheduler.add(a)
+    scheduler.add(b)
+    assert scheduler.schedule().prefill == [a]
+    assert scheduler.schedule().prefill == []
+    scheduler.finish(a, FINISH_LENGTH)
+    assert scheduler.schedule().prefill == [b]
+    with pytest.raises(Unavailable, match="needs 40 cache tokens but the cache holds 30"):
+        scheduler.add(sequence(3, 20, 20))
+
+
+def test_a_full_waiting_queue_refuses_at_once():
+    scheduler = Scheduler(SchedulerLimits(max_running=1, max_waiting=1))
+    scheduler.add(sequence(1))
+    with pytest.raises(Unavailable, match=r"too many sequences waiting \(1"):
+        scheduler.add(sequence(2))
+
+
+def test_abort_of_a_waiting_sequence_removes_it():
+    scheduler = Scheduler(SchedulerLimits(max_running=1))
+    a, b = sequence(1), sequence(2)
+    scheduler.add(a)
+    scheduler.add(b)
+    scheduler.schedule()
+    scheduler.finish(b, FINISH_ABORT)
+    assert not scheduler.waiting and b.finish_reason == FINISH_ABORT
+    scheduler.finish(a, FINISH_ABORT)
+    assert not scheduler.has_work
+
+
+def test_kv_batch_filter_drops_rows_and_unneeded_padding_and_concatenate_left_pads():
+    mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]])
+    past = [np.arange(2 * 4, dtype=np.float32).reshape(2, 1, 4, 1)]
+    kept = KVBatch(past, mask).filter([0])
+    assert kept.mask.tolist() == [[1, 1]] and kept.past[0][0, 0, :, 0].tolist() == [2, 3]
+    short = KVBatch([np.ones((1, 1, 1, 1), np.float32)], np.array([[1]]))
+    joined = KVBatch.concatenate([KVBatch(past, mask), short])
+    assert joined.mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
+    assert joined.past[0][2, 0, :, 0].tolist() == [0, 0, 0, 1]
+
+
+@pytest.mark.parametrize(
+    "parameters, name",
+    [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_k": 1.5}, "top_k"),
+     ({"max_tokens": 0}, "max_tokens"), ({"seed": "x"}, "seed"), ({"stop": [1]}, "stop"),
+     ({"repetition_penalty": 0}, "repetition_penalty"), ({"stop_token_ids": [-1]}, "stop_token_ids")],
+)
+def test_bad_sampling_values_name_the_parameter(parameters, name):
+    with pytest.raises(InvalidArgument, match=f"parameter '{name}'"):
+        sampling_params(parameters, 16, 100)
+
+
+def test_seeded_sampling_repeats_and_top_k_one_is_greedy():
+    logits = np.random.default_rng(0).standard_normal(50)
+    params = SamplingParams(temperature=1.0, seed=7)
+    sampler_a, sampler_b = Sampler(params), Sampler(params)
+    assert [sampler_a(logits, []) for _ in range(20)] == [sampler_b(logits, []) for _ in range(20)]
+    assert len({sampler_a(logits, []) for _ in range(50)}) > 1  # it samples, it is not greedy
+    assert Sampler(SamplingParams(temperature=2.0, top_k=1, seed=1))(logits, []) == int(np.argmax(logits))
+    assert Sampler(SamplingParams(temperature=0))(logits, []) == int(np.argmax(logits))
+
+
+def test_repetition_penalty_turns_greedy_away_from_seen_tokens():
+    logits = np.array([3.0, 2.9, 0.0])
+    assert Sampler(SamplingParams(temperature=0, repetition_penalty=2.0))(logits, [0]) == 1
+
+
+class Letters:
+    """A codec where token i is the i-th letter of the text."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def decode(self, ids):
+        return "".join(self.text[i] for i in ids)
+
+
+def test_text_stream_holds_back_a_possible_stop_and_cuts_before_it_across_tokens():
+    text = "abcSTOPdef"
+    stream = TextStream(Letters(text), ("STOP",))
+    pieces = [stream.push(list(range(n)), final=False) for n in range(1, len(text) + 1)]
+    assert "".join(pieces) == "abc" and stream.stopped
+    assert pieces[3:6] == ["", "", ""]  # "S", "ST", "STO" are held, not sent
+
+
+def test_text_stream_releases_held_text_that_did_not_become_a_stop():
+    stream = TextStream(Letters("abSTx"), ("STOP",))
+    pieces = [stream.push(list(range(n)), final=n == 5) for n in range(1, 6)]
+    assert pieces == ["a", "b", "", "", "STx"] and not stream.stopped
