@@ -28,6 +28,7 @@ output [
 dynamic_batching { max_queue_delay_microseconds: 100 }
 """
 VARIANTS = ("fp32", "fp16", "int8")
+CHECKPOINTS = ".checkpoints"
 
 
 def simple_model() -> onnx.ModelProto:
@@ -79,6 +80,8 @@ def build_gpt(repository: Path) -> None:
     with tempfile.TemporaryDirectory() as work:
         model, tokenizer = training.train_gpt(training.GptRecipe(), Path(work) / "tokenizer.json")
         gpt.export(model, repository, "gpt", VARIANTS, tokenizer_file=tokenizer)
+        # the PyTorch weights, for benchmarks against transformers (hidden: the server skips it)
+        model.save_pretrained(repository / CHECKPOINTS / "gpt")
 
 
 def build_digits(repository: Path, family: str) -> None:

@@ -44,7 +44,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
 @dataclass
 class GptRecipe:
     vocab_size: int = 4096
-    context: int = 256
+    context: int = 512
     width: int = 192
     layers: int = 4
     heads: int = 4

@@ -1,0 +1,134 @@
+"""GPT generation side by side in one run: KV cache against recomputing, 16 concurrent streams against
+one at a time, the server against transformers' generate, and streaming latency under load.
+
+Reads the default repository's `gpt` (and its PyTorch weights under `.checkpoints/gpt`) and writes the
+"generation" section of BENCHMARKS.md.
+"""
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+from loadtest import report
+from tests.conftest import start_server, stop_server
+
+
+def kv_against_recompute(model: Path, new_tokens: int) -> tuple[float, float]:
+    """Tokens/s of greedy decoding with the KV cache, and recomputing the whole sequence each step."""
+    from server.generation.decoder import Decoder
+
+    decoder = Decoder(ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]))
+    prompt = [464, 318, 257]
+
+    start = time.perf_counter()
+    logits, cache = decoder.prefill([prompt])
+    for _ in range(new_tokens - 1):
+        logits, cache = decoder.decode([int(logits[0].argmax())], cache)
+    cached = new_tokens / (time.perf_counter() - start)
+
+    start = time.perf_counter()
+    sequence = list(prompt)
+    for _ in range(new_tokens):
+        logits, _ = decoder.prefill([sequence])
+        sequence.append(int(logits[0].argmax()))
+    return cached, new_tokens / (time.perf_counter() - start)
+
+
+async def stream(client: httpx.AsyncClient, model: str, prompt: list[int], tokens: int) -> list[float]:
+    """Arrival times (perf_counter) of every token event, the request's start first."""
+    body = {"input_ids": prompt, "parameters": {"max_tokens": tokens, "temperature": 0, "ignore_eos": True}}
+    times = [time.perf_counter()]
+    async with client.stream("POST", f"/v2/models/{model}/generate_stream", json=body) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                times.extend([time.perf_counter()] * max(1, len(event.get("output_ids", [])) or 1))
+    return times
+
+
+async def served(url: str, model: str, prompts: list[list[int]], tokens: int, concurrent: bool):
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        await stream(client, model, prompts[0], 4)
+        start = time.perf_counter()
+        if concurrent:
+            runs = await asyncio.gather(*[stream(client, model, p, tokens) for p in prompts])
+        else:
+            runs = [await stream(client, model, p, tokens) for p in prompts]
+        elapsed = time.perf_counter() - start
+    generated = sum(len(r) - 1 for r in runs)
+    return generated / elapsed, runs
+
+
+def transformers_tokens_per_second(checkpoint: Path, prompt: list[int], tokens: int) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        start = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                             min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    return (out.shape[1] - len(prompt)) / (time.perf_counter() - start)
+
+
+def percentiles(values: list[float]) -> str:
+    ms = np.array(values) * 1000
+    return f"p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--streams", type=int, default=16)
+    args = parser.parse_args(argv)
+    repository = args.repository.resolve()
+    cached, recomputed = kv_against_recompute(repository / "gpt" / "1" / "model.onnx", args.tokens)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, 1000, int(n)).tolist() for n in rng.integers(4, 24, args.streams)]
+    server = start_server(repository, Path("/tmp/ortserve-bench-generation.log"), "--model-control-mode",
+                          "explicit", "--load-model", "gpt", "--access-log", "false", ready_model="gpt")
+    try:
+        url = f"http://{server.http_url}"
+        together, runs = asyncio.run(served(url, "gpt", prompts, 64, True))
+        alone, _ = asyncio.run(served(url, "gpt", prompts, 64, False))
+        single, _ = asyncio.run(served(url, "gpt", prompts[:1], args.tokens, False))
+    finally:
+        stop_server(server)
+    torch_rate = transformers_tokens_per_second(repository / ".checkpoints" / "gpt", prompts[0], args.tokens)
+    first = [r[1] - r[0] for r in runs]
+    gaps = [b - a for r in runs for a, b in zip(r[1:], r[2:])]
+    rows = [
+        [f"KV cache vs recomputing the sequence, {args.tokens} new tokens (in-process)",
+         f"{cached:.0f} vs {recomputed:.0f}", f"{cached / recomputed:.1f}x", "5x"],
+        [f"{args.streams} concurrent streams vs one at a time (64 tokens each, served)",
+         f"{together:.0f} vs {alone:.0f}", f"{together / alone:.1f}x", "4x"],
+        [f"one stream served vs transformers generate, {args.tokens} tokens",
+         f"{single:.0f} vs {torch_rate:.0f}", f"{single / torch_rate:.1f}x", "2x"],
+    ]
+    body = "\n".join([
+        "## Generation (default `gpt`, trained here)",
+        "",
+        f"`python -m loadtest.bench_generation` ({report.machine()}); greedy, eos ignored, served over "
+        "HTTP server-sent events.",
+        "",
+        report.table(["comparison", "tokens/s", "ratio", "target"], rows),
+        "",
+        f"Under {args.streams} concurrent streams: time to first token {percentiles(first)}; "
+        f"inter-token latency {percentiles(gaps)}.",
+    ])
+    report.write_section("generation", body)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
