@@ -1,8 +1,10 @@
-"""Locust users for ortserve: HTTP infer (binary and JSON) and gRPC infer through tritonclient.
+"""Locust users for ortserve: HTTP infer (binary and JSON), gRPC infer through tritonclient, and
+streaming generation (reporting time to first token as its own entry).
 
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8000   (gRPC at ORTSERVE_GRPC, default :8001)
 
-Requests go to the `simple` model of the default repository (ORTSERVE_MODEL to change it).
+Infer requests go to the `simple` model of the default repository (ORTSERVE_MODEL to change it),
+generation to `gpt` (ORTSERVE_GENERATION_MODEL).
 """
 
 import json
@@ -15,6 +17,7 @@ import tritonclient.grpc as grpcclient
 from locust import HttpUser, User, between, events, task
 
 MODEL = os.environ.get("ORTSERVE_MODEL", "simple")
+GENERATION_MODEL = os.environ.get("ORTSERVE_GENERATION_MODEL", "gpt")
 A = np.arange(16, dtype=np.int32).reshape(1, 16)
 B = np.ones((1, 16), dtype=np.int32)
 EXPECTED = (A + B).ravel().tolist()
@@ -106,3 +109,38 @@ class GrpcInferUser(User):
             exception=error,
             context={},
         )
+
+
+class GenerationUser(HttpUser):
+    """Streams a completion over server-sent events; the first token's arrival is reported as
+    "generation time to first token", the whole stream as "generate_stream"."""
+
+    wait_time = between(0, 0.05)
+    body = {"text_input": "def main(", "parameters": {"max_tokens": 16, "temperature": 0.8}}
+
+    @task
+    def generate_stream(self):
+        start, first, error, pieces = time.perf_counter(), None, None, 0
+        with self.client.post(
+            f"/v2/models/{GENERATION_MODEL}/generate_stream", json=self.body, stream=True,
+            name="generate_stream", catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}: {response.text}")
+                return
+            for line in response.iter_lines():
+                if not line.startswith(b"data: "):
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    error = event["error"]
+                    break
+                if first is None:
+                    first = time.perf_counter()
+                    events.request.fire(
+                        request_type="SSE", name="generation time to first token",
+                        response_time=(first - start) * 1000, response_length=0, exception=None, context={},
+                    )
+                pieces += 1
+            if error is not None or pieces == 0:
+                response.failure(error or "no tokens")

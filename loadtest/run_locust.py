@@ -15,7 +15,9 @@ from tests.conftest import start_server, stop_server
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run_locust(http_url: str, grpc_url: str, users: int, seconds: int, prefix: Path) -> list[dict]:
+def run_locust(
+    http_url: str, grpc_url: str, users: int, seconds: int, prefix: Path, user_classes: tuple[str, ...] = ()
+) -> list[dict]:
     """Runs locust headless and returns its per-request-type statistics rows."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     command = [
@@ -42,6 +44,7 @@ def run_locust(http_url: str, grpc_url: str, users: int, seconds: int, prefix: P
         "--only-summary",
         "--exit-code-on-error",
         "0",
+        *user_classes,
     ]
     subprocess.run(
         command, check=True, env={**__import__("os").environ, "ORTSERVE_GRPC": grpc_url}, timeout=seconds + 60

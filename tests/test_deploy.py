@@ -126,7 +126,8 @@ def test_dockerfile_promises():
 
 
 def test_locust_scenario_against_a_real_server(server, tmp_path):
-    rows = run_locust(server.http_url, server.grpc_url, users=4, seconds=4, prefix=tmp_path / "locust")
+    rows = run_locust(server.http_url, server.grpc_url, users=4, seconds=4, prefix=tmp_path / "locust",
+                      user_classes=("HttpInferUser", "GrpcInferUser"))
     by_name = {row["Name"]: row for row in rows}
     assert set(by_name) == {"http json infer", "http binary infer", "grpc infer"}
     for row in rows:

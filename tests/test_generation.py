@@ -17,7 +17,9 @@ from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporters import gpt, training
+from exporters.demo import SIMPLE_CONFIG, publish, simple_model
 from exporters.publish import set_parameters, write_config
+from loadtest.run_locust import run_locust
 from server.protocol import ModelConfig
 from tests.conftest import start_server, stop_server
 from tests.test_exporters import tiny_gpt
@@ -38,6 +40,7 @@ def generation(tmp_path_factory):
     config = text_format.Parse((limited / "config.pbtxt").read_text(), ModelConfig())
     set_parameters(config, max_running_sequences=1, max_waiting_sequences=1)
     write_config(repository, "gpt_limited", config)
+    publish(repository, "simple", simple_model(), SIMPLE_CONFIG)  # for the locust scenario
     server = start_server(repository, root / "server.log", ready_model="gpt_limited")
     yield server, model
     assert stop_server(server) == 0, server.output()
@@ -227,3 +230,14 @@ def test_too_many_waiting_sequences_get_503(generation):
     assert 200 in codes and 503 in codes, codes
     refused = next(r for r in replies if r.status_code == 503)
     assert "too many sequences waiting" in refused.json()["error"]
+
+
+def test_locust_scenario_with_every_user_type_including_generation(generation, tmp_path):
+    server, _ = generation
+    rows = run_locust(server.http_url, server.grpc_url, users=4, seconds=4, prefix=tmp_path / "locust")
+    by_name = {row["Name"]: row for row in rows}
+    assert set(by_name) == {"http json infer", "http binary infer", "grpc infer", "generate_stream",
+                            "generation time to first token"}
+    for row in rows:
+        assert int(row["Request Count"]) > 0, row
+        assert int(row["Failure Count"]) == 0, row
