@@ -241,3 +241,26 @@ def test_locust_scenario_with_every_user_type_including_generation(generation, t
     for row in rows:
         assert int(row["Request Count"]) > 0, row
         assert int(row["Failure Count"]) == 0, row
+
+
+def test_every_dashboard_metric_is_served_with_a_generation_model(generation):
+    from tests.test_metrics import assert_served, dashboard_metrics
+
+    server, _ = generation
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
+    served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert_served(served, dashboard_metrics())
+
+
+def test_generation_traffic_moves_token_counters_and_the_statistics_extension(generation):
+    server, _ = generation
+    generated = metric(server, "ortserve_generation_tokens_total", model="gpt")
+    prompt = metric(server, "ortserve_prompt_tokens_total", model="gpt")
+    success = metric(server, "nv_inference_request_success_total", model="gpt")
+    reply = post(server, "/v2/models/gpt/generate", greedy([4, 5, 6], 5))
+    assert reply.status_code == 200
+    assert metric(server, "ortserve_generation_tokens_total", model="gpt") == generated + 5
+    assert metric(server, "ortserve_prompt_tokens_total", model="gpt") == prompt + 3
+    assert metric(server, "nv_inference_request_success_total", model="gpt") == success + 1
+    stats = httpx.get(f"http://{server.http_url}/v2/models/gpt/stats").json()["model_stats"][0]
+    assert stats["inference_stats"]["success"]["count"] == success + 1
