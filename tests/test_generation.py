@@ -90,6 +90,7 @@ def test_triton_generate_stream_pieces_add_up_to_the_whole_text(generation):
     ) as source:
         events = [json.loads(e.data) for e in source.iter_sse()]
     assert len(events) == 10
+    assert whole["model_version"] == events[0]["model_version"] == "1"
     assert "".join(e["text_output"] for e in events) == whole["text_output"]
     assert events[-1]["finish_reason"] == "length" and "finish_reason" not in events[0]
     assert events[-1]["usage"]["completion_tokens"] == 10

@@ -96,7 +96,9 @@ class InferenceService:
             )
         try:
             prompt, params = model.engine.prepare(request.text, request.input_ids, request.parameters)
-            return model.engine.submit(prompt, params, _recorder(model, start, request.protocol))
+            tokens = model.engine.submit(prompt, params, _recorder(model, start, request.protocol))
+            tokens.model_version = str(model.version)
+            return tokens
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)

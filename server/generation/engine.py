@@ -99,6 +99,7 @@ class TokenStream:
     def __init__(self, engine: "GenerationEngine", request: _Request, on_close=None):
         self._engine, self._request, self._on_close = engine, request, on_close
         self._outcome: str | None = None
+        self.model_version = ""  # the serving model version, for answers that name it
 
     def __aiter__(self) -> "TokenStream":
         return self

@@ -36,7 +36,7 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
                 last = event
         finally:
             await tokens.aclose()
-        return _triton_event(model, version, "".join(text), ids, last)
+        return _triton_event(model, tokens.model_version, "".join(text), ids, last)
 
     @app.post("/v2/models/{model}/generate_stream")
     @app.post("/v2/models/{model}/versions/{version}/generate_stream")
@@ -44,7 +44,7 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
         tokens = service.generate(_triton_request(await body(request), model, version))
 
         def event(e: TokenEvent) -> dict:
-            return _triton_event(model, version, e.text, e.token_ids, e)
+            return _triton_event(model, tokens.model_version, e.text, e.token_ids, e)
 
         return StreamingResponse(_sse(tokens, event), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -101,7 +101,7 @@ def _triton_request(data: bytes, model: str, version: str) -> GenerateRequest:
 
 
 def _triton_event(model: str, version: str, text: str, ids: list[int], event: TokenEvent | None) -> dict:
-    answer = {"model_name": model, "model_version": version or "1", "text_output": text, "output_ids": ids}
+    answer = {"model_name": model, "model_version": version, "text_output": text, "output_ids": ids}
     if event is not None and event.finish_reason is not None:
         answer["finish_reason"] = event.finish_reason
         answer["usage"] = _usage(event.prompt_tokens, event.generated_tokens)
