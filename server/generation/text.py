@@ -23,30 +23,40 @@ class TextCodec:
 class TextStream:
     """One sequence's text as tokens arrive: `push` returns the new piece that is safe to send.
 
-    Text that could still become a stop string, or an unfinished UTF-8 character, is held back until
-    the next token decides it; a stop string ends the text before it."""
+    Only the last few tokens are decoded each step (a window that starts before the newest text, so a
+    character split across tokens decodes whole). Text that could still become a stop string, or an
+    unfinished UTF-8 character, is held back until the next token decides it; a stop string ends the
+    text before it."""
 
     def __init__(self, codec: TextCodec | None, stop: tuple[str, ...]):
         self.codec = codec
         self.stop = stop
-        self.sent = 0
+        self.prefix_offset = 0  # the window's first token
+        self.read_offset = 0  # tokens up to here are in `held` or already sent
+        self.held = ""  # decoded but not yet sent
         self.stopped = False
 
     def push(self, ids: list[int], final: bool) -> str:
-        if self.codec is None:
+        if self.codec is None or self.stopped:
             return ""
-        text = self.codec.decode(ids)
-        end = len(text)
-        hits = [i for i in (text.find(s, max(0, self.sent - len(s))) for s in self.stop) if i >= 0]
+        self.held += self._new_text(ids)
+        hits = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
         if hits:
-            end, self.stopped = min(hits), True
-        elif not final:
-            if text.endswith("\ufffd"):
-                end -= 1
-            end -= _held_for_stop(text[:end], self.stop)
-        piece = text[self.sent:max(end, self.sent)]
-        self.sent = max(end, self.sent)
+            self.stopped = True
+            piece, self.held = self.held[: min(hits)], ""
+            return piece
+        keep = 0 if final else _held_for_stop(self.held, self.stop)
+        piece = self.held[: len(self.held) - keep]
+        self.held = self.held[len(piece):]
         return piece
+
+    def _new_text(self, ids: list[int]) -> str:
+        before = self.codec.decode(ids[self.prefix_offset:self.read_offset])
+        after = self.codec.decode(ids[self.prefix_offset:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # an unfinished character: wait for its next bytes
+        self.prefix_offset, self.read_offset = self.read_offset, len(ids)
+        return after[len(before):]
 
 
 def _held_for_stop(text: str, stop: tuple[str, ...]) -> int:
