@@ -265,3 +265,23 @@ def test_generation_traffic_moves_token_counters_and_the_statistics_extension(ge
     assert metric(server, "nv_inference_request_success_total", model="gpt") == success + 1
     stats = httpx.get(f"http://{server.http_url}/v2/models/gpt/stats").json()["model_stats"][0]
     assert stats["inference_stats"]["success"]["count"] == success + 1
+
+
+def test_a_generation_config_with_a_bad_limit_makes_only_that_model_unavailable(generation, tmp_path):
+    server, _ = generation
+    repository = tmp_path / "repository"
+    source = next(p for p in (server.log.parent / "repository").iterdir() if p.name == "gpt")
+    shutil.copytree(source, repository / "gpt_bad")
+    config = text_format.Parse((repository / "gpt_bad" / "config.pbtxt").read_text(), ModelConfig())
+    set_parameters(config, max_running_sequences=0)
+    write_config(repository, "gpt_bad", config)
+    publish(repository, "simple", simple_model(), SIMPLE_CONFIG)
+    other = start_server(repository, tmp_path / "server.log", "--strict-readiness", "false",
+                         ready_model="simple")
+    try:
+        index = httpx.post(f"http://{other.http_url}/v2/repository/index").json()
+        bad = next(row for row in index if row["name"] == "gpt_bad")
+        assert bad["state"] == "UNAVAILABLE"
+        assert "'max_running_sequences' must be an integer >= 1, got '0'" in bad["reason"]
+    finally:
+        stop_server(other)

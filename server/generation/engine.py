@@ -43,12 +43,15 @@ class GenerationSettings:
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, str], model_dir: Path) -> "GenerationSettings":
-        def number(key, default):
+        def number(key, default, low=1):
             value = parameters.get(key, default)
             try:
-                return int(value)
+                number = int(value)
             except (TypeError, ValueError):
-                raise ValueError(f"generation parameter '{key}' must be an integer, got {value!r}") from None
+                number = None
+            if number is None or number < low:
+                raise ValueError(f"generation parameter '{key}' must be an integer >= {low}, got {value!r}")
+            return number
 
         if "max_sequence_length" not in parameters:
             raise ValueError("a generation model needs the parameter 'max_sequence_length'")
@@ -58,7 +61,7 @@ class GenerationSettings:
         defaults = SchedulerLimits()
         return cls(
             max_sequence_length=number("max_sequence_length", None),
-            eos_token_id=number("eos_token_id", -1),
+            eos_token_id=number("eos_token_id", -1, low=-1),
             default_max_tokens=number("default_max_tokens", 64),
             limits=SchedulerLimits(
                 max_running=number("max_running_sequences", defaults.max_running),
