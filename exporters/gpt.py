@@ -163,6 +163,8 @@ def generation_config(model: nn.Module, tokenizer_file: str | None, max_running:
         "max_running_sequences": max_running,
         "max_waiting_sequences": 64,
         "max_prefill_tokens": 2048,
+        # decode steps are many short runs back to back: sleeping ONNX Runtime threads would wake per op
+        "allow_spinning": 1,
     }
     if tokenizer_file:
         values["tokenizer_file"] = tokenizer_file
