@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporters.module import ExportError, ExportReport, export_module
+from exporters.module import ExportReport, check_model_type, default_config, export_module
 from exporters.publish import set_parameters
 from server.protocol import ModelConfig
 
@@ -34,24 +34,17 @@ class Encoder(nn.Module):
 
 
 def load(checkpoint: str | Path) -> tuple[nn.Module, object]:
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
-    model_type = AutoConfig.from_pretrained(str(checkpoint)).model_type
-    if model_type not in SUPPORTED:
-        raise ExportError(
-            f"checkpoint '{checkpoint}' is a '{model_type}' model; the bert exporter supports "
-            f"{', '.join(SUPPORTED)}"
-        )
+    check_model_type(checkpoint, "bert", SUPPORTED)
     model = AutoModel.from_pretrained(str(checkpoint)).eval()
     return model, AutoTokenizer.from_pretrained(str(checkpoint))
 
 
 def config(max_batch_size: int = 8, buckets: str = "16,32,48,64,80,96,112,128") -> ModelConfig:
     """Dynamic batching with the token inputs padded by 0, token outputs cut back per request."""
-    config = ModelConfig(max_batch_size=max_batch_size)
-    config.dynamic_batching.max_queue_delay_microseconds = 1000
     return set_parameters(
-        config,
+        default_config(max_batch_size=max_batch_size),
         pad_inputs=",".join(f"{name}:0" for name in INPUTS),
         pad_outputs="last_hidden_state",
         pad_buckets=buckets,

@@ -32,9 +32,9 @@ def export(args: argparse.Namespace) -> list:
 
         model, tokenizer = gpt.load(args.checkpoint)
         tokenizer_file = Path(args.checkpoint) / "tokenizer.json"
-        if not tokenizer_file.exists():
-            tokenizer_file = Path(tokenizer.save_pretrained(args.repository / ".tokenizer")[-1]).parent
-            tokenizer_file = tokenizer_file / "tokenizer.json"
+        if not tokenizer_file.exists():  # a hub id: save the fast tokenizer's tokenizer.json
+            tokenizer.save_pretrained(args.repository / ".tokenizer")
+            tokenizer_file = args.repository / ".tokenizer" / "tokenizer.json"
         return gpt.export(model, args.repository, args.name, variants, tokenizer_file)
     if args.family == "cnn":
         from exporters import cnn

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporters.module import ExportError, ExportReport, export_module
+from exporters.module import ExportReport, check_model_type, export_module
 
 SUPPORTED = ("resnet", "convnext", "regnet")
 
@@ -26,14 +26,9 @@ def load(checkpoint: str | Path) -> nn.Module:
     """A transformers checkpoint directory (or hub id), or a whole module saved with torch.save."""
     if Path(checkpoint).suffix in (".pt", ".pth"):
         return torch.load(checkpoint, weights_only=False).eval()
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
-    model_type = AutoConfig.from_pretrained(str(checkpoint)).model_type
-    if model_type not in SUPPORTED:
-        raise ExportError(
-            f"checkpoint '{checkpoint}' is a '{model_type}' model; the cnn exporter supports "
-            f"{', '.join(SUPPORTED)} checkpoints or a module saved with torch.save"
-        )
+    check_model_type(checkpoint, "cnn", SUPPORTED, " checkpoints or a module saved with torch.save")
     return Logits(AutoModelForImageClassification.from_pretrained(str(checkpoint)).eval())
 
 

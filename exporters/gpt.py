@@ -6,7 +6,6 @@ the prefill. Its config.pbtxt describes the generation interface the server offe
 out, decoupled), not the graph's tensors.
 """
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from exporters.module import (
     ExportError,
     ExportReport,
     build_variant,
+    check_model_type,
     check_variants,
     step,
     variant_name,
@@ -72,14 +72,9 @@ def io_names(layers: int) -> tuple[list[str], list[str]]:
 
 
 def load(checkpoint: str | Path):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_type = AutoConfig.from_pretrained(str(checkpoint)).model_type
-    if model_type not in SUPPORTED:
-        raise ExportError(
-            f"checkpoint '{checkpoint}' is a '{model_type}' model; the gpt exporter supports "
-            f"{', '.join(SUPPORTED)}"
-        )
+    check_model_type(checkpoint, "gpt", SUPPORTED)
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
     return model, AutoTokenizer.from_pretrained(str(checkpoint))
 
@@ -135,17 +130,23 @@ def greedy_onnx(path: Path, prompts: list[list[int]], new_tokens: int) -> list[l
     return generated
 
 
-def greedy_torch(model: nn.Module, prompts: list[list[int]], new_tokens: int, pad_id: int = 0):
-    """transformers' `generate(do_sample=False)` on the batch, left padded."""
+def left_padded(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of the prompts, padded on the left to the longest."""
     length = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (length - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+def greedy_torch(model: nn.Module, prompts: list[list[int]], new_tokens: int, pad_id: int = 0):
+    """transformers' `generate(do_sample=False)` on the batch, left padded."""
+    ids, mask = left_padded(prompts, pad_id)
     with torch.no_grad():
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
             do_sample=False, pad_token_id=pad_id, eos_token_id=None,
         )
-    return out[:, length:].tolist()
+    return out[:, ids.shape[1]:].tolist()
 
 
 def prefill_logits(path: Path, prompts: list[list[int]]) -> np.ndarray:
@@ -230,9 +231,7 @@ def _publish(path, repository, name, variant, report, model, tokenizer_file) -> 
 
 
 def _torch_prefill(model: nn.Module, prompts: list[list[int]]) -> np.ndarray:
-    length = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (length - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+    ids, mask = left_padded(prompts)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
@@ -242,7 +241,3 @@ def _torch_prefill(model: nn.Module, prompts: list[list[int]]) -> np.ndarray:
 def _token_agreement(expected: list[list[int]], actual: list[list[int]]) -> float:
     pairs = [(a, b) for want, got in zip(expected, actual) for a, b in zip(want, got)]
     return sum(a == b for a, b in pairs) / max(len(pairs), 1)
-
-
-def tokenizer_metadata(tokenizer_file: Path) -> dict:
-    return json.loads(Path(tokenizer_file).read_text()).get("model", {})

@@ -48,11 +48,27 @@ class ExportReport:
 @contextmanager
 def step(message: str, progress: Callable[[str], None] | None):
     """Reports a long step with its duration."""
-    report = progress or (lambda text: print(text, file=sys.stderr, flush=True))
+    report = reporter(progress)
     report(f"{message} ...")
     started = time.perf_counter()
     yield
     report(f"{message}: done in {time.perf_counter() - started:.1f} s")
+
+
+def check_model_type(checkpoint, family: str, supported: tuple[str, ...], alternative: str = "") -> None:
+    """Refuses a transformers checkpoint of a model type the family's exporter does not handle."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(str(checkpoint)).model_type
+    if model_type not in supported:
+        raise ExportError(
+            f"checkpoint '{checkpoint}' is a '{model_type}' model; the {family} exporter supports "
+            f"{', '.join(supported)}{alternative}"
+        )
+
+
+def reporter(progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    return progress or (lambda text: print(text, file=sys.stderr, flush=True))
 
 
 def variant_name(name: str, variant: str) -> str:
@@ -132,7 +148,7 @@ def graph_config(path: Path, base: ModelConfig) -> ModelConfig:
     return config
 
 
-def default_config(batched: bool, max_batch_size: int = 8) -> ModelConfig:
+def default_config(batched: bool = True, max_batch_size: int = 8) -> ModelConfig:
     config = ModelConfig(max_batch_size=max_batch_size if batched else 0)
     if batched:
         config.dynamic_batching.max_queue_delay_microseconds = 1000
@@ -192,5 +208,5 @@ def export_module(
             publish(path, repository, published, base, extra_files)
             target = model_path(repository, published)
             reports.append(ExportReport(published, variant, target, target.stat().st_size, report))
-            (progress or (lambda t: print(t, file=sys.stderr)))(reports[-1].summary())
+            reporter(progress)(reports[-1].summary())
     return reports

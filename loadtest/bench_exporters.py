@@ -9,6 +9,7 @@ import ast
 import statistics
 import sysconfig
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +26,21 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(sessions: dict, feeds: dict, rounds: int) -> dict[str, float]:
-    """Median ms per run for each session, the variants' runs interleaved so drift hits all alike."""
-    for s in sessions.values():
-        s.run(None, feeds)
-    times = {name: [] for name in sessions}
+def median_ms(runs: dict, rounds: int) -> dict[str, float]:
+    """Median ms of each callable, the variants' runs interleaved so drift hits all alike."""
+    for run in runs.values():
+        run()
+    times = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, s in sessions.items():
+        for name, run in runs.items():
             start = time.perf_counter()
-            s.run(None, feeds)
+            run()
             times[name].append((time.perf_counter() - start) * 1000)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def latency_ms(sessions: dict, feeds: dict, rounds: int) -> dict[str, float]:
+    return median_ms({name: partial(s.run, None, feeds) for name, s in sessions.items()}, rounds)
 
 
 def real_sentences(count: int = 96) -> list[str]:
@@ -124,17 +129,8 @@ def gpt(repository: Path, rounds: int):
     chosen = {v: n for v, n in names("gpt").items() if model_file(repository, n).exists()}
     decoders = {v: Decoder(session(model_file(repository, n))) for v, n in chosen.items()}
     prompts = [rng.integers(1, 1000, 32).tolist() for _ in range(8)]
-    one, eight = {}, {}
-    for batch, target in ((prompts[:1], one), (prompts, eight)):
-        for decoder in decoders.values():
-            decoder.prefill(batch)
-        samples = {v: [] for v in decoders}
-        for _ in range(rounds):
-            for v, decoder in decoders.items():
-                start = time.perf_counter()
-                decoder.prefill(batch)
-                samples[v].append((time.perf_counter() - start) * 1000)
-        target.update({v: statistics.median(s) for v, s in samples.items()})
+    one, eight = (median_ms({v: partial(d.prefill, batch) for v, d in decoders.items()}, rounds)
+                  for batch in (prompts[:1], prompts))
     logits = {v: d.prefill(prompts)[0] for v, d in decoders.items()}
     agree = {v: float((lg.argmax(-1) == logits["fp32"].argmax(-1)).mean()) for v, lg in logits.items()}
     sizes = {v: model_file(repository, n).stat().st_size / 1e6 for v, n in chosen.items()}

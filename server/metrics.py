@@ -119,12 +119,7 @@ class ServerCollector:
 
     def _histograms(self, models):
         for name, attribute, text in HISTOGRAMS:
-            family = HistogramMetricFamily(name, text, labels=LABELS)
-            for model in models:
-                histogram: Histogram = getattr(model.stats, attribute)
-                buckets = [(_bound(b), c) for b, c in histogram.cumulative()] + [("+Inf", histogram.total)]
-                family.add_metric([model.name, str(model.version)], buckets, histogram.sum)
-            yield family
+            yield _histogram(name, text, models, lambda model, a=attribute: getattr(model.stats, a))
 
     def _gauges(self, models):
         pending = GaugeMetricFamily(
@@ -142,12 +137,9 @@ class ServerCollector:
 
     def _generation(self, models):
         for name, attribute, text in GENERATION_HISTOGRAMS:
-            family = HistogramMetricFamily(name, text, labels=LABELS)
-            for model in models:
-                histogram: Histogram = getattr(model.stats.generation, attribute)
-                buckets = [(_bound(b), c) for b, c in histogram.cumulative()] + [("+Inf", histogram.total)]
-                family.add_metric([model.name, str(model.version)], buckets, histogram.sum)
-            yield family
+            yield _histogram(
+                name, text, models, lambda model, a=attribute: getattr(model.stats.generation, a)
+            )
         counters = [_Counter(name, text, labels=LABELS) for name, _, text in GENERATION_COUNTERS]
         gauges = [GaugeMetricFamily(name, text, labels=LABELS) for name, _, text in GENERATION_GAUGES]
         finished = _Counter("ortserve_generation_finished_total", "Generation requests by finish reason",
@@ -175,6 +167,15 @@ class ServerCollector:
         memory_used.add_metric([], used)
         yield from (cpu, memory_total, memory_used)
         yield from _gpu_metrics()
+
+
+def _histogram(name: str, text: str, models, histogram_of) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, text, labels=LABELS)
+    for model in models:
+        histogram: Histogram = histogram_of(model)
+        buckets = [(_bound(b), c) for b, c in histogram.cumulative()] + [("+Inf", histogram.total)]
+        family.add_metric([model.name, str(model.version)], buckets, histogram.sum)
+    return family
 
 
 class _Counter(Metric):

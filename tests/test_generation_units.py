@@ -97,15 +97,15 @@ def test_seeded_sampling_repeats_and_top_k_one_is_greedy():
     logits = np.random.default_rng(0).standard_normal(50)
     params = SamplingParams(temperature=1.0, seed=7)
     sampler_a, sampler_b = Sampler(params), Sampler(params)
-    assert [sampler_a(logits, []) for _ in range(20)] == [sampler_b(logits, []) for _ in range(20)]
-    assert len({sampler_a(logits, []) for _ in range(50)}) > 1  # it samples, it is not greedy
-    assert Sampler(SamplingParams(temperature=2.0, top_k=1, seed=1))(logits, []) == int(np.argmax(logits))
-    assert Sampler(SamplingParams(temperature=0))(logits, []) == int(np.argmax(logits))
+    assert [sampler_a(logits, [], []) for _ in range(20)] == [sampler_b(logits, [], []) for _ in range(20)]
+    assert len({sampler_a(logits, [], []) for _ in range(50)}) > 1  # it samples, it is not greedy
+    assert Sampler(SamplingParams(temperature=2.0, top_k=1, seed=1))(logits, [], []) == int(np.argmax(logits))
+    assert Sampler(SamplingParams(temperature=0))(logits, [], []) == int(np.argmax(logits))
 
 
 def test_repetition_penalty_turns_greedy_away_from_seen_tokens():
     logits = np.array([3.0, 2.9, 0.0])
-    assert Sampler(SamplingParams(temperature=0, repetition_penalty=2.0))(logits, [0]) == 1
+    assert Sampler(SamplingParams(temperature=0, repetition_penalty=2.0))(logits, [0], []) == 1
 
 
 class Letters:

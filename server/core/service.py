@@ -11,7 +11,7 @@ from server.core.errors import Internal, InvalidArgument, ServerError, failure_r
 from server.core.stats import Timing
 from server.core.types import GenerateRequest, InferRequest, InferResponse, ModelIndexEntry, Tensor
 from server.core.validation import check_inputs, check_outputs
-from server.generation.engine import TokenStream
+from server.generation.engine import TokenEvent, TokenStream
 from server.protocol import ModelConfig
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
@@ -113,7 +113,7 @@ class InferenceService:
         tokens = self.generate(_generate_request(request, model))
         try:
             async for event in tokens:
-                yield _generation_response(model, request.id, event.text, event.token_ids, event)
+                yield _generation_response(model, request.id, event)
         finally:
             await tokens.aclose()
 
@@ -146,16 +146,8 @@ class InferenceService:
 
 
     async def _generate_whole(self, model: ModelVersion, request: InferRequest) -> InferResponse:
-        text, ids, last = [], [], None
-        tokens = self.generate(_generate_request(request, model))
-        try:
-            async for event in tokens:
-                text.append(event.text)
-                ids.extend(event.token_ids)
-                last = event
-        finally:
-            await tokens.aclose()
-        return _generation_response(model, request.id, "".join(text), ids, last)
+        whole = await self.generate(_generate_request(request, model)).collect()
+        return _generation_response(model, request.id, whole)
 
 
 def _recorder(model: ModelVersion, start: int, protocol: str):
@@ -219,14 +211,14 @@ def _json_input(tensor: Tensor) -> dict:
     return value
 
 
-def _generation_response(model, request_id: str, text: str, ids: list[int], last) -> InferResponse:
+def _generation_response(model, request_id: str, event: TokenEvent) -> InferResponse:
     outputs = [
-        Tensor("text_output", "BYTES", np.array([text.encode()], dtype=object)),
-        Tensor("output_ids", "INT64", np.array(ids, dtype=np.int64)),
+        Tensor("text_output", "BYTES", np.array([event.text.encode()], dtype=object)),
+        Tensor("output_ids", "INT64", np.array(event.token_ids, dtype=np.int64)),
     ]
     parameters = {}
-    if last is not None and last.finish_reason is not None:
-        parameters = {"finish_reason": last.finish_reason, "triton_final_response": True}
+    if event.finish_reason is not None:
+        parameters = {"finish_reason": event.finish_reason, "triton_final_response": True}
     return InferResponse(model.name, str(model.version), request_id, outputs, {}, parameters)
 
 

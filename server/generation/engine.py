@@ -121,6 +121,18 @@ class TokenStream:
     async def aclose(self) -> None:
         self._close("CANCELED")
 
+    async def collect(self) -> TokenEvent:
+        """The whole generation as one event: all text and tokens, the last event's finish and counts."""
+        text, ids, last = [], [], None
+        try:
+            async for event in self:
+                text.append(event.text)
+                ids.extend(event.token_ids)
+                last = event
+        finally:
+            await self.aclose()
+        return TokenEvent(ids, "".join(text), last.finish_reason, last.prompt_tokens, last.generated_tokens)
+
     def _close(self, outcome: str) -> None:
         if self._outcome is None:
             self._outcome = outcome
@@ -221,8 +233,8 @@ class GenerationEngine:
             self.stats.cache_tokens = self.cache_tokens
 
     async def _iterate(self, plan: Plan) -> None:
-        decoding = [self._requests[s.id] for s in plan.decode if s.id in self._requests]
-        prefilling = [self._requests[s.id] for s in plan.prefill if s.id in self._requests]
+        decoding = [self._requests[s.id] for s in plan.decode]  # the cache's rows, in order
+        prefilling = [self._requests[s.id] for s in plan.prefill]
         last = [r.sequence.generated[-1] for r in decoding]
         prompts = [r.sequence.prompt for r in prefilling]
         cache = self.cache
@@ -236,7 +248,7 @@ class GenerationEngine:
         decoded, prefilled = await self.pool.call(step)
         self._record_step(len(decoding) + len(prefilling), time.perf_counter_ns() - started)
         parts = [p for p in (decoded, prefilled) if p is not None]
-        logits = np.concatenate([p[0] for p in parts])
+        logits = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
         self.cache = KVBatch.concatenate([p[1] for p in parts])
         self.rows = decoding + prefilling
         for request, row_logits in zip(self.rows, logits):
@@ -254,7 +266,7 @@ class GenerationEngine:
         sequence = request.sequence
         if sequence.finished:  # aborted while the step ran
             return
-        token = request.sampler(logits, sequence.prompt + sequence.generated)
+        token = request.sampler(logits, sequence.prompt, sequence.generated)
         sequence.generated.append(token)
         now = time.perf_counter()
         if len(sequence.generated) == 1:

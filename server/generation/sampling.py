@@ -88,10 +88,10 @@ class Sampler:
     def __post_init__(self):
         self.rng = np.random.default_rng(self.params.seed)
 
-    def __call__(self, logits: np.ndarray, history: list[int]) -> int:
+    def __call__(self, logits: np.ndarray, prompt: list[int], generated: list[int]) -> int:
         logits = logits.astype(np.float64)
-        if self.params.repetition_penalty != 1.0 and history:
-            seen = np.unique(history)
+        if self.params.repetition_penalty != 1.0:
+            seen = np.unique(np.concatenate([prompt, generated]).astype(np.int64))
             scores = logits[seen]
             logits[seen] = np.where(scores > 0, scores / self.params.repetition_penalty,
                                     scores * self.params.repetition_penalty)

@@ -28,15 +28,8 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
     @app.post("/v2/models/{model}/versions/{version}/generate")
     async def generate(request: Request, model: str, version: str = ""):
         tokens = service.generate(_triton_request(await body(request), model, version))
-        text, ids, last = [], [], None
-        try:
-            async for event in tokens:
-                text.append(event.text)
-                ids.extend(event.token_ids)
-                last = event
-        finally:
-            await tokens.aclose()
-        return _triton_event(model, tokens.model_version, "".join(text), ids, last)
+        whole = await tokens.collect()
+        return _triton_event(model, tokens.model_version, whole)
 
     @app.post("/v2/models/{model}/generate_stream")
     @app.post("/v2/models/{model}/versions/{version}/generate_stream")
@@ -44,7 +37,7 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
         tokens = service.generate(_triton_request(await body(request), model, version))
 
         def event(e: TokenEvent) -> dict:
-            return _triton_event(model, tokens.model_version, e.text, e.token_ids, e)
+            return _triton_event(model, tokens.model_version, e)
 
         return StreamingResponse(_sse(tokens, event), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -100,9 +93,10 @@ def _triton_request(data: bytes, model: str, version: str) -> GenerateRequest:
     return GenerateRequest(model, version, text, ids, parameters, protocol="http")
 
 
-def _triton_event(model: str, version: str, text: str, ids: list[int], event: TokenEvent | None) -> dict:
-    answer = {"model_name": model, "model_version": version, "text_output": text, "output_ids": ids}
-    if event is not None and event.finish_reason is not None:
+def _triton_event(model: str, version: str, event: TokenEvent) -> dict:
+    answer = {"model_name": model, "model_version": version, "text_output": event.text,
+              "output_ids": event.token_ids}
+    if event.finish_reason is not None:
         answer["finish_reason"] = event.finish_reason
         answer["usage"] = _usage(event.prompt_tokens, event.generated_tokens)
     return answer
@@ -140,14 +134,11 @@ def _openai_request(payload: dict) -> tuple[str, list, dict]:
 async def _openai_choices(streams) -> tuple[list[dict], dict]:
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for index, tokens in enumerate(streams):
-        text, last = [], None
-        async for event in tokens:
-            text.append(event.text)
-            last = event
-        choices.append({"index": index, "text": "".join(text), "logprobs": None,
-                        "finish_reason": last.finish_reason})
-        prompt_tokens += last.prompt_tokens
-        completion_tokens += last.generated_tokens
+        whole = await tokens.collect()
+        choices.append({"index": index, "text": whole.text, "logprobs": None,
+                        "finish_reason": whole.finish_reason})
+        prompt_tokens += whole.prompt_tokens
+        completion_tokens += whole.generated_tokens
     return choices, _usage(prompt_tokens, completion_tokens)
 
 
