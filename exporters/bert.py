@@ -91,6 +91,9 @@ def export_encoder(
     if pooling:
         axes["sentence_embedding"] = {0: "batch"}
     example = {name: torch.ones(2, 8, dtype=torch.int64) for name in INPUTS}
+    # Eager attention traces to plain MatMul/Softmax, which ONNX Runtime fuses and quantizes better
+    # than the masked graph traced from SDPA (4-5% faster in fp32 and int8 on MiniLM).
+    model.set_attn_implementation("eager")
     return export_module(
         Encoder(model, pooling).eval(), example, repository, name,
         output_names=outputs, dynamic_axes=axes, variants=variants,
