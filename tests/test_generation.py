@@ -89,7 +89,8 @@ def test_triton_generate_stream_pieces_add_up_to_the_whole_text(generation):
         client, "POST", f"http://{server.http_url}/v2/models/gpt/generate_stream", json=body
     ) as source:
         events = [json.loads(e.data) for e in source.iter_sse()]
-    assert len(events) == 10
+    assert len(events) > 1  # streamed in pieces (tokens that pile up behind a slow client go together)
+    assert [i for e in events for i in e["output_ids"]] == whole["output_ids"]
     assert whole["model_version"] == events[0]["model_version"] == "1"
     assert "".join(e["text_output"] for e in events) == whole["text_output"]
     assert events[-1]["finish_reason"] == "length" and "finish_reason" not in events[0]

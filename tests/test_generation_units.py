@@ -1,9 +1,12 @@
 """The generation pieces that need no model: scheduler, KV batch, sampling, text stream."""
 
+import asyncio
+
 import numpy as np
 import pytest
 
 from server.core.errors import InvalidArgument, Unavailable
+from server.generation.engine import Mailbox, TokenEvent
 from server.generation.kv_cache import KVBatch
 from server.generation.sampling import Sampler, SamplingParams, sampling_params
 from server.generation.scheduler import FINISH_ABORT, FINISH_LENGTH, Scheduler, SchedulerLimits, Sequence
@@ -130,3 +133,26 @@ def test_text_stream_releases_held_text_that_did_not_become_a_stop():
     stream = TextStream(Letters("abSTx"), ("STOP",))
     pieces = [stream.push(list(range(n)), final=n == 5) for n in range(1, 6)]
     assert pieces == ["a", "b", "", "", "STx"] and not stream.stopped
+
+
+def test_mailbox_gives_waiting_events_as_one_and_an_error_after_them():
+    async def scenario():
+        box = Mailbox()
+        box.put(TokenEvent([5], "a", None, 3, 1))
+        box.put(TokenEvent([6], "b", None, 3, 2))
+        first = await box.get()
+        box.put(TokenEvent([7], "c", "length", 3, 3))
+        second = await box.get()
+        waiting = asyncio.ensure_future(box.get())
+        await asyncio.sleep(0)
+        assert not waiting.done()  # nothing produced: the client waits
+        box.put(TokenEvent([8], "d", None, 3, 1))
+        box.fail(Unavailable("unloaded"))
+        return first, second, await waiting, await box.get()
+
+    first, second, before_error, error = asyncio.run(scenario())
+    assert (first.token_ids, first.text, first.generated_tokens) == ([5, 6], "ab", 2)
+    assert first.finish_reason is None
+    assert (second.token_ids, second.finish_reason, second.prompt_tokens) == ([7], "length", 3)
+    assert before_error.token_ids == [8]
+    assert isinstance(error, Unavailable)

@@ -83,6 +83,38 @@ class TokenEvent:
     prompt_tokens: int = 0
     generated_tokens: int = 0
 
+    def then(self, later: "TokenEvent") -> "TokenEvent":
+        """This event followed by a later one of the same sequence, as one."""
+        return TokenEvent(self.token_ids + later.token_ids, self.text + later.text, later.finish_reason,
+                          later.prompt_tokens, later.generated_tokens)
+
+
+class Mailbox:
+    """What the engine produced for one request and its client has not taken yet. Events that pile up
+    while the client is slower than the engine are taken as one: under load each client gets fewer,
+    larger writes, and nothing waits that could have gone out."""
+
+    def __init__(self):
+        self._event: TokenEvent | None = None
+        self._error: Exception | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, event: TokenEvent) -> None:
+        self._event = event if self._event is None else self._event.then(event)
+        self._ready.set()
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        self._ready.set()
+
+    async def get(self) -> TokenEvent | Exception:
+        """The waiting events as one, or else the error; an error comes after the events before it."""
+        await self._ready.wait()
+        event, self._event = self._event, None
+        if self._error is None:
+            self._ready.clear()
+        return event if event is not None else self._error
+
 
 @dataclass
 class _Request:
@@ -90,7 +122,7 @@ class _Request:
     params: SamplingParams
     sampler: Sampler
     text: TextStream
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    events: Mailbox = field(default_factory=Mailbox)
     submitted: float = field(default_factory=time.perf_counter)
     last_token: float = 0.0
 
@@ -123,15 +155,13 @@ class TokenStream:
 
     async def collect(self) -> TokenEvent:
         """The whole generation as one event: all text and tokens, the last event's finish and counts."""
-        text, ids, last = [], [], None
+        whole = TokenEvent([], "")
         try:
             async for event in self:
-                text.append(event.text)
-                ids.extend(event.token_ids)
-                last = event
+                whole = whole.then(event)
         finally:
             await self.aclose()
-        return TokenEvent(ids, "".join(text), last.finish_reason, last.prompt_tokens, last.generated_tokens)
+        return whole
 
     def _close(self, outcome: str) -> None:
         if self._outcome is None:
@@ -164,7 +194,7 @@ class GenerationEngine:
         for sequence in self.scheduler.abort_all():
             request = self._requests.pop(sequence.id, None)
             if request is not None:
-                request.events.put_nowait(Unavailable("the model was unloaded while generating"))
+                request.events.fail(Unavailable("the model was unloaded while generating"))
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -285,7 +315,7 @@ class GenerationEngine:
             self.scheduler.finish(sequence, reason)
             self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
             self.stats.request_seconds.observe(now - request.submitted)
-        request.events.put_nowait(TokenEvent(
+        request.events.put(TokenEvent(
             [] if by_token else [token], text, reason, len(sequence.prompt), len(visible)
         ))
 
@@ -312,5 +342,5 @@ class GenerationEngine:
             self.scheduler.finish(sequence, FINISH_ABORT)
             request = self._requests.get(sequence.id)
             if request is not None:
-                request.events.put_nowait(error)
+                request.events.fail(error)
         self._drop_finished_rows()
