@@ -27,11 +27,11 @@ def tiny_bert():
     return BertModel(config).eval()
 
 
-def tiny_gpt(vocab: int = 120):
+def tiny_gpt(vocab: int = 120, positions: int = 64):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+    config = GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=32, n_layer=2, n_head=4,
                         initializer_range=0.3, eos_token_id=None, bos_token_id=None)
     return GPT2LMHeadModel(config).eval()
 

@@ -24,6 +24,7 @@ from server.protocol import ModelConfig
 from tests.conftest import start_server, stop_server
 from tests.test_exporters import tiny_gpt
 
+CONTEXT = 64  # the served context of `gpt`: the limit messages below assume it
 PROMPTS = [[5, 17, 3, 99, 42, 8, 8], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [60, 61, 62]]
 
 
@@ -33,13 +34,14 @@ def generation(tmp_path_factory):
     repository = root / "repository"
     corpus = training.python_corpus(max_bytes=60_000)
     tokenizer = training.train_tokenizer(corpus, 300, root / "tokenizer.json")
-    model = tiny_gpt(vocab=300)
+    model = tiny_gpt(vocab=300, positions=4096)
     gpt.export(model, repository, "gpt", ["fp32"], tokenizer_file=tokenizer)
-    limited = repository / "gpt_limited"
+    limited = repository / "gpt_limited"  # the whole context: generations long enough to interrupt
     shutil.copytree(repository / "gpt", limited)
-    config = text_format.Parse((limited / "config.pbtxt").read_text(), ModelConfig())
-    set_parameters(config, max_running_sequences=1, max_waiting_sequences=1)
-    write_config(repository, "gpt_limited", config)
+    for name, limits in (("gpt_limited", {"max_running_sequences": 1, "max_waiting_sequences": 1}),
+                         ("gpt", {"max_sequence_length": CONTEXT})):
+        config = text_format.Parse((repository / name / "config.pbtxt").read_text(), ModelConfig())
+        write_config(repository, name, set_parameters(config, **limits))
     publish(repository, "simple", simple_model(), SIMPLE_CONFIG)  # for the locust scenario
     server = start_server(repository, root / "server.log", ready_model="gpt_limited")
     yield server, model
@@ -174,19 +176,20 @@ def metric(server, name, **labels):
 
 def test_a_client_that_disconnects_aborts_its_sequence(generation):
     server, _ = generation
-    aborted = metric(server, "ortserve_generation_finished_total", model="gpt", finish_reason="abort")
-    body = {"input_ids": [1, 2], "parameters": {"max_tokens": 60, "temperature": 0, "ignore_eos": True}}
+    model = "gpt_limited"
+    aborts = partial(metric, server, "ortserve_generation_finished_total", model=model, finish_reason="abort")
+    aborted = aborts()
+    body = {"input_ids": [1, 2], "parameters": {"max_tokens": 4000, "temperature": 0, "ignore_eos": True}}
     with httpx.Client(timeout=60) as client, connect_sse(
-        client, "POST", f"http://{server.http_url}/v2/models/gpt/generate_stream", json=body
+        client, "POST", f"http://{server.http_url}/v2/models/{model}/generate_stream", json=body
     ) as source:
         next(source.iter_sse())
-    aborts = partial(metric, server, "ortserve_generation_finished_total", model="gpt", finish_reason="abort")
     for _ in range(100):
         if aborts() > aborted:
             break
         time.sleep(0.05)
     assert aborts() == aborted + 1
-    assert metric(server, "ortserve_generation_running_sequences", model="gpt") == 0
+    assert metric(server, "ortserve_generation_running_sequences", model=model) == 0
     assert post(server, "/v2/models/gpt/generate", greedy([3], 2)).status_code == 200
 
 
