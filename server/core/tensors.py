@@ -10,7 +10,7 @@ from server.core.errors import InvalidArgument
 _LENGTH = struct.Struct("<I")
 
 
-def from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
     count = _element_count(name, shape)
     if datatype == "BYTES":
         return _bytes_from_raw(name, shape, count, raw)
@@ -23,7 +23,7 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarr
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
-def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes) -> np.ndarray:
+def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes | memoryview) -> np.ndarray:
     items = []
     offset = 0
     view = memoryview(raw)

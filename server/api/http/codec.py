@@ -51,12 +51,13 @@ def decode_infer(body: bytes, header_length: str | None, model: str, version: st
     )
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and a view of the binary tensor data (tensors are read from it without copies)."""
     if header_length is None:
-        return body, b""
+        return body, memoryview(b"")
     if not header_length.isdigit() or int(header_length) > len(body):
         raise InvalidArgument(f"{HEADER_LENGTH} is '{header_length}' but the body has {len(body)} bytes")
-    return body[: int(header_length)], body[int(header_length) :]
+    return body[: int(header_length)], memoryview(body)[int(header_length) :]
 
 
 _REQUIRED = object()
@@ -79,7 +80,7 @@ def _json_type(value) -> str:
     )
 
 
-def _decode_input(item, binary: bytes, offset: int) -> tuple[Tensor, int]:
+def _decode_input(item, binary: memoryview, offset: int) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise InvalidArgument("each entry of 'inputs' must be a JSON object")
     name = _field(item, "name", str)
