@@ -80,8 +80,8 @@ def load(checkpoint: str | Path):
 
 
 def export_decoder(model: nn.Module, path: Path, opset: int = 18) -> Path:
-    """torch.export (dynamo) with eager attention: a graph a quarter the size of the TorchScript trace
-    (194 nodes against 885 for the default model), 5-10% quicker per decode step."""
+    """torch.export (dynamo) with eager attention: a much smaller graph than the TorchScript trace,
+    whose per-op cost dominates small decode steps (`python -m loadtest.bench_generation`)."""
     config = model.config
     layers, heads = config.n_layer, config.n_head
     head_dim = config.n_embd // heads

@@ -107,16 +107,20 @@ def test_negative_dimension(http):
     assert_error(http.post("/v2/models/simple/infer", json=request), 400, "INPUT0", "dimensions")
 
 
-def test_binary_size_does_not_match_shape(http):
-    raw = np.zeros(16, dtype=np.int32).tobytes()
+def binary_input0_header(size: int) -> dict:
     header = simple_request()
     header["inputs"][0] = {
         "name": "INPUT0",
         "datatype": "INT32",
         "shape": [1, 16],
-        "parameters": {"binary_data_size": 60},
+        "parameters": {"binary_data_size": size},
     }
-    body, headers = binary_request(header, raw[:60])
+    return header
+
+
+def test_binary_size_does_not_match_shape(http):
+    raw = np.zeros(16, dtype=np.int32).tobytes()
+    body, headers = binary_request(binary_input0_header(60), raw[:60])
     assert_error(
         http.post("/v2/models/simple/infer", content=body, headers=headers),
         400,
@@ -128,26 +132,12 @@ def test_binary_size_does_not_match_shape(http):
 
 def test_binary_sizes_do_not_add_up(http):
     raw = np.zeros(16, dtype=np.int32).tobytes()
-    header = simple_request()
-    header["inputs"][0] = {
-        "name": "INPUT0",
-        "datatype": "INT32",
-        "shape": [1, 16],
-        "parameters": {"binary_data_size": 64},
-    }
-    body, headers = binary_request(header, raw, b"trailing")
+    body, headers = binary_request(binary_input0_header(64), raw, b"trailing")
     assert_error(http.post("/v2/models/simple/infer", content=body, headers=headers), 400, "72 bytes", "64")
 
 
 def test_binary_size_past_the_end(http):
-    header = simple_request()
-    header["inputs"][0] = {
-        "name": "INPUT0",
-        "datatype": "INT32",
-        "shape": [1, 16],
-        "parameters": {"binary_data_size": 64},
-    }
-    body, headers = binary_request(header, b"\0" * 10)
+    body, headers = binary_request(binary_input0_header(64), b"\0" * 10)
     assert_error(
         http.post("/v2/models/simple/infer", content=body, headers=headers),
         400,
