@@ -1,9 +1,9 @@
 """GPT-2-family decoders to one ONNX graph with KV cache, checked by greedy decoding.
 
 The graph takes `input_ids`, `attention_mask` (past and new tokens), `position_ids` and
-`past_key_values.{i}.key|value` and returns `logits` and `present.{i}.key|value`; a zero-length past is
-the prefill. Its config.pbtxt describes the generation interface the server offers for it (text in, text
-out, decoupled), not the graph's tensors.
+`past_key_values.{i}.key|value` and returns `logits` and `present.{i}.key|value`, the new tokens' keys
+and values; a zero-length past is the prefill. Its config.pbtxt describes the generation interface the
+server offers for it (text in, text out, decoupled), not the graph's tensors.
 """
 
 import shutil
@@ -36,34 +36,58 @@ GENERATION_CONFIG = 'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + GENERA
 
 
 class DecoderWithPast(nn.Module):
-    """Flat past tensors in, flat present tensors out, around a transformers causal LM.
+    """Flat past tensors in; the next token's logits and the new tokens' keys and values out, around a
+    GPT-2 model.
 
-    The 4-D mask is built here from the 2-D one with tensor operations, so the traced graph stays
-    right for every past length and padding (transformers decides some mask shortcuts in Python)."""
+    Attention is written here, over the past and the new tokens apart, so the graph never concatenates
+    the past with the new keys: copying the whole cache every step cost more than the attention itself
+    at 16 rows (`python -m loadtest.bench_generation`). The server keeps the cache in its own buffers.
+    The 4-D mask is built with tensor operations, so the traced graph stays right for every past length
+    and padding."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
-        from transformers import DynamicCache
+        gpt = self.model.transformer
+        hidden = gpt.wte(input_ids) + gpt.wpe(position_ids)
+        bias = _attention_bias(attention_mask, input_ids.shape[1])
+        present = []
+        for layer, block in enumerate(gpt.h):
+            layer_past = past[2 * layer:2 * layer + 2]
+            attended, key, value = _attention(block.attn, block.ln_1(hidden), bias, *layer_past)
+            hidden = hidden + attended
+            hidden = hidden + block.mlp(block.ln_2(hidden))
+            present += [key, value]
+        last = gpt.ln_f(hidden[:, -1:])  # only the next token's logits: a prefill skips the rest
+        return (self.model.lm_head(last), *present)
 
-        pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
-        cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)
-        total, new = attention_mask.shape[1], input_ids.shape[1]
-        keys = torch.arange(total, device=input_ids.device)
-        queries = torch.arange(new, device=input_ids.device) + (total - new)
-        causal = keys[None, :] <= queries[:, None]
-        allowed = causal[None, None] & attention_mask[:, None, None, :].bool()
-        # a padding row attends to itself, so no row is all masked (softmax would give NaN)
-        allowed = allowed | (keys[None, :] == queries[:, None])[None, None]
-        mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
-        out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-            past_key_values=cache, use_cache=True,
-        )
-        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
-        return (out.logits, *present)
+
+def _attention_bias(attention_mask, new: int):
+    """[rows, 1, new, past + new]: 0 where a new token may attend, the float minimum elsewhere."""
+    total = attention_mask.shape[1]
+    keys = torch.arange(total, device=attention_mask.device)
+    queries = torch.arange(new, device=attention_mask.device) + (total - new)
+    allowed = (keys[None, :] <= queries[:, None])[None, None] & attention_mask[:, None, None, :].bool()
+    # a padding row attends to itself, so no row is all masked (softmax would give NaN)
+    allowed = allowed | (keys[None, :] == queries[:, None])[None, None]
+    return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+
+
+def _attention(attn: nn.Module, hidden, bias, past_key, past_value):
+    """GPT-2 self-attention of the new tokens over the past and themselves: the output after c_proj and
+    the new tokens' keys and values."""
+    rows, new = hidden.shape[:2]
+    query, key, value = (
+        t.view(rows, new, attn.num_heads, attn.head_dim).transpose(1, 2)
+        for t in attn.c_attn(hidden).split(attn.split_size, dim=2)
+    )
+    scores = torch.cat([query @ past_key.transpose(-1, -2), query @ key.transpose(-1, -2)], dim=-1)
+    weights = torch.softmax(scores * attn.scaling + bias, dim=-1)
+    past = past_key.shape[2]
+    out = weights[..., :past] @ past_value + weights[..., past:] @ value
+    return attn.c_proj(out.transpose(1, 2).reshape(rows, new, -1)), key, value
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
@@ -80,8 +104,8 @@ def load(checkpoint: str | Path):
 
 
 def export_decoder(model: nn.Module, path: Path, opset: int = 18) -> Path:
-    """torch.export (dynamo) with eager attention: a much smaller graph than the TorchScript trace,
-    whose per-op cost dominates small decode steps (`python -m loadtest.bench_generation`)."""
+    """torch.export (dynamo): a much smaller graph than the TorchScript trace, whose per-op cost
+    dominates small decode steps (`python -m loadtest.bench_generation`)."""
     config = model.config
     layers, heads = config.n_layer, config.n_head
     head_dim = config.n_embd // heads
@@ -99,7 +123,6 @@ def export_decoder(model: nn.Module, path: Path, opset: int = 18) -> Path:
     total = torch.export.Dim.AUTO  # past_sequence + sequence
     shapes = ({0: rows, 1: sequence}, {0: rows, 1: total}, {0: rows, 1: sequence},
               tuple({0: rows, 2: past} for _ in past_names))
-    model.set_attn_implementation("eager")
     wrapper = DecoderWithPast(model).eval()
     try:
         with torch.no_grad():
@@ -125,7 +148,7 @@ def greedy_onnx(path: Path, prompts: list[list[int]], new_tokens: int) -> list[l
         tokens = logits.argmax(axis=-1).tolist()
         for row, token in enumerate(tokens):
             generated[row].append(token)
-        logits, cache = decoder.decode(tokens, cache)
+        logits = decoder.decode(tokens, cache)
     return generated
 
 

@@ -28,7 +28,7 @@ def kv_against_recompute(model: Path, new_tokens: int) -> tuple[float, float]:
     start = time.perf_counter()
     logits, cache = decoder.prefill([prompt])
     for _ in range(new_tokens - 1):
-        logits, cache = decoder.decode([int(logits[0].argmax())], cache)
+        logits = decoder.decode([int(logits[0].argmax())], cache)
     cached = new_tokens / (time.perf_counter() - start)
 
     start = time.perf_counter()

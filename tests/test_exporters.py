@@ -85,10 +85,26 @@ def test_gpt_greedy_tokens_match_transformers_generate_for_mixed_lengths(tmp_pat
     model = tiny_gpt()
     path = gpt.export_decoder(model, tmp_path / "gpt.onnx")
     prompts = [[5, 17, 3, 99, 42], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [60, 61]]
-    batched = gpt.greedy_onnx(path, prompts, 15)
-    assert batched == gpt.greedy_torch(model, prompts, 15)
-    assert batched == [gpt.greedy_torch(model, [p], 15)[0] for p in prompts]
+    batched = gpt.greedy_onnx(path, prompts, 40)  # the cache buffers grow past 32 columns
+    assert batched == gpt.greedy_torch(model, prompts, 40)
+    assert batched == [gpt.greedy_torch(model, [p], 40)[0] for p in prompts]
     assert len({tuple(tokens) for tokens in batched}) > 1
+
+
+class PastAndNewPresent(gpt.DecoderWithPast):
+    """Optimum's layout: `present` is the past followed by the new tokens' keys and values."""
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        logits, *new = super().forward(input_ids, attention_mask, position_ids, *past)
+        return (logits, *[torch.cat([old, added], dim=2) for old, added in zip(past, new)])
+
+
+def test_a_graph_whose_present_holds_the_past_too_decodes_the_same_tokens(tmp_path, monkeypatch):
+    model = tiny_gpt()
+    monkeypatch.setattr(gpt, "DecoderWithPast", PastAndNewPresent)
+    path = gpt.export_decoder(model, tmp_path / "gpt.onnx")
+    prompts = [[5, 17, 3], [7, 1, 2, 3, 4, 5, 6]]
+    assert gpt.greedy_onnx(path, prompts, 40) == gpt.greedy_torch(model, prompts, 40)
 
 
 def test_server_answers_each_export_as_in_process_onnx_runtime(exported, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from server.core.errors import InvalidArgument, Unavailable
 from server.generation.engine import Mailbox, TokenEvent
-from server.generation.kv_cache import KVBatch
+from server.generation.kv_cache import GROWTH, KVBatch
 from server.generation.sampling import Sampler, SamplingParams, sampling_params
 from server.generation.scheduler import FINISH_ABORT, FINISH_LENGTH, Scheduler, SchedulerLimits, Sequence
 from server.generation.text import TextStream
@@ -83,6 +83,21 @@ def test_kv_batch_filter_drops_rows_and_unneeded_padding_and_concatenate_left_pa
     joined = KVBatch.concatenate([KVBatch(past, mask), short])
     assert joined.mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
     assert joined.past[0][2, 0, :, 0].tolist() == [0, 0, 0, 1]
+
+
+def test_kv_batch_appends_in_place_grows_when_full_and_masks_its_free_room():
+    cache = KVBatch([np.full((2, 1, 1, 1), 7, np.float32)], np.array([[0], [1]]))
+    cache.append([np.array([[[[1]]], [[[2]]]], np.float32)])
+    grown = cache.past[0]
+    assert cache.capacity == GROWTH and cache.mask.tolist() == [[0, 1], [1, 1]]
+    assert grown[:, 0, :3, 0].tolist() == [[7, 1, 0], [7, 2, 0]]
+    cache.append([np.array([[[[3]]], [[[4]]]], np.float32)])
+    assert cache.past[0] is grown and grown[:, 0, :3, 0].tolist() == [[7, 1, 3], [7, 2, 4]]
+    assert cache.attention_mask(1).tolist() == [[0, 1, 1] + [0] * (GROWTH - 3) + [1],
+                                                [1, 1, 1] + [0] * (GROWTH - 3) + [1]]
+    joined = KVBatch.concatenate([cache, KVBatch([np.full((1, 1, 1, 1), 9, np.float32)], np.array([[1]]))])
+    assert joined.past[0][:, 0, :, 0].tolist() == [[7, 1, 3], [7, 2, 4], [0, 0, 9]]
+    assert joined.filter([2]).past[0][:, 0, :, 0].tolist() == [[9]]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,10 @@
 """One decoder graph with KV cache: `input_ids`, `attention_mask`, `position_ids`,
 `past_key_values.{i}.key|value` in; `logits`, `present.{i}.key|value` out. The same graph runs the
-prefill (zero-length past) and each decode step."""
+prefill (zero-length past) and each decode step.
+
+`present` may hold only the new tokens' keys and values (ortserve's exports: the graph never copies the
+past) or the past followed by them (Optimum's exports); either way its last columns are the new tokens,
+which the server writes into its own cache buffers."""
 
 import re
 
@@ -52,21 +56,24 @@ class Decoder:
             ids[row, length - len(prompt):] = prompt
             mask[row, length - len(prompt):] = 1
         positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
-        return self._run(ids, mask, positions, self.empty(len(prompts)).past)
+        logits, new = self._run(ids, mask, positions, self.empty(len(prompts)).past)
+        return logits, KVBatch(new, mask)
 
-    def decode(self, last_tokens: list[int], cache: KVBatch) -> tuple[np.ndarray, KVBatch]:
-        """One new token per row: next-token logits and the cache grown by one column."""
+    def decode(self, last_tokens: list[int], cache: KVBatch) -> np.ndarray:
+        """One new token per row: next-token logits; the cache grows by the token's column."""
         ids = np.asarray(last_tokens, self.id_dtype)[:, None]
         positions = cache.mask.sum(axis=1, keepdims=True)
-        mask = np.concatenate([cache.mask, np.ones((cache.rows, 1), np.int64)], axis=1)
-        return self._run(ids, mask, positions, cache.past)
+        logits, new = self._run(ids, cache.attention_mask(1), positions, cache.past)
+        cache.append(new)
+        return logits
 
-    def _run(self, ids, mask, positions, past) -> tuple[np.ndarray, KVBatch]:
+    def _run(self, ids, mask, positions, past) -> tuple[np.ndarray, list[np.ndarray]]:
         feeds = {"input_ids": ids, "attention_mask": mask.astype(self.id_dtype),
                  "position_ids": positions.astype(self.id_dtype)}
         feeds.update(zip(self.past_names, past))
         logits, *present = self.session.run(["logits", *self.present_names], feeds)
-        return logits[:, -1, :].astype(np.float32), KVBatch(present, mask)
+        new = ids.shape[1]
+        return logits[:, -1, :].astype(np.float32), [p[:, :, p.shape[2] - new:] for p in present]
 
 
 def _layer_order(name: str) -> tuple[int, int]:

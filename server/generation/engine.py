@@ -270,16 +270,18 @@ class GenerationEngine:
         cache = self.cache
 
         def step(_session):
-            decoded = self.decoder.decode(last, cache) if decoding else None
+            decoded = self.decoder.decode(last, cache) if decoding else None  # grows `cache`
             prefilled = self.decoder.prefill(prompts) if prefilling else None
             return decoded, prefilled
 
         started = time.perf_counter_ns()
         decoded, prefilled = await self.pool.call(step)
         self._record_step(len(decoding) + len(prefilling), time.perf_counter_ns() - started)
-        parts = [p for p in (decoded, prefilled) if p is not None]
-        logits = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
-        self.cache = KVBatch.concatenate([p[1] for p in parts])
+        if prefilled is None:
+            logits = decoded
+        else:
+            logits = prefilled[0] if decoded is None else np.concatenate([decoded, prefilled[0]])
+            self.cache = KVBatch.concatenate([cache, prefilled[1]] if decoding else [prefilled[1]])
         self.rows = decoding + prefilling
         for request, row_logits in zip(self.rows, logits):
             self._advance(request, row_logits)

@@ -1,14 +1,17 @@
-"""The running sequences' past keys and values, as one left-padded batch."""
+"""The running sequences' past keys and values, as one left-padded batch in buffers with room to grow."""
 
 from dataclasses import dataclass
 
 import numpy as np
 
+GROWTH = 32  # columns a full buffer grows by: a copy of the cache every GROWTH steps, not every step
+
 
 @dataclass
 class KVBatch:
-    """`past[i]`: [rows, heads, length, head_dim] for each past tensor of the graph, in input order;
-    `mask`: [rows, length], 1 where a row has a real token, 0 on its left padding."""
+    """`past[i]`: [rows, heads, capacity, head_dim] for each past tensor of the graph, in input order;
+    `mask`: [rows, length], 1 where a row has a real token, 0 on its left padding. Columns from `length`
+    to `capacity` are free room, zero and masked out, so the graph can read the buffers as they are."""
 
     past: list[np.ndarray]
     mask: np.ndarray
@@ -21,12 +24,35 @@ class KVBatch:
     def length(self) -> int:
         return self.mask.shape[1]
 
+    @property
+    def capacity(self) -> int:
+        return self.past[0].shape[2]
+
+    def attention_mask(self, new: int) -> np.ndarray:
+        """[rows, capacity + new]: the past (its free room masked out), then `new` real tokens."""
+        mask = np.zeros((self.rows, self.capacity + new), np.int64)
+        mask[:, :self.length] = self.mask
+        mask[:, self.capacity:] = 1
+        return mask
+
+    def append(self, new: list[np.ndarray]) -> None:
+        """Writes the keys and values of `new` tokens per row after the past, growing the buffers when
+        they are full."""
+        count = new[0].shape[2]
+        end = self.length + count
+        if end > self.capacity:
+            room = -(-end // GROWTH) * GROWTH
+            self.past = [_with_capacity(p, self.length, room) for p in self.past]
+        for buffer, values in zip(self.past, new):
+            buffer[:, :, self.length:end] = values
+        self.mask = np.concatenate([self.mask, np.ones((self.rows, count), self.mask.dtype)], axis=1)
+
     def filter(self, keep: list[int]) -> "KVBatch":
         """Only the rows in `keep`, with the padding columns no kept row needs removed."""
         mask = self.mask[keep]
         used = np.flatnonzero(mask.any(axis=0))
         start = int(used[0]) if used.size else self.length
-        return KVBatch([p[keep][:, :, start:] for p in self.past], mask[:, start:])
+        return KVBatch([p[keep, :, start:] for p in self.past], mask[:, start:])
 
     @staticmethod
     def concatenate(batches: list["KVBatch"]) -> "KVBatch":
@@ -36,16 +62,18 @@ class KVBatch:
             return batches[0]
         length = max(b.length for b in batches)
         past = [
-            np.concatenate([_left_pad(b.past[i], length, axis=2) for b in batches])
+            np.concatenate([_with_capacity(b.past[i], b.length, length, pad_left=True) for b in batches])
             for i in range(len(batches[0].past))
         ]
-        return KVBatch(past, np.concatenate([_left_pad(b.mask, length, axis=1) for b in batches]))
+        masks = [np.pad(b.mask, [(0, 0), (length - b.length, 0)]) for b in batches]
+        return KVBatch(past, np.concatenate(masks))
 
 
-def _left_pad(array: np.ndarray, length: int, axis: int) -> np.ndarray:
-    missing = length - array.shape[axis]
-    if missing == 0:
-        return array
-    widths = [(0, 0)] * array.ndim
-    widths[axis] = (missing, 0)
-    return np.pad(array, widths)
+def _with_capacity(buffer: np.ndarray, length: int, capacity: int, pad_left: bool = False) -> np.ndarray:
+    """A new buffer of `capacity` columns holding the first `length` columns of `buffer`, at the start
+    or, with `pad_left`, right-aligned to `capacity`."""
+    rows, heads, _, dim = buffer.shape
+    grown = np.zeros((rows, heads, capacity, dim), buffer.dtype)
+    start = capacity - length if pad_left else 0
+    grown[:, :, start:start + length] = buffer[:, :, :length]
+    return grown
