@@ -3,6 +3,7 @@
 import shutil
 import time
 
+import httpx
 import numpy as np
 import onnxruntime
 import pytest
@@ -155,6 +156,7 @@ def test_access_log_lines(server):
 
     httpclient.InferenceServerClient(server.http_url).is_model_ready("simple")
     grpcclient.InferenceServerClient(server.grpc_url).is_model_ready("simple")
+    httpx.post(f"http://{server.http_url}/v2/models/simple/infer", content=b"{")  # the lean route too
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         lines = [
@@ -165,8 +167,9 @@ def test_access_log_lines(server):
         entries = [json.loads(line) for line in lines]
         http = [e for e in entries if e["protocol"] == "http" and e["target"] == "/v2/models/simple/ready"]
         grpc = [e for e in entries if e["protocol"] == "grpc" and e["target"] == "ModelReady"]
-        if http and grpc:
-            assert http[-1]["status"] == "200" and grpc[-1]["status"] == "OK"
+        infer = [e for e in entries if e["protocol"] == "http" and e["target"] == "/v2/models/simple/infer"]
+        if http and grpc and infer:
+            assert http[-1]["status"] == "200" and grpc[-1]["status"] == "OK" and infer[-1]["status"] == "400"
             assert http[-1]["ms"] >= 0
             return
         time.sleep(0.1)

@@ -209,7 +209,9 @@ def test_unsupported_and_corrupt_encoding(http):
 
 def test_unknown_route_and_method(http):
     assert_error(http.get("/v2/no/such/route"), 404, "Not Found")
-    assert http.get("/v2/models/simple/infer").status_code == 405
+    response = http.get("/v2/models/simple/infer")
+    assert_error(response, 405, "GET", "POST")
+    assert response.headers["allow"] == "POST"
 
 
 def test_non_numeric_version(http):

@@ -1,0 +1,63 @@
+"""`POST /v2/models/{model}[/versions/{version}]/infer` as a plain ASGI app in front of FastAPI.
+
+Inference is the hot path: FastAPI's middleware layers, routing and dependency solving cost more per
+request than decoding and encoding the tensors, so these requests go straight to the codec and the core.
+Every other route stays on FastAPI.
+"""
+
+import gzip
+import re
+import zlib
+
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.api.http import codec
+from server.api.http.body import read_body
+from server.api.http.errors import error_response
+from server.core.errors import ServerError
+from server.core.service import InferenceService
+
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+
+class InferRoute:
+    def __init__(self, app: ASGIApp, service: InferenceService, max_request_bytes: int):
+        self.app, self.service, self.limit = app, service, max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = scope["type"] == "http" and INFER_PATH.fullmatch(scope["path"])
+        if not match:
+            return await self.app(scope, receive, send)
+        if scope["method"] != "POST":
+            message = f"method {scope['method']} is not allowed on {scope['path']}: use POST"
+            return await JSONResponse({"error": message}, 405, {"Allow": "POST"})(scope, receive, send)
+        request = Request(scope, receive)
+        try:
+            response = await self._infer(request, *match.groups(default=""))
+        except ServerError as error:
+            response = error_response(error)
+        except ClientDisconnect:
+            return
+        await response(scope, receive, send)
+
+    async def _infer(self, request: Request, model: str, version: str) -> Response:
+        header_length = request.headers.get(codec.HEADER_LENGTH)
+        decoded = codec.decode_infer(await read_body(request, self.limit), header_length, model, version)
+        binary_default = bool(decoded.parameters.get("binary_data_output", False))
+        content, json_length = codec.encode_infer(await self.service.infer(decoded), binary_default)
+        headers = {}
+        if json_length is not None:
+            headers[codec.HEADER_LENGTH] = str(json_length)
+        media_type = "application/json" if json_length is None else "application/octet-stream"
+        encoding = _accepted_encoding(request.headers.get("accept-encoding", ""))
+        if encoding:
+            content = gzip.compress(content) if encoding == "gzip" else zlib.compress(content)
+            headers["Content-Encoding"] = encoding
+        return Response(content, headers=headers, media_type=media_type)
+
+
+def _accepted_encoding(accept: str) -> str | None:
+    offered = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return next((encoding for encoding in ("gzip", "deflate") if encoding in offered), None)
