@@ -24,6 +24,16 @@ from server.protocol import ModelConfig, message
 
 CONCURRENCY = 32
 MLP_DELAY_US = 2000
+ROUNDS = 5  # interleaved: this machine's speed drifts by several percent within a minute
+
+
+def middle(rounds: list[tuple]) -> tuple:
+    """The round whose ratio (its first field) is the median."""
+    return sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
+
+
+def rounds_text(rounds: list[tuple]) -> str:
+    return "ratios of the interleaved rounds " + ", ".join(f"{r[0]:.2f}" for r in rounds)
 
 
 def mlp_model(width=4096, layers=2) -> onnx.ModelProto:
@@ -166,23 +176,28 @@ def run(seconds: float) -> str:
     server = start_server(root, http_port, grpc_port)
     rows = []
     try:
-        # 1. MiniLM: served throughput against the in-process ONNX Runtime limit, same minute
+        # 1. MiniLM: served throughput against the in-process ONNX Runtime limit, interleaved rounds
         minilm = ort.InferenceSession(str(root / "minilm/1/model.onnx"), providers=["CPUExecutionProvider"])
         batch = {k: np.repeat(v, 8, axis=0) for k, v in tokens(64, rng).items()}
-        whole, split = in_process_forms(root / "minilm/1/model.onnx", batch, seconds / 2)
-        limit = max(whole, split)
         bodies = [binary_request(tokens(64, rng), ["sentence_embedding"]) for _ in range(64)]
-        served = asyncio.run(_http(http_port, "minilm", bodies, CONCURRENCY, seconds))
+
+        def limit_and_served():
+            whole, split = in_process_forms(root / "minilm/1/model.onnx", batch, seconds / 4)
+            served = asyncio.run(_http(http_port, "minilm", bodies, CONCURRENCY, seconds / 2))
+            return served.items_per_s / max(whole, split), served, whole, split
+
+        rounds = [limit_and_served() for _ in range(ROUNDS)]
+        ratio, served, whole, split = middle(rounds)
         rows.append(
             [
                 "MiniLM fp32, 64 tokens, HTTP, concurrency 32, one instance per core: "
                 "served vs in-process limit (batch 8)",
-                f"{served.items_per_s:.1f} vs {limit:.1f} items/s",
-                f"{served.items_per_s / limit:.2f}x",
+                f"{served.items_per_s:.1f} vs {max(whole, split):.1f} items/s",
+                f"{ratio:.2f}x",
                 ">= 0.90x",
                 f"p50 {served.percentile(50):.1f} ms, p99 {served.percentile(99):.1f} ms, "
                 f"{served.failures} failures; in process: one 1-thread session per core {split:.1f}, "
-                f"one session on all cores {whole:.1f}",
+                f"one session on all cores {whole:.1f}; {rounds_text(rounds)}",
             ]
         )
 
@@ -226,18 +241,23 @@ def run(seconds: float) -> str:
         equal = [tokens(int(lengths.mean()), rng) for _ in lengths]
         def embeddings_load(requests):
             bodies = [binary_request(r, ["sentence_embedding"]) for r in requests]
-            return asyncio.run(_http(http_port, "minilm", bodies, CONCURRENCY, seconds))
+            return asyncio.run(_http(http_port, "minilm", bodies, CONCURRENCY, seconds / 2))
 
-        mixed_result, equal_result = embeddings_load(mixed), embeddings_load(equal)
+        def mixed_and_equal():
+            mixed_result, equal_result = embeddings_load(mixed), embeddings_load(equal)
+            return mixed_result.requests_per_s / equal_result.requests_per_s, mixed_result, equal_result
+
+        rounds = [mixed_and_equal() for _ in range(ROUNDS)]
+        ratio, mixed_result, equal_result = middle(rounds)
         difference = _padding_difference(http_port, minilm, mixed[:16])
         rows.append(
             [
                 f"MiniLM, lengths 16..128 padded in the exporter's 16-token buckets vs all "
                 f"{int(lengths.mean())} tokens",
                 f"{mixed_result.requests_per_s:.1f} vs {equal_result.requests_per_s:.1f} req/s",
-                f"{mixed_result.requests_per_s / equal_result.requests_per_s:.2f}x",
+                f"{ratio:.2f}x",
                 ">= 0.90x",
-                f"max abs diff to unpadded runs {difference:.1e}",
+                f"max abs diff to unpadded runs {difference:.1e}; {rounds_text(rounds)}",
             ]
         )
 
@@ -264,7 +284,9 @@ def run(seconds: float) -> str:
         "## Dynamic batching\n\n"
         f"`python -m loadtest.bench_batching --seconds {seconds:g}` on {report.machine()}; "
         "the load client is one asyncio process (raw HTTP/1.1 keep-alive, grpc.aio) "
-        "on the same two cores as the server.\n\n"
+        "on the same two cores as the server. The two MiniLM ratios are each the middle of "
+        f"{ROUNDS} interleaved rounds (this machine's speed drifts by several percent within a minute); "
+        "the figures are that round's.\n\n"
         + report.table(["measure", "figures", "ratio", "target", "notes"], rows)
         + "\n\nA lone request (nothing else queued, an instance free) runs at once instead of waiting "
         "`max_queue_delay_microseconds` for company: under load, batches form from the requests that "

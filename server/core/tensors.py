@@ -1,5 +1,6 @@
 """Tensor contents to and from bytes: raw little-endian data, and BYTES as 4-byte length + bytes."""
 
+import math
 import struct
 
 import numpy as np
@@ -91,7 +92,7 @@ def _flatten(values) -> list:
 def _element_count(name: str, shape: list[int]) -> int:
     if any(not isinstance(dim, int) or isinstance(dim, bool) or dim < 0 for dim in shape):
         raise InvalidArgument(f"input '{name}' has shape {shape}: dimensions must be integers >= 0")
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(shape)
 
 
 def _object_array(items: list[bytes], shape: list[int]) -> np.ndarray:
