@@ -39,9 +39,8 @@ class DecoderWithPast(nn.Module):
     """Flat past tensors in; the next token's logits and the new tokens' keys and values out, around a
     GPT-2 model.
 
-    Attention is written here, over the past and the new tokens apart, so the graph never concatenates
-    the past with the new keys: copying the whole cache every step cost more than the attention itself
-    at 16 rows (`python -m loadtest.bench_generation`). The server keeps the cache in its own buffers.
+    Attention is written here, over the past and the new tokens apart, so the graph never copies the
+    whole cache into a new tensor each step; the server keeps the cache in its own buffers.
     The 4-D mask is built with tensor operations, so the traced graph stays right for every past length
     and padding."""
 
@@ -104,8 +103,8 @@ def load(checkpoint: str | Path):
 
 
 def export_decoder(model: nn.Module, path: Path, opset: int = 18) -> Path:
-    """torch.export (dynamo): a much smaller graph than the TorchScript trace, whose per-op cost
-    dominates small decode steps (`python -m loadtest.bench_generation`)."""
+    """torch.export (dynamo): a smaller graph than the TorchScript trace, and a decode step of one row
+    is mostly per-op cost."""
     config = model.config
     layers, heads = config.n_layer, config.n_head
     head_dim = config.n_embd // heads

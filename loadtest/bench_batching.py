@@ -27,11 +27,6 @@ MLP_DELAY_US = 2000
 ROUNDS = 5  # interleaved: this machine's speed drifts by several percent within a minute
 
 
-def middle(rounds: list[tuple]) -> tuple:
-    """The round whose ratio (its first field) is the median."""
-    return sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
-
-
 def rounds_text(rounds: list[tuple]) -> str:
     return "ratios of the interleaved rounds " + ", ".join(f"{r[0]:.2f}" for r in rounds)
 
@@ -187,7 +182,7 @@ def run(seconds: float) -> str:
             return served.items_per_s / max(whole, split), served, whole, split
 
         rounds = [limit_and_served() for _ in range(ROUNDS)]
-        ratio, served, whole, split = middle(rounds)
+        ratio, served, whole, split = report.middle(rounds, key=lambda r: r[0])
         rows.append(
             [
                 "MiniLM fp32, 64 tokens, HTTP, concurrency 32, one instance per core: "
@@ -248,7 +243,7 @@ def run(seconds: float) -> str:
             return mixed_result.requests_per_s / equal_result.requests_per_s, mixed_result, equal_result
 
         rounds = [mixed_and_equal() for _ in range(ROUNDS)]
-        ratio, mixed_result, equal_result = middle(rounds)
+        ratio, mixed_result, equal_result = report.middle(rounds, key=lambda r: r[0])
         difference = _padding_difference(http_port, minilm, mixed[:16])
         rows.append(
             [

@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         url = f"http://{server.http_url}"
         rounds = [(asyncio.run(served(url, "gpt", prompts, args.tokens, True)),
                    asyncio.run(served(url, "gpt", prompts, args.tokens, False))) for _ in range(3)]
-        (together, runs), (alone, _) = sorted(rounds, key=lambda r: r[0][0] / r[1][0])[1]
+        (together, runs), (alone, _) = report.middle(rounds, key=lambda r: r[0][0] / r[1][0])
         single, _ = asyncio.run(served(url, "gpt", prompts[:1], args.tokens, False))
     finally:
         stop_server(server)

@@ -34,3 +34,9 @@ def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def middle(rounds: list, key) -> object:
+    """The round whose `key` is the median: the figure taken from interleaved rounds on a machine whose
+    speed drifts."""
+    return sorted(rounds, key=key)[len(rounds) // 2]

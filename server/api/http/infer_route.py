@@ -1,8 +1,7 @@
 """`POST /v2/models/{model}[/versions/{version}]/infer` as a plain ASGI app in front of FastAPI.
 
-Inference is the hot path: FastAPI's middleware layers, routing and dependency solving cost more per
-request than decoding and encoding the tensors, so these requests go straight to the codec and the core.
-Every other route stays on FastAPI.
+Inference is the hot path, so these requests skip FastAPI's middleware layers, routing and dependency
+solving and go straight to the codec and the core. Every other route stays on FastAPI.
 """
 
 import gzip
