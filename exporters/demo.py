@@ -2,7 +2,8 @@
 
 simple (add/sub), minilm (+_fp16, _int8: the real all-MiniLM-L6-v2), gpt (+_fp16, _int8: trained here on
 the standard library's sources), resnet and lstm (+ variants: trained on scikit-learn's digits), and with
-`--benchmark-models` resnet50 (+_int8), ResNet-50's configuration for speed measurements.
+`--benchmark-models` resnet50 (+_int8) and gpt2, ResNet-50's and GPT-2 small's configurations (random
+weights) for speed measurements.
 """
 
 import argparse
@@ -109,6 +110,19 @@ def build_resnet50(repository: Path) -> None:
     cnn.export(training.resnet50(), repository, "resnet50", ("fp32", "int8"), (3, 224, 224), images, cases)
 
 
+def build_gpt2(repository: Path) -> None:
+    """GPT-2 small's configuration (124M parameters, random weights): a decoder whose step reads 500 MB
+    of weights, the regime continuous batching is for."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from exporters import gpt
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+    gpt.export(model, repository, "gpt2")
+
+
 def build(repository: Path, benchmark_models: bool = False) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not built(repository, "simple"):
@@ -122,6 +136,7 @@ def build(repository: Path, benchmark_models: bool = False) -> None:
     ]
     if benchmark_models:
         steps.append(("resnet50", ("fp32", "int8"), lambda: build_resnet50(repository)))
+        steps.append(("gpt2", ("fp32",), lambda: build_gpt2(repository)))
     for name, variants, build_step in steps:
         if built(repository, name, variants):
             continue
@@ -132,7 +147,8 @@ def build(repository: Path, benchmark_models: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("repository", type=Path, nargs="?", default=Path("model_repository"))
-    parser.add_argument("--benchmark-models", action="store_true", help="also build resnet50 (+_int8)")
+    parser.add_argument("--benchmark-models", action="store_true",
+                        help="also build resnet50 (+_int8) and gpt2")
     args = parser.parse_args(argv)
     build(args.repository, args.benchmark_models)
     return 0
