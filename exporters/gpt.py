@@ -138,9 +138,11 @@ def export_decoder(model: nn.Module, path: Path, opset: int = 18) -> Path:
     return path
 
 
-def greedy_onnx(path: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    """Greedy continuation of every prompt, batched with left padding, as the server decodes."""
-    decoder = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+def greedy_onnx(path: Path, prompts: list[list[int]], new_tokens: int, io_binding: bool = False):
+    """Greedy continuation of every prompt, batched with left padding, as the server decodes (with the
+    cache in ONNX Runtime's buffers through IO binding, or in the server's own)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    decoder = Decoder(session, io_binding)
     logits, cache = decoder.prefill(prompts)
     generated = [[] for _ in prompts]
     for _ in range(new_tokens):

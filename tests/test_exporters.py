@@ -87,6 +87,7 @@ def test_gpt_greedy_tokens_match_transformers_generate_for_mixed_lengths(tmp_pat
     prompts = [[5, 17, 3, 99, 42], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [60, 61]]
     batched = gpt.greedy_onnx(path, prompts, 40)  # the cache buffers grow past 32 columns
     assert batched == gpt.greedy_torch(model, prompts, 40)
+    assert gpt.greedy_onnx(path, prompts, 40, io_binding=True) == batched
     assert batched == [gpt.greedy_torch(model, [p], 40)[0] for p in prompts]
     assert len({tuple(tokens) for tokens in batched}) > 1
 
@@ -104,7 +105,9 @@ def test_a_graph_whose_present_holds_the_past_too_decodes_the_same_tokens(tmp_pa
     monkeypatch.setattr(gpt, "DecoderWithPast", PastAndNewPresent)
     path = gpt.export_decoder(model, tmp_path / "gpt.onnx")
     prompts = [[5, 17, 3], [7, 1, 2, 3, 4, 5, 6]]
-    assert gpt.greedy_onnx(path, prompts, 40) == gpt.greedy_torch(model, prompts, 40)
+    expected = gpt.greedy_torch(model, prompts, 40)
+    assert gpt.greedy_onnx(path, prompts, 40) == expected
+    assert gpt.greedy_onnx(path, prompts, 40, io_binding=True) == expected
 
 
 def test_server_answers_each_export_as_in_process_onnx_runtime(exported, tmp_path):

@@ -38,7 +38,9 @@ def generation(tmp_path_factory):
     gpt.export(model, repository, "gpt", ["fp32"], tokenizer_file=tokenizer)
     limited = repository / "gpt_limited"  # the whole context: generations long enough to interrupt
     shutil.copytree(repository / "gpt", limited)
+    shutil.copytree(repository / "gpt", repository / "gpt_bound")
     for name, limits in (("gpt_limited", {"max_running_sequences": 1, "max_waiting_sequences": 1}),
+                         ("gpt_bound", {"io_binding": "true"}),
                          ("gpt", {"max_sequence_length": CONTEXT})):
         config = text_format.Parse((repository / name / "config.pbtxt").read_text(), ModelConfig())
         write_config(repository, name, set_parameters(config, **limits))
@@ -56,19 +58,28 @@ def greedy(ids, max_tokens=12):
     return {"input_ids": ids, "parameters": {"max_tokens": max_tokens, "temperature": 0}}
 
 
-def test_concurrent_greedy_generation_equals_transformers_and_each_prompt_alone(generation):
+@pytest.mark.parametrize("name", ["gpt", "gpt_bound"])  # gpt_bound: the cache in IO-bound buffers
+def test_concurrent_greedy_generation_equals_transformers_and_each_prompt_alone(generation, name):
     server, model = generation
 
     lengths = [40, 12, 45, 25]  # rows leave the batch at different steps; the cache grows past 32 and 64
 
-    async def all_at_once():
+    async def joining_a_running_sequence():
+        """The first prompt streams; the others arrive once it has its first token, so they are
+        prefilled while it decodes and join its batch."""
         async with httpx.AsyncClient(base_url=f"http://{server.http_url}", timeout=60) as client:
-            replies = await asyncio.gather(*[client.post("/v2/models/gpt/generate", json=greedy(p, n))
-                                             for p, n in zip(PROMPTS, lengths)])
-        return [r.json()["output_ids"] for r in replies]
+            body = greedy(PROMPTS[0], lengths[0])
+            async with client.stream("POST", f"/v2/models/{name}/generate_stream", json=body) as first:
+                lines = first.aiter_lines()
+                events = (json.loads(line[6:]) async for line in lines if line.startswith("data: "))
+                first_ids = (await anext(events))["output_ids"]
+                replies = await asyncio.gather(*[client.post(f"/v2/models/{name}/generate", json=greedy(p, n))
+                                                 for p, n in zip(PROMPTS[1:], lengths[1:])])
+                first_ids += [token async for event in events for token in event["output_ids"]]
+        return [first_ids] + [r.json()["output_ids"] for r in replies]
 
-    together = asyncio.run(all_at_once())
-    alone = [post(server, "/v2/models/gpt/generate", greedy(p, n)).json()["output_ids"]
+    together = asyncio.run(joining_a_running_sequence())
+    alone = [post(server, f"/v2/models/{name}/generate", greedy(p, n)).json()["output_ids"]
              for p, n in zip(PROMPTS, lengths)]
     expected = [gpt.greedy_torch(model, [p], n)[0] for p, n in zip(PROMPTS, lengths)]
     assert together == expected
@@ -121,7 +132,7 @@ def test_openai_completions_json_and_stream(generation):
     assert texts == [c["text"] for c in reply["choices"]]
     assert chunks[-1]["usage"] == reply["usage"]
     models = httpx.get(f"http://{server.http_url}/v1/models").json()
-    assert {m["id"] for m in models["data"]} == {"gpt", "gpt_limited"}
+    assert {m["id"] for m in models["data"]} == {"gpt", "gpt_bound", "gpt_limited"}
 
 
 def test_grpc_stream_sends_tokens_as_they_come_and_model_infer_the_whole_text(generation):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from server.core.errors import InvalidArgument, Unavailable
-from server.generation.engine import Mailbox, TokenEvent
+from server.generation.device_cache import CacheKernels, DeviceKVBatch, DeviceRunner, append_graph
+from server.generation.engine import GenerationSettings, Mailbox, TokenEvent
 from server.generation.kv_cache import GROWTH, KVBatch
 from server.generation.sampling import Sampler, SamplingParams, sampling_params
 from server.generation.scheduler import FINISH_ABORT, FINISH_LENGTH, Scheduler, SchedulerLimits, Sequence
@@ -87,17 +88,57 @@ def test_kv_batch_filter_drops_rows_and_unneeded_padding_and_concatenate_left_pa
 
 def test_kv_batch_appends_in_place_grows_when_full_and_masks_its_free_room():
     cache = KVBatch([np.full((2, 1, 1, 1), 7, np.float32)], np.array([[0], [1]]))
-    cache.append([np.array([[[[1]]], [[[2]]]], np.float32)])
+    cache.append([np.array([[[[1]]], [[[2]]]], np.float32)], 1)
     grown = cache.past[0]
     assert cache.capacity == GROWTH and cache.mask.tolist() == [[0, 1], [1, 1]]
     assert grown[:, 0, :3, 0].tolist() == [[7, 1, 0], [7, 2, 0]]
-    cache.append([np.array([[[[3]]], [[[4]]]], np.float32)])
+    cache.append([np.array([[[[5, 3]]], [[[6, 4]]]], np.float32).transpose(0, 1, 3, 2)], 1)
     assert cache.past[0] is grown and grown[:, 0, :3, 0].tolist() == [[7, 1, 3], [7, 2, 4]]
     assert cache.attention_mask(1).tolist() == [[0, 1, 1] + [0] * (GROWTH - 3) + [1],
                                                 [1, 1, 1] + [0] * (GROWTH - 3) + [1]]
     joined = KVBatch.concatenate([cache, KVBatch([np.full((1, 1, 1, 1), 9, np.float32)], np.array([[1]]))])
     assert joined.past[0][:, 0, :, 0].tolist() == [[7, 1, 3], [7, 2, 4], [0, 0, 9]]
     assert joined.filter([2]).past[0][:, 0, :, 0].tolist() == [[9]]
+
+
+def test_device_kv_batch_keeps_the_same_keys_and_values_as_the_host_batch():
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(0)
+    runner = DeviceRunner(ort.InferenceSession(append_graph(1, TensorProto.FLOAT)))
+    kernels = CacheKernels(runner, 2, np.float32)
+
+    def both(rows, length, padding):
+        past = [rng.standard_normal((rows, 2, length, 3)).astype(np.float32) for _ in range(2)]
+        mask = np.ones((rows, length), np.int64)
+        mask[0, :padding] = 0
+        device = DeviceKVBatch([ort.OrtValue.ortvalue_from_numpy(p) for p in past], mask, kernels)
+        return KVBatch([p.copy() for p in past], mask), device
+
+    host, device = both(3, 5, 2)
+    for step in range(4):  # the graph's present: the new column alone, or the past followed by it
+        present = [rng.standard_normal((3, 2, 1, 3)).astype(np.float32) for _ in range(2)]
+        if step % 2:
+            present = [np.concatenate([p, n], axis=2) for p, n in zip(device.host(), present)]
+        host.append(present, 1)
+        device.append([ort.OrtValue.ortvalue_from_numpy(p) for p in present], 1)
+    other_host, other_device = both(2, 12, 4)
+    host = KVBatch.concatenate([host.filter([0, 2]), other_host])
+    device = DeviceKVBatch.concatenate([device.filter([0, 2]), other_device])
+    assert device.mask.tolist() == host.mask.tolist() and device.rows == 4 and device.length == 12
+    assert device.attention_mask(1).tolist() == np.concatenate([host.mask, np.ones((4, 1))], 1).tolist()
+    for kept, expected in zip(device.host(), host.past):
+        np.testing.assert_array_equal(kept, expected[:, :, :host.length])
+
+
+def test_io_binding_parameter_takes_auto_true_or_false_and_names_itself_otherwise(tmp_path):
+    settings = {value: GenerationSettings.from_parameters({"max_sequence_length": "8", "io_binding": value},
+                                                          tmp_path).io_binding
+                for value in ("auto", "true", "0")}
+    assert settings == {"auto": None, "true": True, "0": False}
+    with pytest.raises(ValueError, match="'io_binding' must be auto, true or false, got 'gpu'"):
+        GenerationSettings.from_parameters({"max_sequence_length": "8", "io_binding": "gpu"}, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,17 @@ prefill (zero-length past) and each decode step.
 
 `present` may hold only the new tokens' keys and values (ortserve's exports: the graph never copies the
 past) or the past followed by them (Optimum's exports); either way its last columns are the new tokens,
-which the server writes into its own cache buffers."""
+which the server writes into its own cache buffers.
+
+With IO binding (on by default where the graph runs on CUDA) the cache stays on the device: see
+`device_cache`."""
 
 import re
 
 import numpy as np
 
 from server.core.errors import ServerError
+from server.generation.device_cache import CacheKernels, DeviceKVBatch, DeviceRunner
 from server.generation.kv_cache import KVBatch
 
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
@@ -22,8 +26,9 @@ class DecoderGraphError(ServerError):
 
 
 class Decoder:
-    def __init__(self, session):
-        """`session`: an onnxruntime.InferenceSession of the decoder graph."""
+    def __init__(self, session, io_binding: bool | None = None):
+        """`session`: an onnxruntime.InferenceSession of the decoder graph. `io_binding` keeps the cache
+        on the graph's device; None: only where that device is a GPU."""
         self.session = session
         inputs = {node.name: node for node in session.get_inputs()}
         missing = [n for n in ("input_ids", "attention_mask", "position_ids") if n not in inputs]
@@ -41,6 +46,10 @@ class Decoder:
         logits = next((n for n in session.get_outputs() if n.name == "logits"), None)
         vocab = logits.shape[-1] if logits is not None and logits.shape else None
         self.vocab_size = vocab if isinstance(vocab, int) else None
+        runner = DeviceRunner(session)
+        if io_binding is None:
+            io_binding = runner.device != "cpu"
+        self.kernels = CacheKernels(runner, len(self.past_names), self.past_dtype) if io_binding else None
 
     def empty(self, rows: int) -> KVBatch:
         shape = (rows, self.heads, 0, self.head_dim)
@@ -57,23 +66,30 @@ class Decoder:
             mask[row, length - len(prompt):] = 1
         positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
         logits, new = self._run(ids, mask, positions, self.empty(len(prompts)).past)
+        if self.kernels:
+            return logits, DeviceKVBatch(new, mask, self.kernels)
         return logits, KVBatch(new, mask)
 
-    def decode(self, last_tokens: list[int], cache: KVBatch) -> np.ndarray:
+    def decode(self, last_tokens: list[int], cache: KVBatch | DeviceKVBatch) -> np.ndarray:
         """One new token per row: next-token logits; the cache grows by the token's column."""
         ids = np.asarray(last_tokens, self.id_dtype)[:, None]
         positions = cache.mask.sum(axis=1, keepdims=True)
-        logits, new = self._run(ids, cache.attention_mask(1), positions, cache.past)
-        cache.append(new)
+        logits, present = self._run(ids, cache.attention_mask(1), positions, cache.past)
+        cache.append(present, 1)
         return logits
 
-    def _run(self, ids, mask, positions, past) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _run(self, ids, mask, positions, past) -> tuple[np.ndarray, list]:
+        """The last position's logits (on the host) and the graph's `present` outputs."""
         feeds = {"input_ids": ids, "attention_mask": mask.astype(self.id_dtype),
                  "position_ids": positions.astype(self.id_dtype)}
         feeds.update(zip(self.past_names, past))
-        logits, *present = self.session.run(["logits", *self.present_names], feeds)
-        new = ids.shape[1]
-        return logits[:, -1, :].astype(np.float32), [p[:, :, p.shape[2] - new:] for p in present]
+        outputs = ["logits", *self.present_names]
+        if self.kernels:
+            logits, *present = self.kernels.runner.run(self.session, feeds, outputs, host=("logits",))
+            logits = logits.numpy()
+        else:
+            logits, *present = self.session.run(outputs, feeds)
+        return logits[:, -1, :].astype(np.float32), present
 
 
 def _layer_order(name: str) -> tuple[int, int]:

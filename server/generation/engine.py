@@ -14,6 +14,7 @@ import numpy as np
 from server.core.errors import Internal, InvalidArgument, Unavailable, failure_reason
 from server.core.stats import ModelStats
 from server.generation.decoder import Decoder
+from server.generation.device_cache import DeviceKVBatch
 from server.generation.kv_cache import KVBatch
 from server.generation.sampling import Sampler, SamplingParams, sampling_params
 from server.generation.scheduler import (
@@ -31,6 +32,9 @@ from server.runtime.executor import InstancePool
 log = logging.getLogger(__name__)
 
 
+_SWITCH = {"auto": None, "true": True, "1": True, "false": False, "0": False}
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """From the model's config.pbtxt `parameters`."""
@@ -40,6 +44,7 @@ class GenerationSettings:
     default_max_tokens: int = 64
     limits: SchedulerLimits = field(default_factory=SchedulerLimits)
     tokenizer_file: Path | None = None
+    io_binding: bool | None = None  # the KV cache on the graph's device; None: where that is a GPU
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, str], model_dir: Path) -> "GenerationSettings":
@@ -58,6 +63,11 @@ class GenerationSettings:
         tokenizer = parameters.get("tokenizer_file")
         if tokenizer and not (model_dir / tokenizer).exists():
             raise ValueError(f"tokenizer_file '{tokenizer}' is not in the model directory")
+        binding = parameters.get("io_binding", "auto").lower()
+        if binding not in _SWITCH:
+            raise ValueError(
+                f"generation parameter 'io_binding' must be auto, true or false, got {binding!r}"
+            )
         defaults = SchedulerLimits()
         return cls(
             max_sequence_length=number("max_sequence_length", None),
@@ -70,6 +80,7 @@ class GenerationSettings:
                 max_cache_tokens=number("max_cache_tokens", defaults.max_cache_tokens),
             ),
             tokenizer_file=model_dir / tokenizer if tokenizer else None,
+            io_binding=_SWITCH[binding],
         )
 
 
@@ -177,10 +188,10 @@ class GenerationEngine:
         self.settings = settings
         self.model_stats = model_stats
         self.stats = model_stats.generation
-        self.decoder = Decoder(pool.sessions[0].session)
+        self.decoder = Decoder(pool.sessions[0].session, settings.io_binding)
         self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
         self.scheduler = Scheduler(settings.limits)
-        self.cache: KVBatch | None = None
+        self.cache: KVBatch | DeviceKVBatch | None = None
         self.rows: list[_Request] = []  # aligned with the cache's rows
         self._requests: dict[int, _Request] = {}
         self._ids = count(1)
@@ -281,7 +292,8 @@ class GenerationEngine:
             logits = decoded
         else:
             logits = prefilled[0] if decoded is None else np.concatenate([decoded, prefilled[0]])
-            self.cache = KVBatch.concatenate([cache, prefilled[1]] if decoding else [prefilled[1]])
+            joined = type(prefilled[1]).concatenate
+            self.cache = joined([cache, prefilled[1]] if decoding else [prefilled[1]])
         self.rows = decoding + prefilling
         for request, row_logits in zip(self.rows, logits):
             self._advance(request, row_logits)

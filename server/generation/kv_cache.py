@@ -35,10 +35,10 @@ class KVBatch:
         mask[:, self.capacity:] = 1
         return mask
 
-    def append(self, new: list[np.ndarray]) -> None:
-        """Writes the keys and values of `new` tokens per row after the past, growing the buffers when
-        they are full."""
-        count = new[0].shape[2]
+    def append(self, present: list[np.ndarray], count: int) -> None:
+        """Writes the keys and values of `count` new tokens per row, the last columns of the graph's
+        `present`, after the past, growing the buffers when they are full."""
+        new = [p[:, :, p.shape[2] - count:] for p in present]
         end = self.length + count
         if end > self.capacity:
             room = -(-end // GROWTH) * GROWTH
