@@ -87,7 +87,10 @@ class DeviceRunner:
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in outputs:
-            binding.bind_output(name, "cpu" if name in host else self.device, self.device_id)
+            if name in host:
+                binding.bind_output(name, "cpu")
+            else:
+                binding.bind_output(name, self.device, self.device_id)
         session.run_with_iobinding(binding)
         return binding.get_outputs()
 
