@@ -57,10 +57,17 @@ class HttpConnection:
             self.writer.close()
 
 
-async def closed_loop(send, requests, concurrency: int, seconds: float, items_per_request=None) -> Result:
-    """`concurrency` workers send `requests` round robin for `seconds`; send() returns success."""
+WARMUP = 0.5  # seconds of load before the measurement window: the start of a closed loop is no steady state
+
+
+async def closed_loop(send, requests, concurrency: int, seconds: float, items_per_request=None,
+                      warmup: float = WARMUP) -> Result:
+    """`concurrency` workers send `requests` round robin for `warmup` + `seconds`; send() returns success.
+    Throughput and latencies count the requests that complete within the last `seconds` (the
+    measurement window): neither the ramp-up nor the requests drained after it; failures count always."""
     result = Result()
-    stop_at = time.perf_counter() + seconds
+    window_start = time.perf_counter() + warmup
+    stop_at = window_start + seconds
 
     async def worker(index: int):
         position = index
@@ -69,15 +76,15 @@ async def closed_loop(send, requests, concurrency: int, seconds: float, items_pe
             position += concurrency
             start = time.perf_counter()
             ok = await send(index, request)
-            if ok:
-                result.latencies.append(time.perf_counter() - start)
-                result.items += items_per_request(request) if items_per_request else 1
-            else:
+            end = time.perf_counter()
+            if not ok:
                 result.failures += 1
+            elif window_start <= end <= stop_at:
+                result.latencies.append(end - start)
+                result.items += items_per_request(request) if items_per_request else 1
 
-    begin = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    result.seconds = time.perf_counter() - begin
+    result.seconds = seconds
     return result
 
 

@@ -36,11 +36,21 @@ def serve(args: argparse.Namespace) -> int:
     from server.main import serve as run_server
 
     try:
-        asyncio.run(run_server(settings))
+        _event_loop_runner()(run_server(settings))
     except FileNotFoundError as error:
         logging.getLogger("ortserve").error("%s", error)
         return 2
     return 0
+
+
+def _event_loop_runner():
+    """uvloop where it is installed (uvicorn[standard] brings it, except on Windows): the HTTP and gRPC
+    front ends and the batchers all run on this one loop, so its cost per request is the server's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 def serve_main() -> int:
