@@ -110,6 +110,24 @@ def test_a_graph_whose_present_holds_the_past_too_decodes_the_same_tokens(tmp_pa
     assert gpt.greedy_onnx(path, prompts, 40, io_binding=True) == expected
 
 
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="needs onnxruntime-gpu and a GPU")
+def test_on_cuda_the_cache_stays_on_the_gpu_and_the_logits_match_the_cpu(tmp_path):
+    from server.generation.decoder import Decoder
+
+    path = str(gpt.export_decoder(tiny_gpt(), tmp_path / "gpt.onnx"))
+    cpu = Decoder(ort.InferenceSession(path, providers=["CPUExecutionProvider"]))
+    cuda = Decoder(ort.InferenceSession(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    assert cuda.kernels is not None and cpu.kernels is None  # io_binding auto: on where the graph is on CUDA
+    prompts = [[5, 17, 3], [7, 1, 2, 3, 4, 5, 6]]
+    (expected, host_cache), (logits, device_cache) = cpu.prefill(prompts), cuda.prefill(prompts)
+    for _ in range(20):
+        np.testing.assert_allclose(logits, expected, atol=1e-3)
+        tokens = expected.argmax(axis=-1).tolist()
+        expected, logits = cpu.decode(tokens, host_cache), cuda.decode(tokens, device_cache)
+    assert {value.device_name() for value in device_cache.past} == {"cuda"}
+
+
 def test_server_answers_each_export_as_in_process_onnx_runtime(exported, tmp_path):
     repository, _ = exported
     server = start_server(repository, tmp_path / "server.log", ready_model="lstm_int8")

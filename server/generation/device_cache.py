@@ -65,18 +65,17 @@ class DeviceRunner:
     Runtime copies them where the graph needs them), outputs stay on the device unless named host."""
 
     def __init__(self, session: ort.InferenceSession):
-        self.providers = session.get_providers()
-        options = session.get_provider_options()
-        on_cuda = "CUDAExecutionProvider" in self.providers
-        self.device = "cuda" if on_cuda else "cpu"
-        self.device_id = int(options["CUDAExecutionProvider"].get("device_id", 0)) if on_cuda else 0
-        self.provider_options = [options.get(p, {}) for p in self.providers]
+        cuda = session.get_provider_options().get("CUDAExecutionProvider")
+        self.device = "cpu" if cuda is None else "cuda"
+        self.device_id = 0 if cuda is None else int(cuda.get("device_id", 0))
+        self.providers = ["CPUExecutionProvider"]
+        if cuda is not None:  # the cache's own graphs: plain CUDA, whatever else runs the decoder
+            self.providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device_id}))
 
     def session(self, model: bytes) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # copies: threads would only wait on memory
-        return ort.InferenceSession(model, options, providers=self.providers,
-                                    provider_options=self.provider_options)
+        return ort.InferenceSession(model, options, providers=self.providers)
 
     def run(self, session: ort.InferenceSession, inputs: dict, outputs: list[str],
             host: tuple[str, ...] = ()) -> list[ort.OrtValue]:
