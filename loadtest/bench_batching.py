@@ -279,9 +279,10 @@ def run(seconds: float) -> str:
         "## Dynamic batching\n\n"
         f"`python -m loadtest.bench_batching --seconds {seconds:g}` on {report.machine()}; "
         "the load client is one asyncio process (raw HTTP/1.1 keep-alive, grpc.aio) "
-        "on the same two cores as the server. The two MiniLM ratios are each the middle of "
-        f"{ROUNDS} interleaved rounds (this machine's speed drifts by several percent within a minute); "
-        "the figures are that round's.\n\n"
+        "on the same two cores as the server; each load counts the requests that complete in its "
+        f"measurement window, after {client.WARMUP:g} s of warm-up. The two MiniLM ratios are each the "
+        f"middle of {ROUNDS} interleaved rounds (this machine's speed drifts by several percent within "
+        "a minute); the figures are that round's.\n\n"
         + report.table(["measure", "figures", "ratio", "target", "notes"], rows)
         + "\n\nA lone request (nothing else queued, an instance free) runs at once instead of waiting "
         "`max_queue_delay_microseconds` for company: under load, batches form from the requests that "
