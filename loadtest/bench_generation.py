@@ -142,7 +142,8 @@ def main(argv=None) -> int:
         [f"{args.streams} concurrent streams vs one at a time ({args.tokens} tokens each, served; "
          "the middle of 3 interleaved rounds)",
          f"{together:.0f} vs {alone:.0f}", f"{together / alone:.1f}x", "4x"],
-        ["the same with `gpt2`: GPT-2 small's configuration, 124M parameters, random weights",
+        ["the same with `gpt2` (GPT-2 small's configuration, 124M parameters, random weights; one at a "
+         "time: two streams)",
          f"{large_together:.0f} vs {large_alone:.0f}", f"{large_together / large_alone:.1f}x", "4x"],
         [f"one stream served vs transformers generate, {args.tokens} tokens",
          f"{single:.0f} vs {torch_rate:.0f}", f"{single / torch_rate:.1f}x", "2x"],
