@@ -9,6 +9,8 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from server.generation.kv_cache import kept_rows
+
 _ELEMENT = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
 _LAST = np.array([np.iinfo(np.int64).max], np.int64)
 
@@ -149,10 +151,8 @@ class DeviceKVBatch:
         return [value.numpy() for value in self.past]
 
     def filter(self, keep: list[int]) -> "DeviceKVBatch":
-        mask = self.mask[keep]
-        used = np.flatnonzero(mask.any(axis=0))
-        start = int(used[0]) if used.size else self.length
-        return DeviceKVBatch(self.kernels.select(self.past, keep, start), mask[:, start:], self.kernels)
+        mask, start = kept_rows(self.mask, keep)
+        return DeviceKVBatch(self.kernels.select(self.past, keep, start), mask, self.kernels)
 
     @staticmethod
     def concatenate(batches: list["DeviceKVBatch"]) -> "DeviceKVBatch":

@@ -49,10 +49,8 @@ class KVBatch:
 
     def filter(self, keep: list[int]) -> "KVBatch":
         """Only the rows in `keep`, with the padding columns no kept row needs removed."""
-        mask = self.mask[keep]
-        used = np.flatnonzero(mask.any(axis=0))
-        start = int(used[0]) if used.size else self.length
-        return KVBatch([p[keep, :, start:] for p in self.past], mask[:, start:])
+        mask, start = kept_rows(self.mask, keep)
+        return KVBatch([p[keep, :, start:] for p in self.past], mask)
 
     @staticmethod
     def concatenate(batches: list["KVBatch"]) -> "KVBatch":
@@ -67,6 +65,14 @@ class KVBatch:
         ]
         masks = [np.pad(b.mask, [(0, 0), (length - b.length, 0)]) for b in batches]
         return KVBatch(past, np.concatenate(masks))
+
+
+def kept_rows(mask: np.ndarray, keep: list[int]) -> tuple[np.ndarray, int]:
+    """The mask of the rows in `keep` from the first column any of them uses, and that column."""
+    kept = mask[keep]
+    used = np.flatnonzero(kept.any(axis=0))
+    start = int(used[0]) if used.size else mask.shape[1]
+    return kept[:, start:], start
 
 
 def _with_capacity(buffer: np.ndarray, length: int, capacity: int, pad_left: bool = False) -> np.ndarray:
