@@ -133,3 +133,63 @@ def test_locust_scenario_against_a_real_server(server, tmp_path):
     for row in rows:
         assert int(row["Request Count"]) > 0, row
         assert int(row["Failure Count"]) == 0, row
+
+
+def _installed_closure(requirements: list[str]) -> set[str]:
+    """Normalized names of the distributions `requirements` install, with theirs, as installed here."""
+    import re
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def normalized(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    found, pending = set(), [(Requirement(r), frozenset({""})) for r in requirements]
+    while pending:
+        requirement, extras = pending.pop()
+        if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in extras):
+            continue
+        name = normalized(requirement.name)
+        if name in found:
+            continue
+        found.add(name)
+        wanted = frozenset({"", *requirement.extras})
+        pending += [(Requirement(r), wanted) for r in metadata.requires(requirement.name) or []]
+    return found
+
+
+def test_the_serving_image_installs_every_package_the_server_imports():
+    """The image installs the wheel with its `cpu` extra only: no export or dev tools. Imports inside a
+    `try` are optional (NVML, uvloop) and the wheel's own packages come with it."""
+    import ast
+    import re
+    from importlib import metadata
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    installed = _installed_closure(project["dependencies"] + project["optional-dependencies"]["cpu"])
+    providers = metadata.packages_distributions()
+    missing = {}
+    for path in (ROOT / "server").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        tries = [t for t in ast.walk(tree) if isinstance(t, ast.Try)]
+        optional = {id(n) for t in tries for statement in t.body for n in ast.walk(statement)}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.partition(".")[0]
+                if top in ("server", "exporters", "loadtest") or top in sys.stdlib_module_names:
+                    continue
+                names = {re.sub(r"[-_.]+", "-", d).lower() for d in providers.get(top, [top])}
+                if not names & installed:
+                    missing.setdefault(top, path.relative_to(ROOT).as_posix())
+    assert not missing, f"imported by the server but not installed by its dependencies: {missing}"
