@@ -81,12 +81,12 @@ async def served(url: str, model: str, prompts: list[list[int]], tokens: int, co
     return generated / elapsed, runs
 
 
-def streams_against_one(url: str, model: str, prompts: list[list[int]], tokens: int, alone: int):
+def streams_against_one(url: str, model: str, prompts: list[list[int]], tokens: int, alone: int, rounds: int):
     """Aggregate tokens/s of all prompts streamed at once and of the first `alone` streamed one after
-    another, the middle of 3 interleaved rounds by their ratio: ((together, runs), (alone, runs))."""
-    rounds = [(asyncio.run(served(url, model, prompts, tokens, True)),
-               asyncio.run(served(url, model, prompts[:alone], tokens, False))) for _ in range(3)]
-    return report.middle(rounds, key=lambda r: r[0][0] / r[1][0])
+    another, the middle of `rounds` interleaved rounds by their ratio: ((together, runs), (alone, runs))."""
+    pairs = [(asyncio.run(served(url, model, prompts, tokens, True)),
+              asyncio.run(served(url, model, prompts[:alone], tokens, False))) for _ in range(rounds)]
+    return report.middle(pairs, key=lambda r: r[0][0] / r[1][0])
 
 
 def transformers_tokens_per_second(checkpoint: Path, prompt: list[int], tokens: int) -> float:
@@ -126,9 +126,10 @@ def main(argv=None) -> int:
                           ready_model="gpt2")
     try:
         url = f"http://{server.http_url}"
-        (together, runs), (alone, _) = streams_against_one(url, "gpt", prompts, args.tokens, len(prompts))
+        # a round of 16 gpt streams lasts about half a second: more rounds than for gpt2
+        (together, runs), (alone, _) = streams_against_one(url, "gpt", prompts, args.tokens, len(prompts), 7)
         # a GPT-2 step takes 10 ms or more: two streams one after another give its single-stream rate
-        (large_together, _), (large_alone, _) = streams_against_one(url, "gpt2", prompts, args.tokens, 2)
+        (large_together, _), (large_alone, _) = streams_against_one(url, "gpt2", prompts, args.tokens, 2, 3)
         single, _ = asyncio.run(served(url, "gpt", prompts[:1], args.tokens, False))
     finally:
         stop_server(server)
@@ -140,10 +141,10 @@ def main(argv=None) -> int:
         [f"KV cache vs recomputing the sequence, {args.tokens} new tokens (in-process)",
          f"{cached:.0f} vs {recomputed:.0f}", f"{cached / recomputed:.1f}x", "5x"],
         [f"{args.streams} concurrent streams vs one at a time ({args.tokens} tokens each, served; "
-         "the middle of 3 interleaved rounds)",
+         "the middle of 7 interleaved rounds)",
          f"{together:.0f} vs {alone:.0f}", f"{together / alone:.1f}x", "4x"],
         ["the same with `gpt2` (GPT-2 small's configuration, 124M parameters, random weights; one at a "
-         "time: two streams)",
+         "time: two streams; the middle of 3 rounds)",
          f"{large_together:.0f} vs {large_alone:.0f}", f"{large_together / large_alone:.1f}x", "4x"],
         [f"one stream served vs transformers generate, {args.tokens} tokens",
          f"{single:.0f} vs {torch_rate:.0f}", f"{single / torch_rate:.1f}x", "2x"],
