@@ -115,12 +115,12 @@ def main(argv=None) -> int:
     parser.add_argument("--streams", type=int, default=16)
     args = parser.parse_args(argv)
     repository = args.repository.resolve()
-    cached, recomputed = kv_against_recompute(repository / "gpt" / "1" / "model.onnx", args.tokens)
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(1, 1000, int(n)).tolist() for n in rng.integers(4, 24, args.streams)]
     if not (repository / "gpt2" / "1" / "model.onnx").exists():
         parser.error(f"{repository} has no gpt2: build it with "
                      f"python -m exporters.demo {args.repository} --benchmark-models")
+    cached, recomputed = kv_against_recompute(repository / "gpt" / "1" / "model.onnx", args.tokens)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, 1000, int(n)).tolist() for n in rng.integers(4, 24, args.streams)]
     server = start_server(repository, Path("/tmp/ortserve-bench-generation.log"), "--model-control-mode",
                           "explicit", "--load-model", "gpt", "--load-model", "gpt2", "--access-log", "false",
                           ready_model="gpt2")

@@ -1,5 +1,6 @@
 """The Helm chart, the Dockerfile and the locust scenario, checked with the real tools, offline."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -135,22 +136,23 @@ def test_locust_scenario_against_a_real_server(server, tmp_path):
         assert int(row["Failure Count"]) == 0, row
 
 
+def _normalized(name: str) -> str:
+    """A distribution's name as PEP 503 compares it."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _installed_closure(requirements: list[str]) -> set[str]:
     """Normalized names of the distributions `requirements` install, with theirs, as installed here."""
-    import re
     from importlib import metadata
 
     from packaging.requirements import Requirement
-
-    def normalized(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
 
     found, pending = set(), [(Requirement(r), frozenset({""})) for r in requirements]
     while pending:
         requirement, extras = pending.pop()
         if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in extras):
             continue
-        name = normalized(requirement.name)
+        name = _normalized(requirement.name)
         if name in found:
             continue
         found.add(name)
@@ -163,7 +165,6 @@ def test_the_serving_image_installs_every_package_the_server_imports():
     """The image installs the wheel with its `cpu` extra only: no export or dev tools. Imports inside a
     `try` are optional (NVML, uvloop) and the wheel's own packages come with it."""
     import ast
-    import re
     from importlib import metadata
 
     import tomllib
@@ -189,7 +190,7 @@ def test_the_serving_image_installs_every_package_the_server_imports():
                 top = module.partition(".")[0]
                 if top in ("server", "exporters", "loadtest") or top in sys.stdlib_module_names:
                     continue
-                names = {re.sub(r"[-_.]+", "-", d).lower() for d in providers.get(top, [top])}
+                names = {_normalized(d) for d in providers.get(top, [top])}
                 if not names & installed:
                     missing.setdefault(top, path.relative_to(ROOT).as_posix())
     assert not missing, f"imported by the server but not installed by its dependencies: {missing}"

@@ -116,11 +116,14 @@ def test_device_kv_batch_keeps_the_same_keys_and_values_as_the_host_batch():
         device = DeviceKVBatch([ort.OrtValue.ortvalue_from_numpy(p) for p in past], mask, kernels)
         return KVBatch([p.copy() for p in past], mask), device
 
+    def on_host(batch):
+        return [value.numpy() for value in batch.past]
+
     host, device = both(3, 5, 2)
     for step in range(4):  # the graph's present: the new column alone, or the past followed by it
         present = [rng.standard_normal((3, 2, 1, 3)).astype(np.float32) for _ in range(2)]
         if step % 2:
-            present = [np.concatenate([p, n], axis=2) for p, n in zip(device.host(), present)]
+            present = [np.concatenate([p, n], axis=2) for p, n in zip(on_host(device), present)]
         host.append(present, 1)
         device.append([ort.OrtValue.ortvalue_from_numpy(p) for p in present], 1)
     other_host, other_device = both(2, 12, 4)
@@ -128,7 +131,7 @@ def test_device_kv_batch_keeps_the_same_keys_and_values_as_the_host_batch():
     device = DeviceKVBatch.concatenate([device.filter([0, 2]), other_device])
     assert device.mask.tolist() == host.mask.tolist() and device.rows == 4 and device.length == 12
     assert device.attention_mask(1).tolist() == np.concatenate([host.mask, np.ones((4, 1))], 1).tolist()
-    for kept, expected in zip(device.host(), host.past):
+    for kept, expected in zip(on_host(device), host.past):
         np.testing.assert_array_equal(kept, expected[:, :, :host.length])
 
 

@@ -101,7 +101,7 @@ class CacheKernels:
 
     def __init__(self, runner: DeviceRunner, count: int, dtype: np.dtype):
         element = _ELEMENT[np.dtype(dtype)]
-        self.runner, self.count = runner, count
+        self.runner = runner
         self.outputs = [f"out.{i}" for i in range(count)]
         self._append = runner.session(append_graph(count, element))
         self._select = runner.session(select_graph(count, element))
@@ -146,9 +146,6 @@ class DeviceKVBatch:
         width = present[0].shape()[2]
         self.past = present if width == self.length + count else self.kernels.append(self.past, present)
         self.mask = np.concatenate([self.mask, np.ones((self.rows, count), self.mask.dtype)], axis=1)
-
-    def host(self) -> list[np.ndarray]:
-        return [value.numpy() for value in self.past]
 
     def filter(self, keep: list[int]) -> "DeviceKVBatch":
         mask, start = kept_rows(self.mask, keep)
