@@ -18,16 +18,11 @@ from server.protocol import SERVICE_NAME
 class Result:
     latencies: list[float] = field(default_factory=list)  # seconds
     failures: int = 0
-    items: int = 0
     seconds: float = 0.0
 
     @property
     def requests_per_s(self) -> float:
         return len(self.latencies) / self.seconds
-
-    @property
-    def items_per_s(self) -> float:
-        return self.items / self.seconds
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
@@ -60,12 +55,11 @@ class HttpConnection:
 WARMUP = 0.5  # seconds of load before the measurement window: the start of a closed loop is no steady state
 
 
-async def closed_loop(send, requests, concurrency: int, seconds: float, items_per_request=None,
-                      warmup: float = WARMUP) -> Result:
+async def closed_loop(send, requests, concurrency: int, seconds: float, warmup: float = WARMUP) -> Result:
     """`concurrency` workers send `requests` round robin for `warmup` + `seconds`; send() returns success.
     Throughput and latencies count the requests that complete within the last `seconds` (the
     measurement window): neither the ramp-up nor the requests drained after it; failures count always."""
-    result = Result()
+    result = Result(seconds=seconds)
     window_start = time.perf_counter() + warmup
     stop_at = window_start + seconds
 
@@ -81,14 +75,12 @@ async def closed_loop(send, requests, concurrency: int, seconds: float, items_pe
                 result.failures += 1
             elif window_start <= end <= stop_at:
                 result.latencies.append(end - start)
-                result.items += items_per_request(request) if items_per_request else 1
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    result.seconds = seconds
     return result
 
 
-async def grpc_load(address, messages: list[bytes], concurrency, seconds, items=None) -> Result:
+async def grpc_load(address, messages: list[bytes], concurrency, seconds) -> Result:
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary(f"/{SERVICE_NAME}/ModelInfer")
 
@@ -99,4 +91,4 @@ async def grpc_load(address, messages: list[bytes], concurrency, seconds, items=
                 return False
             return True
 
-        return await closed_loop(send, messages, concurrency, seconds, items)
+        return await closed_loop(send, messages, concurrency, seconds)
