@@ -91,8 +91,9 @@ def export_encoder(
     if pooling:
         axes["sentence_embedding"] = {0: "batch"}
     example = {name: torch.ones(2, 8, dtype=torch.int64) for name in INPUTS}
-    # Eager attention traces to plain MatMul/Softmax, which ONNX Runtime fuses at load; the graph
-    # traced from SDPA carries mask plumbing it does not fuse.
+    # Eager attention traces to plain MatMul/Softmax: ONNX Runtime folds the transpose and scale into
+    # FusedMatMul at load, and the graph traced from SDPA carries mask plumbing it does not fold.
+    # The contrib Attention/SkipLayerNormalization graph of onnxruntime.transformers is slower on CPU.
     model.set_attn_implementation("eager")
     return export_module(
         Encoder(model, pooling).eval(), example, repository, name,
