@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from server.generation.kv_cache import kept_rows
+from server.generation.kv_cache import kept_rows, left_padded, with_new_tokens
 
 _ELEMENT = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
 _LAST = np.array([np.iinfo(np.int64).max], np.int64)
@@ -138,14 +138,14 @@ class DeviceKVBatch:
         return self.mask.shape[1]
 
     def attention_mask(self, new: int) -> np.ndarray:
-        return np.concatenate([self.mask, np.ones((self.rows, new), self.mask.dtype)], axis=1)
+        return with_new_tokens(self.mask, new)
 
     def append(self, present: list[ort.OrtValue], count: int) -> None:
         """`present`: the graph's outputs, whose last `count` columns are the new tokens. When they hold
         the past too (Optimum's layout) they become the cache as they are."""
         width = present[0].shape()[2]
         self.past = present if width == self.length + count else self.kernels.append(self.past, present)
-        self.mask = np.concatenate([self.mask, np.ones((self.rows, count), self.mask.dtype)], axis=1)
+        self.mask = with_new_tokens(self.mask, count)
 
     def filter(self, keep: list[int]) -> "DeviceKVBatch":
         mask, start = kept_rows(self.mask, keep)
@@ -158,6 +158,6 @@ class DeviceKVBatch:
         for batch in batches[1:]:
             length = max(joined.length, batch.length)
             past = joined.kernels.join(joined.past, length - joined.length, batch.past, length - batch.length)
-            masks = [np.pad(b.mask, [(0, 0), (length - b.length, 0)]) for b in (joined, batch)]
+            masks = [left_padded(b.mask, length) for b in (joined, batch)]
             joined = DeviceKVBatch(past, np.concatenate(masks), joined.kernels)
         return joined

@@ -45,7 +45,7 @@ class KVBatch:
             self.past = [_with_capacity(p, self.length, room) for p in self.past]
         for buffer, values in zip(self.past, new):
             buffer[:, :, self.length:end] = values
-        self.mask = np.concatenate([self.mask, np.ones((self.rows, count), self.mask.dtype)], axis=1)
+        self.mask = with_new_tokens(self.mask, count)
 
     def filter(self, keep: list[int]) -> "KVBatch":
         """Only the rows in `keep`, with the padding columns no kept row needs removed."""
@@ -63,8 +63,18 @@ class KVBatch:
             np.concatenate([_with_capacity(b.past[i], b.length, length, pad_left=True) for b in batches])
             for i in range(len(batches[0].past))
         ]
-        masks = [np.pad(b.mask, [(0, 0), (length - b.length, 0)]) for b in batches]
+        masks = [left_padded(b.mask, length) for b in batches]
         return KVBatch(past, np.concatenate(masks))
+
+
+def with_new_tokens(mask: np.ndarray, count: int) -> np.ndarray:
+    """The mask with `count` real tokens after every row."""
+    return np.concatenate([mask, np.ones((mask.shape[0], count), mask.dtype)], axis=1)
+
+
+def left_padded(mask: np.ndarray, length: int) -> np.ndarray:
+    """The mask padded on the left with masked-out columns to `length`."""
+    return np.pad(mask, [(0, 0), (length - mask.shape[1], 0)])
 
 
 def kept_rows(mask: np.ndarray, keep: list[int]) -> tuple[np.ndarray, int]:
