@@ -118,17 +118,20 @@ def in_process(session, feeds, seconds: float) -> float:
     return count * next(iter(feeds.values())).shape[0] / (time.perf_counter() - start)
 
 
+def single_threaded_session(path: Path) -> ort.InferenceSession:
+    """A CPU session with one intra-op thread, as each of the server's instances runs here."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def in_process_forms(path: Path, feeds, seconds: float) -> tuple[float, float]:
     """Items/s of one session on every core, and of one single-threaded session per core."""
     from concurrent.futures import ThreadPoolExecutor
 
     whole = in_process(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), feeds, seconds)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
     cores = os.cpu_count() or 1
-    sessions = [
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for _ in range(cores)
-    ]
+    sessions = [single_threaded_session(path) for _ in range(cores)]
     with ThreadPoolExecutor(cores) as pool:
         split = sum(pool.map(lambda s: in_process(s, feeds, seconds), sessions))
     return whole, split
@@ -151,9 +154,7 @@ def mixed_vs_equal_in_process(path: Path, padding: Padding, mixed: list[dict], e
     """No server: the time of one pass over as many equal-length requests over that of one pass over the
     mixed ones in their fullest bucket batches, on one single-threaded session as each instance runs;
     with how many batches and how much padding the mixed pass took."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = single_threaded_session(path)
     batches = {"mixed": bucket_batches(mixed, padding, size), "equal": bucket_batches(equal, padding, size)}
 
     def one_pass(name):
