@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", default="fp32", help=f"comma-separated, from {','.join(VARIANTS)}")
     parser.add_argument("--no-pooling", action="store_true", help="bert: token outputs only")
     parser.add_argument("--image-size", type=int, default=None, help="cnn: input height and width")
+    parser.add_argument(
+        "--streaming", action="store_true",
+        help="lstm: one chunk per request with the state kept by the server (Triton's sequence batcher)",
+    )
 
 
 def export(args: argparse.Namespace) -> list:
@@ -44,6 +48,8 @@ def export(args: argparse.Namespace) -> list:
         return cnn.export(model, args.repository, args.name, variants, shape)
     from exporters import lstm
 
+    if args.streaming:
+        return lstm.export_streaming(lstm.load(args.checkpoint), args.repository, args.name, variants)
     return lstm.export(lstm.load(args.checkpoint), args.repository, args.name, variants)
 
 

@@ -1,7 +1,8 @@
 """Builds the default model repository served by `make run` (skips models already built).
 
 simple (add/sub), minilm (+_fp16, _int8: the real all-MiniLM-L6-v2), gpt (+_fp16, _int8: trained here on
-the standard library's sources), resnet and lstm (+ variants: trained on scikit-learn's digits), and with
+the standard library's sources), resnet and lstm (+ variants: trained on scikit-learn's digits), lstm_stream
+(the same LSTM trained again, served a chunk at a time with its state kept by the server), and with
 `--benchmark-models` resnet50 (+_int8) and gpt2, ResNet-50's and GPT-2 small's configurations (random
 weights) for speed measurements.
 """
@@ -96,7 +97,11 @@ def build_digits(repository: Path, family: str) -> None:
         cnn.export(model, repository, "resnet", VARIANTS, tests.shape[1:], pictures[:256], cases)
     else:
         model = training.fit_classifier(lstm.SequenceClassifier(8, 64, 10), x_train, y_train, 40, "lstm")
-        lstm.export(model, repository, "lstm", VARIANTS, [{"sequence": x_test[:1]}, {"sequence": x_test[1:]}])
+        if family == "lstm":
+            cases = [{"sequence": x_test[:1]}, {"sequence": x_test[1:]}]
+            lstm.export(model, repository, "lstm", VARIANTS, cases)
+        else:
+            lstm.export_streaming(model, repository, "lstm_stream", ("fp32",), x_test[:4])
 
 
 def build_resnet50(repository: Path) -> None:
@@ -133,6 +138,7 @@ def build(repository: Path, benchmark_models: bool = False) -> None:
         ("gpt", VARIANTS, lambda: build_gpt(repository)),
         ("resnet", VARIANTS, lambda: build_digits(repository, "resnet")),
         ("lstm", VARIANTS, lambda: build_digits(repository, "lstm")),
+        ("lstm_stream", ("fp32",), lambda: build_digits(repository, "lstm_stream")),
     ]
     if benchmark_models:
         steps.append(("resnet50", ("fp32", "int8"), lambda: build_resnet50(repository)))

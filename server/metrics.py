@@ -60,6 +60,17 @@ GENERATION_GAUGES = (
     ("ortserve_kv_cache_tokens", "cache_tokens", "KV cache positions in use (rows x length)"),
 )
 FINISH_REASONS = ("length", "stop", "abort")
+SEQUENCE_COUNTERS = (
+    ("ortserve_sequences_started_total", "started", "Sequences started (requests with sequence_start)"),
+    ("ortserve_sequences_ended_total", "ended", "Sequences ended by a request with sequence_end"),
+    ("ortserve_sequences_idle_released_total", "idle_released",
+     "Sequences released after max_sequence_idle_microseconds without a request"),
+    ("ortserve_sequence_requests_total", "requests", "Requests admitted to a sequence"),
+)
+SEQUENCE_GAUGES = (
+    ("ortserve_sequences_live", "live", "Live sequences (with a slot or waiting for one)"),
+    ("ortserve_sequences_backlog", "backlogged", "Live sequences waiting for a batch slot"),
+)
 
 
 class ServerCollector:
@@ -73,6 +84,7 @@ class ServerCollector:
         yield from self._histograms(models)
         yield from self._gauges(models)
         yield from self._generation([m for m in models if m.engine is not None])
+        yield from self._sequences([m for m in models if m.sequences is not None and m.scheduler])
         yield from self._system()
 
     def _triton_counters(self, models):
@@ -153,6 +165,17 @@ class ServerCollector:
             for reason in FINISH_REASONS:
                 finished.add_metric(labels + [reason], stats.finished.get(reason, 0))
         yield from (*counters, *gauges, finished)
+
+    def _sequences(self, models):
+        counters = [_Counter(name, text, labels=LABELS) for name, _, text in SEQUENCE_COUNTERS]
+        gauges = [GaugeMetricFamily(name, text, labels=LABELS) for name, _, text in SEQUENCE_GAUGES]
+        for model in models:
+            labels = [model.name, str(model.version)]
+            for family, (_, attribute, _) in zip(counters, SEQUENCE_COUNTERS):
+                family.add_metric(labels, getattr(model.stats.sequences, attribute))
+            for family, (_, attribute, _) in zip(gauges, SEQUENCE_GAUGES):
+                family.add_metric(labels, getattr(model.scheduler, attribute))
+        yield from (*counters, *gauges)
 
     def _system(self):
         sample = _cpu_times()

@@ -15,6 +15,7 @@ from server.generation.engine import TokenEvent, TokenStream
 from server.protocol import ModelConfig
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
+from server.sequences.scheduler import SequenceControl
 
 EXTENSIONS = (
     "classification",
@@ -24,6 +25,7 @@ EXTENSIONS = (
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "sequence",
 )
 
 
@@ -126,7 +128,8 @@ class InferenceService:
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
             names = check_outputs(request, model.outputs)
             priority, timeout = _scheduling(request.parameters)
-            arrays, timing = await model.infer(feeds, names, priority, timeout)
+            sequence = SequenceControl.from_parameters(request.parameters)
+            arrays, timing = await model.infer(feeds, names, priority, timeout, sequence)
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)

@@ -70,6 +70,16 @@ class GenerationStats:
 
 
 @dataclass
+class SequenceStats:
+    """A stateful model's sequences (the live and waiting gauges are read from its scheduler)."""
+
+    started: int = 0
+    ended: int = 0
+    idle_released: int = 0
+    requests: int = 0
+
+
+@dataclass
 class ModelStats:
     last_inference_ms: int = 0
     inference_count: int = 0
@@ -88,6 +98,7 @@ class ModelStats:
     compute_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BOUNDS))
     generation: GenerationStats = field(default_factory=GenerationStats)
+    sequences: SequenceStats = field(default_factory=SequenceStats)
 
     def record_execution(self, batch_size: int, timing: "Timing") -> None:
         """One run of the model on a batch of `batch_size` items (Triton's batch_stats)."""

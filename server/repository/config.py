@@ -73,8 +73,8 @@ def check_platform(config: ModelConfig) -> None:
             f"ortserve serves '{ONNX_PLATFORM}' (backend '{ONNX_BACKEND}') models"
         )
     config.platform, config.backend = ONNX_PLATFORM, ONNX_BACKEND
-    if config.HasField("sequence_batching") or config.HasField("ensemble_scheduling"):
-        raise ConfigError("sequence batching and ensembles are not supported")
+    if config.HasField("ensemble_scheduling"):
+        raise ConfigError("ensembles are not supported")
 
 
 def complete(config: ModelConfig, inputs: list[GraphTensor], outputs: list[GraphTensor]) -> None:
@@ -85,19 +85,30 @@ def complete(config: ModelConfig, inputs: list[GraphTensor], outputs: list[Graph
         config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
         if not config.WhichOneof("scheduling_choice"):
             config.dynamic_batching.SetInParent()
-    _complete_tensors(config, config.input, inputs, "input", add_missing=True)
-    _complete_tensors(config, config.output, outputs, "output", add_missing=not config.output)
+    hidden_inputs, hidden_outputs = server_filled(config)
+    _complete_tensors(config, config.input, inputs, "input", add_missing=True, hidden=hidden_inputs)
+    _complete_tensors(
+        config, config.output, outputs, "output", add_missing=not config.output, hidden=hidden_outputs
+    )
     if not config.instance_group:
         config.instance_group.add(count=1)
     for group in config.instance_group:
         group.count = group.count or 1
 
 
+def server_filled(config: ModelConfig) -> tuple[set[str], set[str]]:
+    """Graph inputs and outputs of a stateful model that the sequence batcher fills and reads
+    (control inputs, implicit state); clients see them only where the config lists them."""
+    batching = config.sequence_batching
+    inputs = {c.name for c in batching.control_input} | {s.input_name for s in batching.state}
+    return inputs, {s.output_name for s in batching.state}
+
+
 def _batchable(tensors: list[GraphTensor]) -> bool:
     return bool(tensors) and all(t.shape and t.shape[0] is None for t in tensors)
 
 
-def _complete_tensors(config, declared, graph: list[GraphTensor], kind: str, add_missing: bool):
+def _complete_tensors(config, declared, graph: list[GraphTensor], kind: str, add_missing: bool, hidden=()):
     by_name = {tensor.name: tensor for tensor in graph}
     for tensor in declared:
         if tensor.name not in by_name:
@@ -109,7 +120,7 @@ def _complete_tensors(config, declared, graph: list[GraphTensor], kind: str, add
     if add_missing:
         names = {tensor.name for tensor in declared}
         for tensor in graph:
-            if tensor.name not in names:
+            if tensor.name not in names and tensor.name not in hidden:
                 _complete_tensor(config, declared.add(name=tensor.name), tensor, kind)
 
 

@@ -18,6 +18,7 @@ from server.repository.config import ConfigError
 from server.repository.model import ModelVersion
 from server.runtime.executor import InstancePool
 from server.runtime.session import OrtSession, SessionSettings, gpu_available
+from server.sequences.settings import check_graph, sequence_settings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
     generation = _generation(model_dir, config)
     filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
     instances = _instance_settings(config)
+    sequences = sequence_settings(config, model_dir, len(instances))
     loaded = []
     try:
         for version in select_versions(model_dir, config):
@@ -72,8 +74,10 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
                 _check_decoder(sessions[0])
             else:
                 cfg.complete(config, sessions[0].graph_inputs(), sessions[0].graph_outputs())
+            if sequences is not None:
+                check_graph(sequences, sessions[0].graph_inputs(), sessions[0].graph_outputs())
             model = _model_version(model_dir, version, config, sessions)
-            model.generation = generation
+            model.generation, model.sequences = generation, sequences
             loaded.append(model)
             _warm_up(model_dir, model)
     except BaseException:

@@ -7,11 +7,14 @@ import numpy as np
 
 from server.batching.batcher import Batcher, BatchPolicy
 from server.batching.collate import Padding
+from server.core.errors import InvalidArgument
 from server.core.stats import ModelStats, Timing
 from server.core.types import TensorSpec
 from server.generation.engine import GenerationEngine, GenerationSettings
 from server.protocol import ModelConfig
 from server.runtime.executor import InstancePool
+from server.sequences.scheduler import SequenceControl, SequenceScheduler
+from server.sequences.settings import SequenceSettings
 
 
 @dataclass
@@ -28,7 +31,8 @@ class ModelVersion:
     output_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     padding: Padding | None = None
     stats: ModelStats = field(default_factory=ModelStats)
-    scheduler: Batcher | None = None
+    scheduler: Batcher | SequenceScheduler | None = None
+    sequences: SequenceSettings | None = None  # set for stateful models (sequence_batching)
     generation: GenerationSettings | None = None  # set for decoder models served by generation
     engine: GenerationEngine | None = None
 
@@ -37,6 +41,12 @@ class ModelVersion:
         if self.generation is not None:
             self.engine = GenerationEngine(self.pool, self.generation, self.stats)
             self.engine.start()
+            return
+        if self.sequences is not None:
+            self.scheduler = SequenceScheduler(
+                self.name, self.execute, self.sequences, len(self.pool.sessions), self.stats.sequences
+            )
+            self.scheduler.start()
             return
         self.scheduler = Batcher(
             name=self.name,
@@ -54,9 +64,21 @@ class ModelVersion:
             await self.engine.stop()
 
     async def infer(
-        self, feeds: dict[str, np.ndarray], output_names: list[str], priority: int = 0, timeout_us: int = 0
+        self,
+        feeds: dict[str, np.ndarray],
+        output_names: list[str],
+        priority: int = 0,
+        timeout_us: int = 0,
+        sequence: SequenceControl | None = None,
     ) -> tuple[dict[str, np.ndarray], Timing]:
-        return await self.scheduler.submit(feeds, output_names, priority, timeout_us)
+        if self.sequences is None:
+            return await self.scheduler.submit(feeds, output_names, priority, timeout_us)
+        if sequence is None:
+            raise InvalidArgument(
+                f"model '{self.name}' is stateful (sequence batching): every request needs a non-zero "
+                "sequence_id, and the first of a sequence sequence_start"
+            )
+        return await self.scheduler.submit(feeds, output_names, sequence)
 
     @property
     def batching(self) -> bool:
