@@ -35,6 +35,7 @@ bench: install
 	$(PY) -m loadtest.bench_batching
 	$(PY) -m loadtest.bench_exporters --repository $(REPOSITORY)
 	$(PY) -m loadtest.bench_generation --repository $(REPOSITORY)
+	$(PY) -m loadtest.bench_sequences
 
 # Serves the default repository on loopback and runs locust headless (bounded users and time).
 loadtest: models

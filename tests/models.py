@@ -173,3 +173,78 @@ dynamic_batching { default_queue_policy { max_queue_size: 1 } }
     broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"this is not an ONNX model")
     return root
+
+
+def sequence_accumulator_model(control_type: int) -> onnx.ModelProto:
+    """A stateful model for the sequence batcher: STATE_OUT = STATE_IN + INPUT (FP32[batch, 2]), OUTPUT the
+    same; CONTROLS FP32[batch, 4] echoes the START, END, READY (`control_type`) and CORRID (UINT64) inputs."""
+    controls = ("START", "END", "READY", "CORRID")
+    return _model(
+        [
+            helper.make_node("Add", ["STATE_IN", "INPUT"], ["STATE_OUT"]),
+            helper.make_node("Identity", ["STATE_OUT"], ["OUTPUT"]),
+            *[helper.make_node("Cast", [name], [f"{name}_fp32"], to=TensorProto.FLOAT) for name in controls],
+            helper.make_node("Concat", [f"{name}_fp32" for name in controls], ["CONTROLS"], axis=1),
+        ],
+        [
+            _info("INPUT", TensorProto.FLOAT, ["batch", 2]),
+            _info("STATE_IN", TensorProto.FLOAT, ["batch", 2]),
+            *[_info(name, control_type, ["batch", 1]) for name in controls[:3]],
+            _info("CORRID", TensorProto.UINT64, ["batch", 1]),
+        ],
+        [
+            _info("OUTPUT", TensorProto.FLOAT, ["batch", 2]),
+            _info("STATE_OUT", TensorProto.FLOAT, ["batch", 2]),
+            _info("CONTROLS", TensorProto.FLOAT, ["batch", 4]),
+        ],
+    )
+
+
+def sequence_accumulator_config(strategy: str, false_true: str, extra: str = "") -> str:
+    """`false_true`: e.g. 'fp32_false_true: [ -1, 5 ]'; no input/output lists (completed from the graph)."""
+    controls = "".join(
+        f'{{ name: "{name}" control [ {{ kind: CONTROL_SEQUENCE_{name} {false_true} }} ] }},'
+        for name in ("START", "END", "READY")
+    )
+    return f"""
+max_batch_size: 4
+sequence_batching {{
+  max_sequence_idle_microseconds: 30000000
+  {strategy}
+  control_input [ {controls}
+    {{ name: "CORRID" control [ {{ kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 }} ] }} ]
+  state [ {{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+}}
+{extra}
+"""
+
+
+def growing_state_model() -> onnx.ModelProto:
+    """No batching: STATE_OUT = concat(STATE_IN FP32[-1], INPUT FP32[1]) and OUTPUT the same, so the
+    state grows a step at a time; CORRID_OUT echoes the string correlation id."""
+    return _model(
+        [
+            helper.make_node("Concat", ["STATE_IN", "INPUT"], ["STATE_OUT"], axis=0),
+            helper.make_node("Identity", ["STATE_OUT"], ["OUTPUT"]),
+            helper.make_node("Identity", ["CORRID"], ["CORRID_OUT"]),
+        ],
+        [
+            _info("INPUT", TensorProto.FLOAT, [1]),
+            _info("STATE_IN", TensorProto.FLOAT, ["n"]),
+            _info("CORRID", TensorProto.STRING, [1]),
+        ],
+        [
+            _info("OUTPUT", TensorProto.FLOAT, ["m"]),
+            _info("STATE_OUT", TensorProto.FLOAT, ["m"]),
+            _info("CORRID_OUT", TensorProto.STRING, [1]),
+        ],
+    )
+
+
+GROWING_STATE_CONFIG = """
+max_batch_size: 0
+sequence_batching {
+  control_input [ { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_STRING } ] } ]
+  state [ { input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
+}
+"""

@@ -78,7 +78,7 @@ def test_declared_outputs_are_a_subset():
         ('max_batch_size: 2\ninput [{ name: "x", data_type: TYPE_INT32 }]', "TYPE_INT32"),
         ('max_batch_size: 2\ninput [{ name: "x", dims: [4] }]', "[4]"),
         ('platform: "tensorflow_savedmodel"', "tensorflow_savedmodel"),
-        ("sequence_batching {}", "sequence batching"),
+        ("ensemble_scheduling {}", "ensembles are not supported"),
         ('name: "other"', "other"),
     ],
 )

@@ -170,6 +170,7 @@ class Batcher:
     async def stop(self) -> None:
         """Refuse new requests, fail the waiting ones, and let running batches finish."""
         self._closed = True
+        self._wakeup.set()  # a cancel that lands as the wait ends is lost on Python 3.11: the loop checks
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -193,6 +194,8 @@ class Batcher:
 
     async def _next_batch(self) -> list[Pending]:
         while True:
+            if self._closed:
+                raise asyncio.CancelledError
             self._wakeup.clear()
             now = time.monotonic_ns()
             wake_at = self._expire(now)

@@ -121,6 +121,7 @@ class SequenceScheduler:
     async def stop(self) -> None:
         """Refuse new requests, fail the waiting ones, and let running batches finish."""
         self._closed = True
+        self._wakeup.set()  # a cancel that lands as the wait ends is lost on Python 3.11: the loop checks
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -229,6 +230,8 @@ class SequenceScheduler:
 
     async def _next_batch(self) -> _Batch:
         while True:
+            if self._closed:
+                raise asyncio.CancelledError
             self._wakeup.clear()
             now = time.monotonic_ns()
             wake_at = self._release_idle(now)
