@@ -13,6 +13,7 @@ from torch import nn
 from exporters import bert, cnn, gpt, lstm
 from exporters.module import ExportError, export_module
 from exporters.parity import ParityError
+from server.repository.config import read_config
 from tests.conftest import ROOT, start_server, stop_server
 
 VARIANTS = ("fp32", "fp16", "int8")
@@ -214,3 +215,22 @@ def test_cli_refuses_an_unsupported_checkpoint_and_exports_an_lstm(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "repo" / "seq_int8" / "1" / "model.onnx").exists()
     assert "seq_int8" in done.stdout
+
+
+def test_cli_exports_the_streaming_form_of_an_lstm(tmp_path):
+    torch.manual_seed(0)
+    torch.save(lstm.SequenceClassifier(5, 8, 3, layers=2), tmp_path / "lstm.pt")
+    done = subprocess.run(
+        [sys.executable, "-m", "exporters", "lstm", "--streaming", "--checkpoint", str(tmp_path / "lstm.pt"),
+         "--repository", str(tmp_path / "repo"), "--name", "stream", "--variants", "fp32,int8"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    config = read_config(tmp_path / "repo" / "stream")
+    states = config.sequence_batching.state
+    assert [(s.input_name, s.output_name, list(s.dims)) for s in states] == [
+        ("hidden_in", "hidden_out", [2, 8]), ("cell_in", "cell_out", [2, 8])]
+    assert [t.name for t in config.input] == ["sequence"]
+    assert [t.name for t in config.output] == ["output"]
+    assert config.sequence_batching.HasField("oldest")
+    assert (tmp_path / "repo" / "stream_int8" / "config.pbtxt").exists()

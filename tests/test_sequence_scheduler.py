@@ -14,6 +14,7 @@ from server.sequences.settings import sequence_settings
 CONFIG = """
 max_batch_size: 4
 sequence_batching {
+  max_sequence_idle_microseconds: 60000000
   %s
   control_input [ { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] },
                   { name: "ID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_INT64 } ] } ]
@@ -114,3 +115,26 @@ def test_malformed_controls_are_config_errors(tmp_path, text):
     config = text_format.Parse(f"max_batch_size: 2 sequence_batching {{ {text} }}", ModelConfig())
     with pytest.raises(ConfigError, match="control input"):
         sequence_settings(config, tmp_path, instances=1)
+
+
+def test_oldest_waits_out_its_delay_until_a_preferred_size_forms(tmp_path):
+    async def scenario():
+        model = RecordingModel()
+        model.gate.set()
+        config = "oldest { max_queue_delay_microseconds: 30000000 preferred_batch_size: 3 }"
+        s = scheduler(tmp_path, config, model)
+        s.start()
+        # four STARTs together: every live sequence is in the batch (and it is full), so it goes at once
+        await asyncio.gather(*(send(s, 200 + i, 0.0, start=True) for i in range(4)))
+        first = [asyncio.ensure_future(send(s, 200 + i, 1.0)) for i in range(2)]
+        await asyncio.sleep(0.05)
+        waiting = [task.done() for task in first]
+        third = asyncio.ensure_future(send(s, 202, 1.0))
+        results = await asyncio.wait_for(asyncio.gather(*first, third), 5)
+        await s.stop()
+        return waiting, results, model.batches
+
+    waiting, results, batches = asyncio.run(scenario())
+    assert waiting == [False, False]  # 2 of 4 live sequences ready, 30 s of delay left
+    assert results == [11.0, 11.0, 11.0]
+    assert [len(batch["ID"]) for batch in batches] == [4, 3]
