@@ -21,6 +21,7 @@ from server.core.stats import Timing
 from server.protocol import ModelConfig
 
 DEFAULT_MAX_QUEUE_SIZE = 1024  # where the config leaves max_queue_size at 0 (unbounded in Triton)
+DRAIN_POLL_SECONDS = 0.005
 
 RunBatch = Callable[[dict[str, np.ndarray], list[str]], Awaitable[tuple[dict[str, np.ndarray], Timing]]]
 
@@ -112,6 +113,7 @@ class Batcher:
         self._last_delivered: asyncio.Future | None = None
         self._loop_task: asyncio.Task | None = None
         self._closed = False
+        self._accepting = True
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
@@ -127,7 +129,7 @@ class Batcher:
         priority: int = 0,
         timeout_us: int = 0,
     ) -> tuple[dict[str, np.ndarray], Timing]:
-        if self._closed:
+        if not self._accepting:
             raise Unavailable(f"model '{self.name}' is unloading")
         level = self._level(priority)
         policy = self.policy.queues[level]
@@ -167,8 +169,12 @@ class Batcher:
             )
         return (priority or min(self.policy.default_priority, levels)) - 1
 
-    async def stop(self) -> None:
-        """Refuse new requests, fail the waiting ones, and let running batches finish."""
+    async def stop(self, drain: bool = False) -> None:
+        """Refuse new requests, run (drain) or fail the waiting ones, and let running batches finish."""
+        self._accepting = False
+        self._wakeup.set()  # what waits for a fuller batch goes now
+        while drain and (self.queued or self._running):
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
         self._closed = True
         self._wakeup.set()  # a cancel that lands as the wait ends is lost on Python 3.11: the loop checks
         if self._loop_task is not None:
@@ -255,7 +261,8 @@ class Batcher:
         ready_at = candidates[0].enqueued_ns + self.policy.max_queue_delay_us * 1000
         total = sum(p.rows for p in candidates)
         alone = len(candidates) == 1 and self.queued == 1  # low load: waiting would only add latency
-        if not self.policy.max_batch_size or alone or total >= self.policy.max_batch_size or now >= ready_at:
+        full = total >= self.policy.max_batch_size
+        if not self.policy.max_batch_size or alone or full or now >= ready_at or not self._accepting:
             return candidates, ready_at
         preferred = [size for size in self.policy.preferred_batch_sizes if size <= total]
         if preferred:

@@ -57,9 +57,10 @@ class ModelVersion:
         )
         self.scheduler.start()
 
-    async def stop(self) -> None:
+    async def stop(self, drain: bool = False) -> None:
+        """`drain`: the requests already queued run first (a reload or unload); generation streams end."""
         if self.scheduler is not None:
-            await self.scheduler.stop()
+            await self.scheduler.stop(drain)
         if self.engine is not None:
             await self.engine.stop()
 

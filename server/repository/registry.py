@@ -95,7 +95,8 @@ class ModelRegistry:
             entry = self._models.get(name, ModelEntry())
             if entry.versions:
                 rows += [
-                    ModelIndexEntry(name, str(version), entry.state, "") for version in sorted(entry.versions)
+                    ModelIndexEntry(name, str(version), entry.state, entry.reason)
+                    for version in sorted(entry.versions)
                 ]
             elif not ready_only:
                 rows.append(ModelIndexEntry(name, "", entry.state, entry.reason))
@@ -105,10 +106,10 @@ class ModelRegistry:
         self._require_explicit("load")
         if not self._in_repository(name):
             raise NotFound(f"failed to load '{name}': no model directory '{name}' in the repository")
-        await self._load(name, config_json)
-        entry = self._models[name]
-        if entry.state != READY:
-            raise InvalidArgument(f"failed to load '{name}': {entry.reason}")
+        reason = await self._load(name, config_json)
+        if reason is not None:
+            kept = " (the versions loaded before keep serving)" if self._models[name].state == READY else ""
+            raise InvalidArgument(f"failed to load '{name}': {reason}{kept}")
 
     async def unload(self, name: str) -> None:
         self._require_explicit("unload")
@@ -141,10 +142,15 @@ class ModelRegistry:
         for name in list(self._models):
             await self._unload(name)
 
-    async def _load(self, name: str, config_json: str | None = None) -> None:
+    async def _load(self, name: str, config_json: str | None = None) -> str | None:
+        """Loads `name`, or reloads it: versions that serve keep serving until the new ones are ready,
+        then requests switch to them at once while the old ones finish what they took; a reload that
+        fails leaves them serving. Returns why the load failed, None when it did not."""
         async with self._locks.setdefault(name, asyncio.Lock()):
             previous = self._models.get(name)
-            self._models[name] = ModelEntry(state=LOADING, reason="loading")
+            serving = previous is not None and previous.state == READY
+            if not serving:
+                self._models[name] = ModelEntry(state=LOADING, reason="loading")
             model_dir = self.repository / name
             started = time.perf_counter()
             stamp = _stamp(model_dir)
@@ -152,23 +158,27 @@ class ModelRegistry:
                 versions = await asyncio.to_thread(load_model, model_dir, config_json)
             except Exception as error:  # a model that fails to load must not stop the others
                 reason = str(error) or type(error).__name__
+                if serving:
+                    log.error("failed to reload model '%s', its versions keep serving: %s", name, reason)
+                    previous.reason, previous.stamp = f"reload failed: {reason}", stamp
+                    return reason
                 log.error("failed to load model '%s': %s", name, reason)
                 self._models[name] = ModelEntry(UNAVAILABLE, reason, stamp=stamp)
-                if previous:
-                    await _stop(previous)
-                return
+                return reason
             self.load_seconds[name] = time.perf_counter() - started
             for model in versions:
                 model.start()
             self._models[name] = ModelEntry(READY, "", {model.version: model for model in versions}, stamp)
-            if previous:
-                await _stop(previous)
+            if serving:
+                await _stop(previous, drain=True)
             log.info(
-                "loaded model '%s' versions %s in %.2f s",
+                "%s model '%s' versions %s in %.2f s",
+                "reloaded" if serving else "loaded",
                 name,
                 sorted(m.version for m in versions),
                 self.load_seconds[name],
             )
+            return None
 
     async def _unload(self, name: str) -> None:
         async with self._locks.setdefault(name, asyncio.Lock()):
@@ -176,15 +186,15 @@ class ModelRegistry:
             if entry is None:
                 return
             self._models[name] = ModelEntry(UNLOADING, "unloading")
-            await _stop(entry)
+            await _stop(entry, drain=True)
             del self._models[name]
             log.info("unloaded model '%s'", name)
 
 
-async def _stop(entry: ModelEntry) -> None:
-    """Fails the requests still queued, waits for running ones, then frees the sessions."""
+async def _stop(entry: ModelEntry, drain: bool = False) -> None:
+    """Runs (`drain`) or fails the requests still queued, waits for running ones, frees the sessions."""
     for model in entry.versions.values():
-        await model.stop()
+        await model.stop(drain)
         await asyncio.to_thread(model.pool.close)
 
 

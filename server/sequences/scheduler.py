@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from server.batching.batcher import DRAIN_POLL_SECONDS
 from server.core.errors import Internal, InvalidArgument, ServerError, Unavailable
 from server.core.stats import SequenceStats, Timing
 from server.sequences.settings import CORRID, END, READY, START, SequenceSettings, control_array
@@ -98,6 +99,7 @@ class SequenceScheduler:
         self._running: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._closed = False
+        self._accepting = True
 
     @property
     def batched(self) -> bool:
@@ -118,8 +120,16 @@ class SequenceScheduler:
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name=f"sequences-{self.name}")
 
-    async def stop(self) -> None:
-        """Refuse new requests, fail the waiting ones, and let running batches finish."""
+    def _slotted_waiting(self) -> bool:
+        return any(seq.requests for seq in self._sequences.values() if seq.slot is not None)
+
+    async def stop(self, drain: bool = False) -> None:
+        """Refuse new requests, run (drain) or fail the waiting ones of sequences holding a slot, and
+        let running batches finish; requests of sequences still waiting for a slot fail."""
+        self._accepting = False
+        self._wakeup.set()  # what waits for a fuller batch goes now
+        while drain and (self._running or self._slotted_waiting()):
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
         self._closed = True
         self._wakeup.set()  # a cancel that lands as the wait ends is lost on Python 3.11: the loop checks
         if self._loop_task is not None:
@@ -136,7 +146,7 @@ class SequenceScheduler:
     async def submit(
         self, feeds: dict[str, np.ndarray], output_names: list[str], control: SequenceControl
     ) -> tuple[dict[str, np.ndarray], Timing]:
-        if self._closed:
+        if not self._accepting:
             raise Unavailable(f"model '{self.name}' is unloading")
         self._check(feeds, control)
         seq = self._sequence_for(control)
@@ -279,7 +289,8 @@ class SequenceScheduler:
         size = len(members)
         ready_at = head.requests[0].enqueued_ns + self.settings.delay_us * 1000
         full = size == len(live) or size == self.settings.max_batch_size
-        if not (full or size in self.settings.preferred_batch_sizes or now >= ready_at):
+        preferred = size in self.settings.preferred_batch_sizes
+        if not (full or preferred or now >= ready_at or not self._accepting):
             return None, ready_at
         if self.settings.strategy == "direct":
             rows = 1 + max(seq.slot % self.settings.max_batch_size for seq in members)
