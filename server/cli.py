@@ -6,6 +6,7 @@ import logging
 import sys
 
 from server import settings as settings_module
+from server.ports import PortUnavailable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +41,9 @@ def serve(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
         logging.getLogger("ortserve").error("%s", error)
         return 2
+    except PortUnavailable as error:
+        logging.getLogger("ortserve").error("%s", error)
+        return 1
     return 0
 
 

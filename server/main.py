@@ -11,6 +11,7 @@ from server.api.grpc.servicer import channel_options, create_server
 from server.api.http.app import create_app
 from server.core.service import InferenceService
 from server.metrics import create_metrics_app
+from server.ports import PortUnavailable, claim
 from server.repository.registry import ModelRegistry
 from server.settings import Settings
 
@@ -26,16 +27,24 @@ class _HttpServer(uvicorn.Server):
 
 
 async def serve(settings: Settings) -> None:
+    """Claims every port first (a port in use raises PortUnavailable before anything starts), loads the
+    models, then serves until SIGINT/SIGTERM."""
     registry = ModelRegistry(settings.model_repository, settings.model_control_mode, settings.load_models)
-    await registry.start()
     service = InferenceService(registry, strict_readiness=settings.strict_readiness)
+    sockets, grpc_server = _claim_ports(settings), None
+    if settings.allow_grpc:
+        options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)
+        address = f"{settings.host}:{settings.grpc_port}"
+        claim(settings.host, settings.grpc_port, "gRPC").close()  # grpc binds it itself, just below
+        grpc_server = create_server(service, address, options, settings.access_log)
+    await registry.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
     tasks, servers = [], []
-    if settings.allow_http:
+    if "http" in sockets:
         app = create_app(service, settings.max_request_bytes, settings.access_log)
         config = uvicorn.Config(
             app,
@@ -47,9 +56,9 @@ async def serve(settings: Settings) -> None:
         )
         http = _HttpServer(config)
         servers.append(http)
-        tasks.append(asyncio.create_task(http.serve(), name="http"))
+        tasks.append(asyncio.create_task(http.serve(sockets=[sockets["http"]]), name="http"))
         log.info("HTTP service at http://%s:%d", settings.host, settings.http_port)
-    if settings.allow_metrics:
+    if "metrics" in sockets:
         metrics = _HttpServer(
             uvicorn.Config(
                 create_metrics_app(registry),
@@ -60,13 +69,9 @@ async def serve(settings: Settings) -> None:
             )
         )
         servers.append(metrics)
-        tasks.append(asyncio.create_task(metrics.serve(), name="metrics"))
+        tasks.append(asyncio.create_task(metrics.serve(sockets=[sockets["metrics"]]), name="metrics"))
         log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
-    grpc_server = None
-    if settings.allow_grpc:
-        options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)
-        address = f"{settings.host}:{settings.grpc_port}"
-        grpc_server = create_server(service, address, options, settings.access_log)
+    if grpc_server is not None:
         await grpc_server.start()
         log.info("gRPC service at %s:%d", settings.host, settings.grpc_port)
     if settings.model_control_mode == "poll":
@@ -88,6 +93,23 @@ async def serve(settings: Settings) -> None:
     await registry.close()
     if failed:
         raise failed[0].exception()
+
+
+def _claim_ports(settings: Settings) -> dict:
+    wanted = {
+        "http": (settings.allow_http, settings.http_port),
+        "metrics": (settings.allow_metrics, settings.metrics_port),
+    }
+    sockets = {}
+    try:
+        for name, (enabled, port) in wanted.items():
+            if enabled:
+                sockets[name] = claim(settings.host, port, "HTTP" if name == "http" else name)
+    except PortUnavailable:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return sockets
 
 
 async def _poll(registry: ModelRegistry, seconds: float) -> None:

@@ -248,3 +248,4 @@ sequence_batching {
   state [ { input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
 }
 """
+

@@ -274,3 +274,24 @@ def test_stop_fails_waiting_requests_and_refuses_new_ones():
             await batcher.submit(rows(3), ["y"])
 
     run(scenario())
+
+
+def test_a_draining_stop_runs_the_waiting_requests_at_once_and_refuses_new_ones():
+    async def scenario():
+        runner = FakeRunner()
+        runner.gate.clear()
+        batcher = await started(runner, max_batch_size=4, max_queue_delay_us=60_000_000)
+        running = asyncio.create_task(batcher.submit(rows(0, n=4), ["y"]))
+        await settle()
+        waiting = [asyncio.create_task(batcher.submit(rows(i), ["y"])) for i in (1, 2)]
+        await settle()
+        stopping = asyncio.create_task(batcher.stop(drain=True))
+        await settle()
+        with pytest.raises(Unavailable, match="unloading"):
+            await batcher.submit(rows(3), ["y"])
+        runner.gate.set()  # the two waiting requests go as one batch, without their 60 s delay
+        await stopping
+        assert [int(result["y"][0, 0]) for result, _ in await asyncio.gather(running, *waiting)] == [0, 2, 4]
+        assert runner.sizes == [4, 2]
+
+    run(scenario())

@@ -130,6 +130,19 @@ def test_readiness_without_strictness(repository, tmp_path):
         assert stop_server(server) == 0
 
 
+@pytest.mark.parametrize("strict, ready", [("true", False), ("false", True)])
+def test_a_server_with_no_model_is_ready_only_without_strictness(good_repository, tmp_path, strict, ready):
+    server = start_server(good_repository, tmp_path / "log", "--model-control-mode", "explicit",
+                          "--strict-readiness", strict)
+    try:
+        http = httpclient.InferenceServerClient(server.http_url)
+        assert http.is_server_live()
+        assert http.is_server_ready() == ready
+        assert grpcclient.InferenceServerClient(server.grpc_url).is_server_ready() == ready
+    finally:
+        assert stop_server(server) == 0
+
+
 def test_missing_repository_fails_at_start(tmp_path):
     with pytest.raises(RuntimeError, match="not a directory"):
         start_server(tmp_path / "nowhere", tmp_path / "log")

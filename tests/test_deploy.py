@@ -19,6 +19,7 @@ KUBERNETES = kubernetes_validate.latest_version()
 
 VALUE_SETS = {
     "cpu": {},
+    "three-replicas": {"replicaCount": 3},
     "gpu": {"gpu": {"enabled": True, "count": 2}},
     "autoscaling-queue": {"autoscaling": {"enabled": True}},
     "autoscaling-cpu": {"autoscaling": {"enabled": True, "metric": "cpu"}},
@@ -77,7 +78,25 @@ def test_probes_ports_and_security():
     assert pod["terminationGracePeriodSeconds"] > int(
         next(a for a in server["args"] if a.startswith("--exit-timeout-secs=")).split("=")[1]
     )
-    assert "PodDisruptionBudget" in documents
+
+
+@pytest.mark.parametrize("values, budget", [
+    ({}, False),
+    ({"replicaCount": 3}, True),
+    ({"autoscaling": {"enabled": True, "minReplicas": 2}}, True),
+    ({"autoscaling": {"enabled": True}}, False),
+])
+def test_a_disruption_budget_only_where_more_than_one_pod_runs(values, budget):
+    documents = render(values)
+    assert ("PodDisruptionBudget" in documents) == budget
+    if budget:
+        assert documents["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+
+
+def test_notes_give_a_port_forward_that_matches_the_service():
+    notes = helm.Chart.load(CHART).render({"service": {"httpPort": 9000}}, name="demo", namespace="serving")
+    text = next(t for p, t in notes.items() if p.endswith("NOTES.txt"))
+    assert "kubectl -n serving port-forward svc/demo-ortserve 8000:9000" in text
 
 
 def test_gpu_values_request_gpus_on_gpu_nodes():

@@ -79,7 +79,8 @@ class ModelRegistry:
         return True
 
     def all_ready(self) -> bool:
-        return all(entry.state == READY for entry in self._models.values())
+        """Every model known is ready, and there is at least one: an empty repository serves nothing."""
+        return bool(self._models) and all(entry.state == READY for entry in self._models.values())
 
     def ready_models(self) -> list[ModelVersion]:
         return [

@@ -14,6 +14,7 @@ from server.api.grpc import codec
 from server.api.grpc.errors import STATUS
 from server.core.errors import InvalidArgument, ServerError
 from server.core.service import InferenceService
+from server.ports import PortUnavailable
 from server.protocol import SERVICE_NAME, message
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def handlers(service: GrpcInferenceService, access_log: bool = True) -> grpc.Gen
 
 def channel_options(max_message_bytes: int, keepalive) -> list[tuple[str, int]]:
     return [
+        ("grpc.so_reuseport", 0),  # a second server on the port must fail, not share it
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", keepalive.time_ms),
@@ -204,6 +206,10 @@ def create_server(
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((handlers(GrpcInferenceService(service), access_log),))
     health_pb2_grpc.add_HealthServicer_to_server(_Health(service), server)
-    if not server.add_insecure_port(address):
-        raise OSError(f"cannot listen for gRPC on {address}")
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        bound = 0
+    if not bound:
+        raise PortUnavailable(f"cannot listen for gRPC on {address}")
     return server
