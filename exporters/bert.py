@@ -41,13 +41,25 @@ def load(checkpoint: str | Path) -> tuple[nn.Module, object]:
     return model, AutoTokenizer.from_pretrained(str(checkpoint))
 
 
-def config(max_batch_size: int = 8, buckets: str = "16,32,48,64,80,96,112,128") -> ModelConfig:
-    """Dynamic batching with the token inputs padded by 0, token outputs cut back per request."""
+def config(
+    model_config=None, max_batch_size: int = 8, buckets: str = "16,32,48,64,80,96,112,128"
+) -> ModelConfig:
+    """Dynamic batching with the token inputs padded by 0, token outputs cut back per request; with the
+    checkpoint's config, the positions and token ids it takes, so the server refuses others with a 400."""
+    limits = {}
+    if model_config is not None:
+        positions = model_config.max_position_embeddings
+        limits["input_max_lengths"] = ",".join(f"{name}:{positions}" for name in INPUTS)
+        limits["input_ranges"] = (
+            f"input_ids:0:{model_config.vocab_size - 1},attention_mask:0:1,"
+            f"token_type_ids:0:{max(model_config.type_vocab_size - 1, 0)}"
+        )
     return set_parameters(
         default_config(max_batch_size=max_batch_size),
         pad_inputs=",".join(f"{name}:0" for name in INPUTS),
         pad_outputs="last_hidden_state",
         pad_buckets=buckets,
+        **limits,
     )
 
 
@@ -98,7 +110,7 @@ def export_encoder(
     return export_module(
         Encoder(model, pooling).eval(), example, repository, name,
         output_names=outputs, dynamic_axes=axes, variants=variants,
-        cases=cases or token_cases(model.config.vocab_size), int8="dynamic", config=config(),
+        cases=cases or token_cases(model.config.vocab_size), int8="dynamic", config=config(model.config),
         extra_files=extra_files, progress=progress,
     )
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import tritonclient.http as httpclient
 from torch import nn
+from tritonclient.utils import InferenceServerException
 
 from exporters import bert, cnn, gpt, lstm
 from exporters.module import ExportError, export_module
@@ -156,8 +157,31 @@ def test_server_answers_each_export_as_in_process_onnx_runtime(exported, tmp_pat
                 config = client.get_model_config(name)
                 for output, want in zip(config["output"], expected):
                     np.testing.assert_allclose(result.as_numpy(output["name"]), want, rtol=1e-5, atol=1e-5)
+        _bert_refuses_what_its_checkpoint_cannot_take(client)
     finally:
         stop_server(server)
+
+
+def _bert_refuses_what_its_checkpoint_cannot_take(client):
+    """tiny_bert: 64 positions, 200 token ids, 2 token types, declared by the exporter in the config."""
+    def bert_request(length, token=1, token_type=0):
+        inputs = []
+        for key, value in (("input_ids", token), ("attention_mask", 1), ("token_type_ids", token_type)):
+            tensor = httpclient.InferInput(key, [1, length], "INT64")
+            tensor.set_data_from_numpy(np.full((1, length), value, np.int64))
+            inputs.append(tensor)
+        return inputs
+
+    for inputs, fragment in (
+        (bert_request(65), "input 'input_ids' has 65 positions; model 'bert' takes at most 64"),
+        (bert_request(5, token=200), "input 'input_ids' holds 200, outside 0..199"),
+        (bert_request(5, token_type=2), "input 'token_type_ids' holds 2, outside 0..1"),
+        (bert_request(0), "input 'input_ids' of model 'bert' is empty (shape [1, 0])"),
+    ):
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("bert", inputs)
+        assert refused.value.status() == "400" and fragment in refused.value.message(), refused.value
+    assert client.infer("bert", bert_request(64)).as_numpy("sentence_embedding").shape == (1, 32)
 
 
 class PlantedBreak(nn.Module):

@@ -15,6 +15,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
 
 from exporters import gpt, training
 from exporters.demo import SIMPLE_CONFIG, publish, simple_model
@@ -216,6 +217,10 @@ def test_a_client_that_disconnects_aborts_its_sequence(generation):
         ({"text_input": "x", "top_p": 1.5}, "parameter 'top_p'"),
         ({"input_ids": [1, 999]}, "input_ids must be a non-empty list of token ids in [0, 300)"),
         ({"parameters": {}}, "needs text_input (or input_ids)"),
+        ({"text_input": "x", "ignore_eos": "false"}, "'ignore_eos' must be true or false, got 'false'"),
+        ({"text_input": "x", "max_token": 4}, "unknown generation parameter 'max_token'"),
+        ({"text_input": "x", "parameters": {"temprature": 0}}, "unknown generation parameter 'temprature'"),
+        ({"text_input": "x", "stop": json.loads("[" * 101 + "]" * 101)}, "nested more than 100 levels deep"),
     ],
 )
 def test_limits_and_bad_values_are_refused_with_the_reason(generation, body, fragment):
@@ -233,6 +238,24 @@ def test_openai_errors_use_openai_shape(generation):
     assert reply.json()["error"]["type"] == "invalid_request_error"
     missing = post(server, "/v1/completions", {"model": "nope", "prompt": "x"})
     assert missing.status_code == 404
+    unsupported = post(server, "/v1/completions", {"model": "gpt", "prompt": "x", "presence_penalty": 0.5,
+                                                   "logprobs": 2})
+    assert unsupported.status_code == 400
+    assert "'logprobs', 'presence_penalty' is not supported" in unsupported.json()["error"]["message"]
+    neutral = {"model": "gpt", "prompt": "x", "max_tokens": 2, "presence_penalty": 0, "logit_bias": {},
+               "logprobs": None, "echo": False, "best_of": 1, "user": "someone"}
+    assert post(server, "/v1/completions", neutral).status_code == 200  # what clients send by default
+
+
+def test_generation_models_refuse_outputs_they_do_not_have(generation):
+    server, _ = generation
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    prompt = grpcclient.InferInput("text_input", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"def "], dtype=object))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("gpt", [prompt], outputs=[grpcclient.InferRequestedOutput("logits")])
+    assert "unexpected output 'logits' for generation model 'gpt'" in refused.value.message()
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
 def test_too_many_waiting_sequences_get_503(generation):

@@ -228,3 +228,49 @@ def test_health_endpoints(http):
     assert http.get("/v2/health/live").status_code == 200
     assert http.get("/v2/models/simple/ready").status_code == 200
     assert http.get("/v2/models/nope/ready").status_code == 400
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [101, 5000])
+def test_json_nested_too_deep_is_refused_on_every_route(http, depth):
+    deep = _nested(depth)
+    for path, body in (
+        ("/v2/models/simple/infer", f'{{"inputs": [{{"name": "INPUT0", "data": {deep}}}]}}'),
+        ("/v2/repository/index", f'{{"ready": {deep}}}'),
+        ("/v2/repository/models/simple/load", f'{{"parameters": {{"config": {deep}}}}}'),
+    ):
+        assert_error(http.post(path, content=body.encode()), 400, "nested more than 100 levels deep")
+
+
+def test_json_nested_within_the_limit_is_parsed(http):
+    request = simple_request()
+    # the document, its inputs, the input, 96 levels, the values: 100 levels
+    request["inputs"][0]["data"] = json.loads(_nested(96).replace("1", json.dumps(SIXTEEN)))
+    response = http.post("/v2/models/simple/infer", json=request)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == [2 * x for x in SIXTEEN]
+
+
+def test_body_that_is_not_utf8(http):
+    response = http.post("/v2/models/simple/infer", content=b'{"inputs": "\xff\xfe"}')
+    assert_error(response, 400, "inference request is not UTF-8 (byte 0xff at position 12)")
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ([0.5] + SIXTEEN[1:], "input 'INPUT0' is INT32: 0.5 is not an integer"),
+    ([2**31] + SIXTEEN[1:], "input 'INPUT0' is INT32: 2147483648 is outside -2147483648..2147483647"),
+])
+def test_numbers_must_fit_the_datatype(http, values, fragment):
+    request = simple_request()
+    request["inputs"][0]["data"] = values
+    assert_error(http.post("/v2/models/simple/infer", json=request), 400, fragment)
+
+
+def test_booleans_must_be_json_booleans(http):
+    request = simple_request(outputs=[{"name": "OUTPUT0", "parameters": {"binary_data": "false"}}])
+    assert_error(http.post("/v2/models/simple/infer", json=request), 400, "'binary_data' must be true")
+    request = simple_request(parameters={"binary_data_output": "no"})
+    assert_error(http.post("/v2/models/simple/infer", json=request), 400, "'binary_data_output' must be true")

@@ -1,12 +1,12 @@
 """The protocol-neutral core: every front end decodes into these calls and encodes what they return."""
 
-import json
 import time
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from server.core import jsontext
 from server.core.errors import Internal, InvalidArgument, ServerError, failure_reason
 from server.core.stats import Timing
 from server.core.types import GenerateRequest, InferRequest, InferResponse, ModelIndexEntry, Tensor
@@ -126,6 +126,7 @@ class InferenceService:
             return await self._generate_whole(model, request)
         try:
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
+            model.limits.check(feeds, model.name)
             names = check_outputs(request, model.outputs)
             priority, timeout = _scheduling(request.parameters)
             sequence = SequenceControl.from_parameters(request.parameters)
@@ -168,6 +169,7 @@ def _recorder(model: ModelVersion, start: int, protocol: str):
 
 
 GENERATION_INPUTS = ("text_input", "input_ids", "sampling_parameters")
+GENERATION_OUTPUTS = ("text_output", "output_ids")
 
 
 def _generate_request(request: InferRequest, model: ModelVersion) -> GenerateRequest:
@@ -179,6 +181,12 @@ def _generate_request(request: InferRequest, model: ModelVersion) -> GenerateReq
         raise InvalidArgument(
             f"unexpected input {', '.join(map(repr, unknown))} for generation model '{model.name}'; "
             f"expected {', '.join(GENERATION_INPUTS)}"
+        )
+    unknown = [output.name for output in request.outputs if output.name not in GENERATION_OUTPUTS]
+    if unknown:
+        raise InvalidArgument(
+            f"unexpected output {', '.join(map(repr, unknown))} for generation model '{model.name}'; "
+            f"expected {', '.join(GENERATION_OUTPUTS)}"
         )
     parameters = dict(request.parameters)
     if "sampling_parameters" in inputs:
@@ -205,10 +213,7 @@ def _one_string(tensor: Tensor) -> str:
 
 
 def _json_input(tensor: Tensor) -> dict:
-    try:
-        value = json.loads(_one_string(tensor))
-    except json.JSONDecodeError as error:
-        raise InvalidArgument(f"input 'sampling_parameters' is not valid JSON: {error}") from None
+    value = jsontext.loads(_one_string(tensor), "input 'sampling_parameters'")
     if not isinstance(value, dict):
         raise InvalidArgument("input 'sampling_parameters' must be a JSON object")
     return value

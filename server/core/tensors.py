@@ -73,9 +73,31 @@ def from_list(name: str, datatype: str, shape: list[int], values: list) -> np.nd
     if datatype != "BOOL" and any(isinstance(item, (str, bytes, bool)) for item in flat):
         raise InvalidArgument(f"input '{name}' is {datatype}: its elements must be numbers")
     try:
-        return np.array(flat, dtype=dtype).reshape(shape)
+        values = np.asarray(flat)
+        if dtype.kind in "iu":
+            _check_integers(name, datatype, dtype, values)
+        return values.astype(dtype, copy=False).reshape(shape)
     except (TypeError, ValueError, OverflowError) as error:
         raise InvalidArgument(f"input '{name}' holds values that are not {datatype}: {error}") from None
+
+
+def _check_integers(name: str, datatype: str, dtype: np.dtype, values: np.ndarray) -> None:
+    """Integer tensors take whole numbers within their type's range: no silent truncation or wrap."""
+    if values.size == 0:
+        return
+    if values.dtype.kind == "f":
+        fractional = values[values != np.trunc(values)]
+        if fractional.size:
+            raise InvalidArgument(f"input '{name}' is {datatype}: {fractional[0].item()!r} is not an integer")
+    elif values.dtype.kind not in "iu":
+        raise InvalidArgument(f"input '{name}' is {datatype}: its elements must be integers")
+    info = np.iinfo(dtype)
+    low, high = values.min(), values.max()
+    if low < info.min or high > info.max:
+        found = low if low < info.min else high
+        raise InvalidArgument(
+            f"input '{name}' is {datatype}: {found.item()!r} is outside {info.min}..{info.max}"
+        )
 
 
 def _flatten(values) -> list:

@@ -41,7 +41,9 @@ class RequestedOutput:
                 f"output '{name}': 'classification' must be an integer >= 0, got {class_count!r}"
             )
         binary = parameters.get("binary_data")
-        return cls(name, class_count, None if binary is None else bool(binary), parameters)
+        if binary is not None and not isinstance(binary, bool):
+            raise InvalidArgument(f"output '{name}': 'binary_data' must be true or false, got {binary!r}")
+        return cls(name, class_count, binary, parameters)
 
 
 @dataclass

@@ -1,9 +1,68 @@
 """Checks an InferRequest against the model's tensors, naming what is wrong and what was expected."""
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from server.core.errors import InvalidArgument
 from server.core.types import InferRequest, TensorSpec
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What a model declares of its inputs beyond their shapes, in config `parameters` (the BERT exporter
+    writes them), so that such input is refused before ONNX Runtime sees it:
+      input_max_lengths: "input_ids:512,attention_mask:512"   most positions on axis 1
+      input_ranges:      "input_ids:0:30521,token_type_ids:0:1"   smallest and largest value
+    Every input must hold at least one element."""
+
+    max_lengths: dict[str, int] = field(default_factory=dict)
+    ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, str]) -> "InputLimits":
+        """Raises ValueError naming the parameter that does not parse."""
+        lengths, ranges = {}, {}
+        for item in _items(parameters, "input_max_lengths"):
+            name, _, length = item.rpartition(":")
+            lengths[name] = _parsed_int("input_max_lengths", length)
+        for item in _items(parameters, "input_ranges"):
+            name, low, high = (item.rsplit(":", 2) + ["", ""])[:3]
+            ranges[name] = (_parsed_int("input_ranges", low), _parsed_int("input_ranges", high))
+        return cls(lengths, ranges)
+
+    def check(self, feeds: dict[str, np.ndarray], model: str) -> None:
+        for name, array in feeds.items():
+            if array.size == 0:
+                raise InvalidArgument(
+                    f"input '{name}' of model '{model}' is empty (shape {list(array.shape)}); "
+                    "send at least one element"
+                )
+            limit = self.max_lengths.get(name)
+            if limit is not None and array.ndim > 1 and array.shape[1] > limit:
+                raise InvalidArgument(
+                    f"input '{name}' has {array.shape[1]} positions; model '{model}' takes at most {limit}"
+                )
+            bounds = self.ranges.get(name)
+            if bounds is not None:
+                low, high = array.min(), array.max()
+                if low < bounds[0] or high > bounds[1]:
+                    found = low if low < bounds[0] else high
+                    raise InvalidArgument(
+                        f"input '{name}' holds {found}, outside {bounds[0]}..{bounds[1]}, the values "
+                        f"model '{model}' takes"
+                    )
+
+
+def _items(parameters: dict[str, str], key: str) -> list[str]:
+    return [item.strip() for item in parameters.get(key, "").split(",") if item.strip()]
+
+
+def _parsed_int(key: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"parameter '{key}': '{text}' is not an integer") from None
 
 
 def check_inputs(request: InferRequest, specs: list[TensorSpec], max_batch_size: int) -> dict:

@@ -61,10 +61,27 @@ def _token_ids(parameters, key) -> tuple[int, ...]:
     return tuple(value)
 
 
+SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop",
+                 "stop_token_ids", "ignore_eos")
+# request parameters of the protocol itself (Triton's and tritonclient's), not sampling settings
+PROTOCOL_KEYS = frozenset({"priority", "timeout", "binary_data_output", "triton_enable_empty_final_response",
+                           "sequence_id", "sequence_start", "sequence_end"})
+
+
 def sampling_params(
     parameters: dict[str, Any], default_max_tokens: int, max_tokens_limit: int
 ) -> SamplingParams:
-    """From a request's parameters (Triton's generate extension, OpenAI's completions, gRPC)."""
+    """From a request's parameters (Triton's generate extension, OpenAI's completions, gRPC); a key that
+    is none of them is refused rather than ignored."""
+    unknown = sorted(set(parameters) - set(SAMPLING_KEYS) - PROTOCOL_KEYS)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown generation parameter {', '.join(map(repr, unknown))}; the parameters are "
+            f"{', '.join(SAMPLING_KEYS)}"
+        )
+    ignore_eos = parameters.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise InvalidArgument(f"parameter 'ignore_eos' must be true or false, got {ignore_eos!r}")
     return SamplingParams(
         max_tokens=_number(parameters, "max_tokens", default_max_tokens, 1, max_tokens_limit, integer=True),
         temperature=float(_number(parameters, "temperature", 1.0, 0.0, 100.0)),
@@ -74,7 +91,7 @@ def sampling_params(
         seed=_number(parameters, "seed", None, 0, 2**63 - 1, integer=True),
         stop=_strings(parameters, "stop"),
         stop_token_ids=_token_ids(parameters, "stop_token_ids"),
-        ignore_eos=bool(parameters.get("ignore_eos", False)),
+        ignore_eos=ignore_eos,
     )
 
 

@@ -9,6 +9,7 @@ from google.protobuf import text_format
 
 from server.batching.collate import Padding
 from server.core import datatypes
+from server.core.validation import InputLimits
 from server.generation.decoder import Decoder, DecoderGraphError
 from server.generation.engine import GenerationSettings
 from server.generation.interface import GENERATION_INTERFACE
@@ -97,6 +98,7 @@ def _model_version(model_dir, version, config, sessions) -> ModelVersion:
         pool=InstancePool(sessions, name=f"{config.name}-{version}"),
         labels=_labels(model_dir, config),
         padding=_padding(config),
+        limits=_limits(config),
         input_reshapes={t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")},
         output_reshapes={t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")},
     )
@@ -131,6 +133,13 @@ def _padding(config: ModelConfig) -> Padding | None:
         return Padding.from_parameters({k: v.string_value for k, v in config.parameters.items()})
     except ValueError as error:
         raise ConfigError(f"padding parameters (pad_inputs, pad_outputs, pad_buckets): {error}") from None
+
+
+def _limits(config: ModelConfig) -> InputLimits:
+    try:
+        return InputLimits.from_parameters({k: v.string_value for k, v in config.parameters.items()})
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _instance_settings(config: ModelConfig) -> list[SessionSettings]:

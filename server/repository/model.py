@@ -10,6 +10,7 @@ from server.batching.collate import Padding
 from server.core.errors import InvalidArgument
 from server.core.stats import ModelStats, Timing
 from server.core.types import TensorSpec
+from server.core.validation import InputLimits
 from server.generation.engine import GenerationEngine, GenerationSettings
 from server.protocol import ModelConfig
 from server.runtime.executor import InstancePool
@@ -30,6 +31,7 @@ class ModelVersion:
     input_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     output_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     padding: Padding | None = None
+    limits: InputLimits = field(default_factory=InputLimits)
     stats: ModelStats = field(default_factory=ModelStats)
     scheduler: Batcher | SequenceScheduler | None = None
     sequences: SequenceSettings | None = None  # set for stateful models (sequence_batching)

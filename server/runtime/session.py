@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
 from server.core import datatypes
+from server.core.errors import InvalidArgument
 from server.repository.config import GraphTensor
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,19 @@ class OrtSession:
         return [_graph_tensor(node) for node in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
-        return self.session.run(output_names, feeds)
+        try:
+            return self.session.run(output_names, feeds)
+        except OrtInvalidArgument as error:  # the input's values, not the server: a 400, not a backend fault
+            raise InvalidArgument(f"the model rejected the input: {_status_message(error)}") from None
+
+
+def _status_message(error: Exception) -> str:
+    """ONNX Runtime's own words without its status prefix: "... Status Message: <this>"."""
+    text = str(error)
+    for marker in ("Status Message: ", "INVALID_ARGUMENT : "):
+        if marker in text:
+            return text.split(marker, 1)[1].strip()
+    return text
 
 
 def _graph_tensor(node) -> GraphTensor:

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from server.core import tensors
+from server.core import jsontext, tensors
 from server.core.errors import InvalidArgument
 from server.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -14,10 +14,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 def parse_json(body: bytes, what: str = "request body") -> dict:
     if not body:
         return {}
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidArgument(f"malformed JSON in {what}: {error}") from None
+    value = jsontext.loads(body, what)
     if not isinstance(value, dict):
         raise InvalidArgument(f"{what} must be a JSON object, got {type(value).__name__}")
     return value

@@ -21,6 +21,10 @@ _REQUEST_KEYS = ("text_input", "input_ids", "parameters", "id", "stream")
 OPENAI_PARAMETERS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty",
                      "stop_token_ids", "ignore_eos"}
 OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+OPENAI_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "user"}
+# parameters ortserve does not implement, accepted only at the value that changes nothing (clients send them)
+OPENAI_NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "best_of": 1, "logit_bias": {},
+                  "echo": False, "logprobs": None, "suffix": None}
 
 
 def add_generation_routes(app: FastAPI, service: InferenceService, body: Callable) -> None:
@@ -124,6 +128,15 @@ def _openai_request(payload: dict) -> tuple[str, list, dict]:
         raise InvalidArgument("'prompt' must be a string or a non-empty list of strings")
     if payload.get("n", 1) != 1:
         raise InvalidArgument("'n' must be 1: ortserve returns one completion per prompt")
+    unsupported = sorted(
+        key for key, value in payload.items()
+        if key not in OPENAI_PARAMETERS | OPENAI_FIELDS
+        and not (key in OPENAI_NEUTRAL and value in (None, OPENAI_NEUTRAL[key]))
+    )
+    if unsupported:
+        raise InvalidArgument(
+            f"parameter {', '.join(map(repr, unsupported))} is not supported by ortserve's /v1/completions"
+        )
     parameters = {k: v for k, v in payload.items() if k in OPENAI_PARAMETERS}
     parameters.setdefault("max_tokens", OPENAI_DEFAULT_MAX_TOKENS)
     if parameters["max_tokens"] is None:

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.api.http import codec
 from server.api.http.body import read_body
 from server.api.http.errors import error_response
-from server.core.errors import ServerError
+from server.core.errors import InvalidArgument, ServerError
 from server.core.service import InferenceService
 
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
@@ -44,7 +44,9 @@ class InferRoute:
     async def _infer(self, request: Request, model: str, version: str) -> Response:
         header_length = request.headers.get(codec.HEADER_LENGTH)
         decoded = codec.decode_infer(await read_body(request, self.limit), header_length, model, version)
-        binary_default = bool(decoded.parameters.get("binary_data_output", False))
+        binary_default = decoded.parameters.get("binary_data_output", False)
+        if not isinstance(binary_default, bool):
+            raise InvalidArgument(f"'binary_data_output' must be true or false, got {binary_default!r}")
         content, json_length = codec.encode_infer(await self.service.infer(decoded), binary_default)
         headers = {}
         if json_length is not None:
