@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    settings = settings_module.from_arguments(args)
+    try:
+        settings = settings_module.from_arguments(args)
+    except ValueError as error:
+        print(f"ortserve: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if settings.log_verbose > 1 else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

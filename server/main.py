@@ -4,7 +4,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
+import grpc
 import uvicorn
 
 from server.api.grpc.servicer import channel_options, create_server
@@ -13,7 +15,7 @@ from server.core.service import InferenceService
 from server.metrics import create_metrics_app
 from server.ports import PortUnavailable, claim
 from server.repository.registry import ModelRegistry
-from server.settings import Settings
+from server.settings import Settings, Tls
 
 log = logging.getLogger("ortserve")
 
@@ -36,7 +38,8 @@ async def serve(settings: Settings) -> None:
         options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)
         address = f"{settings.host}:{settings.grpc_port}"
         claim(settings.host, settings.grpc_port, "gRPC").close()  # grpc binds it itself, just below
-        grpc_server = create_server(service, address, options, settings.access_log)
+        grpc_server = create_server(service, address, options, settings.access_log,
+                                    settings.grpc_restrictions, _grpc_credentials(settings.grpc_tls))
     await registry.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,7 +48,7 @@ async def serve(settings: Settings) -> None:
 
     tasks, servers = [], []
     if "http" in sockets:
-        app = create_app(service, settings.max_request_bytes, settings.access_log)
+        app = create_app(service, settings.max_request_bytes, settings.access_log, settings.http_restrictions)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -53,11 +56,13 @@ async def serve(settings: Settings) -> None:
             log_config=None,
             access_log=settings.log_verbose > 0,
             timeout_graceful_shutdown=settings.exit_timeout_secs,
+            **_uvicorn_tls(settings.http_tls),
         )
         http = _HttpServer(config)
         servers.append(http)
         tasks.append(asyncio.create_task(http.serve(sockets=[sockets["http"]]), name="http"))
-        log.info("HTTP service at http://%s:%d", settings.host, settings.http_port)
+        scheme = "https" if settings.http_tls else "http"
+        log.info("HTTP service at %s://%s:%d", scheme, settings.host, settings.http_port)
     if "metrics" in sockets:
         metrics = _HttpServer(
             uvicorn.Config(
@@ -73,7 +78,8 @@ async def serve(settings: Settings) -> None:
         log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
     if grpc_server is not None:
         await grpc_server.start()
-        log.info("gRPC service at %s:%d", settings.host, settings.grpc_port)
+        tls = " (TLS)" if settings.grpc_tls else ""
+        log.info("gRPC service at %s:%d%s", settings.host, settings.grpc_port, tls)
     if settings.model_control_mode == "poll":
         tasks.append(asyncio.create_task(_poll(registry, settings.repository_poll_secs), name="poll"))
 
@@ -93,6 +99,27 @@ async def serve(settings: Settings) -> None:
     await registry.close()
     if failed:
         raise failed[0].exception()
+
+
+def _uvicorn_tls(tls: Tls | None) -> dict:
+    if tls is None:
+        return {}
+    options = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    if tls.root_cert is not None:
+        options["ssl_ca_certs"] = str(tls.root_cert)
+    if tls.mutual:
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
+
+
+def _grpc_credentials(tls: Tls | None) -> grpc.ServerCredentials | None:
+    if tls is None:
+        return None
+    root = tls.root_cert.read_bytes() if tls.root_cert is not None else None
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())], root_certificates=root,
+        require_client_auth=tls.mutual,
+    )
 
 
 def _claim_ports(settings: Settings) -> dict:

@@ -4,6 +4,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.api.restrictions import GROUPS, NO_RESTRICTIONS, Restrictions
 from server.repository.registry import CONTROL_MODES
 
 
@@ -17,6 +18,30 @@ class GrpcKeepalive:
     max_pings_without_data: int = 2
     min_recv_ping_interval_ms: int = 300_000
     max_ping_strikes: int = 2
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A listener's certificate and key (PEM files); `mutual`: clients must show a certificate signed by
+    `root_cert`."""
+
+    cert: Path
+    key: Path
+    root_cert: Path | None = None
+    mutual: bool = False
+
+    @classmethod
+    def from_flags(cls, what: str, enabled: bool, cert, key, root_cert, mutual: bool) -> "Tls | None":
+        if not enabled:
+            return None
+        if cert is None or key is None:
+            raise ValueError(f"{what} TLS needs a server certificate and key")
+        if mutual and root_cert is None:
+            raise ValueError(f"{what} mutual TLS needs a root certificate to check clients against")
+        for path in (cert, key, root_cert):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{what} TLS file '{path}' does not exist")
+        return cls(Path(cert), Path(key), None if root_cert is None else Path(root_cert), mutual)
 
 
 @dataclass(frozen=True)
@@ -38,6 +63,10 @@ class Settings:
     exit_timeout_secs: float = 30.0
     log_verbose: int = 0
     access_log: bool = True
+    http_restrictions: Restrictions = NO_RESTRICTIONS
+    grpc_restrictions: Restrictions = NO_RESTRICTIONS
+    http_tls: Tls | None = None
+    grpc_tls: Tls | None = None
 
 
 def _bool(text: str) -> bool:
@@ -92,6 +121,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-verbose", type=int, default=0, help="1: debug logs of ortserve, 2: of every library"
     )
     parser.add_argument("--access-log", type=_bool, default=True, help="one JSON log line per request")
+    restricted = "<api>[,<api>...]:<header>=<value>; APIs: " + ", ".join(GROUPS)
+    parser.add_argument("--http-restricted-api", action="append", default=[], help=restricted)
+    parser.add_argument("--grpc-restricted-protocol", action="append", default=[], help=restricted)
+    parser.add_argument("--grpc-use-ssl", type=_bool, default=False)
+    parser.add_argument("--grpc-use-ssl-mutual", type=_bool, default=False)
+    parser.add_argument("--grpc-server-cert", type=Path)
+    parser.add_argument("--grpc-server-key", type=Path)
+    parser.add_argument("--grpc-root-cert", type=Path)
+    parser.add_argument("--http-ssl-cert", type=Path, help="serve HTTPS with this certificate (and key)")
+    parser.add_argument("--http-ssl-key", type=Path)
+    parser.add_argument("--http-ssl-root-cert", type=Path, help="CA that client certificates must chain to")
+    parser.add_argument("--http-ssl-mutual", type=_bool, default=False)
 
 
 def from_arguments(args: argparse.Namespace) -> Settings:
@@ -120,4 +161,10 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         exit_timeout_secs=args.exit_timeout_secs,
         log_verbose=args.log_verbose,
         access_log=args.access_log,
+        http_restrictions=Restrictions.parse(args.http_restricted_api, "--http-restricted-api"),
+        grpc_restrictions=Restrictions.parse(args.grpc_restricted_protocol, "--grpc-restricted-protocol"),
+        http_tls=Tls.from_flags("HTTP", args.http_ssl_cert is not None, args.http_ssl_cert, args.http_ssl_key,
+                                args.http_ssl_root_cert, args.http_ssl_mutual),
+        grpc_tls=Tls.from_flags("gRPC", args.grpc_use_ssl or args.grpc_use_ssl_mutual, args.grpc_server_cert,
+                                args.grpc_server_key, args.grpc_root_cert, args.grpc_use_ssl_mutual),
     )

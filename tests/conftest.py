@@ -1,5 +1,6 @@
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -43,7 +44,8 @@ class ServerProcess:
         return self.log.read_text()
 
 
-def start_server(repository: Path, log: Path, *args: str, ready_model: str | None = None):
+def start_server(repository: Path, log: Path, *args: str, ready_model: str | None = None, verify=None):
+    """`verify`: the CA file of a server that serves HTTPS (polled over https then)."""
     ports = free_port(), free_port(), free_port()
     command = [
         sys.executable,
@@ -65,12 +67,15 @@ def start_server(repository: Path, log: Path, *args: str, ready_model: str | Non
     process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     server = ServerProcess(process, *ports, log)
     deadline = time.monotonic() + 60
-    url = f"http://{server.http_url}/v2/" + (f"models/{ready_model}/ready" if ready_model else "health/live")
+    scheme = "http" if verify is None else "https"
+    path = f"models/{ready_model}/ready" if ready_model else "health/live"
+    url = f"{scheme}://{server.http_url}/v2/{path}"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            checked = verify if isinstance(verify, ssl.SSLContext) else str(verify or "") or True
+            if httpx.get(url, timeout=1, verify=checked).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

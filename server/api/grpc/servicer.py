@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.api import access_log as access
 from server.api.grpc import codec
 from server.api.grpc.errors import STATUS
+from server.api.restrictions import NO_RESTRICTIONS, Restrictions, grpc_group
 from server.core.errors import InvalidArgument, ServerError
 from server.core.service import InferenceService
 from server.ports import PortUnavailable
@@ -185,6 +186,33 @@ def channel_options(max_message_bytes: int, keepalive) -> list[tuple[str, int]]:
     ]
 
 
+class _Restricted(grpc.aio.ServerInterceptor):
+    """Restricted API groups on gRPC: a call without the group's metadata gets PERMISSION_DENIED."""
+
+    def __init__(self, restrictions: Restrictions):
+        self.restrictions = restrictions
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        group = grpc_group(details.method)
+        if handler is None or group is None:
+            return handler
+        metadata = {key.lower(): value for key, value in details.invocation_metadata or ()}
+        refusal = self.restrictions.refusal(group, metadata)
+        if refusal is None:
+            return handler
+
+        async def deny(_, context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+
+        kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+                    if getattr(handler, k) is not None)
+        return getattr(grpc, f"{kind}_rpc_method_handler")(
+            deny, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 class _Health(health_pb2_grpc.HealthServicer):
     """grpc.health.v1: SERVING while the server is ready, for "" and the inference service."""
 
@@ -200,14 +228,23 @@ class _Health(health_pb2_grpc.HealthServicer):
 
 
 def create_server(
-    service: InferenceService, address: str, options, access_log: bool = True
+    service: InferenceService,
+    address: str,
+    options,
+    access_log: bool = True,
+    restrictions: Restrictions = NO_RESTRICTIONS,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server with the inference and the standard health services; not yet started."""
-    server = grpc.aio.server(options=options)
+    interceptors = [_Restricted(restrictions)] if restrictions.rules else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     server.add_generic_rpc_handlers((handlers(GrpcInferenceService(service), access_log),))
     health_pb2_grpc.add_HealthServicer_to_server(_Health(service), server)
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError:  # grpcio raises where older releases returned 0
         bound = 0
     if not bound:

@@ -12,13 +12,21 @@ from server.api.http.body import read_body
 from server.api.http.errors import error_response
 from server.api.http.generation import add_generation_routes
 from server.api.http.infer_route import InferRoute
+from server.api.http.restricted import RestrictedApi
+from server.api.restrictions import NO_RESTRICTIONS, Restrictions
 from server.core.errors import InvalidArgument, ServerError
 from server.core.service import InferenceService
 from server.repository.config import to_json
 
 
-def create_app(service: InferenceService, max_request_bytes: int, access_log: bool = True) -> ASGIApp:
-    """Inference on its own lean route, everything else on FastAPI, all under the access log."""
+def create_app(
+    service: InferenceService,
+    max_request_bytes: int,
+    access_log: bool = True,
+    restrictions: Restrictions = NO_RESTRICTIONS,
+) -> ASGIApp:
+    """Inference on its own lean route, everything else on FastAPI, restricted groups checked first, all
+    under the access log."""
     app = FastAPI(title="ortserve", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ServerError)
@@ -97,4 +105,6 @@ def create_app(service: InferenceService, max_request_bytes: int, access_log: bo
 
     add_generation_routes(app, service, body)
     served = InferRoute(app, service, max_request_bytes)
+    if restrictions.rules:
+        served = RestrictedApi(served, restrictions)
     return HttpAccessLog(served) if access_log else served

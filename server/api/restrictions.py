@@ -1,0 +1,82 @@
+"""Triton's restricted APIs: groups of endpoints that answer only requests carrying a given header.
+
+`--http-restricted-api model-repository,statistics:admin-key=secret` (and `--grpc-restricted-protocol`,
+the same for gRPC) makes those groups refuse, with 403 / PERMISSION_DENIED, requests without the header
+`admin-key: secret`.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+GROUPS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
+          "statistics", "trace", "logging")
+
+
+@dataclass(frozen=True)
+class Restrictions:
+    rules: dict[str, tuple[str, str]] = field(default_factory=dict)  # group -> (header, value)
+
+    @classmethod
+    def parse(cls, specs: list[str], flag: str) -> "Restrictions":
+        """From Triton's `<group>[,<group>...]:<key>=<value>` specs; ValueError says what is wrong."""
+        rules = {}
+        for spec in specs:
+            groups, _, header = spec.partition(":")
+            key, _, value = header.partition("=")
+            if not key.strip() or not value:
+                raise ValueError(f"{flag} '{spec}' must be <api>[,<api>...]:<header>=<value>")
+            for group in (g.strip() for g in groups.split(",")):
+                if group not in GROUPS:
+                    raise ValueError(f"{flag}: unknown API '{group}'; the APIs are {', '.join(GROUPS)}")
+                if group in rules:
+                    raise ValueError(f"{flag}: API '{group}' is restricted twice")
+                rules[group] = (key.strip().lower(), value)
+        return cls(rules)
+
+    def refusal(self, group: str, headers: Mapping[str, str]) -> str | None:
+        """None when the request may pass, else why not (the headers' keys in lower case)."""
+        rule = self.rules.get(group)
+        if rule is None or headers.get(rule[0]) == rule[1]:
+            return None
+        return f"This API is restricted, expecting header '{rule[0]}'"
+
+
+NO_RESTRICTIONS = Restrictions()
+
+_HTTP_GROUPS = [  # (method or None for any, path pattern, group), first match wins
+    (None, r"/v2/health/.*|/v2/models/[^/]+(/versions/[^/]+)?/ready", "health"),
+    (None, r"/v2/repository/.*", "model-repository"),
+    (None, r"/v2/(system|cuda)sharedmemory(/.*)?", "shared-memory"),
+    (None, r"/v2/models/stats|/v2/models/[^/]+(/versions/[^/]+)?/stats", "statistics"),
+    (None, r"/v2/models/[^/]+(/versions/[^/]+)?/config", "model-config"),
+    (None, r"/v2(/models/[^/]+)?(/versions/[^/]+)?/trace/setting", "trace"),
+    (None, r"/v2/logging", "logging"),
+    (None, r"/v2/models/[^/]+(/versions/[^/]+)?/(infer|generate|generate_stream)|/v1/.*", "inference"),
+    ("GET", r"/v2|/v2/models/[^/]+(/versions/[^/]+)?", "metadata"),
+]
+_HTTP = [(method, re.compile(pattern), group) for method, pattern, group in _HTTP_GROUPS]
+
+
+def http_group(method: str, path: str) -> str | None:
+    for wanted, pattern, group in _HTTP:
+        if (wanted is None or wanted == method) and pattern.fullmatch(path):
+            return group
+    return None
+
+
+GRPC_GROUPS = {
+    "ServerLive": "health", "ServerReady": "health", "ModelReady": "health", "Check": "health",
+    "Watch": "health", "ServerMetadata": "metadata", "ModelMetadata": "metadata", "ModelInfer": "inference",
+    "ModelStreamInfer": "inference", "ModelConfig": "model-config", "ModelStatistics": "statistics",
+    "RepositoryIndex": "model-repository", "RepositoryModelLoad": "model-repository",
+    "RepositoryModelUnload": "model-repository", "SystemSharedMemoryStatus": "shared-memory",
+    "SystemSharedMemoryRegister": "shared-memory", "SystemSharedMemoryUnregister": "shared-memory",
+    "CudaSharedMemoryStatus": "shared-memory", "CudaSharedMemoryRegister": "shared-memory",
+    "CudaSharedMemoryUnregister": "shared-memory", "TraceSetting": "trace", "LogSettings": "logging",
+}
+
+
+def grpc_group(method: str) -> str | None:
+    """`/inference.GRPCInferenceService/ModelInfer` -> "inference"."""
+    return GRPC_GROUPS.get(method.rsplit("/", 1)[-1])
