@@ -7,7 +7,7 @@ RUNTIME := $(if $(GPU),gpu,cpu)
 REPOSITORY ?= model_repository
 HOST ?= 0.0.0.0
 
-.PHONY: install run serve models test lint proto bench loadtest clean
+.PHONY: install run serve models test lint proto bench soak loadtest clean
 
 $(VENV)/.installed-$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: install
 	$(PY) -m loadtest.bench_exporters --repository $(REPOSITORY)
 	$(PY) -m loadtest.bench_generation --repository $(REPOSITORY)
 	$(PY) -m loadtest.bench_sequences
+	$(PY) -m loadtest.soak --repository $(REPOSITORY)
+
+# Ten minutes of mixed traffic and reloads against one server; fails if memory keeps growing.
+soak: models
+	$(PY) -m loadtest.soak --repository $(REPOSITORY)
 
 # Serves the default repository on loopback and runs locust headless (bounded users and time).
 loadtest: models

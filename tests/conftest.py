@@ -121,7 +121,6 @@ HTTP_STATUS = {
     "INVALID_ARGUMENT": "400",
     "NOT_FOUND": "404",
     "UNAVAILABLE": "503",
-    "UNIMPLEMENTED": "400",
 }
 
 

@@ -169,6 +169,15 @@ dynamic_batching { default_queue_policy { max_queue_size: 1 } }
     (root / "versioned" / "config.pbtxt").write_text(
         "max_batch_size: 2\nversion_policy: { latest: { num_versions: 2 } }\n"
     )
+    for ignored in ("004", "abc", "-1"):  # not versions to Triton: no leading zeros, digits only
+        (root / "versioned" / ignored).mkdir()
+        onnx.save(offset_model(900), root / "versioned" / ignored / "model.onnx")
+    for version in (1, 2):
+        (root / "pinned" / str(version)).mkdir(parents=True)
+        onnx.save(offset_model(100 * version), root / "pinned" / str(version) / "model.onnx")
+    (root / "pinned" / "config.pbtxt").write_text(
+        "max_batch_size: 2\nversion_policy: { specific: { versions: [1, 3] } }\n"
+    )
     broken = root / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"this is not an ONNX model")

@@ -148,6 +148,16 @@ def test_version_policy(api):
     api.assert_error(error.value, "NOT_FOUND", "version 1")
 
 
+def test_a_specific_version_policy_serves_the_versions_that_exist(api):
+    x = np.array([[1]], dtype=np.int64)
+    assert api.client.infer("pinned", [api.input("x", x)]).as_numpy("y")[0, 0] == 101
+    assert api.metadata("pinned")["versions"] == ["1"]
+    rows = {row["version"]: row for row in api.index() if row["name"] == "pinned"}
+    assert rows["1"]["state"] == "READY"
+    assert rows["3"]["state"] == "UNAVAILABLE" and "no model file" in rows["3"]["reason"]
+    assert "2" not in rows
+
+
 def test_statistics_count_inferences(api):
     before = api.statistics("simple")[0]
     _, _, inputs = simple_inputs(api, batch=3)

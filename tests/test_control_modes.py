@@ -40,7 +40,7 @@ def test_mode_none_serves_all_and_refuses_load(good_repository, tmp_path):
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
         assert http.is_server_ready() and grpc.is_server_ready()
         assert http.is_model_ready("relu")
-        for client, status in ((http, "400"), (grpc, "StatusCode.UNIMPLEMENTED")):
+        for client, status in ((http, "503"), (grpc, "StatusCode.UNAVAILABLE")):
             for action in (client.load_model, client.unload_model):
                 with pytest.raises(InferenceServerException) as error:
                     action("relu")

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tritonclient.grpc.model_config_pb2 as triton_config
 import tritonclient.grpc.service_pb2 as triton_service
@@ -81,3 +82,13 @@ def test_descriptor_set_is_generated_from_proto(tmp_path):
         check=True,
     )
     assert out.read_bytes() == protocol.DESCRIPTOR_SET.read_bytes(), "run `make proto`"
+
+
+def test_classification_of_an_output_too_large_to_sort_is_refused():
+    from server.core.errors import InvalidArgument
+    from server.core.service import MAX_CLASSIFIED, classify
+
+    assert classify(np.arange(6.0).reshape(2, 3), 1, ["a", "b", "c"], True).tolist() == [[b"2.000000:2:c"],
+                                                                                      [b"5.000000:2:c"]]
+    with pytest.raises(InvalidArgument, match="classification output tensor too large"):
+        classify(np.zeros((1, MAX_CLASSIFIED + 1), np.float32), 1, [], True)

@@ -9,7 +9,6 @@ class ErrorCode(Enum):
     NOT_FOUND = "not found"
     UNAVAILABLE = "unavailable"
     RESOURCE_EXHAUSTED = "resource exhausted"
-    UNSUPPORTED = "unsupported"
     INTERNAL = "internal"
 
 
@@ -35,10 +34,6 @@ class Unavailable(ServerError):
 
 class TooLarge(ServerError):
     code = ErrorCode.RESOURCE_EXHAUSTED
-
-
-class Unsupported(ServerError):
-    code = ErrorCode.UNSUPPORTED
 
 
 class Internal(ServerError):

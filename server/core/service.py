@@ -131,14 +131,14 @@ class InferenceService:
             priority, timeout = _scheduling(request.parameters)
             sequence = SequenceControl.from_parameters(request.parameters)
             arrays, timing = await model.infer(feeds, names, priority, timeout, sequence)
+            requested = {output.name: output for output in request.outputs}
+            outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
             if isinstance(error, ServerError) or not isinstance(error, Exception):
                 raise
             raise Internal(f"model '{model.name}' failed to run: {error}") from error
-        requested = {output.name: output for output in request.outputs}
-        outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
         model.stats.record_success(time.perf_counter_ns() - start, timing, request.protocol)
         return InferResponse(
             model_name=model.name,
@@ -253,9 +253,17 @@ def _output(model: ModelVersion, name: str, array: np.ndarray, requested) -> Ten
     return Tensor(name, datatype, array)
 
 
+MAX_CLASSIFIED = 1 << 20  # elements per row: sorting more per request would stall the server
+
+
 def classify(array: np.ndarray, count: int, labels: list[str], batched: bool) -> np.ndarray:
     """Triton's classification extension: the top `count` entries as b"value:index[:label]"."""
     rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
+    if rows.shape[1] > MAX_CLASSIFIED:
+        raise InvalidArgument(
+            f"classification output tensor too large: {rows.shape[1]} elements per item, "
+            f"ortserve classifies at most {MAX_CLASSIFIED}"
+        )
     count = min(count, rows.shape[1])
     top = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :count]
     result = np.empty(top.shape, dtype=object)

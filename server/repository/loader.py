@@ -27,12 +27,18 @@ _KIND = enum("ModelInstanceGroup.Kind")
 
 
 def available_versions(model_dir: Path, config: ModelConfig) -> list[int]:
+    """Version directories as Triton reads them: positive integers written without a leading zero."""
     filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
-    return sorted(
-        int(entry.name)
-        for entry in model_dir.iterdir()
-        if entry.is_dir() and entry.name.isdigit() and (entry / filename).exists()
-    )
+    versions = []
+    for entry in model_dir.iterdir():
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        if not entry.name.isdigit() or entry.name.startswith("0"):
+            log.warning("model '%s': ignoring directory '%s': a version is a positive integer without a "
+                        "leading zero", model_dir.name, entry.name)
+        elif (entry / filename).exists():
+            versions.append(int(entry.name))
+    return sorted(versions)
 
 
 def select_versions(model_dir: Path, config: ModelConfig) -> list[int]:
@@ -42,10 +48,11 @@ def select_versions(model_dir: Path, config: ModelConfig) -> list[int]:
         chosen = found
     elif policy == "specific":
         wanted = sorted(config.version_policy.specific.versions)
+        chosen = [v for v in wanted if v in found]
         missing = [v for v in wanted if v not in found]
-        if missing:
-            raise ConfigError(f"version_policy names versions {missing} that have no model file")
-        chosen = wanted
+        if missing:  # as Triton: the versions that exist serve, the index reports the others
+            log.warning("model '%s': version_policy names versions %s that have no model file",
+                        model_dir.name, missing)
     else:
         latest = config.version_policy.latest.num_versions or 1
         chosen = found[-latest:]

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.core.errors import InvalidArgument, NotFound, Unavailable, Unsupported
+from server.core.errors import InvalidArgument, NotFound, Unavailable
 from server.core.types import ModelIndexEntry
 from server.repository.config import CONFIG_FILE
 from server.repository.loader import load_model
@@ -99,6 +99,8 @@ class ModelRegistry:
                     ModelIndexEntry(name, str(version), entry.state, entry.reason)
                     for version in sorted(entry.versions)
                 ]
+                why = "named by version_policy but has no model file"
+                rows += [ModelIndexEntry(name, str(v), UNAVAILABLE, why) for v in _missing_versions(entry)]
             elif not ready_only:
                 rows.append(ModelIndexEntry(name, "", entry.state, entry.reason))
         return [row for row in rows if row.state == READY or not ready_only]
@@ -124,7 +126,7 @@ class ModelRegistry:
 
     def _require_explicit(self, action: str) -> None:
         if self.control_mode != "explicit":
-            raise Unsupported(
+            raise Unavailable(  # Triton's answer to load/unload outside explicit mode
                 f"explicit model {action} is not allowed in model control mode "
                 f"'{self.control_mode}'; start the server with --model-control-mode explicit"
             )
@@ -197,6 +199,13 @@ async def _stop(entry: ModelEntry, drain: bool = False) -> None:
     for model in entry.versions.values():
         await model.stop(drain)
         await asyncio.to_thread(model.pool.close)
+
+
+def _missing_versions(entry: ModelEntry) -> list[int]:
+    policy = next(iter(entry.versions.values())).config.version_policy
+    if policy.WhichOneof("policy_choice") != "specific":
+        return []
+    return sorted(set(policy.specific.versions) - set(entry.versions))
 
 
 def _stamp(model_dir: Path) -> float:

@@ -9,7 +9,6 @@ STATUS = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.RESOURCE_EXHAUSTED: 413,
-    ErrorCode.UNSUPPORTED: 400,
     ErrorCode.INTERNAL: 500,
 }
 
