@@ -274,3 +274,37 @@ def test_booleans_must_be_json_booleans(http):
     assert_error(http.post("/v2/models/simple/infer", json=request), 400, "'binary_data' must be true")
     request = simple_request(parameters={"binary_data_output": "no"})
     assert_error(http.post("/v2/models/simple/infer", json=request), 400, "'binary_data_output' must be true")
+
+
+def _raw(http, model: str, body, **headers):
+    return http.post(f"/v2/models/{model}/infer", content=body,
+                     headers={"Inference-Header-Content-Length": "0", **headers})
+
+
+def _binary_output(response) -> tuple[dict, bytes]:
+    length = int(response.headers["Inference-Header-Content-Length"])
+    return json.loads(response.content[:length]), response.content[length:]
+
+
+def test_raw_binary_request_takes_the_one_input_with_the_batch_from_the_byte_count(http):
+    scores = np.array([[0, 0, 9, 0, 0], [5, 0, 0, 0, 0]], dtype="<f4")
+    header, data = _binary_output(_raw(http, "classifier", scores.tobytes()))
+    assert header["outputs"][0]["shape"] == [2, 5]
+    assert np.frombuffer(data, dtype="<f4").reshape(2, 5).argmax(axis=1).tolist() == [2, 0]
+    chunked = _raw(http, "classifier", iter([scores.tobytes()[:13], scores.tobytes()[13:]]))
+    assert _binary_output(chunked)[1] == data
+    zipped = _raw(http, "classifier", gzip.compress(scores.tobytes()), **{"Content-Encoding": "gzip"})
+    assert _binary_output(zipped)[1] == data
+    strings = b"".join(struct.pack("<I", len(s)) + s for s in [b"a", "é".encode(), b"", b"dd"])
+    header, data = _binary_output(_raw(http, "simple_string", strings))
+    assert header["outputs"][0]["shape"] == [1, 4]
+
+
+@pytest.mark.parametrize("model, body, fragment", [
+    ("simple", b"\0" * 128, "needs a model with one input; model 'simple' has 2: INPUT0, INPUT1"),
+    ("relu", b"\0" * 16, "cannot tell the shape of input 'x'"),
+    ("classifier", b"\0" * 36, "36 bytes does not hold whole items of input 'scores' of model 'classifier'"),
+    ("classifier", b"", "0 bytes does not hold whole items"),
+])
+def test_raw_binary_request_that_does_not_fit(http, model, body, fragment):
+    assert_error(_raw(http, model, body), 400, fragment)

@@ -10,7 +10,7 @@ from server.core import jsontext
 from server.core.errors import Internal, InvalidArgument, ServerError, failure_reason
 from server.core.stats import Timing
 from server.core.types import GenerateRequest, InferRequest, InferResponse, ModelIndexEntry, Tensor
-from server.core.validation import check_inputs, check_outputs
+from server.core.validation import check_inputs, check_outputs, raw_input
 from server.generation.engine import TokenEvent, TokenStream
 from server.protocol import ModelConfig
 from server.repository.model import ModelVersion
@@ -125,6 +125,8 @@ class InferenceService:
         if model.engine is not None:
             return await self._generate_whole(model, request)
         try:
+            if request.raw_input is not None:
+                request.inputs = [raw_input(request, model.inputs, model.batching)]
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
             model.limits.check(feeds, model.name)
             names = check_outputs(request, model.outputs)

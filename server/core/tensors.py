@@ -24,6 +24,19 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
+def bytes_element_count(name: str, raw: bytes | memoryview) -> int:
+    """How many 4-byte-length-prefixed elements `raw` holds (an error where one runs past the end)."""
+    count = offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidArgument(f"input '{name}': BYTES data ends inside an element's length")
+        offset += 4 + _LENGTH.unpack_from(raw, offset)[0]
+        count += 1
+    if offset > len(raw):
+        raise InvalidArgument(f"input '{name}': the last BYTES element runs past the end of the data")
+    return count
+
+
 def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes | memoryview) -> np.ndarray:
     items = []
     offset = 0

@@ -55,6 +55,7 @@ class InferRequest:
     outputs: list[RequestedOutput] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     protocol: str = ""  # the front end it came through, for per-protocol counts
+    raw_input: bytes | memoryview | None = None  # a raw binary request: the one input's bytes, no header
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """Checks an InferRequest against the model's tensors, naming what is wrong and what was expected."""
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from server.core import datatypes, tensors
 from server.core.errors import InvalidArgument
-from server.core.types import InferRequest, TensorSpec
+from server.core.types import InferRequest, Tensor, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,37 @@ def _parsed_int(key: str, text: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"parameter '{key}': '{text}' is not an integer") from None
+
+
+def raw_input(request: InferRequest, specs: list[TensorSpec], batching: bool) -> Tensor:
+    """The one input of a raw binary request, its shape taken from the model and the byte count."""
+    raw, model = request.raw_input, request.model_name
+    if len(specs) != 1:
+        raise InvalidArgument(
+            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; "
+            f"model '{model}' has {len(specs)}: {', '.join(spec.name for spec in specs)}"
+        )
+    spec = specs[0]
+    item = spec.shape[1:] if batching else spec.shape
+    if any(dim < 0 for dim in item):
+        raise InvalidArgument(
+            f"a raw binary request cannot tell the shape of input '{spec.name}' of model '{model}': "
+            f"its dims {list(item)} vary; send a JSON header with the shape"
+        )
+    per_item = math.prod(item)
+    if spec.datatype == "BYTES":
+        count = tensors.bytes_element_count(spec.name, raw)
+    else:
+        itemsize = datatypes.numpy_dtype(spec.datatype).itemsize
+        count = len(raw) // itemsize if len(raw) % itemsize == 0 else -1
+    rows = count // per_item if per_item and count > 0 and count % per_item == 0 else 0
+    if rows == 0 or (not batching and rows != 1):
+        raise InvalidArgument(
+            f"a raw binary request of {len(raw)} bytes does not hold whole items of input '{spec.name}' "
+            f"of model '{model}' ({spec.datatype} {list(item)} each)"
+        )
+    shape = [rows, *item] if batching else list(item)
+    return Tensor(spec.name, spec.datatype, tensors.from_raw(spec.name, spec.datatype, shape, raw))
 
 
 def check_inputs(request: InferRequest, specs: list[TensorSpec], max_batch_size: int) -> dict:

@@ -21,6 +21,8 @@ def parse_json(body: bytes, what: str = "request body") -> dict:
 
 
 def decode_infer(body: bytes, header_length: str | None, model: str, version: str) -> InferRequest:
+    if header_length is not None and header_length.strip() == "0":  # Triton's raw binary request
+        return InferRequest(model_name=model, model_version=version, protocol="http", raw_input=body)
     header, binary = _split(body, header_length)
     document = parse_json(header, "inference request")
     inputs = _field(document, "inputs", list)

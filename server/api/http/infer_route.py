@@ -44,7 +44,7 @@ class InferRoute:
     async def _infer(self, request: Request, model: str, version: str) -> Response:
         header_length = request.headers.get(codec.HEADER_LENGTH)
         decoded = codec.decode_infer(await read_body(request, self.limit), header_length, model, version)
-        binary_default = decoded.parameters.get("binary_data_output", False)
+        binary_default = decoded.parameters.get("binary_data_output", decoded.raw_input is not None)
         if not isinstance(binary_default, bool):
             raise InvalidArgument(f"'binary_data_output' must be true or false, got {binary_default!r}")
         content, json_length = codec.encode_infer(await self.service.infer(decoded), binary_default)
