@@ -61,6 +61,13 @@ def types_model() -> onnx.ModelProto:
     )
 
 
+def scalar_model() -> onnx.ModelProto:
+    """s FP32[] -> doubled = 2 * s, a scalar in and out (rank 0)."""
+    two = numpy_helper.from_array(np.array(2, dtype=np.float32), "two")
+    return _model([helper.make_node("Mul", ["s", "two"], ["doubled"])],
+                  [_info("s", TensorProto.FLOAT, [])], [_info("doubled", TensorProto.FLOAT, [])], [two])
+
+
 def offset_model(offset: int) -> onnx.ModelProto:
     """x INT64[-1,1] -> y = x + offset: versions tell themselves apart by their offset."""
     constant = numpy_helper.from_array(np.array([offset], dtype=np.int64), "offset")
@@ -153,6 +160,11 @@ model_warmup [ {
     publish(root, "types", types_model(), None)
     publish(root, "padded", padded_model(), PADDED_CONFIG)
     publish(root, "lookup", lookup_model(), None)
+    publish(root, "scalar", scalar_model(), """
+input [ { name: "s", data_type: TYPE_FP32, dims: [ 1 ] } ]
+output [ { name: "doubled", data_type: TYPE_FP32, dims: [ 1 ] } ]
+""")
+    publish(root, "scalar_bare", scalar_model(), None)
     publish(
         root,
         "limited",

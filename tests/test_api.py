@@ -350,3 +350,11 @@ def test_grpc_aio_client(server):
             await client.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("model", ["scalar", "scalar_bare"])
+def test_scalar_inputs_and_outputs_travel_as_one_element(api, model):
+    result = api.client.infer(model, [api.input("s", np.array([21.0], np.float32))])
+    assert result.as_numpy("doubled").tolist() == [42.0]
+    config = api.config(model)
+    assert [int(d) for d in config["input"][0]["dims"]] == [1] and "reshape" in config["input"][0]
