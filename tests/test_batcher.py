@@ -295,3 +295,19 @@ def test_a_draining_stop_runs_the_waiting_requests_at_once_and_refuses_new_ones(
         assert runner.sizes == [4, 2]
 
     run(scenario())
+
+
+@pytest.mark.parametrize("lone, sizes", [(False, [2]), (True, [1, 1])])
+def test_a_lone_request_waits_for_the_delay_unless_told_to_go_at_once(lone, sizes):
+    async def scenario():
+        runner = FakeRunner()
+        batcher = await started(runner, max_batch_size=4, max_queue_delay_us=300_000,
+                                dispatch_lone_requests=lone)
+        first = asyncio.create_task(batcher.submit(rows(1), ["y"]))
+        await asyncio.sleep(0.05)  # well inside the delay
+        second = asyncio.create_task(batcher.submit(rows(2), ["y"]))
+        await asyncio.gather(first, second)
+        await batcher.stop()
+        return runner.sizes
+
+    assert run(scenario()) == sizes

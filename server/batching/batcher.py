@@ -1,8 +1,9 @@
 """The per-model scheduler: a bounded priority queue and one loop that forms batches for free instances.
 
-Requests wait at most `max_queue_delay_microseconds` for a batch to fill; a batch goes at once when it
-reaches `max_batch_size` or a preferred size, and so does a lone request when nothing else is queued
-(under load, requests pile up while the instances are busy and form the next batches). A model
+Requests wait at most `max_queue_delay_microseconds` for a batch to fill, as in Triton; a batch goes at
+once when it reaches `max_batch_size` or a preferred size. With the config parameter
+`dispatch_lone_requests: "true"` (an ortserve extension) a lone request goes at once when nothing else is
+queued: lower latency at low load, while under load requests still pile up behind busy instances. A model
 without dynamic batching goes through the same queue, one request per execution. Results return to
 each caller, in arrival order when asked.
 """
@@ -49,6 +50,7 @@ class BatchPolicy:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
     preserve_ordering: bool = False
+    dispatch_lone_requests: bool = False
     default_priority: int = 1
     queues: tuple[QueuePolicy, ...] = (QueuePolicy(),)  # one per priority level, highest first
 
@@ -70,9 +72,14 @@ class BatchPolicy:
             preferred_batch_sizes=tuple(sorted(s for s in batching.preferred_batch_size if s > 0)),
             max_queue_delay_us=batching.max_queue_delay_microseconds,
             preserve_ordering=batching.preserve_ordering,
+            dispatch_lone_requests=_parameter(config, "dispatch_lone_requests") == "true",
             default_priority=int(batching.default_priority_level) or (levels + 1) // 2,
             queues=queues,
         )
+
+
+def _parameter(config: ModelConfig, key: str) -> str:
+    return config.parameters[key].string_value.strip().lower() if key in config.parameters else ""
 
 
 @dataclass(eq=False)
@@ -260,7 +267,7 @@ class Batcher:
         """The batch to send now (empty to wait), and when the oldest candidate stops waiting."""
         ready_at = candidates[0].enqueued_ns + self.policy.max_queue_delay_us * 1000
         total = sum(p.rows for p in candidates)
-        alone = len(candidates) == 1 and self.queued == 1  # low load: waiting would only add latency
+        alone = self.policy.dispatch_lone_requests and len(candidates) == 1 and self.queued == 1
         full = total >= self.policy.max_batch_size
         if not self.policy.max_batch_size or alone or full or now >= ready_at or not self._accepting:
             return candidates, ready_at
