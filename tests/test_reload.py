@@ -1,8 +1,10 @@
 """Reloads under traffic: no request fails, and a failed reload leaves the model serving."""
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -11,7 +13,9 @@ from tritonclient.utils import InferenceServerException
 
 from exporters.demo import SIMPLE_CONFIG, publish, simple_model
 from tests.conftest import start_server, stop_server
+from tests.models import offset_model
 
+SIMPLE_CONFIG_JSON = json.dumps({"max_batch_size": 8, "dynamic_batching": {}})
 BROKEN = '{"input": [{"name": "NOT_AN_INPUT", "data_type": "TYPE_INT32", "dims": [16]}]}'
 
 
@@ -81,3 +85,43 @@ def test_a_failed_reload_leaves_the_model_ready_and_says_why_in_the_index(reload
     control.load_model("simple")  # a good reload clears the reason
     rows = [row for row in control.get_model_repository_index() if row["name"] == "simple"]
     assert rows[0]["reason"] == ""
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_load_with_file_overrides_serves_those_files_and_a_plain_reload_keeps_them(reload_server, protocol):
+    module = httpclient if protocol == "http" else grpcclient
+    url = reload_server.http_url if protocol == "http" else reload_server.grpc_url
+    client = module.InferenceServerClient(url)
+    model = offset_model(7).SerializeToString()
+    config = json.dumps({"max_batch_size": 2})
+    client.load_model("simple", config=config, files={"file:1/model.onnx": model})
+
+    def infer():
+        tensor = module.InferInput("x", [1, 1], "INT64")
+        tensor.set_data_from_numpy(np.array([[5]], np.int64))
+        return int(client.infer("simple", [tensor]).as_numpy("y")[0, 0])
+
+    assert infer() == 12
+    client.load_model("simple")  # no config: the last override stays, as in Triton
+    assert infer() == 12
+    for key in ("file:../escape/model.onnx", "file:/etc/model.onnx", "file:1/a\0b", "file:"):
+        with pytest.raises(InferenceServerException) as refused:
+            client.load_model("simple", config=config, files={key: model})
+        assert "inside the model directory" in refused.value.message()
+    with pytest.raises(InferenceServerException) as no_config:
+        client.load_model("simple", files={"file:1/model.onnx": model})
+    assert "need a 'config' override" in no_config.value.message()
+    assert infer() == 12  # refused loads changed nothing
+    client.load_model("simple", config=SIMPLE_CONFIG_JSON)  # a new config, the repository's files again
+    tensor = module.InferInput("INPUT0", [1, 16], "INT32")
+    tensor.set_data_from_numpy(np.ones((1, 16), np.int32))
+    other = module.InferInput("INPUT1", [1, 16], "INT32")
+    other.set_data_from_numpy(np.ones((1, 16), np.int32))
+    assert client.infer("simple", [tensor, other]).as_numpy("OUTPUT0").tolist() == [[2] * 16]
+    client.close()
+
+
+def test_a_file_override_that_is_not_base64_is_refused(reload_server):
+    body = {"parameters": {"config": "{}", "file:1/model.onnx": "not base64!"}}
+    response = httpx.post(f"http://{reload_server.http_url}/v2/repository/models/simple/load", json=body)
+    assert response.status_code == 400 and "is not valid base64" in response.json()["error"]

@@ -70,8 +70,8 @@ class InferenceService:
     def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         return self.registry.index(ready_only)
 
-    async def load(self, name: str, config_json: str | None = None) -> None:
-        await self.registry.load(name, config_json)
+    async def load(self, name: str, config_json: str | None = None, files: dict[str, bytes] | None = None):
+        await self.registry.load(name, config_json, files)
 
     async def unload(self, name: str) -> None:
         await self.registry.unload(name)

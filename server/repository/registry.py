@@ -11,6 +11,7 @@ from server.core.types import ModelIndexEntry
 from server.repository.config import CONFIG_FILE
 from server.repository.loader import load_model
 from server.repository.model import ModelVersion
+from server.repository.overrides import Override, file_path, write_files
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class ModelEntry:
     reason: str = "unloaded"
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     stamp: float = 0.0  # newest modification time seen in the model directory at load
+    override: Override | None = None  # what the load request replaced; a later plain load keeps it
 
 
 class ModelRegistry:
@@ -105,11 +107,24 @@ class ModelRegistry:
                 rows.append(ModelIndexEntry(name, "", entry.state, entry.reason))
         return [row for row in rows if row.state == READY or not ready_only]
 
-    async def load(self, name: str, config_json: str | None = None) -> None:
+    async def load(self, name: str, config_json: str | None = None, files: dict[str, bytes] | None = None):
+        """Triton's load: `config_json` and `files` (`file:<path>` -> bytes) override the repository's for
+        this load; a later load with neither keeps the last override, as Triton does."""
         self._require_explicit("load")
-        if not self._in_repository(name):
+        if files and config_json is None:
+            raise InvalidArgument(f"failed to load '{name}': file overrides need a 'config' override too")
+        for key in files or {}:
+            file_path(key)
+        if not files and not self._in_repository(name):
             raise NotFound(f"failed to load '{name}': no model directory '{name}' in the repository")
-        reason = await self._load(name, config_json)
+        override = None
+        if files:
+            override = Override(config_json, await asyncio.to_thread(write_files, name, files))
+        elif config_json is not None:
+            override = Override(config_json)
+        elif name in self._models:
+            override = self._models[name].override
+        reason = await self._load(name, override)
         if reason is not None:
             kept = " (the versions loaded before keep serving)" if self._models[name].state == READY else ""
             raise InvalidArgument(f"failed to load '{name}': {reason}{kept}")
@@ -145,7 +160,7 @@ class ModelRegistry:
         for name in list(self._models):
             await self._unload(name)
 
-    async def _load(self, name: str, config_json: str | None = None) -> str | None:
+    async def _load(self, name: str, override: Override | None = None) -> str | None:
         """Loads `name`, or reloads it: versions that serve keep serving until the new ones are ready,
         then requests switch to them at once while the old ones finish what they took; a reload that
         fails leaves them serving. Returns why the load failed, None when it did not."""
@@ -154,13 +169,16 @@ class ModelRegistry:
             serving = previous is not None and previous.state == READY
             if not serving:
                 self._models[name] = ModelEntry(state=LOADING, reason="loading")
-            model_dir = self.repository / name
+            model_dir = override.model_dir if override and override.model_dir else self.repository / name
             started = time.perf_counter()
-            stamp = _stamp(model_dir)
+            stamp = _stamp(self.repository / name)
             try:
+                config_json = override.config_json if override else None
                 versions = await asyncio.to_thread(load_model, model_dir, config_json)
             except Exception as error:  # a model that fails to load must not stop the others
                 reason = str(error) or type(error).__name__
+                if override is not None and (previous is None or override is not previous.override):
+                    override.discard()
                 if serving:
                     log.error("failed to reload model '%s', its versions keep serving: %s", name, reason)
                     previous.reason, previous.stamp = f"reload failed: {reason}", stamp
@@ -171,9 +189,12 @@ class ModelRegistry:
             self.load_seconds[name] = time.perf_counter() - started
             for model in versions:
                 model.start()
-            self._models[name] = ModelEntry(READY, "", {model.version: model for model in versions}, stamp)
+            loaded = {model.version: model for model in versions}
+            self._models[name] = ModelEntry(READY, "", loaded, stamp, override)
             if serving:
                 await _stop(previous, drain=True)
+            if previous is not None and previous.override not in (None, override):
+                previous.override.discard()
             log.info(
                 "%s model '%s' versions %s in %.2f s",
                 "reloaded" if serving else "loaded",
@@ -190,6 +211,8 @@ class ModelRegistry:
                 return
             self._models[name] = ModelEntry(UNLOADING, "unloading")
             await _stop(entry, drain=True)
+            if entry.override is not None:
+                entry.override.discard()
             del self._models[name]
             log.info("unloaded model '%s'", name)
 

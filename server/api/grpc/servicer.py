@@ -17,6 +17,7 @@ from server.core.errors import InvalidArgument, ServerError
 from server.core.service import InferenceService
 from server.ports import PortUnavailable
 from server.protocol import SERVICE_NAME, message
+from server.repository.overrides import FILE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,13 @@ class GrpcInferenceService:
         config = options.get("config")
         if config is not None and not isinstance(config, str):
             raise InvalidArgument("load parameter 'config' must be a string holding a model config")
-        await self.service.load(request.model_name, config)
+        files = {}
+        for key, value in options.items():
+            if key.startswith(FILE_PREFIX):
+                if not isinstance(value, bytes):
+                    raise InvalidArgument(f"load parameter '{key}' must be bytes_param holding the file")
+                files[key] = value
+        await self.service.load(request.model_name, config, files)
         return message("RepositoryModelLoadResponse")()
 
     async def RepositoryModelUnload(self, request, context):

@@ -17,6 +17,7 @@ from server.api.restrictions import NO_RESTRICTIONS, Restrictions
 from server.core.errors import InvalidArgument, ServerError
 from server.core.service import InferenceService
 from server.repository.config import to_json
+from server.repository.overrides import FILE_PREFIX
 
 
 def create_app(
@@ -91,10 +92,14 @@ def create_app(
     @app.post("/v2/repository/models/{model}/load")
     async def load(request: Request, model: str):
         parameters = codec.parse_json(await body(request)).get("parameters", {})
-        config = parameters.get("config") if isinstance(parameters, dict) else None
+        if not isinstance(parameters, dict):
+            raise InvalidArgument("'parameters' of a load request must be a JSON object")
+        config = parameters.get("config")
         if config is not None and not isinstance(config, str):
             raise InvalidArgument("load parameter 'config' must be a string holding a model config")
-        await service.load(model, config)
+        files = {key: codec.base64_file(key, value) for key, value in parameters.items()
+                 if key.startswith(FILE_PREFIX)}
+        await service.load(model, config, files)
         return Response(status_code=200)
 
     @app.post("/v2/repository/models/{model}/unload")

@@ -1,5 +1,7 @@
 """KServe v2 JSON and Triton's binary tensor data extension <-> InferRequest / InferResponse."""
 
+import base64
+import binascii
 import json
 
 import numpy as np
@@ -57,6 +59,16 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if not header_length.isdigit() or int(header_length) > len(body):
         raise InvalidArgument(f"{HEADER_LENGTH} is '{header_length}' but the body has {len(body)} bytes")
     return body[: int(header_length)], memoryview(body)[int(header_length) :]
+
+
+def base64_file(key: str, value) -> bytes:
+    """A `file:<path>` load parameter: the file's bytes in base64, as Triton's HTTP API carries them."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"load parameter '{key}' must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as error:
+        raise InvalidArgument(f"load parameter '{key}' is not valid base64: {error}") from None
 
 
 _REQUIRED = object()
