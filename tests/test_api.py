@@ -275,7 +275,10 @@ def test_load_with_config_override(api):
         assert int(api.config("relu")["max_batch_size"]) == 2
         x = np.ones((3, 2), dtype=np.float32)
         api.assert_error(infer_error(api, "relu", [api.input("x", x)]), "INVALID_ARGUMENT", "batch-size")
+        api.client.load_model("relu")  # without config: the override stays, as in Triton
+        assert int(api.config("relu")["max_batch_size"]) == 2
     finally:
+        api.client.unload_model("relu")  # unloading forgets it
         api.client.load_model("relu")
     assert int(api.config("relu")["max_batch_size"]) == 4
 

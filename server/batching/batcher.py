@@ -12,17 +12,17 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from server.batching.collate import Padding, batch_key, collate, padded_length, rows, split
+from server.batching.loop import BatchLoop
 from server.core.errors import InvalidArgument, Unavailable
 from server.core.stats import Timing
 from server.protocol import ModelConfig
 
 DEFAULT_MAX_QUEUE_SIZE = 1024  # where the config leaves max_queue_size at 0 (unbounded in Triton)
-DRAIN_POLL_SECONDS = 0.005
 
 RunBatch = Callable[[dict[str, np.ndarray], list[str]], Awaitable[tuple[dict[str, np.ndarray], Timing]]]
 
@@ -104,26 +104,21 @@ class _Outcome:
     error: BaseException | None = None
 
 
-@dataclass
-class Batcher:
-    name: str
-    run_batch: RunBatch
-    policy: BatchPolicy = field(default_factory=BatchPolicy)
-    padding: Padding | None = None
-    instances: int = 1
-
-    def __post_init__(self):
+class Batcher(BatchLoop):
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        policy: BatchPolicy | None = None,
+        padding: Padding | None = None,
+        instances: int = 1,
+    ):
+        super().__init__(name, instances)
+        self.run_batch = run_batch
+        self.policy = policy or BatchPolicy()
+        self.padding = padding
         self._queues = [deque() for _ in self.policy.queues]
-        self._wakeup = asyncio.Event()
-        self._free = asyncio.Semaphore(self.instances)
-        self._running: set[asyncio.Task] = set()
         self._last_delivered: asyncio.Future | None = None
-        self._loop_task: asyncio.Task | None = None
-        self._closed = False
-        self._accepting = True
-
-    def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
 
     @property
     def queued(self) -> int:
@@ -136,8 +131,7 @@ class Batcher:
         priority: int = 0,
         timeout_us: int = 0,
     ) -> tuple[dict[str, np.ndarray], Timing]:
-        if not self._accepting:
-            raise Unavailable(f"model '{self.name}' is unloading")
+        self._check_accepting()
         level = self._level(priority)
         policy = self.policy.queues[level]
         if len(self._queues[level]) >= policy.max_queue_size:
@@ -176,55 +170,25 @@ class Batcher:
             )
         return (priority or min(self.policy.default_priority, levels)) - 1
 
-    async def stop(self, drain: bool = False) -> None:
-        """Refuse new requests, run (drain) or fail the waiting ones, and let running batches finish."""
-        self._accepting = False
-        self._wakeup.set()  # what waits for a fuller batch goes now
-        while drain and (self.queued or self._running):
-            await asyncio.sleep(DRAIN_POLL_SECONDS)
-        self._closed = True
-        self._wakeup.set()  # a cancel that lands as the wait ends is lost on Python 3.11: the loop checks
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        unloaded = Unavailable(f"model '{self.name}' was unloaded while the request waited")
+    def _waiting(self) -> bool:
+        return bool(self.queued)
+
+    def _fail_waiting(self, error: Exception) -> None:
         for queue in self._queues:
             while queue:
-                self._deliver(_Outcome(queue.popleft(), error=unloaded))
-        await asyncio.gather(*self._running, return_exceptions=True)
+                self._deliver(_Outcome(queue.popleft(), error=error))
 
-    async def _loop(self) -> None:
-        while True:
-            await self._free.acquire()
-            try:
-                batch = await self._next_batch()
-            except BaseException:
-                self._free.release()
-                raise
-            task = asyncio.create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _next_batch(self) -> list[Pending]:
-        while True:
-            if self._closed:
-                raise asyncio.CancelledError
-            self._wakeup.clear()
-            now = time.monotonic_ns()
-            wake_at = self._expire(now)
-            candidates = self._candidates()
-            if candidates:
-                chosen, ready_at = self._choose(candidates, now)
-                if chosen:
-                    for pending in chosen:
-                        self._queues[pending.level].remove(pending)
-                    return chosen
-                wake_at = min(ready_at, wake_at) if wake_at else ready_at
-            timeout = None if wake_at is None else max(wake_at - time.monotonic_ns(), 0) / 1e9
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                pass
+    def _take(self, now: int) -> tuple[list[Pending] | None, int | None]:
+        wake_at = self._expire(now)
+        candidates = self._candidates()
+        if not candidates:
+            return None, wake_at
+        chosen, ready_at = self._choose(candidates, now)
+        if chosen:
+            for pending in chosen:
+                self._queues[pending.level].remove(pending)
+            return chosen, None
+        return None, min(ready_at, wake_at) if wake_at else ready_at
 
     def _expire(self, now: int) -> int | None:
         """Rejects or delays requests whose timeout passed; returns the next deadline."""
@@ -283,11 +247,7 @@ class Batcher:
                 return chosen, ready_at
         return [], ready_at
 
-    async def _run(self, batch: list[Pending]) -> None:
-        try:
-            outcomes = await self._compute(batch)
-        finally:
-            self._free.release()
+    def _finish(self, batch: list[Pending], outcomes: list[_Outcome]) -> None:
         for outcome in outcomes:
             self._deliver(outcome)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from server.batching.batcher import DRAIN_POLL_SECONDS
+from server.batching.loop import BatchLoop
 from server.core.errors import Internal, InvalidArgument, ServerError, Unavailable
 from server.core.stats import SequenceStats, Timing
 from server.sequences.settings import CORRID, END, READY, START, SequenceSettings, control_array
@@ -83,10 +83,10 @@ class _Batch:
     entries: list[tuple[int, _Sequence, _Request]]  # (row in the batch, sequence, its request)
 
 
-class SequenceScheduler:
+class SequenceScheduler(BatchLoop):
     def __init__(self, name: str, run_batch: RunBatch, settings: SequenceSettings, instances: int,
                  stats: SequenceStats):
-        self.name = name
+        super().__init__(name, instances)
         self.run_batch = run_batch
         self.settings = settings
         self.stats = stats
@@ -94,12 +94,6 @@ class SequenceScheduler:
         self._free_slots = list(range(settings.slots))
         self._backlog: deque[_Sequence] = deque()
         self._gone: OrderedDict[int | str, str] = OrderedDict()
-        self._free = asyncio.Semaphore(instances)
-        self._wakeup = asyncio.Event()
-        self._running: set[asyncio.Task] = set()
-        self._loop_task: asyncio.Task | None = None
-        self._closed = False
-        self._accepting = True
 
     @property
     def batched(self) -> bool:
@@ -117,37 +111,21 @@ class SequenceScheduler:
     def backlogged(self) -> int:
         return len(self._backlog)
 
-    def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._loop(), name=f"sequences-{self.name}")
-
-    def _slotted_waiting(self) -> bool:
+    def _waiting(self) -> bool:
+        """Requests of sequences holding a slot (those waiting for one cannot run while draining)."""
         return any(seq.requests for seq in self._sequences.values() if seq.slot is not None)
 
-    async def stop(self, drain: bool = False) -> None:
-        """Refuse new requests, run (drain) or fail the waiting ones of sequences holding a slot, and
-        let running batches finish; requests of sequences still waiting for a slot fail."""
-        self._accepting = False
-        self._wakeup.set()  # what waits for a fuller batch goes now
-        while drain and (self._running or self._slotted_waiting()):
-            await asyncio.sleep(DRAIN_POLL_SECONDS)
-        self._closed = True
-        self._wakeup.set()  # a cancel that lands as the wait ends is lost on Python 3.11: the loop checks
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        unloaded = Unavailable(f"model '{self.name}' was unloaded while the request waited")
+    def _fail_waiting(self, error: Exception) -> None:
         for seq in self._sequences.values():
             while seq.requests:
                 request = seq.requests.popleft()
                 if not request.future.done():
-                    request.future.set_exception(unloaded)
-        await asyncio.gather(*self._running, return_exceptions=True)
+                    request.future.set_exception(error)
 
     async def submit(
         self, feeds: dict[str, np.ndarray], output_names: list[str], control: SequenceControl
     ) -> tuple[dict[str, np.ndarray], Timing]:
-        if not self._accepting:
-            raise Unavailable(f"model '{self.name}' is unloading")
+        self._check_accepting()
         self._check(feeds, control)
         seq = self._sequence_for(control)
         if len(seq.requests) >= MAX_QUEUED_PER_SEQUENCE:
@@ -226,37 +204,16 @@ class SequenceScheduler:
         else:
             self._free_slots.append(seq.slot)
 
-    async def _loop(self) -> None:
-        while True:
-            await self._free.acquire()
-            try:
-                batch = await self._next_batch()
-            except BaseException:
-                self._free.release()
-                raise
-            task = asyncio.create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _next_batch(self) -> _Batch:
-        while True:
-            if self._closed:
-                raise asyncio.CancelledError
-            self._wakeup.clear()
-            now = time.monotonic_ns()
-            wake_at = self._release_idle(now)
-            batch, ready_at = self._choose(now)
-            if batch is not None:
-                for _, seq, _ in batch.entries:
-                    seq.busy = True
-                    seq.requests.popleft()
-                return batch
-            waits = [t for t in (wake_at, ready_at) if t is not None]
-            timeout = max(min(waits) - time.monotonic_ns(), 0) / 1e9 if waits else None
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                pass
+    def _take(self, now: int) -> tuple[_Batch | None, int | None]:
+        wake_at = self._release_idle(now)
+        batch, ready_at = self._choose(now)
+        if batch is not None:
+            for _, seq, _ in batch.entries:
+                seq.busy = True
+                seq.requests.popleft()
+            return batch, None
+        waits = [t for t in (wake_at, ready_at) if t is not None]
+        return None, min(waits) if waits else None
 
     def _release_idle(self, now: int) -> int | None:
         """Releases sequences idle past max_sequence_idle_microseconds; returns the next such moment."""
@@ -325,11 +282,7 @@ class SequenceScheduler:
             return state.initial[None] if self.batched else state.initial
         return seq.states[state.input_name]
 
-    async def _run(self, batch: _Batch) -> None:
-        try:
-            results = await self._compute(batch)
-        finally:
-            self._free.release()
+    def _finish(self, batch: _Batch, results: list[tuple]) -> None:
         now = time.monotonic_ns()
         for (_, seq, request), (result, error) in zip(batch.entries, results):
             seq.busy, seq.last_ns = False, now
@@ -340,7 +293,6 @@ class SequenceScheduler:
             if request.control.end and not seq.requests and self._sequences.get(seq.id) is seq:
                 self._release(seq, "ended")
                 self.stats.ended += 1
-        self._wakeup.set()
 
     async def _compute(self, batch: _Batch) -> list[tuple]:
         start = time.monotonic_ns()
