@@ -170,15 +170,18 @@ class Protocol:
             assert fragment in error.message(), error.message()
 
 
+def protocol_for(kind: str, server: ServerProcess) -> Protocol:
+    """A fresh tritonclient of `kind` ("http" or "grpc") on `server`."""
+    if kind == "http":
+        return Protocol("http", httpclient, httpclient.InferenceServerClient(server.http_url, concurrency=16))
+    return Protocol("grpc", grpcclient, grpcclient.InferenceServerClient(server.grpc_url))
+
+
 @pytest.fixture(params=["http", "grpc"])
 def api(request, server):
-    if request.param == "http":
-        client = httpclient.InferenceServerClient(server.http_url, concurrency=16)
-        yield Protocol("http", httpclient, client)
-    else:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
-        yield Protocol("grpc", grpcclient, client)
-    client.close()
+    protocol = protocol_for(request.param, server)
+    yield protocol
+    protocol.client.close()
     assert server.process.poll() is None, "the server must keep serving"
 
 

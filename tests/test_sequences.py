@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from exporters import lstm
 from exporters.demo import publish
-from tests.conftest import Protocol, start_server, stop_server
+from tests.conftest import protocol_for, start_server, stop_server
 from tests.models import (
     GROWING_STATE_CONFIG,
     growing_state_model,
@@ -72,13 +72,9 @@ def sequence_server(tmp_path_factory, classifier):
 
 @pytest.fixture(params=["http", "grpc"])
 def api(request, sequence_server):
-    if request.param == "http":
-        client = httpclient.InferenceServerClient(sequence_server.http_url)
-        yield Protocol("http", httpclient, client)
-    else:
-        client = grpcclient.InferenceServerClient(sequence_server.grpc_url)
-        yield Protocol("grpc", grpcclient, client)
-    client.close()
+    protocol = protocol_for(request.param, sequence_server)
+    yield protocol
+    protocol.client.close()
     assert sequence_server.process.poll() is None, "the server must keep serving"
 
 
@@ -162,7 +158,7 @@ def test_a_sequence_idle_past_its_limit_is_released(api):
 def test_sequences_beyond_the_slots_wait_and_beyond_the_backlog_are_refused(api, sequence_server):
     base = 1200 if api.name == "http" else 1300
     _step(api, "acc_limited", [[1.0, 1.0]], base, start=True)  # holds the only slot
-    other = _client_like(api, sequence_server)  # clients are not shared across threads
+    other = protocol_for(api.name, sequence_server)  # clients are not shared across threads
     waiting = ThreadPoolExecutor(1).submit(_step, other, "acc_limited", [[2.0, 2.0]], base + 1, True, True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not _gauge(sequence_server, BACKLOG, "acc_limited"):
@@ -172,11 +168,6 @@ def test_sequences_beyond_the_slots_wait_and_beyond_the_backlog_are_refused(api,
     assert not waiting.done()
     _step(api, "acc_limited", [[1.0, 1.0]], base, end=True)  # frees the slot for the waiting one
     assert np.array_equal(waiting.result(timeout=10)["OUTPUT"], [[2.0, 2.0]])
-
-
-def _client_like(api, server) -> Protocol:
-    url = server.http_url if api.name == "http" else server.grpc_url
-    return Protocol(api.name, api.module, api.module.InferenceServerClient(url))
 
 
 def _gauge(server, name: str, model: str) -> float:

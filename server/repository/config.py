@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -157,6 +158,14 @@ def _dims_fit(dims: list[int], graph_dims) -> bool:
     if len(dims) != len(graph_dims):
         return False
     return all(g is None or d == g for d, g in zip(dims, graph_dims))
+
+
+def read_data_file(path: Path, dtype, shape, what: str) -> np.ndarray:
+    """A raw little-endian tensor file under the model directory (warmup data, initial states)."""
+    try:
+        return np.fromfile(path, dtype=dtype).reshape(shape)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{what} '{path.name}': {error}") from None
 
 
 def data_type_name(number: int) -> str:

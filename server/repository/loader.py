@@ -221,8 +221,5 @@ def _warmup_data(model_dir: Path, spec, datatype: str, shape: tuple[int, ...]) -
         return np.random.default_rng(0).integers(0, 2, size=shape).astype(dtype)
     if source == "input_data_file":
         path = model_dir / "warmup" / spec.input_data_file
-        try:
-            return np.fromfile(path, dtype=dtype).reshape(shape)
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"warmup data file '{path.name}': {error}") from None
+        return cfg.read_data_file(path, dtype, shape, "warmup data file")
     return np.zeros(shape, dtype=dtype)

@@ -7,7 +7,7 @@ import numpy as np
 
 from server.core import datatypes
 from server.protocol import ModelConfig, enum
-from server.repository.config import ConfigError, data_type_name, parameter
+from server.repository.config import ConfigError, data_type_name, parameter, read_data_file
 
 DEFAULT_IDLE_US = 1_000_000  # Triton's default max_sequence_idle_microseconds
 DEFAULT_CANDIDATES = 64  # oldest strategy without max_candidate_sequences
@@ -159,10 +159,7 @@ def _initial(name: str, spec, datatype: str, model_dir: Path) -> np.ndarray:
         raise ConfigError(f"state '{name}': initial_state dims must be fixed, got {shape}")
     if spec.WhichOneof("state_data") == "data_file":
         path = model_dir / "initial_state" / spec.data_file
-        try:
-            return np.fromfile(path, dtype=dtype).reshape(shape)
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"state '{name}': initial state file '{spec.data_file}': {error}") from None
+        return read_data_file(path, dtype, shape, f"state '{name}': initial state file")
     return np.zeros(shape, dtype=dtype)
 
 
