@@ -6,8 +6,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from server.core import jsontext
+from server.core import jsontext, tensors
 from server.core.errors import Internal, InvalidArgument, ServerError, failure_reason
+from server.core.shared_memory import RegionUse, SystemSharedMemory
 from server.core.stats import Timing
 from server.core.types import GenerateRequest, InferRequest, InferResponse, ModelIndexEntry, Tensor
 from server.core.validation import check_inputs, check_outputs, raw_input
@@ -26,6 +27,7 @@ EXTENSIONS = (
     "parameters",
     "statistics",
     "sequence",
+    "system_shared_memory",
 )
 
 
@@ -43,6 +45,7 @@ class InferenceService:
         self.live = True
         self.name = "ortserve"
         self.version = _version()
+        self.shared_memory = SystemSharedMemory()
 
     def ready(self) -> bool:
         return self.live and (self.registry.all_ready() or not self.strict_readiness)
@@ -127,6 +130,10 @@ class InferenceService:
         try:
             if request.raw_input is not None:
                 request.inputs = [raw_input(request, model.inputs, model.batching)]
+            request.inputs += [
+                Tensor(name, datatype, tensors.from_raw(name, datatype, shape, self.shared_memory.read(use)))
+                for name, datatype, shape, use in request.shm_inputs
+            ]
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
             model.limits.check(feeds, model.name)
             names = check_outputs(request, model.outputs)
@@ -135,6 +142,7 @@ class InferenceService:
             arrays, timing = await model.infer(feeds, names, priority, timeout, sequence)
             requested = {output.name: output for output in request.outputs}
             outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
+            shm_outputs = self._to_shared_memory(outputs, requested)
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
@@ -148,7 +156,23 @@ class InferenceService:
             id=request.id,
             outputs=outputs,
             requested=requested,
+            shm_outputs=shm_outputs,
         )
+
+    def _to_shared_memory(self, outputs: list[Tensor], requested: dict) -> dict[str, dict]:
+        """Writes the outputs a request placed in shared memory; returns their response parameters."""
+        placed = {}
+        for tensor in outputs:
+            wanted = requested.get(tensor.name)
+            use = RegionUse.from_parameters(tensor.name, wanted.parameters) if wanted else None
+            if use is None:
+                continue
+            data = tensors.to_raw(tensor.data)
+            self.shared_memory.write(use, data)
+            placed[tensor.name] = {"shared_memory_region": use.name, "shared_memory_byte_size": len(data)}
+            if use.offset:
+                placed[tensor.name]["shared_memory_offset"] = use.offset
+        return placed
 
 
     async def _generate_whole(self, model: ModelVersion, request: InferRequest) -> InferResponse:

@@ -56,6 +56,8 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     protocol: str = ""  # the front end it came through, for per-protocol counts
     raw_input: bytes | memoryview | None = None  # a raw binary request: the one input's bytes, no header
+    shm_inputs: list[tuple[str, str, list[int], Any]] = field(default_factory=list)  # (name, datatype,
+    # shape, RegionUse): inputs whose data lie in a registered shared memory region
 
 
 @dataclass
@@ -66,6 +68,7 @@ class InferResponse:
     outputs: list[Tensor]
     requested: dict[str, RequestedOutput]
     parameters: dict[str, Any] = field(default_factory=dict)
+    shm_outputs: dict[str, dict] = field(default_factory=dict)  # output -> its shared memory parameters
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from server.core import datatypes, tensors
 from server.core.errors import InvalidArgument
+from server.core.shared_memory import RegionUse
 from server.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from server.protocol import message
 
@@ -32,14 +33,22 @@ def parameters(entries) -> dict:
 
 
 def decode_infer(request) -> InferRequest:
+    """Raw contents, where sent, come one per input that is not in shared memory, in order."""
+    shared, plain = [], []
+    for item in request.inputs:
+        use = RegionUse.from_parameters(item.name, parameters(item.parameters))
+        if use is not None:
+            shared.append((item.name, item.datatype, list(item.shape), use))
+        else:
+            plain.append(item)
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    if raw and len(raw) != len(plain):
         raise InvalidArgument(
-            f"raw_input_contents has {len(raw)} entries but the request has "
-            f"{len(request.inputs)} inputs; send raw contents for every input or for none"
+            f"raw_input_contents has {len(raw)} entries but the request has {len(plain)} inputs outside "
+            "shared memory; send raw contents for every such input or for none"
         )
     inputs = []
-    for index, item in enumerate(request.inputs):
+    for index, item in enumerate(plain):
         shape = list(item.shape)
         if raw:
             if item.HasField("contents"):
@@ -59,6 +68,7 @@ def decode_infer(request) -> InferRequest:
         outputs=outputs,
         parameters=parameters(request.parameters),
         protocol="grpc",
+        shm_inputs=shared,
     )
 
 
@@ -78,8 +88,13 @@ def encode_infer(response: InferResponse):
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     for tensor in response.outputs:
-        encoded.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        encoded.raw_output_contents.append(tensors.to_raw(tensor.data))
+        output = encoded.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        shared = response.shm_outputs.get(tensor.name)
+        if shared is not None:
+            for key, value in shared.items():
+                kind = "string_param" if isinstance(value, str) else "int64_param"
+                setattr(output.parameters[key], kind, value)
+        encoded.raw_output_contents.append(b"" if shared is not None else tensors.to_raw(tensor.data))
     for key, value in response.parameters.items():
         field = "string_param"
         if isinstance(value, bool | int):

@@ -79,6 +79,22 @@ class GrpcInferenceService:
         await self.service.unload(request.model_name)
         return message("RepositoryModelUnloadResponse")()
 
+    async def SystemSharedMemoryStatus(self, request, context):
+        answer = message("SystemSharedMemoryStatusResponse")()
+        for region in self.service.shared_memory.status(request.name):
+            answer.regions[region["name"]].CopyFrom(
+                message("SystemSharedMemoryStatusResponse.RegionStatus")(**region)
+            )
+        return answer
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        self.service.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return message("SystemSharedMemoryRegisterResponse")()
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self.service.shared_memory.unregister(request.name)
+        return message("SystemSharedMemoryUnregisterResponse")()
+
     async def ModelInfer(self, request, context):
         return codec.encode_infer(await self.service.infer(codec.decode_infer(request)))
 
@@ -171,6 +187,9 @@ def handlers(service: GrpcInferenceService, access_log: bool = True) -> grpc.Gen
         "RepositoryIndex": "RepositoryIndexRequest",
         "RepositoryModelLoad": "RepositoryModelLoadRequest",
         "RepositoryModelUnload": "RepositoryModelUnloadRequest",
+        "SystemSharedMemoryStatus": "SystemSharedMemoryStatusRequest",
+        "SystemSharedMemoryRegister": "SystemSharedMemoryRegisterRequest",
+        "SystemSharedMemoryUnregister": "SystemSharedMemoryUnregisterRequest",
     }
     methods = {name: _unary(getattr(service, name), request, access_log) for name, request in unary.items()}
     methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(

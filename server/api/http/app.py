@@ -108,6 +108,31 @@ def create_app(
         await service.unload(model)
         return Response(status_code=200)
 
+    @app.get("/v2/systemsharedmemory/status")
+    @app.get("/v2/systemsharedmemory/region/{name}/status")
+    async def shared_memory_status(name: str = ""):
+        return service.shared_memory.status(name)
+
+    @app.post("/v2/systemsharedmemory/region/{name}/register")
+    async def shared_memory_register(request: Request, name: str):
+        document = codec.parse_json(await body(request))
+        key = document.get("key")
+        offset, byte_size = document.get("offset", 0), document.get("byte_size")
+        if not isinstance(key, str):
+            raise InvalidArgument("a shared memory registration needs 'key', the shared memory object's name")
+        for field, value in (("offset", offset), ("byte_size", byte_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgument(f"shared memory '{field}' must be an integer >= 0, got {value!r}")
+        service.shared_memory.register(name, key, offset, byte_size)
+        return Response(status_code=200)
+
+    @app.post("/v2/systemsharedmemory/unregister")
+    @app.post("/v2/systemsharedmemory/region/{name}/unregister")
+    async def shared_memory_unregister(request: Request, name: str = ""):
+        await body(request)
+        service.shared_memory.unregister(name)
+        return Response(status_code=200)
+
     add_generation_routes(app, service, body)
     served = InferRoute(app, service, max_request_bytes)
     if restrictions.rules:

@@ -8,6 +8,7 @@ import numpy as np
 
 from server.core import jsontext, tensors
 from server.core.errors import InvalidArgument
+from server.core.shared_memory import RegionUse
 from server.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -31,8 +32,12 @@ def decode_infer(body: bytes, header_length: str | None, model: str, version: st
     if not inputs:
         raise InvalidArgument("inference request has no 'inputs'")
     offset = 0
-    decoded = []
+    decoded, shared = [], []
     for item in inputs:
+        use = _shared_memory_input(item)
+        if use is not None:
+            shared.append(use)
+            continue
         tensor, used = _decode_input(item, binary, offset)
         decoded.append(tensor)
         offset += used
@@ -49,7 +54,19 @@ def decode_infer(body: bytes, header_length: str | None, model: str, version: st
         outputs=[_decode_output(item) for item in _field(document, "outputs", list, [])],
         parameters=parameters,
         protocol="http",
+        shm_inputs=shared,
     )
+
+
+def _shared_memory_input(item) -> tuple | None:
+    """(name, datatype, shape, RegionUse) of an input whose data lie in shared memory, else None."""
+    if not isinstance(item, dict) or not isinstance(item.get("parameters"), dict):
+        return None
+    name = _field(item, "name", str)
+    use = RegionUse.from_parameters(name, item["parameters"])
+    if use is None:
+        return None
+    return name, _field(item, "datatype", str), _field(item, "shape", list), use
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -128,7 +145,9 @@ def encode_infer(response: InferResponse, binary_default: bool) -> tuple[bytes, 
         requested = response.requested.get(tensor.name)
         binary = binary_default if requested is None or requested.binary is None else requested.binary
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-        if binary:
+        if tensor.name in response.shm_outputs:
+            entry["parameters"] = response.shm_outputs[tensor.name]
+        elif binary:
             raw = tensors.to_raw(tensor.data)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

@@ -1,0 +1,68 @@
+"""Triton's system shared memory extension through tritonclient.utils.shared_memory, HTTP and gRPC."""
+
+import numpy as np
+import pytest
+import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
+
+SIZE = 64  # one INT32 [1, 16] tensor
+
+
+@pytest.fixture
+def regions(api):
+    """An input region holding INPUT0 then INPUT1, and an output region for OUTPUT0 then OUTPUT1."""
+    names = {kind: f"{kind}_{api.name}" for kind in ("in", "out")}
+    handles = {kind: shm.create_shared_memory_region(name, f"/ortserve_test_{name}", 2 * SIZE)
+               for kind, name in names.items()}
+    a = np.arange(16, dtype=np.int32)[None]
+    shm.set_shared_memory_region(handles["in"], [a, np.full_like(a, 3)])
+    for name in names.values():
+        api.client.register_system_shared_memory(name, f"/ortserve_test_{name}", 2 * SIZE)
+    yield names, handles, a
+    api.client.unregister_system_shared_memory()
+    for handle in handles.values():
+        shm.destroy_shared_memory_region(handle)
+
+
+def shm_request(api, names, input_offset=SIZE, output_size=SIZE):
+    inputs = [api.module.InferInput(name, [1, 16], "INT32") for name in ("INPUT0", "INPUT1")]
+    inputs[0].set_shared_memory(names["in"], SIZE)
+    inputs[1].set_shared_memory(names["in"], SIZE, offset=input_offset)
+    outputs = [api.module.InferRequestedOutput(name) for name in ("OUTPUT0", "OUTPUT1")]
+    outputs[0].set_shared_memory(names["out"], output_size)
+    outputs[1].set_shared_memory(names["out"], output_size, offset=SIZE)
+    return inputs, outputs
+
+
+def test_inputs_and_outputs_travel_through_registered_regions(api, regions):
+    names, handles, a = regions
+    inputs, outputs = shm_request(api, names)
+    api.client.infer("simple", inputs, outputs=outputs)
+    total = shm.get_contents_as_numpy(handles["out"], np.int32, [1, 16])
+    difference = shm.get_contents_as_numpy(handles["out"], np.int32, [1, 16], offset=SIZE)
+    assert np.array_equal(total, a + 3) and np.array_equal(difference, a - 3)
+    status = api.client.get_system_shared_memory_status()
+    listed = status if api.name == "http" else [
+        {"name": r.name, "byte_size": r.byte_size} for r in status.regions.values()]
+    assert {region["name"]: int(region["byte_size"]) for region in listed} == {
+        names["in"]: 2 * SIZE, names["out"]: 2 * SIZE}
+
+
+def test_offsets_and_sizes_are_checked_against_the_region(api, regions):
+    names, _, _ = regions
+    for offset, size, fragment in ((2 * SIZE - 8, SIZE, "past its end"), (SIZE, 8, "output needs 64 bytes")):
+        inputs, outputs = shm_request(api, names, input_offset=offset, output_size=size)
+        with pytest.raises(InferenceServerException) as refused:
+            api.client.infer("simple", inputs, outputs=outputs)
+        api.assert_error(refused.value, "INVALID_ARGUMENT", fragment)
+    with pytest.raises(InferenceServerException) as twice:
+        api.client.register_system_shared_memory(names["in"], f"/ortserve_test_{names['in']}", SIZE)
+    api.assert_error(twice.value, "INVALID_ARGUMENT", "already registered")
+    with pytest.raises(InferenceServerException) as missing:
+        api.client.register_system_shared_memory("nokey", "/ortserve_no_such_key", SIZE)
+    api.assert_error(missing.value, "INVALID_ARGUMENT", "cannot open shared memory key")
+    api.client.unregister_system_shared_memory(names["in"])
+    inputs, outputs = shm_request(api, names)
+    with pytest.raises(InferenceServerException) as gone:
+        api.client.infer("simple", inputs, outputs=outputs)
+    api.assert_error(gone.value, "NOT_FOUND", f"Unable to find system shared memory region: '{names['in']}'")
