@@ -1,0 +1,141 @@
+"""An image-sized input (FP32 8 x 3 x 224 x 224, 4.8 MB) through system shared memory, HTTP binary and
+gRPC, side by side in one run: requests/s, p50 and the server's CPU time per request, one client at a
+time (the transport's own cost, not batching). Interleaved rounds; the middle round of each. Writes the
+"shared memory" section of BENCHMARKS.md."""
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from loadtest import client, report
+from server.protocol import message
+from tests.conftest import start_server, stop_server
+
+SHAPE = (8, 3, 224, 224)
+REGION, KEY = "bench_images", "ortserve_bench_images"
+
+
+def mean_model() -> onnx.ModelProto:
+    """images FP32[8, 3, 224, 224] -> means FP32[8]: almost no compute, so the transport shows."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images"], ["means"], axes=[1, 2, 3], keepdims=0)],
+        "mean",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("means", TensorProto.FLOAT, [SHAPE[0]])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def server_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def http_bodies(images: np.ndarray) -> dict[str, tuple[bytes, dict]]:
+    outputs = [{"name": "means", "parameters": {"binary_data": True}}]
+    binary = {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(SHAPE),
+                          "parameters": {"binary_data_size": images.nbytes}}], "outputs": outputs}
+    shared = {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(SHAPE),
+                          "parameters": {"shared_memory_region": REGION,
+                                         "shared_memory_byte_size": images.nbytes}}], "outputs": outputs}
+    bodies = {}
+    for name, header, data in (("HTTP binary", binary, images.tobytes()),
+                               ("shared memory (HTTP)", shared, b"")):
+        encoded = json.dumps(header).encode()
+        bodies[name] = (encoded + data, {"Inference-Header-Content-Length": str(len(encoded))})
+    return bodies
+
+
+async def http_load(port: int, body: tuple[bytes, dict], seconds: float) -> client.Result:
+    connection = client.HttpConnection("127.0.0.1", port)
+
+    async def send(_, pair):
+        status, _ = await connection.post("/v2/models/mean/infer", *pair)
+        return status == 200
+
+    try:
+        return await client.closed_loop(send, [body], 1, seconds)
+    finally:
+        connection.close()
+
+
+def grpc_message(images: np.ndarray) -> bytes:
+    request = message("ModelInferRequest")(model_name="mean")
+    request.inputs.add(name="images", datatype="FP32", shape=SHAPE)
+    request.raw_input_contents.append(images.tobytes())
+    return request.SerializeToString()
+
+
+def run(seconds: float, rounds: int) -> str:
+    images = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    region = shared_memory.SharedMemory(name=KEY, create=True, size=images.nbytes)
+    np.ndarray(SHAPE, np.float32, buffer=region.buf)[:] = images
+    with tempfile.TemporaryDirectory() as work:
+        root = Path(work) / "repository"
+        (root / "mean" / "1").mkdir(parents=True)
+        onnx.save(mean_model(), root / "mean" / "1" / "model.onnx")
+        (root / "mean" / "config.pbtxt").write_text("max_batch_size: 0\n")
+        server = start_server(root, Path(work) / "server.log", "--access-log", "false", ready_model="mean")
+        loads = {**http_bodies(images), "gRPC": None}
+        measured = {name: [] for name in loads}
+        try:
+            httpx.post(f"http://{server.http_url}/v2/systemsharedmemory/region/{REGION}/register",
+                       json={"key": KEY, "offset": 0, "byte_size": images.nbytes}).raise_for_status()
+            for _ in range(rounds):
+                for name, body in loads.items():
+                    before = server_cpu_seconds(server.process.pid)
+                    if body is None:
+                        messages = [grpc_message(images)]
+                        result = asyncio.run(client.grpc_load(server.grpc_url, messages, 1, seconds))
+                    else:
+                        result = asyncio.run(http_load(server.http_port, body, seconds))
+                    cpu = server_cpu_seconds(server.process.pid) - before
+                    if result.failures:
+                        log = server.output()[-2000:]
+                        raise RuntimeError(f"{name}: {result.failures} requests failed\n{log}")
+                    served = result.requests_per_s * (seconds + client.WARMUP)  # warm-up included
+                    measured[name].append((result, cpu / max(served, 1)))
+        finally:
+            stop_server(server)
+            region.close()
+            region.unlink()
+    rows = []
+    for name, results in measured.items():
+        result, cpu = report.middle(results, key=lambda pair: pair[0].percentile(50))
+        every = ", ".join(f"{r.percentile(50):.2f}" for r, _ in results)
+        rate, p50 = f"{result.requests_per_s:.0f}", f"{result.percentile(50):.2f}"
+        rows.append([name, rate, p50, f"{cpu * 1000:.2f}", every])
+    return "\n".join([
+        "## Shared memory",
+        "",
+        f"{report.machine()}. `python -m loadtest.bench_shared_memory --seconds {seconds:g} "
+        f"--rounds {rounds}`: "
+        f"FP32 {list(SHAPE)} ({images.nbytes / 1e6:.1f} MB) into a model that only averages it, one client, "
+        f"{rounds} interleaved rounds of {seconds:g} s; server CPU is the server process's user + system "
+        "time over a load divided by the requests it served.",
+        "",
+        report.table(["transport", "requests/s", "p50 ms", "server CPU ms / request", "p50 by round"], rows),
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    section = run(args.seconds, args.rounds)
+    report.write_section("shared memory", section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
