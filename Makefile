@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 RUNTIME := $(if $(GPU),gpu,cpu)
 REPOSITORY ?= model_repository
 HOST ?= 0.0.0.0
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
 
 .PHONY: install run serve models test lint proto bench soak loadtest clean
 
@@ -22,9 +25,10 @@ models: install
 	$(PY) -m exporters.demo $(REPOSITORY)
 
 run: models
-	@echo "ortserve: HTTP http://localhost:8000  gRPC localhost:8001  metrics http://localhost:8002/metrics"
-	@echo "try: curl -s localhost:8000/v2/models/simple/infer -d '{\"inputs\":[{\"name\":\"INPUT0\",\"datatype\":\"INT32\",\"shape\":[1,16],\"data\":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]},{\"name\":\"INPUT1\",\"datatype\":\"INT32\",\"shape\":[1,16],\"data\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}'"
-	$(VENV)/bin/ortserve serve --model-repository $(REPOSITORY) --host $(HOST)
+	@echo "ortserve: HTTP http://localhost:$(HTTP_PORT)  gRPC localhost:$(GRPC_PORT)  metrics http://localhost:$(METRICS_PORT)/metrics"
+	@echo "try: curl -s localhost:$(HTTP_PORT)/v2/models/simple/infer -d '{\"inputs\":[{\"name\":\"INPUT0\",\"datatype\":\"INT32\",\"shape\":[1,16],\"data\":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]},{\"name\":\"INPUT1\",\"datatype\":\"INT32\",\"shape\":[1,16],\"data\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}'"
+	$(VENV)/bin/ortserve serve --model-repository $(REPOSITORY) --host $(HOST) \
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 test: install
 	$(PY) -m pytest -q

@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from exporters.module import VARIANTS, ExportError
@@ -36,10 +37,11 @@ def export(args: argparse.Namespace) -> list:
 
         model, tokenizer = gpt.load(args.checkpoint)
         tokenizer_file = Path(args.checkpoint) / "tokenizer.json"
-        if not tokenizer_file.exists():  # a hub id: save the fast tokenizer's tokenizer.json
-            tokenizer.save_pretrained(args.repository / ".tokenizer")
-            tokenizer_file = args.repository / ".tokenizer" / "tokenizer.json"
-        return gpt.export(model, args.repository, args.name, variants, tokenizer_file)
+        if tokenizer_file.exists():
+            return gpt.export(model, args.repository, args.name, variants, tokenizer_file)
+        with tempfile.TemporaryDirectory() as work:  # a hub id: the fast tokenizer's tokenizer.json
+            tokenizer.save_pretrained(work)
+            return gpt.export(model, args.repository, args.name, variants, Path(work) / "tokenizer.json")
     if args.family == "cnn":
         from exporters import cnn
 

@@ -7,11 +7,13 @@ import sys
 
 from server import settings as settings_module
 from server.ports import PortUnavailable
+from server.version import server_version
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="ortserve", description="ONNX Runtime inference server")
+    parser.add_argument("--version", action="version", version=f"ortserve {server_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="serve a model repository")
     settings_module.add_arguments(serve_parser)

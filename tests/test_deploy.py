@@ -213,3 +213,16 @@ def test_the_serving_image_installs_every_package_the_server_imports():
                 if not names & installed:
                     missing.setdefault(top, path.relative_to(ROOT).as_posix())
     assert not missing, f"imported by the server but not installed by its dependencies: {missing}"
+
+
+def test_make_run_follows_the_port_variables():
+    printed = subprocess.run(["make", "-n", "run", "HTTP_PORT=9100", "GRPC_PORT=9101", "METRICS_PORT=9102"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "--http-port 9100 --grpc-port 9101 --metrics-port 9102" in printed
+    assert "http://localhost:9100" in printed and "curl -s localhost:9100/v2/models/simple/infer" in printed
+
+
+def test_version_flag():
+    shown = subprocess.run([sys.executable, "-c", "from server.cli import main; main(['--version'])"],
+                           cwd=ROOT, capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.startswith("ortserve ")

@@ -2,7 +2,6 @@
 
 import time
 from collections.abc import AsyncIterator
-from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
@@ -17,6 +16,7 @@ from server.protocol import ModelConfig
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
 from server.sequences.scheduler import SequenceControl
+from server.version import server_version
 
 EXTENSIONS = (
     "classification",
@@ -31,20 +31,13 @@ EXTENSIONS = (
 )
 
 
-def _version() -> str:
-    try:
-        return version("ortserve")
-    except PackageNotFoundError:
-        return "0.0.0"
-
-
 class InferenceService:
     def __init__(self, registry: ModelRegistry, strict_readiness: bool = True):
         self.registry = registry
         self.strict_readiness = strict_readiness
         self.live = True
         self.name = "ortserve"
-        self.version = _version()
+        self.version = server_version()
         self.shared_memory = SystemSharedMemory()
 
     def ready(self) -> bool:
