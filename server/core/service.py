@@ -121,12 +121,7 @@ class InferenceService:
         if model.engine is not None:
             return await self._generate_whole(model, request)
         try:
-            if request.raw_input is not None:
-                request.inputs = [raw_input(request, model.inputs, model.batching)]
-            request.inputs += [
-                Tensor(name, datatype, tensors.from_raw(name, datatype, shape, self.shared_memory.read(use)))
-                for name, datatype, shape, use in request.shm_inputs
-            ]
+            self._gather_inputs(request, model)
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
             model.limits.check(feeds, model.name)
             names = check_outputs(request, model.outputs)
@@ -152,6 +147,14 @@ class InferenceService:
             shm_outputs=shm_outputs,
         )
 
+    def _gather_inputs(self, request: InferRequest, model: ModelVersion) -> None:
+        """A raw binary body and inputs in shared memory become tensors like the others."""
+        if request.raw_input is not None:
+            request.inputs = [raw_input(request, model.inputs, model.batching)]
+        for name, datatype, shape, use in request.shm_inputs:
+            data = tensors.from_raw(name, datatype, shape, self.shared_memory.read(use))
+            request.inputs.append(Tensor(name, datatype, data))
+
     def _to_shared_memory(self, outputs: list[Tensor], requested: dict) -> dict[str, dict]:
         """Writes the outputs a request placed in shared memory; returns their response parameters."""
         placed = {}
@@ -166,7 +169,6 @@ class InferenceService:
             if use.offset:
                 placed[tensor.name]["shared_memory_offset"] = use.offset
         return placed
-
 
     async def _generate_whole(self, model: ModelVersion, request: InferRequest) -> InferResponse:
         whole = await self.generate(_generate_request(request, model)).collect()
