@@ -263,7 +263,8 @@ def test_load_and_unload(api):
     rows = {row["name"]: row for row in api.index()}
     assert rows["relu"]["state"] == "UNAVAILABLE"
     x = np.ones((1, 2), dtype=np.float32)
-    api.assert_error(infer_error(api, "relu", [api.input("x", x)]), "UNAVAILABLE", "not loaded")
+    unloaded = infer_error(api, "relu", [api.input("x", x)])
+    api.assert_error(unloaded, "NOT_FOUND", "unknown model: 'relu' is not loaded")  # as Triton
     api.client.load_model("relu")
     assert api.client.is_model_ready("relu")
     np.testing.assert_array_equal(api.client.infer("relu", [api.input("x", x)]).as_numpy("y"), x)

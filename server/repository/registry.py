@@ -55,8 +55,8 @@ class ModelRegistry:
     def get(self, name: str, version: str = "") -> ModelVersion:
         entry = self._models.get(name)
         if entry is None:
-            if self._in_repository(name):
-                raise Unavailable(f"model '{name}' is not loaded")
+            if self._in_repository(name):  # as Triton: a model that is not loaded is unknown to the server
+                raise NotFound(f"Request for unknown model: '{name}' is not loaded")
             raise NotFound(f"Request for unknown model: '{name}' is not found")
         if entry.state != READY:
             raise Unavailable(f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})")
