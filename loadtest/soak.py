@@ -29,17 +29,18 @@ MAX_GROWTH = 0.05
 class Tally:
     ok: dict[str, int] = field(default_factory=dict)
     refused: int = 0  # 503: a full queue, deliberate
-    failed: list[str] = field(default_factory=list)
+    failed: int = 0
+    examples: list[str] = field(default_factory=list)  # the first failures, for the report
 
     def count(self, kind: str, status: int, detail: str = "") -> None:
         if status == 200:
             self.ok[kind] = self.ok.get(kind, 0) + 1
         elif status == 503:
             self.refused += 1
-        elif len(self.failed) < 20:
-            self.failed.append(f"{kind}: {status} {detail[:200]}")
         else:
-            self.failed.append("...")
+            self.failed += 1
+            if len(self.examples) < 20:
+                self.examples.append(f"{kind}: {status} {detail[:200]}")
 
 
 def rss_bytes(pid: int) -> int:
@@ -147,7 +148,7 @@ def run(repository: Path, seconds: float, log: Path) -> tuple[str, bool]:
     change, first, last = growth(samples, warmup)
     passed = not tally.failed and change < MAX_GROWTH
     rows = [[kind, count] for kind, count in sorted(tally.ok.items())]
-    rows += [["refused with 503 (full queue)", tally.refused], ["failed", len(tally.failed)]]
+    rows += [["refused with 503 (full queue)", tally.refused], ["failed", tally.failed]]
     text = "\n".join([
         "## Soak",
         "",
@@ -160,8 +161,8 @@ def run(repository: Path, seconds: float, log: Path) -> tuple[str, bool]:
         "",
         f"Resident memory after the {warmup:g} s warm-up: {first / 2**20:.1f} MiB, at the end "
         f"{last / 2**20:.1f} MiB: {change * 100:+.1f}% (target under {MAX_GROWTH * 100:g}%). Failures: "
-        f"{len(tally.failed)}. **{'met' if passed else 'missed'}**.",
-        *([""] + [f"- {failure}" for failure in tally.failed] if tally.failed else []),
+        f"{tally.failed}. **{'met' if passed else 'missed'}**.",
+        *([""] + [f"- {failure}" for failure in tally.examples] if tally.examples else []),
     ])
     return text, passed
 

@@ -86,9 +86,10 @@ def from_list(name: str, datatype: str, shape: list[int], values: list) -> np.nd
     if datatype != "BOOL" and any(isinstance(item, (str, bytes, bool)) for item in flat):
         raise InvalidArgument(f"input '{name}' is {datatype}: its elements must be numbers")
     try:
-        values = np.asarray(flat)
-        if dtype.kind in "iu":
-            _check_integers(name, datatype, dtype, values)
+        if dtype.kind not in "iu":
+            return np.array(flat, dtype=dtype).reshape(shape)
+        values = np.asarray(flat)  # as given, so that fractions and overflow can be named
+        _check_integers(name, datatype, dtype, values)
         return values.astype(dtype, copy=False).reshape(shape)
     except (TypeError, ValueError, OverflowError) as error:
         raise InvalidArgument(f"input '{name}' holds values that are not {datatype}: {error}") from None
