@@ -44,7 +44,8 @@ class Restrictions:
 
 NO_RESTRICTIONS = Restrictions()
 
-_HTTP_GROUPS = [  # (method or None for any, path pattern, group), first match wins
+_HTTP_GROUPS = [  # (method or None for any, path pattern, group), first match wins; inference first
+    (None, r"/v2/models/[^/]+(/versions/[^/]+)?/(infer|generate|generate_stream)|/v1/.*", "inference"),
     (None, r"/v2/health/.*|/v2/models/[^/]+(/versions/[^/]+)?/ready", "health"),
     (None, r"/v2/repository/.*", "model-repository"),
     (None, r"/v2/(system|cuda)sharedmemory(/.*)?", "shared-memory"),
@@ -52,7 +53,6 @@ _HTTP_GROUPS = [  # (method or None for any, path pattern, group), first match w
     (None, r"/v2/models/[^/]+(/versions/[^/]+)?/config", "model-config"),
     (None, r"/v2(/models/[^/]+)?(/versions/[^/]+)?/trace/setting", "trace"),
     (None, r"/v2/logging", "logging"),
-    (None, r"/v2/models/[^/]+(/versions/[^/]+)?/(infer|generate|generate_stream)|/v1/.*", "inference"),
     ("GET", r"/v2|/v2/models/[^/]+(/versions/[^/]+)?", "metadata"),
 ]
 _HTTP = [(method, re.compile(pattern), group) for method, pattern, group in _HTTP_GROUPS]

@@ -35,6 +35,8 @@ class SequenceControl:
 
     @classmethod
     def from_parameters(cls, parameters: dict) -> "SequenceControl | None":
+        if not parameters:  # most requests: nothing to read
+            return None
         sequence_id = parameters.get("sequence_id", 0)
         flags = {key: parameters.get(key, False) for key in ("sequence_start", "sequence_end")}
         for key, value in flags.items():

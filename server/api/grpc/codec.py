@@ -36,8 +36,8 @@ def decode_infer(request) -> InferRequest:
     """Raw contents, where sent, come one per input that is not in shared memory, in order."""
     shared, plain = [], []
     for item in request.inputs:
-        use = RegionUse.from_parameters(item.name, parameters(item.parameters))
-        if use is not None:
+        if "shared_memory_region" in item.parameters:
+            use = RegionUse.from_parameters(item.name, parameters(item.parameters))
             shared.append((item.name, item.datatype, list(item.shape), use))
         else:
             plain.append(item)

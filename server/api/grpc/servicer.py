@@ -221,7 +221,7 @@ class _Restricted(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         group = grpc_group(details.method)
-        if handler is None or group is None:
+        if handler is None or group not in self.restrictions.rules:
             return handler
         metadata = {key.lower(): value for key, value in details.invocation_metadata or ()}
         refusal = self.restrictions.refusal(group, metadata)

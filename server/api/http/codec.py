@@ -60,12 +60,11 @@ def decode_infer(body: bytes, header_length: str | None, model: str, version: st
 
 def _shared_memory_input(item) -> tuple | None:
     """(name, datatype, shape, RegionUse) of an input whose data lie in shared memory, else None."""
-    if not isinstance(item, dict) or not isinstance(item.get("parameters"), dict):
+    parameters = item.get("parameters") if isinstance(item, dict) else None
+    if not isinstance(parameters, dict) or "shared_memory_region" not in parameters:
         return None
     name = _field(item, "name", str)
-    use = RegionUse.from_parameters(name, item["parameters"])
-    if use is None:
-        return None
+    use = RegionUse.from_parameters(name, parameters)
     return name, _field(item, "datatype", str), _field(item, "shape", list), use
 
 

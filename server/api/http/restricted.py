@@ -12,7 +12,7 @@ class RestrictedApi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         group = http_group(scope["method"], scope["path"]) if scope["type"] == "http" else None
-        if group is not None:
+        if group in self.restrictions.rules:  # only restricted groups pay for reading the headers
             headers = {key.decode("latin-1").lower(): value.decode("latin-1")
                        for key, value in scope["headers"]}
             refusal = self.restrictions.refusal(group, headers)
