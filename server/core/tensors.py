@@ -26,18 +26,19 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview
 
 def bytes_element_count(name: str, raw: bytes | memoryview) -> int:
     """How many 4-byte-length-prefixed elements `raw` holds (an error where one runs past the end)."""
-    count = offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidArgument(f"input '{name}': BYTES data ends inside an element's length")
-        offset += 4 + _LENGTH.unpack_from(raw, offset)[0]
-        count += 1
-    if offset > len(raw):
-        raise InvalidArgument(f"input '{name}': the last BYTES element runs past the end of the data")
-    return count
+    return len(_bytes_items(name, raw))
 
 
 def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes | memoryview) -> np.ndarray:
+    items = _bytes_items(name, raw)
+    if len(items) != count:
+        raise InvalidArgument(
+            f"input '{name}' with shape {shape} needs {count} BYTES elements, got {len(items)}"
+        )
+    return _object_array(items, shape)
+
+
+def _bytes_items(name: str, raw: bytes | memoryview) -> list[bytes]:
     items = []
     offset = 0
     view = memoryview(raw)
@@ -53,11 +54,7 @@ def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes | memory
             )
         items.append(bytes(view[offset : offset + length]))
         offset += length
-    if len(items) != count:
-        raise InvalidArgument(
-            f"input '{name}' with shape {shape} needs {count} BYTES elements, got {len(items)}"
-        )
-    return _object_array(items, shape)
+    return items
 
 
 def to_raw(array: np.ndarray) -> bytes:
