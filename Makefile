@@ -41,6 +41,7 @@ bench: install
 	$(PY) -m loadtest.bench_generation --repository $(REPOSITORY)
 	$(PY) -m loadtest.bench_sequences
 	$(PY) -m loadtest.bench_shared_memory
+	$(PY) -m loadtest.bench_text
 	$(PY) -m loadtest.soak --repository $(REPOSITORY)
 
 # Ten minutes of mixed traffic and reloads against one server; fails if memory keeps growing.

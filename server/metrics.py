@@ -71,6 +71,11 @@ SEQUENCE_GAUGES = (
     ("ortserve_sequences_live", "live", "Live sequences (with a slot or waiting for one)"),
     ("ortserve_sequences_backlog", "backlogged", "Live sequences waiting for a batch slot"),
 )
+TEXT_COUNTERS = (
+    ("ortserve_text_inputs_total", "texts", "Texts tokenized by the server for encoder models"),
+    ("ortserve_text_tokens_total", "tokens", "Tokens of the texts tokenized by the server"),
+    ("ortserve_text_truncated_total", "truncated", "Texts cut to the model's length on request"),
+)
 
 
 class ServerCollector:
@@ -85,6 +90,7 @@ class ServerCollector:
         yield from self._gauges(models)
         yield from self._generation([m for m in models if m.engine is not None])
         yield from self._sequences([m for m in models if m.sequences is not None and m.scheduler])
+        yield from self._text([m for m in models if m.text is not None])
         yield from self._system()
 
     def _triton_counters(self, models):
@@ -176,6 +182,17 @@ class ServerCollector:
             for family, (_, attribute, _) in zip(gauges, SEQUENCE_GAUGES):
                 family.add_metric(labels, getattr(model.scheduler, attribute))
         yield from (*counters, *gauges)
+
+    def _text(self, models):
+        counters = [_Counter(name, text, labels=LABELS) for name, _, text in TEXT_COUNTERS]
+        duration = _Counter("ortserve_text_tokenize_duration_us",
+                            "Cumulative server-side tokenization duration in microseconds", labels=LABELS)
+        for model in models:
+            labels, stats = [model.name, str(model.version)], model.stats.text
+            for family, (_, attribute, _) in zip(counters, TEXT_COUNTERS):
+                family.add_metric(labels, getattr(stats, attribute))
+            duration.add_metric(labels, stats.tokenize.ns / 1000)
+        yield from (*counters, duration)
 
     def _system(self):
         sample = _cpu_times()

@@ -227,6 +227,31 @@ def test_lengths_of_different_buckets_do_not_share_a_batch():
     run(scenario())
 
 
+def test_a_token_budget_caps_rows_by_their_bucket_length():
+    """Budget 32 tokens: rows of bucket 8 go 4 to an execution, rows of bucket 16 two, and one row longer
+    than the budget still runs (alone)."""
+
+    async def scenario():
+        runner = FakeRunner()
+        runner.gate.clear()
+        batcher = await started(runner, max_batch_size=8, max_queue_delay_us=20_000, padding=PADDING,
+                                max_batch_tokens=32)
+        blocker = asyncio.ensure_future(batcher.submit(rows(9, width=1), ["y"]))
+        await settle()
+        short = [batcher.submit(rows(1, width=6), ["y"]) for _ in range(6)]
+        long_ = [batcher.submit(rows(2, width=12), ["y"]) for _ in range(3)]
+        huge = batcher.submit(rows(3, width=40), ["y"])
+        waiting = asyncio.gather(*short, *long_, huge)
+        await settle()
+        runner.gate.set()
+        await asyncio.gather(blocker, waiting)
+        sizes = sorted((batch["x"].shape[1], len(batch["x"])) for batch in runner.batches[1:])
+        assert sizes == [(6, 2), (6, 4), (12, 1), (12, 2), (40, 1)]
+        await batcher.stop()
+
+    run(scenario())
+
+
 def test_padded_inputs_must_agree_on_length():
     async def scenario():
         padding = Padding(values={"x": 0, "mask": 0}, outputs=frozenset())

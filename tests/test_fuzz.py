@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporters import gpt
+from exporters import bert, demo, gpt
 from server.protocol import SERVICE_NAME, message
 from tests.conftest import ROOT, start_server, stop_server
 from tests.models import build_repository
@@ -37,6 +37,8 @@ def fuzzed(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     repository = build_repository(root / "repository")
     gpt.export(tiny_gpt(), repository, "gpt", progress=lambda _: None)
+    for name, labels in (("embedder", ()), ("reranker", ("score",))):
+        bert.export(demo.text_checkpoint(root / f"{name}_checkpoint", labels), repository, name)
     server = start_server(repository, root / "server.log", "--model-control-mode", "explicit",
                           "--load-model", "*", "--access-log", "false", ready_model="gpt")
     yield server

@@ -51,6 +51,7 @@ class BatchPolicy:
     max_queue_delay_us: int = 0
     preserve_ordering: bool = False
     dispatch_lone_requests: bool = False
+    max_batch_tokens: int = 0  # padded tokens per execution of a padded model; 0: no budget
     default_priority: int = 1
     queues: tuple[QueuePolicy, ...] = (QueuePolicy(),)  # one per priority level, highest first
 
@@ -73,6 +74,7 @@ class BatchPolicy:
             max_queue_delay_us=batching.max_queue_delay_microseconds,
             preserve_ordering=batching.preserve_ordering,
             dispatch_lone_requests=_parameter(config, "dispatch_lone_requests") == "true",
+            max_batch_tokens=int(_parameter(config, "max_batch_tokens") or 0),
             default_priority=int(batching.default_priority_level) or (levels + 1) // 2,
             queues=queues,
         )
@@ -219,20 +221,27 @@ class Batcher(BatchLoop):
         head = next((queue[0] for queue in self._queues if queue), None)
         if head is None or not self.policy.max_batch_size:
             return [head] if head else []
-        chosen, total = [], 0
+        chosen, total, capacity = [], 0, self._capacity(head)
         for queue in self._queues:
             for pending in queue:
-                if pending.key == head.key and total + pending.rows <= self.policy.max_batch_size:
+                if pending.key == head.key and (total + pending.rows <= capacity or not chosen):
                     chosen.append(pending)
                     total += pending.rows
         return chosen
+
+    def _capacity(self, head: Pending) -> int:
+        """Rows that fit one execution with `head`: max_batch_size, and the token budget at its bucket."""
+        if not self.policy.max_batch_tokens or self.padding is None or head.length is None:
+            return self.policy.max_batch_size
+        per_row = self.padding.bucket(head.length)
+        return max(1, min(self.policy.max_batch_size, self.policy.max_batch_tokens // per_row))
 
     def _choose(self, candidates: list[Pending], now: int) -> tuple[list[Pending], int]:
         """The batch to send now (empty to wait), and when the oldest candidate stops waiting."""
         ready_at = candidates[0].enqueued_ns + self.policy.max_queue_delay_us * 1000
         total = sum(p.rows for p in candidates)
         alone = self.policy.dispatch_lone_requests and len(candidates) == 1 and self.queued == 1
-        full = total >= self.policy.max_batch_size
+        full = total >= self._capacity(candidates[0])
         if not self.policy.max_batch_size or alone or full or now >= ready_at or not self._accepting:
             return candidates, ready_at
         preferred = [size for size in self.policy.preferred_batch_sizes if size <= total]

@@ -9,8 +9,17 @@ from server.core import jsontext, tensors
 from server.core.errors import Internal, InvalidArgument, ServerError, failure_reason
 from server.core.shared_memory import RegionUse, SystemSharedMemory
 from server.core.stats import Timing
-from server.core.types import GenerateRequest, InferRequest, InferResponse, ModelIndexEntry, Tensor
+from server.core.types import (
+    GenerateRequest,
+    InferRequest,
+    InferResponse,
+    ModelIndexEntry,
+    Tensor,
+    TextRequest,
+    TextResult,
+)
 from server.core.validation import check_inputs, check_outputs, raw_input
+from server.encoding.encoder import TEXT_INPUTS, TextService
 from server.generation.engine import TokenEvent, TokenStream
 from server.protocol import ModelConfig
 from server.repository.model import ModelVersion
@@ -49,11 +58,16 @@ class InferenceService:
     def model_metadata(self, name: str, version: str = "") -> dict:
         model = self.registry.get(name, version)
         versions = sorted(m.version for m in self.registry.ready_models() if m.name == name)
+        text_inputs = []
+        if model.text is not None:  # accepted in place of the token inputs
+            names = TEXT_INPUTS if model.text.settings.task == "classify" else TEXT_INPUTS[:1]
+            shape = [-1, 1] if model.batching else [-1]
+            text_inputs = [{"name": n, "datatype": "BYTES", "shape": shape} for n in names]
         return {
             "name": name,
             "versions": [str(v) for v in versions],
             "platform": model.config.platform,
-            "inputs": [_tensor_metadata(spec) for spec in model.inputs],
+            "inputs": [_tensor_metadata(spec) for spec in model.inputs] + text_inputs,
             "outputs": [_tensor_metadata(spec) for spec in model.outputs],
         }
 
@@ -102,6 +116,30 @@ class InferenceService:
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
             raise
 
+    async def encode(self, request: TextRequest) -> TextResult:
+        """Embeddings or scores for a request's texts, counted as one request of the model."""
+        start = time.perf_counter_ns()
+        model = self.registry.get(request.model_name, request.model_version)
+        try:
+            text = _text_service(model)
+            text.check_task(request.task)
+            texts = await text.tokenize(request)
+            vectors = await text.run(request, texts, model.infer)
+        except BaseException as error:
+            elapsed = time.perf_counter_ns() - start
+            model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
+            raise
+        elapsed = time.perf_counter_ns() - start
+        model.stats.record_success(elapsed, Timing(infer_ns=elapsed), request.protocol)
+        return TextResult(model.name, str(model.version), vectors, texts.tokens)
+
+    def text_service(self, name: str, version: str = "") -> TextService:
+        """The text side of an encoder model: its tokenizer and settings (for /tokenize and /info)."""
+        return _text_service(self.registry.get(name, version))
+
+    def text_models(self) -> list[tuple[str, TextService]]:
+        return sorted((m.name, m.text) for m in self.registry.ready_models() if m.text is not None)
+
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """One response for a plain model; for a generation model one per step's new tokens."""
         model = self.registry.get(request.model_name, request.model_version)
@@ -122,6 +160,8 @@ class InferenceService:
             return await self._generate_whole(model, request)
         try:
             self._gather_inputs(request, model)
+            if model.text is not None and any(t.name in TEXT_INPUTS for t in request.inputs):
+                await _tokenize_inputs(request, model)
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
             model.limits.check(feeds, model.name)
             names = check_outputs(request, model.outputs)
@@ -173,6 +213,54 @@ class InferenceService:
     async def _generate_whole(self, model: ModelVersion, request: InferRequest) -> InferResponse:
         whole = await self.generate(_generate_request(request, model)).collect()
         return _generation_response(model, request.id, whole)
+
+
+def _text_service(model: ModelVersion) -> TextService:
+    if model.text is None:
+        raise InvalidArgument(
+            f"model '{model.name}' takes no text: its config has no text_tokenizer parameter "
+            "(export it with `ortserve export bert` to serve it as a text model)"
+        )
+    return model.text
+
+
+async def _tokenize_inputs(request: InferRequest, model: ModelVersion) -> None:
+    """BYTES text_input (and text_pair) rows become the token inputs, padded to the longest row."""
+    inputs = {tensor.name: tensor for tensor in request.inputs}
+    unexpected = [name for name in inputs if name not in TEXT_INPUTS]
+    if unexpected:
+        raise InvalidArgument(
+            f"input {', '.join(map(repr, unexpected))} cannot be sent with text_input: the server "
+            "tokenizes text_input into the token inputs"
+        )
+    if "text_input" not in inputs:
+        raise InvalidArgument("input 'text_pair' needs 'text_input', the first text of each pair")
+    texts = _strings(inputs["text_input"])
+    pairs = _strings(inputs["text_pair"]) if "text_pair" in inputs else None
+    if pairs is not None and len(pairs) != len(texts):
+        raise InvalidArgument(f"text_pair holds {len(pairs)} texts, text_input {len(texts)}: one pair each")
+    truncate = request.parameters.get("truncate", False)
+    if not isinstance(truncate, bool):
+        raise InvalidArgument(f"request parameter 'truncate' must be true or false, got {truncate!r}")
+    text = model.text
+    encoded = await text.tokenize(TextRequest(model.name, text.settings.task, texts, pairs, truncate))
+    feeds = text.feeds(encoded.encoded)
+    specs = {spec.name: spec.datatype for spec in model.inputs}
+    if not model.batching:
+        feeds = {name: array[0] for name, array in feeds.items()} if len(texts) == 1 else feeds
+    request.inputs = [Tensor(name, specs[name], array) for name, array in feeds.items()]
+
+
+def _strings(tensor: Tensor) -> list[str]:
+    if tensor.datatype != "BYTES" or tensor.data.ndim > 2 or tensor.data.shape[1:] not in ((), (1,)):
+        raise InvalidArgument(
+            f"input '{tensor.name}' must be BYTES with one text per row (shape [n] or [n, 1]), "
+            f"got {tensor.datatype} {list(tensor.shape)}"
+        )
+    try:
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in tensor.data.reshape(-1)]
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"input '{tensor.name}' is not valid UTF-8") from None
 
 
 def _recorder(model: ModelVersion, start: int, protocol: str):

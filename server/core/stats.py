@@ -80,6 +80,22 @@ class SequenceStats:
 
 
 @dataclass
+class TextStats:
+    """An encoder's server-side tokenization."""
+
+    texts: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    tokenize: Duration = field(default_factory=Duration)
+
+    def record(self, texts: int, tokens: int, truncated: int, ns: int) -> None:
+        self.texts += texts
+        self.tokens += tokens
+        self.truncated += truncated
+        self.tokenize.add(ns)
+
+
+@dataclass
 class ModelStats:
     last_inference_ms: int = 0
     inference_count: int = 0
@@ -99,6 +115,7 @@ class ModelStats:
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BOUNDS))
     generation: GenerationStats = field(default_factory=GenerationStats)
     sequences: SequenceStats = field(default_factory=SequenceStats)
+    text: TextStats = field(default_factory=TextStats)
 
     def record_execution(self, batch_size: int, timing: "Timing") -> None:
         """One run of the model on a batch of `batch_size` items (Triton's batch_stats)."""

@@ -89,3 +89,28 @@ class GenerateRequest:
     input_ids: list[int] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     protocol: str = ""
+
+
+@dataclass
+class TextRequest:
+    """Texts for an encoder model (embeddings, classification, reranking), from any text front end."""
+
+    model_name: str
+    task: str  # "embed" or "classify"
+    inputs: list  # strings, or lists of token ids (embed)
+    pairs: list[str] | None = None  # the second text of each input (cross-encoders)
+    truncate: bool = False
+    truncation_side: str = ""  # "": the model's
+    normalize: bool | None = None  # None: the model's
+    dimensions: int | None = None
+    raw_scores: bool = False
+    model_version: str = ""
+    protocol: str = ""
+
+
+@dataclass
+class TextResult:
+    model_name: str
+    model_version: str
+    vectors: list  # one np.ndarray per input: an embedding, or scores
+    tokens: int

@@ -10,6 +10,8 @@ from google.protobuf import text_format
 from server.batching.collate import Padding
 from server.core import datatypes
 from server.core.validation import InputLimits
+from server.encoding.encoder import TextService
+from server.encoding.settings import TextSettings
 from server.generation.decoder import Decoder, DecoderGraphError
 from server.generation.engine import GenerationSettings
 from server.generation.interface import GENERATION_INTERFACE
@@ -73,6 +75,7 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
     filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
     instances = _instance_settings(config)
     sequences = sequence_settings(config, model_dir, len(instances))
+    text = _text_settings(model_dir, config)
     loaded = []
     try:
         for version in select_versions(model_dir, config):
@@ -86,6 +89,8 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
                 check_graph(sequences, sessions[0].graph_inputs(), sessions[0].graph_outputs())
             model = _model_version(model_dir, version, config, sessions)
             model.generation, model.sequences = generation, sequences
+            if text is not None:
+                model.text = _text_service(model, text)
             loaded.append(model)
             _warm_up(model_dir, model)
     except BaseException:
@@ -128,6 +133,25 @@ def _generation(model_dir: Path, config: ModelConfig) -> GenerationSettings | No
         raise ConfigError(str(error)) from None
 
 
+def _text_settings(model_dir: Path, config: ModelConfig) -> TextSettings | None:
+    try:
+        return TextSettings.from_parameters(
+            {key: value.string_value for key, value in config.parameters.items()}, model_dir
+        )
+    except ValueError as error:
+        raise ConfigError(f"text parameters: {error}") from None
+
+
+def _text_service(model: ModelVersion, settings: TextSettings) -> TextService:
+    try:
+        labels = model.labels.get(settings.output, [])
+        return TextService(model.name, settings, model.inputs, model.outputs, model.stats.text, labels)
+    except ValueError as error:
+        raise ConfigError(f"text parameters: {error}") from None
+    except Exception as error:  # the tokenizer file does not parse
+        raise ConfigError(f"text_tokenizer '{settings.tokenizer.name}' cannot be loaded: {error}") from None
+
+
 def _check_decoder(session: OrtSession) -> None:
     try:
         Decoder(session.session)
@@ -136,6 +160,9 @@ def _check_decoder(session: OrtSession) -> None:
 
 
 def _padding(config: ModelConfig) -> Padding | None:
+    budget = cfg.parameter(config, "max_batch_tokens", "0").strip()
+    if not budget.isdigit():
+        raise ConfigError(f"max_batch_tokens must be an integer >= 0 (0: no budget), got '{budget}'")
     try:
         return Padding.from_parameters({k: v.string_value for k, v in config.parameters.items()})
     except ValueError as error:

@@ -11,6 +11,7 @@ from server.core.errors import InvalidArgument
 from server.core.stats import ModelStats, Timing
 from server.core.types import TensorSpec
 from server.core.validation import InputLimits
+from server.encoding.encoder import TextService
 from server.generation.engine import GenerationEngine, GenerationSettings
 from server.protocol import ModelConfig
 from server.runtime.executor import InstancePool
@@ -37,6 +38,7 @@ class ModelVersion:
     sequences: SequenceSettings | None = None  # set for stateful models (sequence_batching)
     generation: GenerationSettings | None = None  # set for decoder models served by generation
     engine: GenerationEngine | None = None
+    text: TextService | None = None  # set for encoders that take text (config text_tokenizer)
 
     def start(self) -> None:
         """Starts the model's request queue or generation loop (on the event loop that serves it)."""

@@ -12,7 +12,9 @@ from server.api.http.body import read_body
 from server.api.http.errors import error_response
 from server.api.http.generation import add_generation_routes
 from server.api.http.infer_route import InferRoute
+from server.api.http.openai import add_embedding_routes
 from server.api.http.restricted import RestrictedApi
+from server.api.http.tei import add_tei_routes
 from server.api.restrictions import NO_RESTRICTIONS, Restrictions
 from server.core.errors import InvalidArgument, ServerError
 from server.core.service import InferenceService
@@ -134,6 +136,8 @@ def create_app(
         return Response(status_code=200)
 
     add_generation_routes(app, service, body)
+    add_embedding_routes(app, service, body)
+    add_tei_routes(app, service, body)
     served = InferRoute(app, service, max_request_bytes)
     if restrictions.rules:
         served = RestrictedApi(served, restrictions)

@@ -7,10 +7,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from server.api.http import codec
-from server.api.http.errors import STATUS
+from server.api.http.openai import error_body as _openai_error_body
+from server.api.http.openai import error_response as _openai_error
 from server.core.errors import InvalidArgument, ServerError
 from server.core.service import InferenceService
 from server.core.types import GenerateRequest
@@ -48,7 +49,8 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
     @app.get("/v1/models")
     async def openai_models():
         created = int(time.time())
-        names = sorted({m.name for m in service.registry.ready_models() if m.engine is not None})
+        names = sorted({m.name for m in service.registry.ready_models()
+                        if m.engine is not None or m.text is not None})
         return {"object": "list",
                 "data": [{"id": n, "object": "model", "created": created, "owned_by": "ortserve"}
                          for n in names]}
@@ -181,11 +183,3 @@ async def _openai_chunks(streams, completion: dict, include_usage: bool):
 def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-
-def _openai_error_body(error: ServerError) -> dict:
-    kind = "invalid_request_error" if STATUS[error.code] < 500 else "server_error"
-    return {"error": {"message": error.message, "type": kind, "param": None, "code": None}}
-
-
-def _openai_error(error: ServerError) -> JSONResponse:
-    return JSONResponse(_openai_error_body(error), status_code=STATUS[error.code])

