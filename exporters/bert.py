@@ -153,14 +153,18 @@ def load(checkpoint: str | Path) -> tuple[nn.Module, object]:
     return model, AutoTokenizer.from_pretrained(str(checkpoint))
 
 
-BUCKETS = "16,32,48,64,96,128,192,256,384,512"
+# Steps of 8 tokens where most texts fall: ONNX Runtime's cost grows with the padded length, so a finer
+# step wastes less on padding than it loses to smaller batches (measured with bench_text: about 9%).
+BUCKETS = "8,16,24,32,40,48,56,64,80,96,112,128,160,192,224,256,320,384,448,512"
 
 
 def config(model_config=None, max_batch_size: int = MAX_BATCH_SIZE, buckets: str = BUCKETS,
            text: TextSetup | None = None) -> ModelConfig:
     """Dynamic batching with the token inputs padded by 0, token outputs cut back per request, batches
-    packed up to a token budget; with the checkpoint's config, the positions and token ids it takes, so
-    the server refuses others with a 400; with `text`, the server's tokenization of text inputs."""
+    packed up to a token budget; two instances, so that a batch forms and is handed over while another
+    runs, each with every core (intra_op_thread_count 0), so that a lone request runs at full speed;
+    with the checkpoint's config, the positions and token ids it takes, so the server refuses others with
+    a 400; with `text`, the server's tokenization of text inputs."""
     limits = {}
     if model_config is not None:
         positions = model_config.max_position_embeddings
@@ -170,6 +174,7 @@ def config(model_config=None, max_batch_size: int = MAX_BATCH_SIZE, buckets: str
             f"token_type_ids:0:{max(model_config.type_vocab_size - 1, 0)}"
         )
     base = default_config(max_batch_size=max_batch_size)
+    base.instance_group.add(count=2)
     if text is not None and text.task == "classify":
         base.output.add(name="logits", label_filename="labels.txt")
     return set_parameters(
@@ -178,6 +183,7 @@ def config(model_config=None, max_batch_size: int = MAX_BATCH_SIZE, buckets: str
         pad_outputs="last_hidden_state",
         pad_buckets=buckets,
         max_batch_tokens="8192",
+        intra_op_thread_count="0",
         **limits,
         **(text.parameters() if text is not None else {}),
     )

@@ -180,7 +180,7 @@ def test_openai_options_base64_dimensions_token_ids_and_usage(http, text_server)
     ({"model": "minilm_tight", "input": ["a"] * 5}, 413, "5 inputs; model 'minilm_tight' takes at most 4"),
     ({"model": "minilm_tight", "input": ["word " * 100] * 4}, 413,
      "408 tokens; model 'minilm_tight' takes at most 300"),
-    ({"model": "reranker", "input": "x"}, 400, "model 'reranker' classifies text"),
+    ({"model": "reranker", "input": "x"}, 400, "model 'reranker' classifies text (/predict, /rerank)"),
     ({"model": "absent", "input": "x"}, 404, "unknown model"),
     ({"input": "x"}, 400, "'model' must name a model"),
 ])
@@ -268,7 +268,7 @@ def test_predict_gives_every_label_with_softmax_scores(http, checkpoints):
     ("/tei/minilm/embed", {"inputs": "x", "prompt_name": "query"}, 400, "'prompt_name' is not supported"),
     ("/tei/minilm/embed", {"inputs": "x", "pooling": "cls"}, 400, "field 'pooling' is not supported"),
     ("/tei/minilm_tight/embed", {"inputs": ["a"] * 5}, 413, "takes at most 4 per request"),
-    ("/tei/minilm/predict", {"inputs": "x"}, 400, "model 'minilm' embeds text"),
+    ("/tei/minilm/predict", {"inputs": "x"}, 400, "model 'minilm' embeds text (/v1/embeddings, /embed)"),
     ("/tei/sentiment/predict", {"inputs": [["a", "b"], ["c"]]}, 400, "mixes single texts and pairs"),
     ("/tei/absent/embed", {"inputs": "x"}, 404, "unknown model"),
 ])
@@ -291,7 +291,7 @@ def test_tokenize_and_info(http):
     bare = http.post("/tei/minilm/tokenize", json={"inputs": "Hello world", "add_special_tokens": False})
     assert [t["special"] for t in bare.json()[0]] == [False, False]
     info = http.get("/tei/minilm/info").json()
-    assert info["model_type"] == {"embedding": {"pooling": "mean"}}
+    assert info["model_type"] == {"embedding": {"pooling": "mean", "normalize": True}}
     assert (info["max_input_length"], info["max_client_batch_size"]) == (256, 32)
     reranker = http.get("/info", params={"model": "reranker"}).json()
     assert list(reranker["model_type"]) == ["reranker"]
@@ -360,3 +360,68 @@ def test_tokenization_is_counted_in_the_metrics(http, text_server):
     assert after[tokens] - before[tokens] == 4 + 3
     duration = 'ortserve_text_tokenize_duration_us{model="minilm",version="1"}'
     assert after[duration] > before[duration]
+
+
+def sentence_transformers_checkpoint(target: Path, pooling: str, normalize: bool) -> Path:
+    """A small random encoder saved as sentence-transformers saves one: modules.json, 1_Pooling, and
+    2_Normalize when asked."""
+    import json
+
+    demo.text_checkpoint(target)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+        (target / "2_Normalize").mkdir()
+    (target / "modules.json").write_text(json.dumps(modules))
+    (target / "1_Pooling").mkdir()
+    (target / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 64, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": pooling == "max",
+        "pooling_mode_lasttoken": pooling == "lasttoken", "pooling_mode_mean_sqrt_len_tokens": False}))
+    (target / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 40}))
+    return target
+
+
+def test_each_pooling_mode_of_a_sentence_transformers_checkpoint_is_served_as_it_encodes(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    repository = tmp_path / "repository"
+    modes = {"cls": False, "max": True, "lasttoken": False}
+    for mode, normalize in modes.items():
+        checkpoint = sentence_transformers_checkpoint(tmp_path / mode, mode, normalize)
+        bert.export(checkpoint, repository, mode)
+    sentences = corpus.sentences(12)
+    server = start_server(repository, tmp_path / "server.log", ready_model="cls")
+    try:
+        for mode, normalize in modes.items():
+            expected = SentenceTransformer(str(tmp_path / mode), device="cpu").encode(sentences)
+            body = {"inputs": sentences, "truncate": True, "normalize": normalize}
+            served = httpx.post(f"http://{server.http_url}/tei/{mode}/embed", json=body, timeout=60)
+            assert served.status_code == 200, served.text
+            np.testing.assert_allclose(served.json(), expected, atol=1e-4, rtol=1e-4)
+            info = httpx.get(f"http://{server.http_url}/tei/{mode}/info").json()
+            assert info["model_type"]["embedding"]["normalize"] is normalize
+            assert info["max_input_length"] == 40
+    finally:
+        stop_server(server)
+
+
+def test_checkpoints_the_exporter_cannot_serve_as_they_encode_are_refused(tmp_path):
+    import json
+
+    from exporters.module import ExportError
+
+    checkpoint = sentence_transformers_checkpoint(tmp_path / "dense", "mean", True)
+    modules = json.loads((checkpoint / "modules.json").read_text())
+    modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    (checkpoint / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ExportError, match="modules Dense; the bert exporter handles Transformer, Pooling"):
+        bert.export(checkpoint, tmp_path / "repository", "dense")
+    sqrt = sentence_transformers_checkpoint(tmp_path / "sqrt", "mean", False)
+    pooling = json.loads((sqrt / "1_Pooling" / "config.json").read_text())
+    pooling["pooling_mode_mean_sqrt_len_tokens"] = True
+    (sqrt / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    with pytest.raises(ExportError, match="pools with mean, pooling_mode_mean_sqrt_len_tokens"):
+        bert.export(sqrt, tmp_path / "repository", "sqrt")

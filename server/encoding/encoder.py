@@ -56,9 +56,10 @@ class TextService:
 
     def check_task(self, task: str) -> None:
         if task != self.settings.task:
-            does = "embeds text" if self.settings.task == "embed" else "classifies text (a head's scores)"
+            does = {"embed": "embeds text (/v1/embeddings, /embed)",
+                    "classify": "classifies text (/predict, /rerank)"}
             raise InvalidArgument(
-                f"model '{self.model_name}' {does}, it cannot serve a {task} request"
+                f"model '{self.model_name}' {does[self.settings.task]}; it cannot answer this route"
             )
 
     async def tokenize(self, request: TextRequest) -> Texts:

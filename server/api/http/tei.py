@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from server.api.http import codec
 from server.api.http.errors import STATUS
-from server.api.http.openai import text_inputs
+from server.api.http.openai import json_response, text_inputs
 from server.core.errors import ErrorCode, InvalidArgument, ServerError
 from server.core.service import InferenceService
 from server.core.types import TextRequest
@@ -65,7 +65,7 @@ def add_tei_routes(app: FastAPI, service: InferenceService, body: Callable) -> N
             normalize=normalize, dimensions=dimensions, protocol="http", **_truncation(payload),
         )
         result = await service.encode(text_request)
-        return [vector.tolist() for vector in result.vectors]
+        return json_response([vector.tolist() for vector in result.vectors])
 
     @app.post("/rerank")
     @app.post("/tei/{model}/rerank")
@@ -146,10 +146,11 @@ def _model(service: InferenceService, path_model: str, payload: dict, route: str
     fitting = sorted({name for name, text in service.text_models() if _fits(text, route)})
     if len(fitting) == 1:
         return fitting[0]
-    choices = f": {', '.join(fitting)}" if fitting else ""
+    if not fitting:
+        raise InvalidArgument(f"no loaded model serves /{route}")
     raise InvalidArgument(
-        f"{len(fitting)} loaded models serve /{route}{choices}; name one with 'model' in the body, "
-        f"or call /tei/{{model}}/{route}"
+        f"{len(fitting)} loaded models serve /{route}: {', '.join(fitting)}; name one with 'model' in the "
+        f"body, or call /tei/{{model}}/{route}"
     )
 
 
@@ -206,7 +207,7 @@ def _predict_inputs(value) -> tuple[bool, list[tuple[str, ...]]]:
 def _info(name: str, text: TextService) -> dict:
     settings = text.settings
     if settings.task == "embed":
-        kind = {"embedding": {"pooling": settings.pooling}}
+        kind = {"embedding": {"pooling": settings.pooling, "normalize": settings.normalize}}
     else:
         id2label = dict(enumerate(text.labels))
         kind = {("reranker" if text.labels_count == 1 else "classifier"): {
@@ -219,6 +220,5 @@ def _info(name: str, text: TextService) -> dict:
         "max_input_length": settings.max_length,
         "max_batch_tokens": settings.max_batch_tokens,
         "max_client_batch_size": settings.max_client_batch_size,
-        "normalize": settings.normalize,
         "version": server_version(),
     }
