@@ -10,7 +10,8 @@ from exporters.parity import ParityError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("family", choices=("bert", "gpt", "cnn", "lstm"))
+    parser.add_argument("family", choices=("bert", "gpt", "llm", "cnn", "lstm"),
+                        help="llm is gpt: decoders of type gpt2, llama, mistral, qwen2, qwen3, phi3, gemma")
     parser.add_argument(
         "--checkpoint", required=True,
         help="a local Hugging Face checkpoint directory or hub id (cnn, lstm: also a torch.save file)",
@@ -32,13 +33,16 @@ def export(args: argparse.Namespace) -> list:
         from exporters import bert
 
         return bert.export(args.checkpoint, args.repository, args.name, variants, not args.no_pooling)
-    if args.family == "gpt":
+    if args.family in ("gpt", "llm"):
         from exporters import gpt
 
         model, tokenizer = gpt.load(args.checkpoint)
         tokenizer_file = Path(args.checkpoint) / "tokenizer.json"
         if tokenizer_file.exists():
             return gpt.export(model, args.repository, args.name, variants, tokenizer_file)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ExportError(f"checkpoint '{args.checkpoint}' has no fast tokenizer (tokenizer.json), which "
+                              "the server needs to turn text into tokens; add it to the checkpoint directory")
         with tempfile.TemporaryDirectory() as work:  # a hub id: the fast tokenizer's tokenizer.json
             tokenizer.save_pretrained(work)
             return gpt.export(model, args.repository, args.name, variants, Path(work) / "tokenizer.json")

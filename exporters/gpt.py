@@ -1,4 +1,5 @@
-"""GPT-2-family decoders to one ONNX graph with KV cache, checked by greedy decoding.
+"""Decoders (GPT-2, and the Llama family through `exporters/llama.py`) to one ONNX graph with KV cache,
+checked by greedy decoding.
 
 The graph takes `input_ids`, `attention_mask` (past and new tokens), `position_ids` and
 `past_key_values.{i}.key|value` and returns `logits` and `present.{i}.key|value`, the new tokens' keys
@@ -16,7 +17,7 @@ import torch
 from google.protobuf import text_format
 from torch import nn
 
-from exporters import parity
+from exporters import llama, parity
 from exporters.module import (
     ExportError,
     ExportReport,
@@ -31,7 +32,7 @@ from server.generation.decoder import Decoder
 from server.generation.interface import GENERATION_INTERFACE
 from server.protocol import ModelConfig
 
-SUPPORTED = ("gpt2",)
+SUPPORTED = ("gpt2", *llama.FAMILIES)
 GENERATION_CONFIG = 'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + GENERATION_INTERFACE
 
 
@@ -51,7 +52,7 @@ class DecoderWithPast(nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, *past):
         gpt = self.model.transformer
         hidden = gpt.wte(input_ids) + gpt.wpe(position_ids)
-        bias = _attention_bias(attention_mask, input_ids.shape[1])
+        bias = attention_bias(attention_mask, input_ids.shape[1])
         present = []
         for layer, block in enumerate(gpt.h):
             layer_past = past[2 * layer:2 * layer + 2]
@@ -63,7 +64,7 @@ class DecoderWithPast(nn.Module):
         return (self.model.lm_head(last), *present)
 
 
-def _attention_bias(attention_mask, new: int):
+def attention_bias(attention_mask, new: int):
     """[rows, 1, new, past + new]: 0 where a new token may attend, the float minimum elsewhere."""
     total = attention_mask.shape[1]
     keys = torch.arange(total, device=attention_mask.device)
@@ -95,20 +96,27 @@ def io_names(layers: int) -> tuple[list[str], list[str]]:
 
 
 def load(checkpoint: str | Path):
+    """The causal LM and its tokenizer; ExportError when the checkpoint has no tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_type(checkpoint, "gpt", SUPPORTED)
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
-    return model, AutoTokenizer.from_pretrained(str(checkpoint))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    except (OSError, ValueError, TypeError) as error:
+        raise ExportError(
+            f"checkpoint '{checkpoint}' has no tokenizer the exporter can read ({error}); a decoder is "
+            "served with its checkpoint's tokenizer.json"
+        ) from None
+    return model, tokenizer
 
 
 def export_decoder(model: nn.Module, path: Path, opset: int = 18) -> Path:
     """torch.export (dynamo): a smaller graph than the TorchScript trace, and a decode step of one row
     is mostly per-op cost."""
     config = model.config
-    layers, heads = config.n_layer, config.n_head
-    head_dim = config.n_embd // heads
-    past_names, present_names = io_names(layers)
+    _, kv_heads, head_dim = llama.cache_shape(config)
+    past_names, present_names = io_names(config.num_hidden_layers)
     batch, past_len, new = 2, 3, 4
     mask = torch.ones(batch, past_len + new, dtype=torch.long)
     mask[0, :2] = 0  # trace with padding, so no all-ones shortcut is baked in
@@ -116,13 +124,14 @@ def export_decoder(model: nn.Module, path: Path, opset: int = 18) -> Path:
         torch.ones(batch, new, dtype=torch.long),
         mask,
         torch.arange(past_len, past_len + new).repeat(batch, 1),
-        *[torch.zeros(batch, heads, past_len, head_dim) for _ in past_names],
+        *[torch.zeros(batch, kv_heads, past_len, head_dim) for _ in past_names],
     )
     rows, sequence, past = (torch.export.Dim(n) for n in ("batch", "sequence", "past_sequence"))
     total = torch.export.Dim.AUTO  # past_sequence + sequence
     shapes = ({0: rows, 1: sequence}, {0: rows, 1: total}, {0: rows, 1: sequence},
               tuple({0: rows, 2: past} for _ in past_names))
-    wrapper = DecoderWithPast(model).eval()
+    wrapped = DecoderWithPast if config.model_type == "gpt2" else llama.RotaryDecoderWithPast
+    wrapper = wrapped(model).eval()
     try:
         with torch.no_grad():
             torch.onnx.export(
@@ -179,10 +188,13 @@ def prefill_logits(path: Path, prompts: list[list[int]]) -> np.ndarray:
 
 def generation_config(model: nn.Module, tokenizer_file: str | None, max_running: int = 16) -> ModelConfig:
     config = text_format.Parse(GENERATION_CONFIG, ModelConfig())
-    eos = model.config.eos_token_id
+    generation = getattr(model, "generation_config", None)  # generation_config.json: Llama 3 has several
+    eos = getattr(generation, "eos_token_id", None)
+    eos = model.config.eos_token_id if eos is None else eos
+    eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
     values = {
-        "eos_token_id": eos if eos is not None else -1,
-        "max_sequence_length": model.config.n_positions,
+        "eos_token_id": ",".join(map(str, eos)) or -1,
+        "max_sequence_length": llama.context_length(model.config),
         "default_max_tokens": 64,
         "max_running_sequences": max_running,
         "max_waiting_sequences": 64,

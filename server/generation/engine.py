@@ -40,7 +40,7 @@ class GenerationSettings:
     """From the model's config.pbtxt `parameters`."""
 
     max_sequence_length: int
-    eos_token_id: int = -1
+    eos_token_ids: frozenset[int] = frozenset()  # config `eos_token_id`: one id, or several "a,b,c"
     default_max_tokens: int = 64
     limits: SchedulerLimits = field(default_factory=SchedulerLimits)
     tokenizer_file: Path | None = None
@@ -71,7 +71,7 @@ class GenerationSettings:
         defaults = SchedulerLimits()
         return cls(
             max_sequence_length=number("max_sequence_length", None),
-            eos_token_id=number("eos_token_id", -1, low=-1),
+            eos_token_ids=_token_ids(parameters.get("eos_token_id", "-1")),
             default_max_tokens=number("default_max_tokens", 64),
             limits=SchedulerLimits(
                 max_running=number("max_running_sequences", defaults.max_running),
@@ -82,6 +82,15 @@ class GenerationSettings:
             tokenizer_file=model_dir / tokenizer if tokenizer else None,
             io_binding=_SWITCH[binding],
         )
+
+
+def _token_ids(value: str) -> frozenset[int]:
+    items = [item.strip() for item in str(value).split(",")]
+    if not all(item.lstrip("-").isdigit() for item in items):
+        raise ValueError(
+            f"generation parameter 'eos_token_id' must be token ids separated by commas, got {value!r}"
+        )
+    return frozenset(int(item) for item in items if int(item) >= 0)
 
 
 @dataclass
@@ -335,7 +344,7 @@ class GenerationEngine:
 
     def _finish_reason(self, request: _Request, token: int) -> str | None:
         sequence, params = request.sequence, request.params
-        eos = token == self.settings.eos_token_id and not params.ignore_eos
+        eos = token in self.settings.eos_token_ids and not params.ignore_eos
         if eos or token in params.stop_token_ids:
             return FINISH_STOP
         if len(sequence.generated) >= sequence.max_tokens:

@@ -1,0 +1,161 @@
+"""Llama-family decoders (and GPT-2) exported from tiny random checkpoints: served greedy tokens equal
+`transformers` `generate`, for prompts of different lengths sent at once, in fp32; the int8 variant serves
+what it computes in process; the CLI exports a checkpoint directory with its own tokenizer."""
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from exporters import gpt
+from loadtest import corpus
+from tests.conftest import start_server, stop_server
+
+VOCAB = 320
+NEW_TOKENS = 32
+# (model type, extra config): grouped-query attention where the family has it, rope scaling for llama
+FAMILIES = {
+    "llama": {"num_key_value_heads": 2, "rope_theta": 500000.0,
+              "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
+    "mistral": {"num_key_value_heads": 2, "sliding_window": 96},
+    "qwen2": {"num_key_value_heads": 2},
+    "qwen3": {"num_key_value_heads": 2},
+    "phi3": {"num_key_value_heads": 2},
+    "gemma": {"num_key_value_heads": 1},
+    "gpt2": {},
+}
+PROMPTS = [[5, 9, 17], list(range(20, 61)), [7], list(range(100, 112))]
+
+
+def tiny_decoder(kind: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if kind == "gpt2":
+        config = AutoConfig.for_model("gpt2", vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=2,
+                                      n_head=4, initializer_range=0.3, eos_token_id=None, bos_token_id=None)
+    else:
+        config = AutoConfig.for_model(
+            kind, vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, head_dim=16, max_position_embeddings=128, initializer_range=0.3,
+            eos_token_id=None, bos_token_id=None, pad_token_id=None, **FAMILIES[kind],
+        )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(scope="module")
+def decoders(tmp_path_factory):
+    repository = tmp_path_factory.mktemp("decoders")
+    models = {kind: tiny_decoder(kind) for kind in FAMILIES}
+    for kind, model in models.items():
+        gpt.export(model, repository, kind, ("fp32", "int8"), new_tokens=8)
+    server = start_server(repository, tmp_path_factory.mktemp("logs") / "server.log", ready_model="llama")
+    yield models, repository, server
+    assert stop_server(server) == 0, server.output()
+
+
+def served_greedy(server, name: str, prompts: list[list[int]]) -> list[list[int]]:
+    def one(prompt):
+        body = {"input_ids": prompt, "parameters": {"max_tokens": NEW_TOKENS, "temperature": 0}}
+        answer = httpx.post(f"http://{server.http_url}/v2/models/{name}/generate", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["output_ids"]
+
+    with ThreadPoolExecutor(len(prompts)) as pool:  # at once, so the prompts share decode steps
+        return list(pool.map(one, prompts))
+
+
+@pytest.mark.parametrize("kind", list(FAMILIES))
+def test_served_greedy_tokens_equal_transformers_generate(decoders, kind):
+    models, repository, server = decoders
+    model = models[kind]
+    expected = [gpt.greedy_torch(model, [prompt], NEW_TOKENS)[0] for prompt in PROMPTS]
+    assert served_greedy(server, kind, PROMPTS) == expected
+    # one prompt at a time: dynamic int8 quantizes activations with one scale per tensor, so the rows
+    # sharing a batch change each other's numbers
+    int8_file = repository / f"{kind}_int8" / "1" / "model.onnx"
+    for prompt in PROMPTS[:2]:
+        alone = gpt.greedy_onnx(int8_file, [prompt], NEW_TOKENS)
+        assert served_greedy(server, f"{kind}_int8", [prompt]) == alone
+
+
+def test_the_cache_holds_the_key_value_heads_only(decoders):
+    import onnx
+
+    _, repository, _ = decoders
+    graph = onnx.load(str(repository / "llama" / "1" / "model.onnx")).graph
+    past = next(i for i in graph.input if i.name == "past_key_values.0.key")
+    dims = [d.dim_value or d.dim_param for d in past.type.tensor_type.shape.dim]
+    assert dims[1] == 2 and dims[3] == 16  # 2 key/value heads of 16 for 4 query heads
+
+
+def test_a_prompt_beyond_the_sliding_window_gets_a_clear_error(decoders):
+    _, _, server = decoders
+    body = {"input_ids": list(range(1, 100)), "parameters": {"max_tokens": 1}}
+    answer = httpx.post(f"http://{server.http_url}/v2/models/mistral/generate", json=body, timeout=60)
+    assert answer.status_code == 400
+    assert "the prompt has 99 tokens; this model allows at most 95" in answer.json()["error"]
+
+
+def checkpoint_with_tokenizer(target: Path, kind: str) -> Path:
+    """A tiny checkpoint directory with a byte-level BPE tokenizer trained here on real text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|end|>"])
+    tokenizer.train_from_iterator(corpus.paragraphs(), trainer)
+    model = tiny_decoder(kind)
+    model.save_pretrained(str(target))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|end|>").save_pretrained(str(target))
+    return target
+
+
+def test_the_cli_exports_a_checkpoint_directory_that_answers_text_with_its_own_tokenizer(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint = checkpoint_with_tokenizer(tmp_path / "checkpoint", "qwen2")
+    repository = tmp_path / "repository"
+    done = subprocess.run([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
+                           "--repository", str(repository), "--name", "tiny"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (repository / "tiny" / "tokenizer.json").exists()
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    prompt = "Return the path of the file."
+    ids = tokenizer(prompt)["input_ids"]
+    expected = tokenizer.decode(gpt.greedy_torch(model, [ids], 16)[0])
+    server = start_server(repository, tmp_path / "server.log", ready_model="tiny")
+    try:
+        body = {"text_input": prompt, "parameters": {"max_tokens": 16, "temperature": 0, "ignore_eos": True}}
+        answer = httpx.post(f"http://{server.http_url}/v2/models/tiny/generate", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["text_output"] == expected
+    finally:
+        stop_server(server)
+
+
+def test_the_cli_refuses_a_checkpoint_without_tokenizer_or_of_another_type(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    bare = tmp_path / "bare"
+    tiny_decoder("llama").save_pretrained(str(bare))
+    encoder = tmp_path / "encoder"
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16)).save_pretrained(str(encoder))
+    wrong_type = "is a 'bert' model; the gpt exporter supports gpt2, llama, mistral"
+    for checkpoint, fragment in ((bare, "has no tokenizer the exporter can read"), (encoder, wrong_type)):
+        done = subprocess.run([sys.executable, "-m", "exporters", "gpt", "--checkpoint", str(checkpoint),
+                               "--repository", str(tmp_path / "repository"), "--name", "x"],
+                              capture_output=True, text=True)
+        assert done.returncode != 0 and fragment in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "repository" / "x").exists()
