@@ -33,6 +33,7 @@ from server.generation.interface import GENERATION_INTERFACE
 from server.protocol import ModelConfig
 
 SUPPORTED = ("gpt2", *llama.FAMILIES)
+CHAT_FILES = ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 GENERATION_CONFIG = 'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + GENERATION_INTERFACE
 
 
@@ -261,8 +262,14 @@ def _publish(path, repository, name, variant, report, model, tokenizer_file) -> 
     config.name = name
     (target.parent.parent / "config.pbtxt").write_text(text_format.MessageToString(config))
     if tokenizer_file:
-        shutil.copyfile(tokenizer_file, target.parent.parent / Path(tokenizer_file).name)
+        for file in (Path(tokenizer_file), *_chat_files(Path(tokenizer_file).parent)):
+            shutil.copyfile(file, target.parent.parent / file.name)
     return ExportReport(name, variant, target, target.stat().st_size, report)
+
+
+def _chat_files(directory: Path) -> list[Path]:
+    """The tokenizer's settings beside its tokenizer.json: special tokens and the chat template."""
+    return [directory / name for name in CHAT_FILES if (directory / name).exists()]
 
 
 def _torch_prefill(model: nn.Module, prompts: list[list[int]]) -> np.ndarray:

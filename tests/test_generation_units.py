@@ -215,3 +215,35 @@ def test_mailbox_gives_waiting_events_as_one_and_an_error_after_them():
     assert (second.token_ids, second.finish_reason, second.prompt_tokens) == ([7], "length", 3)
     assert before_error.token_ids == [8]
     assert isinstance(error, Unavailable)
+
+
+def byte_fallback_codec(tmp_path):
+    """A SentencePiece-style tokenizer (Llama 2, TinyLlama): "▁" for spaces, and characters outside its
+    vocabulary as one <0xNN> token per UTF-8 byte, fused back by the decoder."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    from server.generation.text import TextCodec
+
+    vocab = {"<unk>": 0, **{f"<0x{b:02X}>": 1 + b for b in range(256)}}
+    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyz.,!?", "▁the", "▁is"]:
+        vocab.setdefault(piece, len(vocab))
+    tokenizer = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                           decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    return TextCodec(path)
+
+
+def test_streamed_pieces_of_multibyte_text_concatenate_to_the_full_decode(tmp_path):
+    codec = byte_fallback_codec(tmp_path)
+    text = "the 東京 is 🙂🎉 big, ça va? 日本語のテキスト ok"
+    ids = codec.encode(text, special_tokens=False)
+    assert any(codec.tokenizer.id_to_token(i).startswith("<0x") for i in ids)
+    stream, pieces = TextStream(codec, ()), []
+    for end in range(1, len(ids) + 1):
+        pieces.append(stream.push(ids[:end], final=end == len(ids)))
+    assert "".join(pieces) == codec.decode(ids) == text
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert sum(1 for piece in pieces if piece) > 10  # it streamed, not all at the end

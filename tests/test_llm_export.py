@@ -102,8 +102,22 @@ def test_a_prompt_beyond_the_sliding_window_gets_a_clear_error(decoders):
     assert "the prompt has 99 tokens; this model allows at most 95" in answer.json()["error"]
 
 
-def checkpoint_with_tokenizer(target: Path, kind: str) -> Path:
-    """A tiny checkpoint directory with a byte-level BPE tokenizer trained here on real text."""
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+          "{% endif %}")
+LLAMA2 = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
+          "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+          "{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+          "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}"
+          "{% endfor %}")
+CHAT = [{"role": "system", "content": "You answer in Python."},
+        {"role": "user", "content": "How do I open a file?"},
+        {"role": "assistant", "content": "Use open()."},
+        {"role": "user", "content": [{"type": "text", "text": "And read "}, {"type": "text", "text": "it?"}]}]
+
+
+def trained_tokenizer(chat_template: str | None = CHATML):
+    """A byte-level BPE trained here on real text, with ChatML's special tokens, as transformers wraps it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -111,36 +125,108 @@ def checkpoint_with_tokenizer(target: Path, kind: str) -> Path:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|end|>"])
+                                  special_tokens=["<s>", "<|im_start|>", "<|im_end|>"])
     tokenizer.train_from_iterator(corpus.paragraphs(), trainer)
-    model = tiny_decoder(kind)
-    model.save_pretrained(str(target))
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|end|>").save_pretrained(str(target))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="<|im_end|>",
+                                   chat_template=chat_template)
+
+
+def checkpoint_with_tokenizer(target: Path, kind: str, chat_template: str | None = CHATML) -> Path:
+    tiny_decoder(kind).save_pretrained(str(target))
+    trained_tokenizer(chat_template).save_pretrained(str(target))
     return target
 
 
-def test_the_cli_exports_a_checkpoint_directory_that_answers_text_with_its_own_tokenizer(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    checkpoint = checkpoint_with_tokenizer(tmp_path / "checkpoint", "qwen2")
-    repository = tmp_path / "repository"
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory):
+    """A qwen2 checkpoint directory with its own tokenizer and chat template, exported by the CLI."""
+    root = tmp_path_factory.mktemp("chat")
+    checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2")
+    repository = root / "repository"
     done = subprocess.run([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
                            "--repository", str(repository), "--name", "tiny"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert (repository / "tiny" / "tokenizer.json").exists()
+    gpt.export(tiny_decoder("llama"), repository, "ids_only", new_tokens=4)
+    server = start_server(repository, root / "server.log", ready_model="tiny")
+    yield checkpoint, repository, server
+    assert stop_server(server) == 0, server.output()
+
+
+def test_the_cli_exports_a_checkpoint_directory_that_answers_text_with_its_own_tokenizer(chat_server):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint, repository, server = chat_server
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (repository / "tiny").iterdir()}
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
     prompt = "Return the path of the file."
-    ids = tokenizer(prompt)["input_ids"]
-    expected = tokenizer.decode(gpt.greedy_torch(model, [ids], 16)[0])
-    server = start_server(repository, tmp_path / "server.log", ready_model="tiny")
-    try:
-        body = {"text_input": prompt, "parameters": {"max_tokens": 16, "temperature": 0, "ignore_eos": True}}
-        answer = httpx.post(f"http://{server.http_url}/v2/models/tiny/generate", json=body, timeout=60)
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["text_output"] == expected
-    finally:
-        stop_server(server)
+    expected = tokenizer.decode(gpt.greedy_torch(model, [tokenizer(prompt)["input_ids"]], 16)[0])
+    body = {"text_input": prompt, "parameters": {"max_tokens": 16, "temperature": 0, "ignore_eos": True}}
+    answer = httpx.post(f"http://{server.http_url}/v2/models/tiny/generate", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["text_output"] == expected
+
+
+@pytest.mark.parametrize("template", [CHATML, LLAMA2])
+def test_the_chat_prompt_is_rendered_as_transformers_renders_it(tmp_path, template):
+    from server.text.chat import ChatTemplate
+
+    tokenizer = trained_tokenizer(template)
+    tokenizer.save_pretrained(str(tmp_path))
+    chat = ChatTemplate.from_model_dir(tmp_path)
+    turns = CHAT[1:] if template == LLAMA2 else CHAT
+    flat = [{**m, "content": "And read it?"} if isinstance(m["content"], list) else m for m in turns]
+    expected = tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=True)
+    assert chat.render(turns) == expected
+    if template == LLAMA2:
+        with pytest.raises(Exception, match="Conversation roles must alternate"):
+            chat.render([CHAT[1], CHAT[1]])
+
+
+def test_chat_completions_equal_transformers_and_stream_the_same_text(chat_server):
+    import openai
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint, _, server = chat_server
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    flat = [{**m, "content": "And read it?"} if isinstance(m["content"], list) else m for m in CHAT]
+    ids = tokenizer.apply_chat_template(flat, tokenize=True, add_generation_prompt=True, return_dict=False)
+    expected_ids = gpt.greedy_torch(model, [ids], 24)[0]
+    client = openai.OpenAI(base_url=f"http://{server.http_url}/v1", api_key="unused", max_retries=0)
+    whole = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=24, temperature=0,
+                                           extra_body={"ignore_eos": True})
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.choices[0].message.content == tokenizer.decode(expected_ids, skip_special_tokens=True)
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (len(ids), 24)
+    assert whole.choices[0].finish_reason == "length"
+    stream = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_completion_tokens=24, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 24 and not chunks[-1].choices
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"model": "ids_only", "messages": CHAT}, "this model has no chat template"),
+    ({"model": "tiny", "messages": CHAT, "logprobs": True}, "parameter 'logprobs' is not supported"),
+    ({"model": "tiny", "messages": CHAT, "presence_penalty": 0.5}, "'presence_penalty' is not supported"),
+    ({"model": "tiny", "messages": []}, "'messages' must be a non-empty list"),
+    ({"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role must be one of"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "text parts"),
+    ({"model": "tiny", "messages": CHAT, "n": 2}, "'n' must be 1"),
+])
+def test_chat_errors_name_what_is_wrong_in_openai_shape(chat_server, body, fragment):
+    _, _, server = chat_server
+    answer = httpx.post(f"http://{server.http_url}/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert fragment in error["message"] and error["type"] == "invalid_request_error"
 
 
 def test_the_cli_refuses_a_checkpoint_without_tokenizer_or_of_another_type(tmp_path):
@@ -159,3 +245,22 @@ def test_the_cli_refuses_a_checkpoint_without_tokenizer_or_of_another_type(tmp_p
         assert done.returncode != 0 and fragment in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "repository" / "x").exists()
+
+
+def test_completions_take_token_id_prompts_and_v1_answers_in_openai_shape(chat_server):
+    from transformers import AutoTokenizer
+
+    checkpoint, _, server = chat_server
+    base = f"http://{server.http_url}/v1"
+    ids = AutoTokenizer.from_pretrained(str(checkpoint))("Open the file")["input_ids"]
+    body = {"model": "tiny", "max_tokens": 8, "temperature": 0}
+    by_text = httpx.post(f"{base}/completions", json={**body, "prompt": "Open the file"}).json()
+    by_ids = httpx.post(f"{base}/completions", json={**body, "prompt": [ids, ids]}).json()
+    assert [c["text"] for c in by_ids["choices"]] == [by_text["choices"][0]["text"]] * 2
+    assert by_ids["usage"]["prompt_tokens"] == 2 * len(ids)
+    assert httpx.get(f"{base}/models/tiny").json()["id"] == "tiny"
+    for path in ("/models/absent", "/nothing"):
+        answer = httpx.get(base + path)
+        assert answer.status_code == 404 and answer.json()["error"]["type"] == "invalid_request_error"
+    wrong = httpx.post(f"{base}/completions", json={**body, "prompt": [1.5]})
+    assert wrong.status_code == 400 and "'prompt' must be a string" in wrong.json()["error"]["message"]

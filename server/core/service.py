@@ -107,7 +107,9 @@ class InferenceService:
                 "model_transaction_policy {{ decoupled: true }}); use its infer endpoint"
             )
         try:
-            prompt, params = model.engine.prepare(request.text, request.input_ids, request.parameters)
+            prompt, params = model.engine.prepare(
+                request.text, request.input_ids, request.parameters, request.messages
+            )
             tokens = model.engine.submit(prompt, params, _recorder(model, start, request.protocol))
             tokens.model_version = str(model.version)
             return tokens

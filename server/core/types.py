@@ -89,6 +89,7 @@ class GenerateRequest:
     input_ids: list[int] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     protocol: str = ""
+    messages: list | None = None  # a chat: rendered with the model's chat template in place of `text`
 
 
 @dataclass

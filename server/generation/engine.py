@@ -28,6 +28,7 @@ from server.generation.scheduler import (
 )
 from server.generation.text import TextCodec, TextStream, prompt_ids
 from server.runtime.executor import InstancePool
+from server.text.chat import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class GenerationSettings:
     default_max_tokens: int = 64
     limits: SchedulerLimits = field(default_factory=SchedulerLimits)
     tokenizer_file: Path | None = None
+    chat: ChatTemplate | None = None  # the checkpoint's chat template, where its files have one
     io_binding: bool | None = None  # the KV cache on the graph's device; None: where that is a GPU
 
     @classmethod
@@ -80,6 +82,7 @@ class GenerationSettings:
                 max_cache_tokens=number("max_cache_tokens", defaults.max_cache_tokens),
             ),
             tokenizer_file=model_dir / tokenizer if tokenizer else None,
+            chat=ChatTemplate.from_model_dir(model_dir) if tokenizer else None,
             io_binding=_SWITCH[binding],
         )
 
@@ -220,10 +223,16 @@ class GenerationEngine:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def prepare(
-        self, text: str | None, ids: list[int] | None, parameters: dict
+        self, text: str | None, ids: list[int] | None, parameters: dict, messages: list | None = None
     ) -> tuple[list[int], SamplingParams]:
-        """The prompt's token ids and the sampling parameters, or a clear error about either."""
-        prompt = prompt_ids(self.codec, text, ids, self.decoder.vocab_size)
+        """The prompt's token ids (of a chat rendered with the model's template, when `messages`) and
+        the sampling parameters, or a clear error about either."""
+        if messages is not None:
+            if self.settings.chat is None:
+                raise InvalidArgument("this model has no chat template (its tokenizer files define none); "
+                                      "use /v1/completions with a prompt")
+            text, ids = self.settings.chat.render(messages), None
+        prompt = prompt_ids(self.codec, text, ids, self.decoder.vocab_size, special_tokens=messages is None)
         limit = self.settings.max_sequence_length
         if len(prompt) >= limit:
             raise InvalidArgument(

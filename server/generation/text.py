@@ -13,8 +13,10 @@ class TextCodec:
 
         self.tokenizer = Tokenizer.from_file(str(path))
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, special_tokens: bool = True) -> list[int]:
+        """`special_tokens`: what the tokenizer adds around a text (Llama's BOS); a chat template writes
+        them itself."""
+        return self.tokenizer.encode(text, add_special_tokens=special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -66,7 +68,8 @@ def _held_for_stop(text: str, stop: tuple[str, ...]) -> int:
 
 
 def prompt_ids(
-    codec: TextCodec | None, text: str | None, ids: list[int] | None, vocab: int | None
+    codec: TextCodec | None, text: str | None, ids: list[int] | None, vocab: int | None,
+    special_tokens: bool = True,
 ) -> list[int]:
     if ids is not None:
         if not ids or not all(isinstance(i, int) and 0 <= i and (vocab is None or i < vocab) for i in ids):
@@ -78,7 +81,7 @@ def prompt_ids(
         raise InvalidArgument("a generation request needs text_input (or input_ids)")
     if codec is None:
         raise InvalidArgument("this model has no tokenizer; send input_ids instead of text_input")
-    encoded = codec.encode(text)
+    encoded = codec.encode(text, special_tokens)
     if not encoded:
         raise InvalidArgument("text_input is empty; the prompt needs at least one token")
     return encoded

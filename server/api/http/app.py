@@ -10,7 +10,7 @@ from server.api.access_log import HttpAccessLog
 from server.api.http import codec
 from server.api.http.body import read_body
 from server.api.http.errors import error_response
-from server.api.http.generation import add_generation_routes
+from server.api.http.generation import add_chat_routes, add_generation_routes
 from server.api.http.infer_route import InferRoute
 from server.api.http.openai import add_embedding_routes
 from server.api.http.restricted import RestrictedApi
@@ -37,7 +37,11 @@ def create_app(
         return error_response(error)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, error: HTTPException):
+    async def http_error(request: Request, error: HTTPException):
+        if request.url.path.startswith("/v1/"):  # OpenAI's shape on every /v1 route, 404 included
+            kind = "invalid_request_error" if error.status_code < 500 else "server_error"
+            body = {"error": {"message": str(error.detail), "type": kind, "param": None, "code": None}}
+            return JSONResponse(body, status_code=error.status_code)
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -136,6 +140,7 @@ def create_app(
         return Response(status_code=200)
 
     add_generation_routes(app, service, body)
+    add_chat_routes(app, service, body)
     add_embedding_routes(app, service, body)
     add_tei_routes(app, service, body)
     served = InferRoute(app, service, max_request_bytes)

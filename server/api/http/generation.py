@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from server.api.http import codec
 from server.api.http.openai import error_body as _openai_error_body
 from server.api.http.openai import error_response as _openai_error
-from server.core.errors import InvalidArgument, ServerError
+from server.core.errors import InvalidArgument, NotFound, ServerError
 from server.core.service import InferenceService
 from server.core.types import GenerateRequest
 from server.generation.engine import TokenEvent
@@ -26,6 +26,9 @@ OPENAI_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "user"}
 # parameters ortserve does not implement, accepted only at the value that changes nothing (clients send them)
 OPENAI_NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "best_of": 1, "logit_bias": {},
                   "echo": False, "logprobs": None, "suffix": None}
+CHAT_FIELDS = {"model", "messages", "stream", "stream_options", "n", "user", "max_completion_tokens"}
+CHAT_NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "logprobs": False,
+                "top_logprobs": 0, "tools": [], "tool_choice": "none", "parallel_tool_calls": False}
 
 
 def add_generation_routes(app: FastAPI, service: InferenceService, body: Callable) -> None:
@@ -46,14 +49,19 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
 
         return StreamingResponse(_sse(tokens, event), media_type="text/event-stream", headers=SSE_HEADERS)
 
+    def openai_model_names() -> list[str]:
+        return sorted({m.name for m in service.registry.ready_models()
+                       if m.engine is not None or m.text is not None})
+
     @app.get("/v1/models")
     async def openai_models():
-        created = int(time.time())
-        names = sorted({m.name for m in service.registry.ready_models()
-                        if m.engine is not None or m.text is not None})
-        return {"object": "list",
-                "data": [{"id": n, "object": "model", "created": created, "owned_by": "ortserve"}
-                         for n in names]}
+        return {"object": "list", "data": [_openai_model(name) for name in openai_model_names()]}
+
+    @app.get("/v1/models/{model}")
+    async def openai_model(model: str):
+        if model not in openai_model_names():
+            return _openai_error(NotFound(f"The model '{model}' does not exist (see GET /v1/models)"))
+        return _openai_model(model)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -62,7 +70,9 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
             payload = codec.parse_json(await body(request))
             model, prompts, parameters = _openai_request(payload)
             for prompt in prompts:
-                request = GenerateRequest(model, text=prompt, parameters=parameters, protocol="http")
+                text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
+                request = GenerateRequest(model, text=text, input_ids=ids, parameters=parameters,
+                                          protocol="http")
                 streams.append(service.generate(request))
         except ServerError as error:
             for tokens in streams:
@@ -82,6 +92,89 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
             for tokens in streams:
                 await tokens.aclose()
         return {**completion, "choices": choices, "usage": usage}
+
+
+def add_chat_routes(app: FastAPI, service: InferenceService, body: Callable) -> None:
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            payload = codec.parse_json(await body(request))
+            model, messages, parameters = _chat_request(payload)
+            tokens = service.generate(GenerateRequest(model, parameters=parameters, protocol="http",
+                                                      messages=messages))
+        except ServerError as error:
+            return _openai_error(error)
+        completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                      "created": int(time.time()), "model": model}
+        if payload.get("stream"):
+            usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            chunks = _chat_chunks(tokens, {**completion, "object": "chat.completion.chunk"}, usage)
+            return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
+        try:
+            whole = await tokens.collect()
+        except ServerError as error:
+            return _openai_error(error)
+        finally:
+            await tokens.aclose()
+        choice = {"index": 0, "message": {"role": "assistant", "content": whole.text}, "logprobs": None,
+                  "finish_reason": whole.finish_reason}
+        usage = _usage(whole.prompt_tokens, whole.generated_tokens)
+        return {**completion, "choices": [choice], "usage": usage}
+
+
+def _token_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(i) is int for i in value)
+
+
+def _chat_request(payload: dict) -> tuple[str, list, dict]:
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidArgument("'model' must name a model (see GET /v1/models)")
+    if payload.get("n", 1) != 1:
+        raise InvalidArgument("'n' must be 1: ortserve returns one choice per chat request")
+    _refuse_unsupported(payload, OPENAI_PARAMETERS | CHAT_FIELDS, CHAT_NEUTRAL, "/v1/chat/completions")
+    parameters = {k: v for k, v in payload.items() if k in OPENAI_PARAMETERS}
+    if payload.get("max_completion_tokens") is not None:
+        parameters["max_tokens"] = payload["max_completion_tokens"]
+    if parameters.get("max_tokens", 0) is None:
+        del parameters["max_tokens"]
+    return model, payload.get("messages"), parameters
+
+
+def _refuse_unsupported(payload: dict, known: set, neutral: dict, route: str) -> None:
+    """A parameter ortserve does not implement is refused, unless sent at the value that changes nothing."""
+    unsupported = sorted(key for key, value in payload.items()
+                         if key not in known and not (key in neutral and value in (None, neutral[key])))
+    if unsupported:
+        names = ", ".join(map(repr, unsupported))
+        raise InvalidArgument(f"parameter {names} is not supported by ortserve's {route}")
+
+
+async def _chat_chunks(tokens, chunk: dict, include_usage: bool):
+    """The role first, then content pieces, then the finish reason, (usage,) and `data: [DONE]`."""
+    def data(delta: dict, finish_reason=None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
+
+    try:
+        yield data({"role": "assistant", "content": ""})
+        async for event in tokens:
+            if event.text:
+                yield data({"content": event.text})
+            if event.finish_reason is not None:
+                yield data({}, event.finish_reason)
+                if include_usage:
+                    usage = _usage(event.prompt_tokens, event.generated_tokens)
+                    yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n"
+        yield "data: [DONE]\n\n"
+    except ServerError as error:
+        yield f"data: {json.dumps(_openai_error_body(error))}\n\n"
+    finally:
+        await tokens.aclose()
+
+
+def _openai_model(name: str) -> dict:
+    return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "ortserve"}
 
 
 def _triton_request(data: bytes, model: str, version: str) -> GenerateRequest:
@@ -122,23 +215,16 @@ def _openai_request(payload: dict) -> tuple[str, list, dict]:
     model, prompt = payload.get("model"), payload.get("prompt")
     if not isinstance(model, str) or not model:
         raise InvalidArgument("'model' must name a model (see GET /v1/models)")
-    if isinstance(prompt, str):
+    if isinstance(prompt, str) or _token_ids(prompt):
         prompts = [prompt]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or _token_ids(p) for p in prompt):
         prompts = prompt
     else:
-        raise InvalidArgument("'prompt' must be a string or a non-empty list of strings")
+        raise InvalidArgument("'prompt' must be a string, a list of strings, a list of token ids "
+                              "or a list of such lists")
     if payload.get("n", 1) != 1:
         raise InvalidArgument("'n' must be 1: ortserve returns one completion per prompt")
-    unsupported = sorted(
-        key for key, value in payload.items()
-        if key not in OPENAI_PARAMETERS | OPENAI_FIELDS
-        and not (key in OPENAI_NEUTRAL and value in (None, OPENAI_NEUTRAL[key]))
-    )
-    if unsupported:
-        raise InvalidArgument(
-            f"parameter {', '.join(map(repr, unsupported))} is not supported by ortserve's /v1/completions"
-        )
+    _refuse_unsupported(payload, OPENAI_PARAMETERS | OPENAI_FIELDS, OPENAI_NEUTRAL, "/v1/completions")
     parameters = {k: v for k, v in payload.items() if k in OPENAI_PARAMETERS}
     parameters.setdefault("max_tokens", OPENAI_DEFAULT_MAX_TOKENS)
     if parameters["max_tokens"] is None:
