@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
@@ -214,7 +215,7 @@ def test_chat_completions_equal_transformers_and_stream_the_same_text(chat_serve
 
 @pytest.mark.parametrize("body, fragment", [
     ({"model": "ids_only", "messages": CHAT}, "this model has no chat template"),
-    ({"model": "tiny", "messages": CHAT, "logprobs": True}, "parameter 'logprobs' is not supported"),
+    ({"model": "tiny", "messages": CHAT, "top_logprobs": 2}, "'top_logprobs' needs 'logprobs': true"),
     ({"model": "tiny", "messages": CHAT, "presence_penalty": 0.5}, "'presence_penalty' is not supported"),
     ({"model": "tiny", "messages": []}, "'messages' must be a non-empty list"),
     ({"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role must be one of"),
@@ -264,3 +265,38 @@ def test_completions_take_token_id_prompts_and_v1_answers_in_openai_shape(chat_s
         assert answer.status_code == 404 and answer.json()["error"]["type"] == "invalid_request_error"
     wrong = httpx.post(f"{base}/completions", json={**body, "prompt": [1.5]})
     assert wrong.status_code == 400 and "'prompt' must be a string" in wrong.json()["error"]["message"]
+
+
+def test_logprobs_equal_transformers_log_softmax(chat_server):
+    import openai
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint, _, server = chat_server
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    client = openai.OpenAI(base_url=f"http://{server.http_url}/v1", api_key="unused", max_retries=0)
+    chat = client.chat.completions.create(model="tiny", messages=CHAT[:2], max_tokens=12, temperature=0,
+                                          logprobs=True, top_logprobs=5, extra_body={"ignore_eos": True})
+    ids = tokenizer.apply_chat_template(CHAT[:2], tokenize=True, add_generation_prompt=True,
+                                        return_dict=False)
+    generated = gpt.greedy_torch(model, [ids], 12)[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + generated])).logits[0, len(ids) - 1:-1]
+    expected = torch.log_softmax(logits.double(), dim=-1).numpy()
+    served = chat.choices[0].logprobs.content
+    assert len(served) == 12
+    for position, (entry, token) in enumerate(zip(served, generated)):
+        assert entry.token == tokenizer.decode([token], skip_special_tokens=False)
+        assert abs(entry.logprob - expected[position, token]) < 1e-3
+        top = np.argsort(-expected[position])[:5]
+        assert [t.token for t in entry.top_logprobs] == [tokenizer.decode([i], skip_special_tokens=False)
+                                                         for i in top]
+        top_served = [t.logprob for t in entry.top_logprobs]
+        np.testing.assert_allclose(top_served, expected[position, top], atol=1e-3)
+    completion = httpx.post(f"http://{server.http_url}/v1/completions", json={
+        "model": "tiny", "prompt": [ids], "max_tokens": 4, "temperature": 0, "logprobs": 2}).json()
+    legacy = completion["choices"][0]["logprobs"]
+    assert len(legacy["tokens"]) == 4 and all(len(top) <= 2 for top in legacy["top_logprobs"])
+    chosen = [expected[i, t] for i, t in enumerate(generated[:4])]
+    np.testing.assert_allclose(legacy["token_logprobs"], chosen, atol=1e-3)
+    assert legacy["text_offset"][0] == 0

@@ -16,7 +16,7 @@ from server.core.stats import ModelStats
 from server.generation.decoder import Decoder
 from server.generation.device_cache import DeviceKVBatch
 from server.generation.kv_cache import KVBatch
-from server.generation.sampling import Sampler, SamplingParams, sampling_params
+from server.generation.sampling import Sampler, SamplingParams, logprobs, sampling_params
 from server.generation.scheduler import (
     FINISH_ABORT,
     FINISH_LENGTH,
@@ -96,6 +96,16 @@ def _token_ids(value: str) -> frozenset[int]:
     return frozenset(int(item) for item in items if int(item) >= 0)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token as text (`token_id:N` without a tokenizer), its log-probability, and the most
+    likely tokens at its place."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
 @dataclass
 class TokenEvent:
     """New tokens of one sequence (and their text), the last one with its finish reason."""
@@ -105,11 +115,12 @@ class TokenEvent:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # per token, when the request asked
 
     def then(self, later: "TokenEvent") -> "TokenEvent":
         """This event followed by a later one of the same sequence, as one."""
         return TokenEvent(self.token_ids + later.token_ids, self.text + later.text, later.finish_reason,
-                          later.prompt_tokens, later.generated_tokens)
+                          later.prompt_tokens, later.generated_tokens, self.logprobs + later.logprobs)
 
 
 class Mailbox:
@@ -347,9 +358,17 @@ class GenerationEngine:
             self.scheduler.finish(sequence, reason)
             self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
             self.stats.request_seconds.observe(now - request.submitted)
-        request.events.put(TokenEvent(
-            [] if by_token else [token], text, reason, len(sequence.prompt), len(visible)
-        ))
+        chosen = [] if by_token else [token]
+        scored = [self._logprob(logits, token, request.params.logprobs)] if chosen and (
+            request.params.logprobs is not None) else []
+        request.events.put(TokenEvent(chosen, text, reason, len(sequence.prompt), len(visible), scored))
+
+    def _logprob(self, logits: np.ndarray, token: int, count: int) -> TokenLogprob:
+        chosen, top = logprobs(logits, token, count)
+        return TokenLogprob(self._token_text(token), chosen, [(self._token_text(i), lp) for i, lp in top])
+
+    def _token_text(self, token: int) -> str:
+        return self.codec.token_text(token) if self.codec is not None else f"token_id:{token}"
 
     def _finish_reason(self, request: _Request, token: int) -> str | None:
         sequence, params = request.sequence, request.params

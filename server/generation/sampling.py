@@ -20,6 +20,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # the chosen token's log-probability and this many most likely ones
 
     @property
     def greedy(self) -> bool:
@@ -62,7 +63,8 @@ def _token_ids(parameters, key) -> tuple[int, ...]:
 
 
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop",
-                 "stop_token_ids", "ignore_eos")
+                 "stop_token_ids", "ignore_eos", "logprobs")
+MAX_LOGPROBS = 20
 # request parameters of the protocol itself (Triton's and tritonclient's), not sampling settings
 PROTOCOL_KEYS = frozenset({"priority", "timeout", "binary_data_output", "triton_enable_empty_final_response",
                            "sequence_id", "sequence_start", "sequence_end"})
@@ -92,7 +94,20 @@ def sampling_params(
         stop=_strings(parameters, "stop"),
         stop_token_ids=_token_ids(parameters, "stop_token_ids"),
         ignore_eos=ignore_eos,
+        logprobs=_number(parameters, "logprobs", None, 0, MAX_LOGPROBS, integer=True),
     )
+
+
+def logprobs(logits: np.ndarray, token: int, count: int) -> tuple[float, list[tuple[int, float]]]:
+    """The model's log-probability of `token` (log-softmax of the raw logits, before any sampling
+    setting) and the `count` most likely tokens with theirs, most likely first."""
+    scores = logits.astype(np.float64)
+    shifted = scores - scores.max()
+    log_probabilities = shifted - np.log(np.exp(shifted).sum())
+    top = np.argpartition(-log_probabilities, count)[:count] if 0 < count < scores.size else (
+        np.arange(scores.size) if count else np.array([], np.int64))
+    top = sorted(top.tolist(), key=lambda i: -log_probabilities[i])
+    return float(log_probabilities[token]), [(i, float(log_probabilities[i])) for i in top]
 
 
 @dataclass

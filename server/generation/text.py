@@ -21,6 +21,10 @@ class TextCodec:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def token_text(self, token: int) -> str:
+        """One token as text, special tokens included (logprobs name every token)."""
+        return self.tokenizer.decode([token], skip_special_tokens=False)
+
 
 class TextStream:
     """One sequence's text as tokens arrive: `push` returns the new piece that is safe to send.

@@ -21,14 +21,16 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _REQUEST_KEYS = ("text_input", "input_ids", "parameters", "id", "stream")
 OPENAI_PARAMETERS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty",
                      "stop_token_ids", "ignore_eos"}
+COMPLETION_PARAMETERS = OPENAI_PARAMETERS | {"logprobs"}
 OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 OPENAI_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "user"}
 # parameters ortserve does not implement, accepted only at the value that changes nothing (clients send them)
 OPENAI_NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "best_of": 1, "logit_bias": {},
-                  "echo": False, "logprobs": None, "suffix": None}
-CHAT_FIELDS = {"model", "messages", "stream", "stream_options", "n", "user", "max_completion_tokens"}
-CHAT_NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "logprobs": False,
-                "top_logprobs": 0, "tools": [], "tool_choice": "none", "parallel_tool_calls": False}
+                  "echo": False, "suffix": None}
+CHAT_FIELDS = {"model", "messages", "stream", "stream_options", "n", "user", "max_completion_tokens",
+               "logprobs", "top_logprobs"}
+CHAT_NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "tools": [],
+                "tool_choice": "none", "parallel_tool_calls": False}
 
 
 def add_generation_routes(app: FastAPI, service: InferenceService, body: Callable) -> None:
@@ -116,8 +118,8 @@ def add_chat_routes(app: FastAPI, service: InferenceService, body: Callable) -> 
             return _openai_error(error)
         finally:
             await tokens.aclose()
-        choice = {"index": 0, "message": {"role": "assistant", "content": whole.text}, "logprobs": None,
-                  "finish_reason": whole.finish_reason}
+        choice = {"index": 0, "message": {"role": "assistant", "content": whole.text},
+                  "logprobs": _chat_logprobs(whole), "finish_reason": whole.finish_reason}
         usage = _usage(whole.prompt_tokens, whole.generated_tokens)
         return {**completion, "choices": [choice], "usage": usage}
 
@@ -134,6 +136,13 @@ def _chat_request(payload: dict) -> tuple[str, list, dict]:
         raise InvalidArgument("'n' must be 1: ortserve returns one choice per chat request")
     _refuse_unsupported(payload, OPENAI_PARAMETERS | CHAT_FIELDS, CHAT_NEUTRAL, "/v1/chat/completions")
     parameters = {k: v for k, v in payload.items() if k in OPENAI_PARAMETERS}
+    wanted, top = payload.get("logprobs"), payload.get("top_logprobs")
+    if wanted not in (None, True, False):
+        raise InvalidArgument(f"'logprobs' must be true or false, got {wanted!r}")
+    if top is not None and not wanted:
+        raise InvalidArgument("'top_logprobs' needs 'logprobs': true")
+    if wanted:
+        parameters["logprobs"] = 0 if top is None else top
     if payload.get("max_completion_tokens") is not None:
         parameters["max_tokens"] = payload["max_completion_tokens"]
     if parameters.get("max_tokens", 0) is None:
@@ -152,15 +161,15 @@ def _refuse_unsupported(payload: dict, known: set, neutral: dict, route: str) ->
 
 async def _chat_chunks(tokens, chunk: dict, include_usage: bool):
     """The role first, then content pieces, then the finish reason, (usage,) and `data: [DONE]`."""
-    def data(delta: dict, finish_reason=None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def data(delta: dict, finish_reason=None, logprobs=None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
 
     try:
         yield data({"role": "assistant", "content": ""})
         async for event in tokens:
-            if event.text:
-                yield data({"content": event.text})
+            if event.text or event.logprobs:
+                yield data({"content": event.text}, logprobs=_chat_logprobs(event))
             if event.finish_reason is not None:
                 yield data({}, event.finish_reason)
                 if include_usage:
@@ -171,6 +180,31 @@ async def _chat_chunks(tokens, chunk: dict, include_usage: bool):
         yield f"data: {json.dumps(_openai_error_body(error))}\n\n"
     finally:
         await tokens.aclose()
+
+
+def _chat_logprobs(event: TokenEvent) -> dict | None:
+    """OpenAI's chat logprobs: each token with its bytes and the most likely alternatives."""
+    if not event.logprobs:
+        return None
+
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(*top) for top in t.top]}
+                        for t in event.logprobs]}
+
+
+def _completion_logprobs(event: TokenEvent, offset: int = 0) -> dict | None:
+    """OpenAI's legacy completion logprobs: parallel lists, with each token's offset in the text."""
+    if not event.logprobs:
+        return None
+    offsets, position = [], offset
+    for token in event.logprobs:
+        offsets.append(position)
+        position += len(token.token)
+    tokens = event.logprobs
+    return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
 
 
 def _openai_model(name: str) -> dict:
@@ -224,8 +258,8 @@ def _openai_request(payload: dict) -> tuple[str, list, dict]:
                               "or a list of such lists")
     if payload.get("n", 1) != 1:
         raise InvalidArgument("'n' must be 1: ortserve returns one completion per prompt")
-    _refuse_unsupported(payload, OPENAI_PARAMETERS | OPENAI_FIELDS, OPENAI_NEUTRAL, "/v1/completions")
-    parameters = {k: v for k, v in payload.items() if k in OPENAI_PARAMETERS}
+    _refuse_unsupported(payload, COMPLETION_PARAMETERS | OPENAI_FIELDS, OPENAI_NEUTRAL, "/v1/completions")
+    parameters = {k: v for k, v in payload.items() if k in COMPLETION_PARAMETERS and v is not None}
     parameters.setdefault("max_tokens", OPENAI_DEFAULT_MAX_TOKENS)
     if parameters["max_tokens"] is None:
         del parameters["max_tokens"]
@@ -236,7 +270,7 @@ async def _openai_choices(streams) -> tuple[list[dict], dict]:
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for index, tokens in enumerate(streams):
         whole = await tokens.collect()
-        choices.append({"index": index, "text": whole.text, "logprobs": None,
+        choices.append({"index": index, "text": whole.text, "logprobs": _completion_logprobs(whole),
                         "finish_reason": whole.finish_reason})
         prompt_tokens += whole.prompt_tokens
         completion_tokens += whole.generated_tokens
@@ -249,7 +283,7 @@ async def _openai_chunks(streams, completion: dict, include_usage: bool):
     try:
         for index, tokens in enumerate(streams):
             async for event in tokens:
-                choice = {"index": index, "text": event.text, "logprobs": None,
+                choice = {"index": index, "text": event.text, "logprobs": _completion_logprobs(event),
                           "finish_reason": event.finish_reason}
                 yield f"data: {json.dumps({**completion, 'choices': [choice]})}\n\n"
                 if event.finish_reason is not None:
