@@ -247,3 +247,22 @@ def test_streamed_pieces_of_multibyte_text_concatenate_to_the_full_decode(tmp_pa
     assert "".join(pieces) == codec.decode(ids) == text
     assert all("\ufffd" not in piece for piece in pieces)
     assert sum(1 for piece in pieces if piece) > 10  # it streamed, not all at the end
+
+
+def test_openai_penalties_and_logit_bias_move_greedy_choices():
+    logits = np.array([0.0, 1.0, 2.0])
+
+    def greedy(generated=(), **parameters):
+        params = sampling_params({"temperature": 0, **parameters}, 8, 8)
+        return Sampler(params)(logits, [1], list(generated))
+
+    assert greedy() == 2
+    assert greedy(logit_bias={"0": 10}) == 0
+    assert greedy([2], presence_penalty=1.5) == 1  # 2 - 1.5 < 1
+    assert greedy([2, 2], frequency_penalty=0.6) == 1  # 2 - 2 * 0.6 < 1
+    assert greedy([2, 2], frequency_penalty=0.4) == 2  # 2 - 0.8 > 1
+    assert greedy([], presence_penalty=2.0) == 2  # nothing generated yet: the prompt is not penalized
+    for bad, name in (({"presence_penalty": 3}, "presence_penalty"), ({"logit_bias": {"x": 1}}, "logit_bias"),
+                      ({"logit_bias": {"1": 101}}, "logit_bias"), ({"logit_bias": [1]}, "logit_bias")):
+        with pytest.raises(InvalidArgument, match=name):
+            sampling_params(bad, 8, 8)

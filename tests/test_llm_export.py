@@ -300,3 +300,29 @@ def test_logprobs_equal_transformers_log_softmax(chat_server):
     chosen = [expected[i, t] for i, t in enumerate(generated[:4])]
     np.testing.assert_allclose(legacy["token_logprobs"], chosen, atol=1e-3)
     assert legacy["text_offset"][0] == 0
+
+
+def test_logit_bias_and_penalties_reach_the_sampler(chat_server):
+    _, _, server = chat_server
+    base = {"model": "tiny", "messages": CHAT[:2], "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    forced = httpx.post(f"http://{server.http_url}/v1/chat/completions",
+                        json={**base, "logit_bias": {"42": 100}, "logprobs": True}).json()
+    tokens = [t["token"] for t in forced["choices"][0]["logprobs"]["content"]]
+    assert len(tokens) == 6 and len(set(tokens)) == 1
+    outside = httpx.post(f"http://{server.http_url}/v1/chat/completions",
+                         json={**base, "logit_bias": {"999": 1}})
+    assert outside.status_code == 400 and "logit_bias names token 999" in outside.json()["error"]["message"]
+    two = {**base, "logit_bias": {"42": 100, "43": 100}, "logprobs": True}  # the rest never wins
+
+    def chosen(body):
+        answer = httpx.post(f"http://{server.http_url}/v1/chat/completions", json=body).json()
+        return [t["token"] for t in answer["choices"][0]["logprobs"]["content"]]
+
+    plain, penalized = chosen(two), chosen({**two, "frequency_penalty": 2.0})
+    assert len(set(plain + penalized)) == 2  # the bias holds: only the two ever win
+
+    def most(tokens):
+        return max(tokens.count(t) for t in set(tokens))
+
+    assert most(penalized) < most(plain)  # repeats cost a token its lead (the exact sums: units)
+

@@ -252,6 +252,10 @@ class GenerationEngine:
             )
         room = limit - len(prompt)
         params = sampling_params(parameters, min(self.settings.default_max_tokens, room), 1 << 30)
+        vocab = self.decoder.vocab_size
+        outside = [token for token, _ in params.logit_bias if vocab is not None and token >= vocab]
+        if outside:
+            raise InvalidArgument(f"logit_bias names token {outside[0]}; the vocabulary has {vocab} tokens")
         if params.max_tokens > room:
             raise InvalidArgument(
                 f"max_tokens {params.max_tokens} is beyond the context: the prompt has {len(prompt)} "

@@ -21,6 +21,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # the chosen token's log-probability and this many most likely ones
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # and this times the number of times it was generated
+    logit_bias: tuple[tuple[int, float], ...] = ()  # added to the logits of these token ids
 
     @property
     def greedy(self) -> bool:
@@ -63,7 +66,8 @@ def _token_ids(parameters, key) -> tuple[int, ...]:
 
 
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop",
-                 "stop_token_ids", "ignore_eos", "logprobs")
+                 "stop_token_ids", "ignore_eos", "logprobs", "presence_penalty", "frequency_penalty",
+                 "logit_bias")
 MAX_LOGPROBS = 20
 # request parameters of the protocol itself (Triton's and tritonclient's), not sampling settings
 PROTOCOL_KEYS = frozenset({"priority", "timeout", "binary_data_output", "triton_enable_empty_final_response",
@@ -95,7 +99,28 @@ def sampling_params(
         stop_token_ids=_token_ids(parameters, "stop_token_ids"),
         ignore_eos=ignore_eos,
         logprobs=_number(parameters, "logprobs", None, 0, MAX_LOGPROBS, integer=True),
+        presence_penalty=float(_number(parameters, "presence_penalty", 0.0, -2.0, 2.0)),
+        frequency_penalty=float(_number(parameters, "frequency_penalty", 0.0, -2.0, 2.0)),
+        logit_bias=_logit_bias(parameters.get("logit_bias")),
     )
+
+
+def _logit_bias(value) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias between -100 and 100}."""
+    if not value:
+        return ()
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"parameter 'logit_bias' must map token ids to biases, got {value!r}")
+    biases = []
+    for key, bias in value.items():
+        token = str(key)
+        if not token.isdigit() or isinstance(bias, bool) or not isinstance(bias, int | float) or not (
+                -100 <= bias <= 100):
+            raise InvalidArgument(
+                f"parameter 'logit_bias' maps token ids to numbers in [-100, 100], got {key!r}: {bias!r}"
+            )
+        biases.append((int(token), float(bias)))
+    return tuple(biases)
 
 
 def logprobs(logits: np.ndarray, token: int, count: int) -> tuple[float, list[tuple[int, float]]]:
@@ -122,6 +147,12 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, prompt: list[int], generated: list[int]) -> int:
         logits = logits.astype(np.float64)
+        if self.params.logit_bias:
+            tokens, biases = zip(*self.params.logit_bias)  # ids checked against the vocabulary at admission
+            logits[list(tokens)] += biases
+        if (self.params.presence_penalty or self.params.frequency_penalty) and generated:
+            tokens, counts = np.unique(np.asarray(generated, np.int64), return_counts=True)
+            logits[tokens] -= self.params.presence_penalty + self.params.frequency_penalty * counts
         if self.params.repetition_penalty != 1.0:
             seen = np.unique(np.concatenate([prompt, generated]).astype(np.int64))
             scores = logits[seen]

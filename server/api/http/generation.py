@@ -20,17 +20,15 @@ from server.generation.engine import TokenEvent
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _REQUEST_KEYS = ("text_input", "input_ids", "parameters", "id", "stream")
 OPENAI_PARAMETERS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty",
-                     "stop_token_ids", "ignore_eos"}
+                     "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty", "logit_bias"}
 COMPLETION_PARAMETERS = OPENAI_PARAMETERS | {"logprobs"}
 OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 OPENAI_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "user"}
 # parameters ortserve does not implement, accepted only at the value that changes nothing (clients send them)
-OPENAI_NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "best_of": 1, "logit_bias": {},
-                  "echo": False, "suffix": None}
+OPENAI_NEUTRAL = {"best_of": 1, "echo": False, "suffix": None}
 CHAT_FIELDS = {"model", "messages", "stream", "stream_options", "n", "user", "max_completion_tokens",
                "logprobs", "top_logprobs"}
-CHAT_NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "tools": [],
-                "tool_choice": "none", "parallel_tool_calls": False}
+CHAT_NEUTRAL = {"tools": [], "tool_choice": "none", "parallel_tool_calls": False}
 
 
 def add_generation_routes(app: FastAPI, service: InferenceService, body: Callable) -> None:
