@@ -42,6 +42,7 @@ bench: install
 	$(PY) -m loadtest.bench_sequences
 	$(PY) -m loadtest.bench_shared_memory
 	$(PY) -m loadtest.bench_text
+	$(PY) -m loadtest.bench_llm
 	$(PY) -m loadtest.soak --repository $(REPOSITORY)
 
 # Ten minutes of mixed traffic and reloads against one server; fails if memory keeps growing.

@@ -208,6 +208,27 @@ def test_a_client_that_disconnects_aborts_its_sequence(generation):
     assert post(server, "/v2/models/gpt/generate", greedy([3], 2)).status_code == 200
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/v2/models/gpt_limited/generate", {"input_ids": [1, 2]}),
+    ("/v1/completions", {"model": "gpt_limited", "prompt": [[1, 2]]}),
+])
+def test_a_client_that_leaves_a_whole_generation_aborts_it(generation, path, body):
+    server, _ = generation
+    model = "gpt_limited"
+    aborts = partial(metric, server, "ortserve_generation_finished_total", model=model, finish_reason="abort")
+    aborted = aborts()
+    settings = {"max_tokens": 4000, "temperature": 0, "ignore_eos": True}
+    body = {**body, "parameters": settings} if path.startswith("/v2") else {**body, **settings}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up before the 4000 tokens
+        httpx.post(f"http://{server.http_url}{path}", json=body, timeout=0.5)
+    for _ in range(100):
+        if aborts() > aborted:
+            break
+        time.sleep(0.05)
+    assert aborts() == aborted + 1
+    assert metric(server, "ortserve_generation_running_sequences", model=model) == 0
+
+
 @pytest.mark.parametrize(
     "body, fragment",
     [

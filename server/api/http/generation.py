@@ -1,6 +1,7 @@
 """Generation over HTTP: Triton's generate extension (JSON and server-sent events) and the
 OpenAI-compatible completions API, both on the core's token streams."""
 
+import asyncio
 import json
 import time
 import uuid
@@ -12,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from server.api.http import codec
 from server.api.http.openai import error_body as _openai_error_body
 from server.api.http.openai import error_response as _openai_error
-from server.core.errors import InvalidArgument, NotFound, ServerError
+from server.core.errors import InvalidArgument, NotFound, ServerError, Unavailable
 from server.core.service import InferenceService
 from server.core.types import GenerateRequest
 from server.generation.engine import TokenEvent
@@ -36,7 +37,7 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
     @app.post("/v2/models/{model}/versions/{version}/generate")
     async def generate(request: Request, model: str, version: str = ""):
         tokens = service.generate(_triton_request(await body(request), model, version))
-        whole = await tokens.collect()
+        (whole,) = await _collect(request, [tokens])
         return _triton_event(model, tokens.model_version, whole)
 
     @app.post("/v2/models/{model}/generate_stream")
@@ -71,9 +72,9 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
             model, prompts, parameters = _openai_request(payload)
             for prompt in prompts:
                 text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
-                request = GenerateRequest(model, text=text, input_ids=ids, parameters=parameters,
-                                          protocol="http")
-                streams.append(service.generate(request))
+                generate = GenerateRequest(model, text=text, input_ids=ids, parameters=parameters,
+                                           protocol="http")
+                streams.append(service.generate(generate))
         except ServerError as error:
             for tokens in streams:
                 await tokens.aclose()
@@ -85,12 +86,9 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
             chunks = _openai_chunks(streams, completion, usage)
             return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
         try:
-            choices, usage = await _openai_choices(streams)
+            choices, usage = _openai_choices(await _collect(request, streams))
         except ServerError as error:
             return _openai_error(error)
-        finally:
-            for tokens in streams:
-                await tokens.aclose()
         return {**completion, "choices": choices, "usage": usage}
 
 
@@ -111,11 +109,9 @@ def add_chat_routes(app: FastAPI, service: InferenceService, body: Callable) -> 
             chunks = _chat_chunks(tokens, {**completion, "object": "chat.completion.chunk"}, usage)
             return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
         try:
-            whole = await tokens.collect()
+            (whole,) = await _collect(request, [tokens])
         except ServerError as error:
             return _openai_error(error)
-        finally:
-            await tokens.aclose()
         choice = {"index": 0, "message": {"role": "assistant", "content": whole.text},
                   "logprobs": _chat_logprobs(whole), "finish_reason": whole.finish_reason}
         usage = _usage(whole.prompt_tokens, whole.generated_tokens)
@@ -205,6 +201,30 @@ def _completion_logprobs(event: TokenEvent, offset: int = 0) -> dict | None:
             "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
 
 
+async def _collect(request: Request, streams: list) -> list[TokenEvent]:
+    """Every stream's whole generation; a client that leaves first aborts them (their sequences leave the
+    batch at the next step), as a closed stream does."""
+    collecting = asyncio.ensure_future(asyncio.gather(*(tokens.collect() for tokens in streams)))
+    leaving = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+        if not collecting.done():
+            collecting.cancel()
+            for tokens in streams:
+                await tokens.aclose()
+    if collecting.cancelled():
+        raise Unavailable("the client closed the connection; its generation was aborted")
+    return collecting.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes its connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _openai_model(name: str) -> dict:
     return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "ortserve"}
 
@@ -264,10 +284,9 @@ def _openai_request(payload: dict) -> tuple[str, list, dict]:
     return model, prompts, parameters
 
 
-async def _openai_choices(streams) -> tuple[list[dict], dict]:
+def _openai_choices(wholes: list[TokenEvent]) -> tuple[list[dict], dict]:
     choices, prompt_tokens, completion_tokens = [], 0, 0
-    for index, tokens in enumerate(streams):
-        whole = await tokens.collect()
+    for index, whole in enumerate(wholes):
         choices.append({"index": index, "text": whole.text, "logprobs": _completion_logprobs(whole),
                         "finish_reason": whole.finish_reason})
         prompt_tokens += whole.prompt_tokens
