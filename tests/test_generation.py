@@ -189,6 +189,16 @@ def metric(server, name, **labels):
     return 0.0
 
 
+def assert_one_abort(server, model, aborts, aborted) -> None:
+    """The server counts exactly one more aborted sequence (soon) and none runs on."""
+    for _ in range(100):
+        if aborts() > aborted:
+            break
+        time.sleep(0.05)
+    assert aborts() == aborted + 1
+    assert metric(server, "ortserve_generation_running_sequences", model=model) == 0
+
+
 def test_a_client_that_disconnects_aborts_its_sequence(generation):
     server, _ = generation
     model = "gpt_limited"
@@ -199,12 +209,7 @@ def test_a_client_that_disconnects_aborts_its_sequence(generation):
         client, "POST", f"http://{server.http_url}/v2/models/{model}/generate_stream", json=body
     ) as source:
         next(source.iter_sse())
-    for _ in range(100):
-        if aborts() > aborted:
-            break
-        time.sleep(0.05)
-    assert aborts() == aborted + 1
-    assert metric(server, "ortserve_generation_running_sequences", model=model) == 0
+    assert_one_abort(server, model, aborts, aborted)
     assert post(server, "/v2/models/gpt/generate", greedy([3], 2)).status_code == 200
 
 
@@ -221,12 +226,7 @@ def test_a_client_that_leaves_a_whole_generation_aborts_it(generation, path, bod
     body = {**body, "parameters": settings} if path.startswith("/v2") else {**body, **settings}
     with pytest.raises(httpx.ReadTimeout):  # the client gives up before the 4000 tokens
         httpx.post(f"http://{server.http_url}{path}", json=body, timeout=0.5)
-    for _ in range(100):
-        if aborts() > aborted:
-            break
-        time.sleep(0.05)
-    assert aborts() == aborted + 1
-    assert metric(server, "ortserve_generation_running_sequences", model=model) == 0
+    assert_one_abort(server, model, aborts, aborted)
 
 
 @pytest.mark.parametrize(

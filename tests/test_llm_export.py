@@ -2,6 +2,7 @@
 `transformers` `generate`, for prompts of different lengths sent at once, in fp32; the int8 variant serves
 what it computes in process; the CLI exports a checkpoint directory with its own tokenizer."""
 
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -221,7 +222,7 @@ def test_chat_completions_equal_transformers_and_stream_the_same_text(chat_serve
     ({"model": "tiny", "messages": []}, "'messages' must be a non-empty list"),
     ({"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role must be one of"),
     ({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "text parts"),
-    ({"model": "tiny", "messages": CHAT, "n": 2}, "'n' must be 1"),
+    ({"model": "tiny", "messages": CHAT, "n": 0}, "'n' must be an integer from 1 to 16"),
 ])
 def test_chat_errors_name_what_is_wrong_in_openai_shape(chat_server, body, fragment):
     _, _, server = chat_server
@@ -327,3 +328,34 @@ def test_logit_bias_and_penalties_reach_the_sampler(chat_server):
 
     assert most(penalized) < most(plain)  # repeats cost a token its lead (the exact sums: units)
 
+
+
+def test_n_choices_are_sequences_of_their_own_with_the_next_seeds(chat_server):
+    _, _, server = chat_server
+    base = {"model": "tiny", "messages": CHAT[:2], "max_tokens": 8, "temperature": 1.0, "ignore_eos": True}
+
+    def chat(**extra):
+        url = f"http://{server.http_url}/v1/chat/completions"
+        answer = httpx.post(url, json={**base, **extra}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    three = chat(n=3, seed=7)
+    assert [c["index"] for c in three["choices"]] == [0, 1, 2]
+    texts = [c["message"]["content"] for c in three["choices"]]
+    assert texts == [chat(seed=7 + i)["choices"][0]["message"]["content"] for i in range(3)]
+    assert len(set(texts)) > 1
+    single = chat(seed=7)["usage"]
+    assert three["usage"]["prompt_tokens"] == single["prompt_tokens"]  # the prompt counts once
+    assert three["usage"]["completion_tokens"] == 3 * 8
+    streamed = httpx.post(f"http://{server.http_url}/v1/chat/completions",
+                          json={**base, "n": 3, "seed": 7, "stream": True}, timeout=60).text
+    chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+    for index, text in enumerate(texts):
+        pieces = [c["choices"][0]["delta"].get("content") or "" for c in chunks
+                  if c["choices"][0]["index"] == index]
+        assert "".join(pieces) == text
+    completions = httpx.post(f"http://{server.http_url}/v1/completions", json={
+        "model": "tiny", "prompt": ["a", "b c"], "n": 2, "max_tokens": 4, "temperature": 0}).json()
+    assert [c["index"] for c in completions["choices"]] == [0, 1, 2, 3]
+    assert completions["choices"][0]["text"] == completions["choices"][1]["text"]  # greedy: the same

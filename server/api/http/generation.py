@@ -70,11 +70,13 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
         try:
             payload = codec.parse_json(await body(request))
             model, prompts, parameters = _openai_request(payload)
+            n = _choices(payload)
             for prompt in prompts:
                 text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
-                generate = GenerateRequest(model, text=text, input_ids=ids, parameters=parameters,
-                                           protocol="http")
-                streams.append(service.generate(generate))
+                for index in range(n):
+                    generate = GenerateRequest(model, text=text, input_ids=ids, protocol="http",
+                                               parameters=_choice_parameters(parameters, index))
+                    streams.append(service.generate(generate))
         except ServerError as error:
             for tokens in streams:
                 await tokens.aclose()
@@ -83,10 +85,10 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
                       "created": int(time.time()), "model": model}
         if payload.get("stream"):
             usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            chunks = _openai_chunks(streams, completion, usage)
+            chunks = _openai_chunks(streams, completion, usage, n)
             return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
         try:
-            choices, usage = _openai_choices(await _collect(request, streams))
+            choices, usage = _openai_choices(await _collect(request, streams), n)
         except ServerError as error:
             return _openai_error(error)
         return {**completion, "choices": choices, "usage": usage}
@@ -95,27 +97,53 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
 def add_chat_routes(app: FastAPI, service: InferenceService, body: Callable) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        streams = []
         try:
             payload = codec.parse_json(await body(request))
             model, messages, parameters = _chat_request(payload)
-            tokens = service.generate(GenerateRequest(model, parameters=parameters, protocol="http",
-                                                      messages=messages))
+            for index in range(_choices(payload)):
+                choice = _choice_parameters(parameters, index)
+                streams.append(service.generate(GenerateRequest(model, parameters=choice, protocol="http",
+                                                                messages=messages)))
         except ServerError as error:
+            for tokens in streams:
+                await tokens.aclose()
             return _openai_error(error)
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                       "created": int(time.time()), "model": model}
         if payload.get("stream"):
             usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            chunks = _chat_chunks(tokens, {**completion, "object": "chat.completion.chunk"}, usage)
+            chunks = _chat_chunks(streams, {**completion, "object": "chat.completion.chunk"}, usage)
             return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
         try:
-            (whole,) = await _collect(request, [tokens])
+            wholes = await _collect(request, streams)
         except ServerError as error:
             return _openai_error(error)
-        choice = {"index": 0, "message": {"role": "assistant", "content": whole.text},
-                  "logprobs": _chat_logprobs(whole), "finish_reason": whole.finish_reason}
-        usage = _usage(whole.prompt_tokens, whole.generated_tokens)
-        return {**completion, "choices": [choice], "usage": usage}
+        choices = [{"index": index, "message": {"role": "assistant", "content": whole.text},
+                    "logprobs": _chat_logprobs(whole), "finish_reason": whole.finish_reason}
+                   for index, whole in enumerate(wholes)]
+        usage = _usage(wholes[0].prompt_tokens, sum(whole.generated_tokens for whole in wholes))
+        return {**completion, "choices": choices, "usage": usage}
+
+
+MAX_CHOICES = 16
+
+
+def _choices(payload: dict) -> int:
+    """OpenAI's `n`: choices per prompt, each generated as a sequence of its own."""
+    n = payload.get("n")
+    if n is None:
+        return 1
+    if type(n) is not int or not 1 <= n <= MAX_CHOICES:
+        raise InvalidArgument(f"'n' must be an integer from 1 to {MAX_CHOICES}, got {n!r}")
+    return n
+
+
+def _choice_parameters(parameters: dict, index: int) -> dict:
+    """A seeded request's later choices take the next seeds, so that they differ and repeat."""
+    if index and parameters.get("seed") is not None:
+        return {**parameters, "seed": parameters["seed"] + index}
+    return parameters
 
 
 def _token_ids(value) -> bool:
@@ -126,8 +154,6 @@ def _chat_request(payload: dict) -> tuple[str, list, dict]:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidArgument("'model' must name a model (see GET /v1/models)")
-    if payload.get("n", 1) != 1:
-        raise InvalidArgument("'n' must be 1: ortserve returns one choice per chat request")
     _refuse_unsupported(payload, OPENAI_PARAMETERS | CHAT_FIELDS, CHAT_NEUTRAL, "/v1/chat/completions")
     parameters = {k: v for k, v in payload.items() if k in OPENAI_PARAMETERS}
     wanted, top = payload.get("logprobs"), payload.get("top_logprobs")
@@ -153,27 +179,33 @@ def _refuse_unsupported(payload: dict, known: set, neutral: dict, route: str) ->
         raise InvalidArgument(f"parameter {names} is not supported by ortserve's {route}")
 
 
-async def _chat_chunks(tokens, chunk: dict, include_usage: bool):
-    """The role first, then content pieces, then the finish reason, (usage,) and `data: [DONE]`."""
-    def data(delta: dict, finish_reason=None, logprobs=None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+async def _chat_chunks(streams, chunk: dict, include_usage: bool):
+    """Each choice in turn: its role first, then content pieces, then its finish reason; (usage,) and
+    `data: [DONE]` at the end."""
+    def data(index: int, delta: dict, finish_reason=None, logprobs=None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
 
+    prompt_tokens = completion_tokens = 0
     try:
-        yield data({"role": "assistant", "content": ""})
-        async for event in tokens:
-            if event.text or event.logprobs:
-                yield data({"content": event.text}, logprobs=_chat_logprobs(event))
-            if event.finish_reason is not None:
-                yield data({}, event.finish_reason)
-                if include_usage:
-                    usage = _usage(event.prompt_tokens, event.generated_tokens)
-                    yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n"
+        for index, tokens in enumerate(streams):
+            yield data(index, {"role": "assistant", "content": ""})
+            async for event in tokens:
+                if event.text or event.logprobs:
+                    yield data(index, {"content": event.text}, logprobs=_chat_logprobs(event))
+                if event.finish_reason is not None:
+                    yield data(index, {}, event.finish_reason)
+                    prompt_tokens = event.prompt_tokens
+                    completion_tokens += event.generated_tokens
+        if include_usage:
+            usage = _usage(prompt_tokens, completion_tokens)
+            yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
     except ServerError as error:
         yield f"data: {json.dumps(_openai_error_body(error))}\n\n"
     finally:
-        await tokens.aclose()
+        for tokens in streams:
+            await tokens.aclose()
 
 
 def _chat_logprobs(event: TokenEvent) -> dict | None:
@@ -274,8 +306,6 @@ def _openai_request(payload: dict) -> tuple[str, list, dict]:
     else:
         raise InvalidArgument("'prompt' must be a string, a list of strings, a list of token ids "
                               "or a list of such lists")
-    if payload.get("n", 1) != 1:
-        raise InvalidArgument("'n' must be 1: ortserve returns one completion per prompt")
     _refuse_unsupported(payload, COMPLETION_PARAMETERS | OPENAI_FIELDS, OPENAI_NEUTRAL, "/v1/completions")
     parameters = {k: v for k, v in payload.items() if k in COMPLETION_PARAMETERS and v is not None}
     parameters.setdefault("max_tokens", OPENAI_DEFAULT_MAX_TOKENS)
@@ -284,17 +314,18 @@ def _openai_request(payload: dict) -> tuple[str, list, dict]:
     return model, prompts, parameters
 
 
-def _openai_choices(wholes: list[TokenEvent]) -> tuple[list[dict], dict]:
+def _openai_choices(wholes: list[TokenEvent], n: int) -> tuple[list[dict], dict]:
+    """Choice i*n+j is prompt i's j-th; each prompt's tokens count once in the usage."""
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for index, whole in enumerate(wholes):
         choices.append({"index": index, "text": whole.text, "logprobs": _completion_logprobs(whole),
                         "finish_reason": whole.finish_reason})
-        prompt_tokens += whole.prompt_tokens
+        prompt_tokens += whole.prompt_tokens if index % n == 0 else 0
         completion_tokens += whole.generated_tokens
     return choices, _usage(prompt_tokens, completion_tokens)
 
 
-async def _openai_chunks(streams, completion: dict, include_usage: bool):
+async def _openai_chunks(streams, completion: dict, include_usage: bool, n: int):
     """Choices stream one after another (each prompt's tokens in order), then `data: [DONE]`."""
     prompt_tokens = completion_tokens = 0
     try:
@@ -304,7 +335,7 @@ async def _openai_chunks(streams, completion: dict, include_usage: bool):
                           "finish_reason": event.finish_reason}
                 yield f"data: {json.dumps({**completion, 'choices': [choice]})}\n\n"
                 if event.finish_reason is not None:
-                    prompt_tokens += event.prompt_tokens
+                    prompt_tokens += event.prompt_tokens if index % n == 0 else 0
                     completion_tokens += event.generated_tokens
         if include_usage:
             usage = _usage(prompt_tokens, completion_tokens)
