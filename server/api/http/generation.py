@@ -242,7 +242,8 @@ async def _collect(request: Request, streams: list) -> list[TokenEvent]:
         await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         leaving.cancel()
-        if not collecting.done():
+        failed = collecting.done() and not collecting.cancelled() and collecting.exception() is not None
+        if not collecting.done() or failed:  # the client left, or one choice failed: end the others
             collecting.cancel()
             for tokens in streams:
                 await tokens.aclose()
