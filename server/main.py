@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import signal
 import ssl
@@ -18,6 +19,22 @@ from server.repository.registry import ModelRegistry
 from server.settings import Settings, Tls
 
 log = logging.getLogger("ortserve")
+
+
+_QUIET = contextvars.ContextVar("quiet", default=False)
+
+
+class _QuietWhereAsked(logging.Filter):
+    """Drops uvicorn's lifecycle lines (INFO) logged from a task that asked for quiet: the metrics
+    server's would repeat the HTTP server's, line for line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not _QUIET.get()
+
+
+async def _quietly(coroutine):
+    _QUIET.set(True)  # this task's context only
+    return await coroutine
 
 
 class _HttpServer(uvicorn.Server):
@@ -74,7 +91,9 @@ async def serve(settings: Settings) -> None:
             )
         )
         servers.append(metrics)
-        tasks.append(asyncio.create_task(metrics.serve(sockets=[sockets["metrics"]]), name="metrics"))
+        logging.getLogger("uvicorn.error").addFilter(_QuietWhereAsked())
+        serving = _quietly(metrics.serve(sockets=[sockets["metrics"]]))
+        tasks.append(asyncio.create_task(serving, name="metrics"))
         log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
     if grpc_server is not None:
         await grpc_server.start()

@@ -40,3 +40,10 @@ def test_a_port_in_use_stops_the_server_with_one_line(first_server, taken, name)
     client = grpcclient.InferenceServerClient(first.grpc_url)
     assert client.is_server_ready()
     client.close()
+
+
+def test_each_server_event_is_logged_once(first_server):
+    """Two uvicorn servers run (HTTP and metrics); their lifecycle lines are written once."""
+    _, server = first_server
+    for line in ("Started server process", "Waiting for application startup", "Application startup complete"):
+        assert server.output().count(line) == 1, server.output()
