@@ -154,7 +154,7 @@ def load(checkpoint: str | Path) -> tuple[nn.Module, object]:
 
 
 # Steps of 8 tokens where most texts fall: ONNX Runtime's cost grows with the padded length, so a finer
-# step wastes less on padding than it loses to smaller batches (measured with bench_text: about 9%).
+# step wastes less on padding than it loses to smaller batches.
 BUCKETS = "8,16,24,32,40,48,56,64,80,96,112,128,160,192,224,256,320,384,448,512"
 
 

@@ -140,7 +140,7 @@ class InferenceService:
         return _text_service(self.registry.get(name, version))
 
     def text_models(self) -> list[tuple[str, TextService]]:
-        return sorted((m.name, m.text) for m in self.registry.ready_models() if m.text is not None)
+        return [(m.name, m.text) for m in self.registry.ready_models() if m.text is not None]
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """One response for a plain model; for a generation model one per step's new tokens."""

@@ -129,10 +129,10 @@ def logprobs(logits: np.ndarray, token: int, count: int) -> tuple[float, list[tu
     scores = logits.astype(np.float64)
     shifted = scores - scores.max()
     log_probabilities = shifted - np.log(np.exp(shifted).sum())
-    top = np.argpartition(-log_probabilities, count)[:count] if 0 < count < scores.size else (
-        np.arange(scores.size) if count else np.array([], np.int64))
-    top = sorted(top.tolist(), key=lambda i: -log_probabilities[i])
-    return float(log_probabilities[token]), [(i, float(log_probabilities[i])) for i in top]
+    count = min(count, scores.size)
+    top = np.argpartition(-log_probabilities, count - 1)[:count] if count else []
+    top = sorted(top, key=lambda i: -log_probabilities[i])
+    return float(log_probabilities[token]), [(int(i), float(log_probabilities[i])) for i in top]
 
 
 @dataclass

@@ -7,7 +7,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
 from server.api.access_log import HttpAccessLog
-from server.api.http import codec
+from server.api.http import codec, openai
 from server.api.http.body import read_body
 from server.api.http.errors import error_response
 from server.api.http.generation import add_chat_routes, add_generation_routes
@@ -39,9 +39,8 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         if request.url.path.startswith("/v1/"):  # OpenAI's shape on every /v1 route, 404 included
-            kind = "invalid_request_error" if error.status_code < 500 else "server_error"
-            body = {"error": {"message": str(error.detail), "type": kind, "param": None, "code": None}}
-            return JSONResponse(body, status_code=error.status_code)
+            return JSONResponse(openai.error_document(str(error.detail), error.status_code),
+                                status_code=error.status_code)
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
 
     @app.exception_handler(RequestValidationError)

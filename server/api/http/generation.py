@@ -85,7 +85,7 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
                       "created": int(time.time()), "model": model}
         if payload.get("stream"):
             usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            chunks = _openai_chunks(streams, completion, usage, n)
+            chunks = _openai_chunks(streams, completion, usage, n, _completion_choices)
             return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
         try:
             choices, usage = _openai_choices(await _collect(request, streams), n)
@@ -113,7 +113,8 @@ def add_chat_routes(app: FastAPI, service: InferenceService, body: Callable) -> 
                       "created": int(time.time()), "model": model}
         if payload.get("stream"):
             usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            chunks = _chat_chunks(streams, {**completion, "object": "chat.completion.chunk"}, usage)
+            chunk = {**completion, "object": "chat.completion.chunk"}
+            chunks = _openai_chunks(streams, chunk, usage, len(streams), _chat_choices)
             return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
         try:
             wholes = await _collect(request, streams)
@@ -179,33 +180,25 @@ def _refuse_unsupported(payload: dict, known: set, neutral: dict, route: str) ->
         raise InvalidArgument(f"parameter {names} is not supported by ortserve's {route}")
 
 
-async def _chat_chunks(streams, chunk: dict, include_usage: bool):
-    """Each choice in turn: its role first, then content pieces, then its finish reason; (usage,) and
-    `data: [DONE]` at the end."""
-    def data(index: int, delta: dict, finish_reason=None, logprobs=None) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        return f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
+def _chat_choices(index: int, event: TokenEvent | None) -> list[dict]:
+    """A chat choice's chunks: its role first, then content pieces, then its finish reason."""
+    if event is None:
+        return [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                 "finish_reason": None}]
+    choices = []
+    if event.text or event.logprobs:
+        choices.append({"index": index, "delta": {"content": event.text}, "logprobs": _chat_logprobs(event),
+                        "finish_reason": None})
+    if event.finish_reason is not None:
+        choices.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": event.finish_reason})
+    return choices
 
-    prompt_tokens = completion_tokens = 0
-    try:
-        for index, tokens in enumerate(streams):
-            yield data(index, {"role": "assistant", "content": ""})
-            async for event in tokens:
-                if event.text or event.logprobs:
-                    yield data(index, {"content": event.text}, logprobs=_chat_logprobs(event))
-                if event.finish_reason is not None:
-                    yield data(index, {}, event.finish_reason)
-                    prompt_tokens = event.prompt_tokens
-                    completion_tokens += event.generated_tokens
-        if include_usage:
-            usage = _usage(prompt_tokens, completion_tokens)
-            yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n"
-        yield "data: [DONE]\n\n"
-    except ServerError as error:
-        yield f"data: {json.dumps(_openai_error_body(error))}\n\n"
-    finally:
-        for tokens in streams:
-            await tokens.aclose()
+
+def _completion_choices(index: int, event: TokenEvent | None) -> list[dict]:
+    if event is None:
+        return []
+    return [{"index": index, "text": event.text, "logprobs": _completion_logprobs(event),
+             "finish_reason": event.finish_reason}]
 
 
 def _chat_logprobs(event: TokenEvent) -> dict | None:
@@ -220,11 +213,11 @@ def _chat_logprobs(event: TokenEvent) -> dict | None:
                         for t in event.logprobs]}
 
 
-def _completion_logprobs(event: TokenEvent, offset: int = 0) -> dict | None:
+def _completion_logprobs(event: TokenEvent) -> dict | None:
     """OpenAI's legacy completion logprobs: parallel lists, with each token's offset in the text."""
     if not event.logprobs:
         return None
-    offsets, position = [], offset
+    offsets, position = [], 0
     for token in event.logprobs:
         offsets.append(position)
         position += len(token.token)
@@ -326,21 +319,24 @@ def _openai_choices(wholes: list[TokenEvent], n: int) -> tuple[list[dict], dict]
     return choices, _usage(prompt_tokens, completion_tokens)
 
 
-async def _openai_chunks(streams, completion: dict, include_usage: bool, n: int):
-    """Choices stream one after another (each prompt's tokens in order), then `data: [DONE]`."""
+async def _openai_chunks(streams, chunk: dict, include_usage: bool, n: int, choices: Callable):
+    """Choices stream one after another, each event as the chunks `choices(index, event)` makes (and
+    `choices(index, None)` before a choice's first), then the usage where asked and `data: [DONE]`.
+    Choice i*n+j is prompt i's j-th; each prompt's tokens count once in the usage."""
     prompt_tokens = completion_tokens = 0
     try:
         for index, tokens in enumerate(streams):
+            for choice in choices(index, None):
+                yield f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
             async for event in tokens:
-                choice = {"index": index, "text": event.text, "logprobs": _completion_logprobs(event),
-                          "finish_reason": event.finish_reason}
-                yield f"data: {json.dumps({**completion, 'choices': [choice]})}\n\n"
+                for choice in choices(index, event):
+                    yield f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
                 if event.finish_reason is not None:
                     prompt_tokens += event.prompt_tokens if index % n == 0 else 0
                     completion_tokens += event.generated_tokens
         if include_usage:
             usage = _usage(prompt_tokens, completion_tokens)
-            yield f"data: {json.dumps({**completion, 'choices': [], 'usage': usage})}\n\n"
+            yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
     except ServerError as error:
         yield f"data: {json.dumps(_openai_error_body(error))}\n\n"

@@ -1,7 +1,6 @@
 """OpenAI's API shapes shared by its routes (one error table), and `POST /v1/embeddings`."""
 
 import base64
-import functools
 import json
 from collections.abc import Callable
 
@@ -10,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.http import codec
-from server.api.http.errors import STATUS
+from server.api.http.errors import STATUS, responding
 from server.core.errors import InvalidArgument, ServerError
 from server.core.service import InferenceService
 from server.core.types import TextRequest
@@ -19,27 +18,21 @@ EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
 ENCODING_FORMATS = ("float", "base64")
 
 
-def error_body(error: ServerError, param: str | None = None) -> dict:
-    kind = "invalid_request_error" if STATUS[error.code] < 500 else "server_error"
-    code = "model_not_found" if STATUS[error.code] == 404 else None
-    return {"error": {"message": error.message, "type": kind, "param": param, "code": code}}
+def error_document(message: str, status: int, code: str | None = None) -> dict:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def error_body(error: ServerError) -> dict:
+    status = STATUS[error.code]
+    return error_document(error.message, status, "model_not_found" if status == 404 else None)
 
 
 def error_response(error: ServerError) -> JSONResponse:
     return JSONResponse(error_body(error), status_code=STATUS[error.code])
 
 
-def openai_errors(route: Callable) -> Callable:
-    """Errors of the route's own checks and of the core in OpenAI's shape."""
-
-    @functools.wraps(route)
-    async def wrapped(*args, **kwargs):
-        try:
-            return await route(*args, **kwargs)
-        except ServerError as error:
-            return error_response(error)
-
-    return wrapped
+openai_errors = responding(error_response)
 
 
 def add_embedding_routes(app: FastAPI, service: InferenceService, body: Callable) -> None:

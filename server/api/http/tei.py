@@ -4,14 +4,13 @@ TEI serves one model per server; ortserve serves many, so each text model is als
 own under `/tei/{model}` (point a TEI client at that base URL). The root routes take the model from the
 body's `model` (an ortserve addition), or serve the one loaded model that fits the route."""
 
-import functools
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from server.api.http import codec
-from server.api.http.errors import STATUS
+from server.api.http.errors import STATUS, responding
 from server.api.http.openai import json_response, text_inputs
 from server.core.errors import ErrorCode, InvalidArgument, ServerError
 from server.core.service import InferenceService
@@ -30,16 +29,12 @@ FIELDS = {
 }
 
 
-def tei_errors(route: Callable) -> Callable:
-    @functools.wraps(route)
-    async def wrapped(*args, **kwargs):
-        try:
-            return await route(*args, **kwargs)
-        except ServerError as error:
-            kind = ERROR_TYPES.get(error.code, "Validation")
-            return JSONResponse({"error": error.message, "error_type": kind}, status_code=STATUS[error.code])
+def _tei_error(error: ServerError) -> JSONResponse:
+    kind = ERROR_TYPES.get(error.code, "Validation")
+    return JSONResponse({"error": error.message, "error_type": kind}, status_code=STATUS[error.code])
 
-    return wrapped
+
+tei_errors = responding(_tei_error)
 
 
 def add_tei_routes(app: FastAPI, service: InferenceService, body: Callable) -> None:
