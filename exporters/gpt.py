@@ -1,7 +1,8 @@
 """Decoders (GPT-2, and the Llama family through `exporters/llama.py`) to one ONNX graph with KV cache,
 checked by greedy decoding.
 
-The graph takes `input_ids`, `attention_mask` (past and new tokens), `position_ids` and
+The graph takes `input_ids`, `attention_mask` (past and new tokens), `position_ids`, `logit_positions`
+(which new tokens' logits to return: the last one to generate, all of them to score a prompt) and
 `past_key_values.{i}.key|value` and returns `logits` and `present.{i}.key|value`, the new tokens' keys
 and values; a zero-length past is the prefill. Its config.pbtxt describes the generation interface the
 server offers for it (text in, text out, decoupled), not the graph's tensors.
@@ -50,7 +51,7 @@ class DecoderWithPast(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):
+    def forward(self, input_ids, attention_mask, position_ids, logit_positions, *past):
         gpt = self.model.transformer
         hidden = gpt.wte(input_ids) + gpt.wpe(position_ids)
         bias = attention_bias(attention_mask, input_ids.shape[1])
@@ -61,8 +62,8 @@ class DecoderWithPast(nn.Module):
             hidden = hidden + attended
             hidden = hidden + block.mlp(block.ln_2(hidden))
             present += [key, value]
-        last = gpt.ln_f(hidden[:, -1:])  # only the next token's logits: a prefill skips the rest
-        return (self.model.lm_head(last), *present)
+        kept = gpt.ln_f(hidden.index_select(1, logit_positions))
+        return (self.model.lm_head(kept), *present)
 
 
 def attention_bias(attention_mask, new: int):
@@ -125,11 +126,12 @@ def export_decoder(model: nn.Module, path: Path, opset: int = 18) -> Path:
         torch.ones(batch, new, dtype=torch.long),
         mask,
         torch.arange(past_len, past_len + new).repeat(batch, 1),
+        torch.tensor([1, new - 1]),
         *[torch.zeros(batch, kv_heads, past_len, head_dim) for _ in past_names],
     )
-    rows, sequence, past = (torch.export.Dim(n) for n in ("batch", "sequence", "past_sequence"))
+    rows, sequence, past, kept = (torch.export.Dim(n) for n in ("batch", "sequence", "past_sequence", "kept"))
     total = torch.export.Dim.AUTO  # past_sequence + sequence
-    shapes = ({0: rows, 1: sequence}, {0: rows, 1: total}, {0: rows, 1: sequence},
+    shapes = ({0: rows, 1: sequence}, {0: rows, 1: total}, {0: rows, 1: sequence}, {0: kept},
               tuple({0: rows, 2: past} for _ in past_names))
     wrapped = DecoderWithPast if config.model_type == "gpt2" else llama.RotaryDecoderWithPast
     wrapper = wrapped(model).eval()
@@ -137,7 +139,7 @@ def export_decoder(model: nn.Module, path: Path, opset: int = 18) -> Path:
         with torch.no_grad():
             torch.onnx.export(
                 wrapper, example, str(path),
-                input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+                input_names=["input_ids", "attention_mask", "position_ids", "logit_positions", *past_names],
                 output_names=["logits", *present_names], dynamic_shapes=shapes,
                 opset_version=opset, dynamo=True, external_data=False, verbose=False,
             )

@@ -21,7 +21,7 @@ class RotaryDecoderWithPast(nn.Module):
         self.core = model.model
         self.rotate = importlib.import_module(type(model).__module__).apply_rotary_pos_emb
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):
+    def forward(self, input_ids, attention_mask, position_ids, logit_positions, *past):
         from exporters.gpt import attention_bias
 
         hidden = self.core.embed_tokens(input_ids)
@@ -36,8 +36,8 @@ class RotaryDecoderWithPast(nn.Module):
             hidden = hidden + attended
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
             present += [key, value]
-        last = self.core.norm(hidden[:, -1:])  # only the next token's logits: a prefill skips the rest
-        return (self.model.lm_head(last), *present)
+        kept = self.core.norm(hidden.index_select(1, logit_positions))
+        return (self.model.lm_head(kept), *present)
 
     def _attention(self, attn: nn.Module, hidden, cos, sin, bias, past_key, past_value):
         rows, new = hidden.shape[:2]

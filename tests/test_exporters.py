@@ -97,8 +97,8 @@ def test_gpt_greedy_tokens_match_transformers_generate_for_mixed_lengths(tmp_pat
 class PastAndNewPresent(gpt.DecoderWithPast):
     """Optimum's layout: `present` is the past followed by the new tokens' keys and values."""
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):
-        logits, *new = super().forward(input_ids, attention_mask, position_ids, *past)
+    def forward(self, input_ids, attention_mask, position_ids, logit_positions, *past):
+        logits, *new = super().forward(input_ids, attention_mask, position_ids, logit_positions, *past)
         return (logits, *[torch.cat([old, added], dim=2) for old, added in zip(past, new)])
 
 

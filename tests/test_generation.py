@@ -259,9 +259,9 @@ def test_openai_errors_use_openai_shape(generation):
     assert reply.json()["error"]["type"] == "invalid_request_error"
     missing = post(server, "/v1/completions", {"model": "nope", "prompt": "x"})
     assert missing.status_code == 404
-    unsupported = post(server, "/v1/completions", {"model": "gpt", "prompt": "x", "best_of": 2, "echo": True})
+    unsupported = post(server, "/v1/completions", {"model": "gpt", "prompt": "x", "suffix": "y"})
     assert unsupported.status_code == 400
-    assert "'best_of', 'echo' is not supported" in unsupported.json()["error"]["message"]
+    assert "'suffix' is not supported" in unsupported.json()["error"]["message"]
     neutral = {"model": "gpt", "prompt": "x", "max_tokens": 2, "presence_penalty": 0, "logit_bias": {},
                "logprobs": None, "echo": False, "best_of": 1, "user": "someone"}
     assert post(server, "/v1/completions", neutral).status_code == 200  # what clients send by default

@@ -86,6 +86,30 @@ def test_served_greedy_tokens_equal_transformers_generate(decoders, kind):
         assert served_greedy(server, f"{kind}_int8", [prompt]) == alone
 
 
+@pytest.mark.parametrize("kind", list(FAMILIES))
+def test_prompt_and_generated_logprobs_equal_transformers_log_softmax(decoders, kind):
+    """OpenAI's echo with logprobs (how evaluation harnesses score text): every token after the first,
+    the prompt's and the generated ones, with its top 5, as transformers computes them."""
+    models, _, server = decoders
+    prompt = PROMPTS[1]
+    body = {"model": kind, "prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 5, "echo": True}
+    answer = httpx.post(f"http://{server.http_url}/v1/completions", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    served = answer.json()["choices"][0]["logprobs"]
+    full = prompt + gpt.greedy_torch(models[kind], [prompt], 8)[0]
+    with torch.no_grad():
+        logits = models[kind](torch.tensor([full])).logits[0, :-1]
+    expected = torch.log_softmax(logits.double(), dim=-1).numpy()
+    assert served["tokens"] == [f"token_id:{t}" for t in full]
+    assert served["token_logprobs"][0] is None and served["top_logprobs"][0] is None
+    np.testing.assert_allclose(served["token_logprobs"][1:], expected[np.arange(len(full) - 1), full[1:]],
+                               atol=1e-3)
+    for position, top in enumerate(served["top_logprobs"][1:]):
+        best = np.argsort(-expected[position])[:5]
+        assert list(top) == [f"token_id:{i}" for i in best]
+        np.testing.assert_allclose(list(top.values()), expected[position, best], atol=1e-3)
+
+
 def test_the_cache_holds_the_key_value_heads_only(decoders):
     import onnx
 
@@ -359,3 +383,44 @@ def test_n_choices_are_sequences_of_their_own_with_the_next_seeds(chat_server):
         "model": "tiny", "prompt": ["a", "b c"], "n": 2, "max_tokens": 4, "temperature": 0}).json()
     assert [c["index"] for c in completions["choices"]] == [0, 1, 2, 3]
     assert completions["choices"][0]["text"] == completions["choices"][1]["text"]  # greedy: the same
+
+
+def test_echo_puts_the_prompt_before_each_choice_and_scores_it_with_no_new_tokens(chat_server):
+    _, _, server = chat_server
+    url = f"http://{server.http_url}/v1/completions"
+    base = {"model": "tiny", "prompt": "Open the file", "temperature": 0}
+    plain = httpx.post(url, json={**base, "max_tokens": 6}).json()["choices"][0]
+    echoed = httpx.post(url, json={**base, "max_tokens": 6, "echo": True, "logprobs": 1}).json()
+    choice = echoed["choices"][0]
+    assert choice["text"] == "Open the file" + plain["text"]
+    scored = httpx.post(url, json={**base, "max_tokens": 0, "echo": True, "logprobs": 1}).json()
+    prompt_part = scored["choices"][0]["logprobs"]
+    assert scored["choices"][0]["text"] == "Open the file"
+    assert scored["usage"]["completion_tokens"] == 0
+    assert choice["logprobs"]["token_logprobs"][:len(prompt_part["tokens"])] == prompt_part["token_logprobs"]
+    assert len(choice["logprobs"]["tokens"]) == len(prompt_part["tokens"]) + 6
+    streamed = httpx.post(url, json={**base, "max_tokens": 6, "echo": True, "stream": True}).text
+    chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+    assert chunks[0]["choices"][0]["text"] == "Open the file"
+    assert "".join(c["choices"][0]["text"] for c in chunks) == choice["text"]
+
+
+def test_best_of_returns_the_choice_with_the_highest_mean_logprob(chat_server):
+    _, _, server = chat_server
+    url = f"http://{server.http_url}/v1/completions"
+    base = {"model": "tiny", "prompt": "def", "max_tokens": 6, "temperature": 1.0, "ignore_eos": True}
+    candidates = [httpx.post(url, json={**base, "seed": 3 + i, "logprobs": 0}).json()["choices"][0]
+                  for i in range(4)]
+    means = [np.mean(c["logprobs"]["token_logprobs"]) for c in candidates]
+    assert len(set(means)) > 1
+    answer = httpx.post(url, json={**base, "seed": 3, "best_of": 4, "n": 2}).json()
+    ranked = [candidates[i]["text"] for i in np.argsort(means)[::-1][:2]]
+    assert [c["text"] for c in answer["choices"]] == ranked
+    assert all(c["logprobs"] is None for c in answer["choices"])  # ranked on them, not asked for
+    assert answer["usage"]["completion_tokens"] == 4 * 6  # every candidate was generated
+    for body, fragment in (({"best_of": 1, "n": 2}, "'best_of' must be an integer from n (2) to 16"),
+                           ({"best_of": 2, "stream": True}, "cannot be streamed"),
+                           ({"echo": "yes"}, "'echo' must be true or false"),
+                           ({"max_tokens": 0}, "parameter 'max_tokens' must be an integer >= 1")):
+        wrong = httpx.post(url, json={**base, **body})
+        assert wrong.status_code == 400 and fragment in wrong.json()["error"]["message"], wrong.text

@@ -20,7 +20,7 @@ from server.core.types import (
 )
 from server.core.validation import check_inputs, check_outputs, raw_input
 from server.encoding.encoder import TEXT_INPUTS, TextService
-from server.generation.engine import TokenEvent, TokenStream
+from server.generation.engine import TokenEvent, TokenLogprob, TokenStream
 from server.protocol import ModelConfig
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
@@ -100,12 +100,7 @@ class InferenceService:
     def generate(self, request: GenerateRequest) -> TokenStream:
         """Admits the request, raising any error before the first token, and returns its tokens."""
         start = time.perf_counter_ns()
-        model = self.registry.get(request.model_name, request.model_version)
-        if model.engine is None:
-            raise InvalidArgument(
-                f"model '{model.name}' is not a generation model (its config has no "
-                "model_transaction_policy {{ decoupled: true }}); use its infer endpoint"
-            )
+        model = self._generation_model(request)
         try:
             prompt, params = model.engine.prepare(
                 request.text, request.input_ids, request.parameters, request.messages
@@ -117,6 +112,31 @@ class InferenceService:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
             raise
+
+    async def echo(self, request: GenerateRequest, logprobs: int | None) -> TokenEvent:
+        """The prompt as the model reads it: its token ids and text, and with `logprobs` each token's
+        log-probability given those before it and that many most likely tokens (OpenAI's `echo`; the
+        first token has none)."""
+        model = self._generation_model(request)
+        engine = model.engine
+        try:
+            prompt = engine.prompt(request.text, request.input_ids)
+            scored = [] if logprobs is None else await engine.score(prompt, logprobs)
+        except BaseException as error:
+            model.stats.record_failure(0, failure_reason(error), request.protocol)
+            raise
+        text = request.text if request.text is not None else engine.token_text(prompt)
+        first = [] if logprobs is None else [TokenLogprob(engine.token_name(prompt[0]), None, None)]
+        return TokenEvent(prompt, text, None, len(prompt), 0, first + scored)
+
+    def _generation_model(self, request: GenerateRequest) -> ModelVersion:
+        model = self.registry.get(request.model_name, request.model_version)
+        if model.engine is None:
+            raise InvalidArgument(
+                f"model '{model.name}' is not a generation model (its config has no "
+                "model_transaction_policy {{ decoupled: true }}); use its infer endpoint"
+            )
+        return model
 
     async def encode(self, request: TextRequest) -> TextResult:
         """Embeddings or scores for a request's texts, counted as one request of the model."""

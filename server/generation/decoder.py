@@ -1,6 +1,7 @@
 """One decoder graph with KV cache: `input_ids`, `attention_mask`, `position_ids`,
 `past_key_values.{i}.key|value` in; `logits`, `present.{i}.key|value` out. The same graph runs the
-prefill (zero-length past) and each decode step.
+prefill (zero-length past) and each decode step. Graphs with a `logit_positions` input (ortserve's exports)
+also score prompts: the logits of every position, a chunk of the prompt per call.
 
 `present` may hold only the new tokens' keys and values (ortserve's exports: the graph never copies the
 past) or the past followed by them (Optimum's exports); either way its last columns are the new tokens,
@@ -43,6 +44,7 @@ class Decoder:
         self.heads, self.head_dim = first.shape[1], first.shape[3]
         self.past_dtype = _ORT_FLOAT.get(first.type, np.float32)
         self.id_dtype = np.int64 if inputs["input_ids"].type == "tensor(int64)" else np.int32
+        self.scores_prompts = "logit_positions" in inputs
         logits = next((n for n in session.get_outputs() if n.name == "logits"), None)
         vocab = logits.shape[-1] if logits is not None and logits.shape else None
         self.vocab_size = vocab if isinstance(vocab, int) else None
@@ -78,18 +80,39 @@ class Decoder:
         cache.append(present, 1)
         return logits
 
-    def _run(self, ids, mask, positions, past) -> tuple[np.ndarray, list]:
-        """The last position's logits (on the host) and the graph's `present` outputs."""
+    def score(self, prompt: list[int], chunk: int | None = None) -> np.ndarray:
+        """[len(prompt) - 1, vocab]: the logits that predicted each prompt token after the first, from
+        one row of the host cache, `chunk` positions per call (bounded memory for long prompts)."""
+        if not self.scores_prompts:
+            raise DecoderGraphError("this model's graph returns the last position's logits only, so it "
+                                    "cannot score prompts; export it again with ortserve")
+        chunk = chunk or max(1, (1 << 24) // (self.vocab_size or 1 << 16))
+        cache, scored = self.empty(1), []
+        context = prompt[:-1]  # the last token predicts nothing in the prompt
+        for start in range(0, len(context), chunk):
+            ids = np.asarray([context[start:start + chunk]], self.id_dtype)
+            positions = np.arange(start, start + ids.shape[1])[None]
+            logits, present = self._run(ids, cache.attention_mask(ids.shape[1]), positions, cache.past,
+                                        np.arange(ids.shape[1]), use_kernels=False)
+            cache.append(present, ids.shape[1])
+            scored.append(logits[0])
+        return np.concatenate(scored) if scored else np.zeros((0, self.vocab_size or 0), np.float32)
+
+    def _run(self, ids, mask, positions, past, keep=None, use_kernels=True) -> tuple[np.ndarray, list]:
+        """The logits (on the host) of the last position, or of the `keep` positions as [rows, n, vocab],
+        and the graph's `present` outputs."""
         feeds = {"input_ids": ids, "attention_mask": mask.astype(self.id_dtype),
                  "position_ids": positions.astype(self.id_dtype)}
+        if self.scores_prompts:
+            feeds["logit_positions"] = np.asarray([ids.shape[1] - 1] if keep is None else keep, np.int64)
         feeds.update(zip(self.past_names, past))
         outputs = ["logits", *self.present_names]
-        if self.kernels:
+        if self.kernels and use_kernels:
             logits, *present = self.kernels.runner.run(self.session, feeds, outputs, host=("logits",))
             logits = logits.numpy()
         else:
             logits, *present = self.session.run(outputs, feeds)
-        return logits[:, -1, :].astype(np.float32), present
+        return (logits[:, -1, :] if keep is None else logits).astype(np.float32), present
 
 
 def _layer_order(name: str) -> tuple[int, int]:

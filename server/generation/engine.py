@@ -98,12 +98,12 @@ def _token_ids(value: str) -> frozenset[int]:
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """A generated token as text (`token_id:N` without a tokenizer), its log-probability, and the most
-    likely tokens at its place."""
+    """A token as text (`token_id:N` without a tokenizer), its log-probability, and the most likely
+    tokens at its place (None for a prompt's first token: nothing predicts it)."""
 
     token: str
-    logprob: float
-    top: list[tuple[str, float]]
+    logprob: float | None
+    top: list[tuple[str, float]] | None
 
 
 @dataclass
@@ -233,17 +233,20 @@ class GenerationEngine:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def prepare(
-        self, text: str | None, ids: list[int] | None, parameters: dict, messages: list | None = None
-    ) -> tuple[list[int], SamplingParams]:
-        """The prompt's token ids (of a chat rendered with the model's template, when `messages`) and
-        the sampling parameters, or a clear error about either."""
+    def prompt(self, text: str | None, ids: list[int] | None, messages: list | None = None) -> list[int]:
+        """The prompt's token ids (of a chat rendered with the model's template, when `messages`)."""
         if messages is not None:
             if self.settings.chat is None:
                 raise InvalidArgument("this model has no chat template (its tokenizer files define none); "
                                       "use /v1/completions with a prompt")
             text, ids = self.settings.chat.render(messages), None
-        prompt = prompt_ids(self.codec, text, ids, self.decoder.vocab_size, special_tokens=messages is None)
+        return prompt_ids(self.codec, text, ids, self.decoder.vocab_size, special_tokens=messages is None)
+
+    def prepare(
+        self, text: str | None, ids: list[int] | None, parameters: dict, messages: list | None = None
+    ) -> tuple[list[int], SamplingParams]:
+        """The prompt's token ids and the sampling parameters, or a clear error about either."""
+        prompt = self.prompt(text, ids, messages)
         limit = self.settings.max_sequence_length
         if len(prompt) >= limit:
             raise InvalidArgument(
@@ -275,6 +278,21 @@ class GenerationEngine:
         self.stats.prompt_tokens += len(prompt)
         self._wake.set()
         return TokenStream(self, request, on_close)
+
+    async def score(self, prompt: list[int], count: int) -> list[TokenLogprob]:
+        """Each prompt token after the first with its log-probability given the tokens before it, and the
+        `count` most likely tokens at its place (OpenAI's `echo` with `logprobs`)."""
+        if not self.decoder.scores_prompts:
+            raise InvalidArgument("this model's graph returns the last position's logits only, so it cannot "
+                                  "score prompts (echo with logprobs); export it again with ortserve")
+        if len(prompt) > self.settings.max_sequence_length:
+            raise InvalidArgument(f"the prompt has {len(prompt)} tokens; this model's context is "
+                                  f"{self.settings.max_sequence_length}")
+        logits = await self.pool.call(lambda _session: self.decoder.score(prompt))
+        return [self._logprob(row, token, count) for row, token in zip(logits, prompt[1:])]
+
+    def token_text(self, ids: list[int]) -> str:
+        return self.codec.decode(ids) if self.codec is not None else ""
 
     def abort(self, request: _Request) -> None:
         if not request.sequence.finished:
@@ -369,9 +387,9 @@ class GenerationEngine:
 
     def _logprob(self, logits: np.ndarray, token: int, count: int) -> TokenLogprob:
         chosen, top = logprobs(logits, token, count)
-        return TokenLogprob(self._token_text(token), chosen, [(self._token_text(i), lp) for i, lp in top])
+        return TokenLogprob(self.token_name(token), chosen, [(self.token_name(i), lp) for i, lp in top])
 
-    def _token_text(self, token: int) -> str:
+    def token_name(self, token: int) -> str:
         return self.codec.token_text(token) if self.codec is not None else f"token_id:{token}"
 
     def _finish_reason(self, request: _Request, token: int) -> str | None:

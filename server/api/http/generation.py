@@ -2,6 +2,7 @@
 OpenAI-compatible completions API, both on the core's token streams."""
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -24,9 +25,9 @@ OPENAI_PARAMETERS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "see
                      "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty", "logit_bias"}
 COMPLETION_PARAMETERS = OPENAI_PARAMETERS | {"logprobs"}
 OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
-OPENAI_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "user"}
+OPENAI_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "best_of", "echo", "user"}
 # parameters ortserve does not implement, accepted only at the value that changes nothing (clients send them)
-OPENAI_NEUTRAL = {"best_of": 1, "echo": False, "suffix": None}
+OPENAI_NEUTRAL = {"suffix": None}
 CHAT_FIELDS = {"model", "messages", "stream", "stream_options", "n", "user", "max_completion_tokens",
                "logprobs", "top_logprobs"}
 CHAT_NEUTRAL = {"tools": [], "tool_choice": "none", "parallel_tool_calls": False}
@@ -66,32 +67,100 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        streams = []
+        groups = []
         try:
             payload = codec.parse_json(await body(request))
             model, prompts, parameters = _openai_request(payload)
-            n = _choices(payload)
+            n, echo = _choices(payload), _switch(payload, "echo")
+            best_of = _best_of(payload, n)
+            shown = parameters.get("logprobs")
+            if best_of > n:  # choices are ranked by their tokens' mean log-probability
+                parameters["logprobs"] = shown or 0
             for prompt in prompts:
                 text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
-                for index in range(n):
-                    generate = GenerateRequest(model, text=text, input_ids=ids, protocol="http",
-                                               parameters=_choice_parameters(parameters, index))
-                    streams.append(service.generate(generate))
+                echoed = await service.echo(GenerateRequest(model, text=text, input_ids=ids, protocol="http"),
+                                            shown) if echo else None
+                groups.append(_Choices(echoed, [] if echo and parameters.get("max_tokens") == 0 else [
+                    service.generate(GenerateRequest(model, text=text, input_ids=ids, protocol="http",
+                                                     parameters=_choice_parameters(parameters, index)))
+                    for index in range(best_of)]))
         except ServerError as error:
-            for tokens in streams:
-                await tokens.aclose()
+            for group in groups:
+                await group.aclose()
             return _openai_error(error)
         completion = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                       "created": int(time.time()), "model": model}
         if payload.get("stream"):
             usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            streams = [stream for group in groups for stream in group.echoed_streams()]
             chunks = _openai_chunks(streams, completion, usage, n, _completion_choices)
             return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
         try:
-            choices, usage = _openai_choices(await _collect(request, streams), n)
+            wholes = await _collect(request, [stream for group in groups for stream in group.streams])
         except ServerError as error:
             return _openai_error(error)
-        return {**completion, "choices": choices, "usage": usage}
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for group in groups:
+            generated, wholes = wholes[:len(group.streams)], wholes[len(group.streams):]
+            for whole in group.best(generated, n, shown is not None):
+                logprobs = _completion_logprobs(whole)
+                choices.append({"index": len(choices), "text": whole.text, "logprobs": logprobs,
+                                "finish_reason": whole.finish_reason})
+            prompt_tokens += (group.echoed or generated[0]).prompt_tokens
+            completion_tokens += sum(whole.generated_tokens for whole in generated)
+        return {**completion, "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}
+
+
+class _Choices:
+    """One prompt's choices: its generated streams (`best_of` of them, none for `max_tokens` 0) and,
+    with OpenAI's `echo`, the prompt's own text and log-probabilities put before each."""
+
+    def __init__(self, echoed: TokenEvent | None, streams: list):
+        self.echoed, self.streams = echoed, streams
+
+    def best(self, wholes: list[TokenEvent], n: int, show_logprobs: bool) -> list[TokenEvent]:
+        """The `n` choices whose tokens have the highest mean log-probability (all of them when there
+        are `n`), each after its echoed prompt."""
+        if not wholes:
+            return [self._prompt_only()]
+        if len(wholes) > n:
+            wholes = sorted(wholes, key=_mean_logprob, reverse=True)[:n]
+            if not show_logprobs:
+                wholes = [dataclasses.replace(whole, logprobs=[]) for whole in wholes]
+        return [self.echoed.then(whole) if self.echoed else whole for whole in wholes]
+
+    def echoed_streams(self) -> list:
+        if self.echoed is None:
+            return self.streams
+        return [_Echoed(self.echoed, stream) for stream in self.streams] or [_Echoed(self._prompt_only())]
+
+    def _prompt_only(self) -> TokenEvent:
+        return dataclasses.replace(self.echoed, finish_reason="length")
+
+    async def aclose(self) -> None:
+        for stream in self.streams:
+            await stream.aclose()
+
+
+class _Echoed:
+    """A streamed choice that starts with its echoed prompt."""
+
+    def __init__(self, echoed: TokenEvent, tokens=None):
+        self.echoed, self.tokens = echoed, tokens
+
+    async def __aiter__(self):
+        yield self.echoed
+        if self.tokens is not None:
+            async for event in self.tokens:
+                yield event
+
+    async def aclose(self) -> None:
+        if self.tokens is not None:
+            await self.tokens.aclose()
+
+
+def _mean_logprob(whole: TokenEvent) -> float:
+    return sum(t.logprob for t in whole.logprobs) / max(len(whole.logprobs), 1)
 
 
 def add_chat_routes(app: FastAPI, service: InferenceService, body: Callable) -> None:
@@ -138,6 +207,26 @@ def _choices(payload: dict) -> int:
     if type(n) is not int or not 1 <= n <= MAX_CHOICES:
         raise InvalidArgument(f"'n' must be an integer from 1 to {MAX_CHOICES}, got {n!r}")
     return n
+
+
+def _best_of(payload: dict, n: int) -> int:
+    """OpenAI's `best_of`: choices generated per prompt, of which the `n` best are returned."""
+    best_of = payload.get("best_of")
+    if best_of is None:
+        return n
+    if type(best_of) is not int or not n <= best_of <= MAX_CHOICES:
+        raise InvalidArgument(f"'best_of' must be an integer from n ({n}) to {MAX_CHOICES}, got {best_of!r}")
+    if best_of > n and payload.get("stream"):
+        raise InvalidArgument("'best_of' greater than 'n' cannot be streamed: the best choices are known "
+                              "only when all are finished")
+    return best_of
+
+
+def _switch(payload: dict, key: str) -> bool:
+    value = payload.get(key)
+    if value not in (None, True, False):
+        raise InvalidArgument(f"'{key}' must be true or false, got {value!r}")
+    return bool(value)
 
 
 def _choice_parameters(parameters: dict, index: int) -> dict:
@@ -223,7 +312,7 @@ def _completion_logprobs(event: TokenEvent) -> dict | None:
         position += len(token.token)
     tokens = event.logprobs
     return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
+            "top_logprobs": [None if t.top is None else dict(t.top) for t in tokens], "text_offset": offsets}
 
 
 async def _collect(request: Request, streams: list) -> list[TokenEvent]:
@@ -306,17 +395,6 @@ def _openai_request(payload: dict) -> tuple[str, list, dict]:
     if parameters["max_tokens"] is None:
         del parameters["max_tokens"]
     return model, prompts, parameters
-
-
-def _openai_choices(wholes: list[TokenEvent], n: int) -> tuple[list[dict], dict]:
-    """Choice i*n+j is prompt i's j-th; each prompt's tokens count once in the usage."""
-    choices, prompt_tokens, completion_tokens = [], 0, 0
-    for index, whole in enumerate(wholes):
-        choices.append({"index": index, "text": whole.text, "logprobs": _completion_logprobs(whole),
-                        "finish_reason": whole.finish_reason})
-        prompt_tokens += whole.prompt_tokens if index % n == 0 else 0
-        completion_tokens += whole.generated_tokens
-    return choices, _usage(prompt_tokens, completion_tokens)
 
 
 async def _openai_chunks(streams, chunk: dict, include_usage: bool, n: int, choices: Callable):
