@@ -4,30 +4,42 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # `make run GPU=1` installs onnxruntime-gpu instead of onnxruntime
 RUNTIME := $(if $(GPU),gpu,cpu)
+# A package index with PyTorch's CPU wheels, for machines where the plain index would give torch's CUDA
+# build (gigabytes): make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+# `make run` installs what serving and building the demo models need; tests and benchmarks add dev
+EXTRAS_run := $(RUNTIME),export
+EXTRAS_dev := $(RUNTIME),export,dev
 REPOSITORY ?= model_repository
 HOST ?= 0.0.0.0
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: install run serve models test lint proto bench soak loadtest clean
+.PHONY: install install-run run serve models test lint proto bench soak loadtest clean
 
-$(VENV)/.installed-$(RUNTIME): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(VENV)/.installed-%-$(RUNTIME): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing ortserve's $* dependencies into $(VENV) (a few minutes the first time)"
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(RUNTIME),dev,export]'
-	rm -f $(VENV)/.installed-*
+	$(PY) -m pip install --quiet $(PIP_INDEX) -e '.[$(EXTRAS_$*)]'
 	touch $@
 
-install: $(VENV)/.installed-$(RUNTIME)
+install-run: $(VENV)/.installed-run-$(RUNTIME)
 
-models: install
+install: $(VENV)/.installed-dev-$(RUNTIME)
+
+models: install-run
 	$(PY) -m exporters.demo $(REPOSITORY)
 
-run: models
+# Serves the models that build in seconds at once; chat and gpt train meanwhile and load as they land.
+run: install-run
 	@echo "ortserve: HTTP http://localhost:$(HTTP_PORT)  gRPC localhost:$(GRPC_PORT)  metrics http://localhost:$(METRICS_PORT)/metrics"
 	@echo "try: curl -s localhost:$(HTTP_PORT)/v2/models/simple/infer -d '{\"inputs\":[{\"name\":\"INPUT0\",\"datatype\":\"INT32\",\"shape\":[1,16],\"data\":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]},{\"name\":\"INPUT1\",\"datatype\":\"INT32\",\"shape\":[1,16],\"data\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}'"
-	$(VENV)/bin/ortserve serve --model-repository $(REPOSITORY) --host $(HOST) \
+	@echo "     curl -s localhost:$(HTTP_PORT)/v1/embeddings -d '{\"model\":\"minilm\",\"input\":\"hello\"}'"
+	@echo "     curl -s localhost:$(HTTP_PORT)/v1/chat/completions -d '{\"model\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"What does json.dumps do?\"}]}'  (once chat is built)"
+	$(PY) -m exporters.demo $(REPOSITORY) --serve --host $(HOST) \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 test: install
@@ -46,11 +58,11 @@ bench: install
 	$(PY) -m loadtest.soak --repository $(REPOSITORY)
 
 # Ten minutes of mixed traffic and reloads against one server; fails if memory keeps growing.
-soak: models
+soak: install models
 	$(PY) -m loadtest.soak --repository $(REPOSITORY)
 
 # Serves the default repository on loopback and runs locust headless (bounded users and time).
-loadtest: models
+loadtest: install models
 	$(PY) -m loadtest.run_locust --repository $(REPOSITORY) --users 16 --seconds 30
 
 lint: install

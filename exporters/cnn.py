@@ -22,10 +22,13 @@ class Logits(nn.Module):
         return self.model(pixel_values=pixel_values).logits
 
 
-def load(checkpoint: str | Path) -> nn.Module:
-    """A transformers checkpoint directory (or hub id), or a whole module saved with torch.save."""
+def load(checkpoint: str | Path, model_class: str | None = None) -> nn.Module:
+    """A transformers checkpoint directory (or hub id), or a torch.save file: a whole module, or a
+    state_dict loaded into `model_class` ("module:Class")."""
     if Path(checkpoint).suffix in (".pt", ".pth"):
-        return torch.load(checkpoint, weights_only=False).eval()
+        from exporters.torch_files import load_module
+
+        return load_module(checkpoint, model_class)
     from transformers import AutoModelForImageClassification
 
     check_model_type(checkpoint, "cnn", SUPPORTED, " checkpoints or a module saved with torch.save")
@@ -48,12 +51,13 @@ def export(
     cases: list[dict] | None = None,
     progress=None,
 ) -> list[ExportReport]:
-    """`calibration`: representative images [n, *shape] for static int8 (default: random ones)."""
+    """`calibration`: representative images [n, *shape] for static int8 (default: random ones); the
+    parity cases default to some of them, so each variant is checked on the inputs it was made for."""
     rng = np.random.default_rng(0)
     if calibration is None:
         calibration = rng.standard_normal((16, *shape)).astype(np.float32)
     feeds = [{"pixel_values": calibration[i:i + 4]} for i in range(0, len(calibration), 4)]
-    cases = cases or [{"pixel_values": rng.standard_normal((n, *shape)).astype(np.float32)} for n in (1, 3)]
+    cases = cases or [{"pixel_values": calibration[:1]}, {"pixel_values": calibration[1:4]}]
     return export_module(
         model.eval(), {"pixel_values": torch.from_numpy(cases[0]["pixel_values"])}, repository, name,
         output_names=["logits"], variants=variants, cases=cases, classifier=True,

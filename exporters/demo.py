@@ -1,16 +1,23 @@
-"""Builds the default model repository served by `make run` (skips models already built).
+"""Builds the default model repository served by `make run` (skips models already built); with
+`--serve`, serves the models that build in seconds at once and trains the others meanwhile.
 
 simple (add/sub), minilm (+_fp16, _int8: the real all-MiniLM-L6-v2, answering /v1/embeddings and /embed),
-reranker (a small cross-encoder with random weights answering /rerank), gpt (+_fp16, _int8: trained here on
-the standard library's sources), resnet and lstm (+ variants: trained on scikit-learn's digits), lstm_stream
-(the same LSTM trained again, served a chunk at a time with its state kept by the server), and with
-`--benchmark-models` resnet50 (+_int8) and gpt2, ResNet-50's and GPT-2 small's configurations (random
-weights) for speed measurements.
+reranker (a small cross-encoder with random weights answering /rerank), resnet and lstm (+ variants:
+trained on scikit-learn's digits), lstm_stream (the same LSTM trained again, served a chunk at a time with
+its state kept by the server); trained for minutes: chat (+_int8: a Llama-architecture chat model trained
+on questions about the standard library, answering /v1/chat/completions) and gpt (+_fp16, _int8: trained
+on the standard library's sources); with `--benchmark-models` resnet50 (+_int8) and gpt2, ResNet-50's and
+GPT-2 small's configurations (random weights) for speed measurements.
 """
 
 import argparse
 import os
+import shutil
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -32,6 +39,7 @@ dynamic_batching { max_queue_delay_microseconds: 100 }
 """
 VARIANTS = ("fp32", "fp16", "int8")
 CHECKPOINTS = ".checkpoints"
+BUILDING = ".building"  # a stage's models until they are whole
 
 
 def simple_model() -> onnx.ModelProto:
@@ -109,7 +117,7 @@ def build_reranker(repository: Path) -> None:
         bert.export(text_checkpoint(Path(work), labels=("score",)), repository, "reranker")
 
 
-def build_gpt(repository: Path) -> None:
+def build_gpt(repository: Path, checkpoints: Path) -> None:
     import tempfile
 
     from exporters import gpt, training
@@ -118,7 +126,18 @@ def build_gpt(repository: Path) -> None:
         model, tokenizer = training.train_gpt(training.GptRecipe(), Path(work) / "tokenizer.json")
         gpt.export(model, repository, "gpt", VARIANTS, tokenizer_file=tokenizer)
         # the PyTorch weights, for benchmarks against transformers (hidden: the server skips it)
-        model.save_pretrained(repository / CHECKPOINTS / "gpt")
+        model.save_pretrained(checkpoints / "gpt")
+
+
+def build_chat(repository: Path) -> None:
+    import tempfile
+
+    from exporters import gpt, training
+
+    with tempfile.TemporaryDirectory() as work:
+        checkpoint = training.train_chat_llama(training.ChatRecipe(), Path(work))
+        model, _ = gpt.load(checkpoint)
+        gpt.export(model, repository, "chat", ("fp32", "int8"), tokenizer_file=checkpoint / "tokenizer.json")
 
 
 def build_digits(repository: Path, family: str) -> None:
@@ -163,35 +182,131 @@ def build_gpt2(repository: Path) -> None:
     gpt.export(model, repository, "gpt2")
 
 
-def build(repository: Path, benchmark_models: bool = False) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if not built(repository, "simple"):
-        publish(repository, "simple", simple_model(), SIMPLE_CONFIG)
-        print(f"built {repository / 'simple'}")
-    steps = [
-        ("minilm", VARIANTS, lambda: build_minilm(repository)),
-        ("reranker", ("fp32",), lambda: build_reranker(repository)),
-        ("gpt", VARIANTS, lambda: build_gpt(repository)),
-        ("resnet", VARIANTS, lambda: build_digits(repository, "resnet")),
-        ("lstm", VARIANTS, lambda: build_digits(repository, "lstm")),
-        ("lstm_stream", ("fp32",), lambda: build_digits(repository, "lstm_stream")),
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    variants: tuple[str, ...]
+    build: Callable[[Path], None]  # writes the stage's models into the directory it is given
+    seconds: bool = True  # built in seconds (served first); the others train for minutes
+
+
+def stages(repository: Path, benchmark_models: bool = False) -> list[Stage]:
+    listed = [
+        Stage("simple", ("fp32",), lambda target: publish(target, "simple", simple_model(), SIMPLE_CONFIG)),
+        Stage("minilm", VARIANTS, build_minilm),
+        Stage("reranker", ("fp32",), build_reranker),
+        Stage("resnet", VARIANTS, lambda target: build_digits(target, "resnet")),
+        Stage("lstm", VARIANTS, lambda target: build_digits(target, "lstm")),
+        Stage("lstm_stream", ("fp32",), lambda target: build_digits(target, "lstm_stream")),
+        Stage("chat", ("fp32", "int8"), build_chat, seconds=False),
+        Stage("gpt", VARIANTS, lambda target: build_gpt(target, repository / CHECKPOINTS), seconds=False),
     ]
     if benchmark_models:
-        steps.append(("resnet50", ("fp32", "int8"), lambda: build_resnet50(repository)))
-        steps.append(("gpt2", ("fp32",), lambda: build_gpt2(repository)))
-    for name, variants, build_step in steps:
-        if built(repository, name, variants):
+        listed.append(Stage("resnet50", ("fp32", "int8"), build_resnet50, seconds=False))
+        listed.append(Stage("gpt2", ("fp32",), build_gpt2, seconds=False))
+    return listed
+
+
+def build(repository: Path, benchmark_models: bool = False, seconds_only: bool = False,
+          on_built: Callable[[list[str]], None] | None = None) -> None:
+    """Builds the stages not built yet, each in a hidden directory first and moved into the repository
+    when whole, so a server never sees half a model; `on_built` hears each stage's model names."""
+    from exporters import console
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for stage in stages(repository, benchmark_models):
+        if built(repository, stage.name, stage.variants) or (seconds_only and not stage.seconds):
             continue
-        build_step()
-        print(f"built {repository / name} ({', '.join(variants)})")
+        started = time.perf_counter()
+        console.say(f"{stage.name}: building ({', '.join(stage.variants)})")
+        staging = repository / BUILDING
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        with console.heartbeat(stage.name):
+            stage.build(staging)
+        names = [stage.name if v == "fp32" else f"{stage.name}_{v}" for v in stage.variants]
+        for name in names:
+            shutil.rmtree(repository / name, ignore_errors=True)
+            (staging / name).rename(repository / name)
+        shutil.rmtree(staging, ignore_errors=True)
+        console.say(f"{stage.name}: built in {time.perf_counter() - started:.0f} s")
+        if on_built is not None:
+            on_built(names)
+
+
+def serve(repository: Path, server_arguments: list[str], http_port: int, benchmark_models: bool) -> int:
+    """`make run`: builds the models that take seconds, serves them at once, and trains the others
+    while serving, loading each into the server as it lands."""
+    import signal
+    import subprocess
+
+    from exporters import console
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    build(repository, benchmark_models, seconds_only=True)
+    server = subprocess.Popen([sys.executable, "-m", "server", "serve", "--model-repository", str(repository),
+                               "--model-control-mode", "explicit", "--load-model", "*",
+                               "--http-port", str(http_port), *server_arguments])
+    try:
+        if not _wait_ready(server, http_port):
+            return server.wait()
+        console.say("serving; training the other demo models meanwhile (each is loaded as it lands)")
+        try:
+            build(repository, benchmark_models, on_built=lambda names: _load(http_port, names))
+            console.say("every demo model is built and served")
+        except Exception as error:  # the server keeps serving what it has
+            console.say(f"building the demo models failed: {type(error).__name__}: {error}")
+        return server.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _wait_ready(server, http_port: int, timeout: float = 300.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def _load(http_port: int, names: list[str]) -> None:
+    from exporters import console
+
+    for name in names:
+        url = f"http://127.0.0.1:{http_port}/v2/repository/models/{name}/load"
+        try:
+            request = urllib.request.Request(url, data=b"{}", method="POST")
+            urllib.request.urlopen(request, timeout=600).close()
+        except OSError as error:
+            console.say(f"{name}: the server did not load it: {error}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from exporters import console
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repository", type=Path, nargs="?", default=Path("model_repository"))
     parser.add_argument("--benchmark-models", action="store_true",
                         help="also build resnet50 (+_int8) and gpt2")
-    args = parser.parse_args(argv)
+    parser.add_argument("--serve", action="store_true",
+                        help="serve what builds in seconds at once and the rest as it lands (make run); "
+                             "arguments after the known ones go to `ortserve serve`")
+    parser.add_argument("--http-port", type=int, default=8000, help="with --serve")
+    parser.add_argument("--verbose", action="store_true", help="keep third-party warnings")
+    args, server_arguments = parser.parse_known_args(argv)
+    if not args.verbose:
+        console.quiet_third_party()
+    if args.serve:
+        return serve(args.repository, server_arguments, args.http_port, args.benchmark_models)
+    if server_arguments:
+        parser.error(f"unrecognized arguments: {' '.join(server_arguments)}")
     build(args.repository, args.benchmark_models)
     return 0
 

@@ -45,9 +45,12 @@ class StreamingClassifier(nn.Module):
         return self.head(hidden[-1]), hidden.transpose(0, 1), cell.transpose(0, 1)
 
 
-def load(checkpoint: str | Path) -> nn.Module:
-    """A whole module saved with torch.save (its class importable)."""
-    module = torch.load(checkpoint, weights_only=False)
+def load(checkpoint: str | Path, model_class: str | None = None) -> nn.Module:
+    """A torch.save file: a whole module (its class importable), or a state_dict loaded into
+    `model_class` ("module:Class")."""
+    from exporters.torch_files import load_module
+
+    module = load_module(checkpoint, model_class)
     if not any(isinstance(m, nn.LSTM) for m in module.modules()):
         raise ExportError(f"'{checkpoint}' holds a {type(module).__name__} with no nn.LSTM in it")
     return module.eval()

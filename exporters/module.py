@@ -6,7 +6,6 @@ each against the module on every parity case, and publishes only when all pass: 
 """
 
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -68,7 +67,9 @@ def check_model_type(checkpoint, family: str, supported: tuple[str, ...], altern
 
 
 def reporter(progress: Callable[[str], None] | None) -> Callable[[str], None]:
-    return progress or (lambda text: print(text, file=sys.stderr, flush=True))
+    from exporters import console
+
+    return progress or console.say
 
 
 def variant_name(name: str, variant: str) -> str:

@@ -2,9 +2,7 @@
 a GPT on the Python standard library's sources with its own byte-level BPE tokenizer, and a CNN and an
 LSTM on scikit-learn's handwritten digits."""
 
-import sys
 import sysconfig
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from exporters import console
+
 END_OF_TEXT = "<|endoftext|>"
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def python_corpus(max_bytes: int = 3_000_000) -> list[str]:
@@ -71,13 +67,17 @@ def train_gpt(recipe: GptRecipe, tokenizer_path: Path, corpus: list[str] | None 
         vocab_size=tokenizer.get_vocab_size(), n_positions=recipe.context, n_embd=recipe.width,
         n_layer=recipe.layers, n_head=recipe.heads, bos_token_id=eos, eos_token_id=eos,
     )
-    model = GPT2LMHeadModel(config)
+    return _fit_language_model(GPT2LMHeadModel(config), data, recipe, "gpt"), tokenizer_path
+
+
+def _fit_language_model(model, data: torch.Tensor, recipe, name: str):
+    """Next-token prediction on random windows of `data` (token ids), with a progress bar."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=recipe.steps)
     generator = torch.Generator().manual_seed(recipe.seed)
     model.train()
-    started = time.perf_counter()
-    for step in range(recipe.steps):
+    progress = console.bar(recipe.steps, f"{name}: training")
+    for _ in range(recipe.steps):
         starts = torch.randint(0, len(data) - recipe.window - 1, (recipe.batch,), generator=generator)
         batch = torch.stack([data[s:s + recipe.window + 1] for s in starts])
         loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
@@ -86,10 +86,89 @@ def train_gpt(recipe: GptRecipe, tokenizer_path: Path, corpus: list[str] | None 
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        if step % 100 == 0 or step == recipe.steps - 1:
-            _say(f"gpt: step {step + 1}/{recipe.steps}, loss {loss.item():.3f}, "
-                 f"{time.perf_counter() - started:.0f} s")
-    return model.eval(), tokenizer_path
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        progress.update()
+    progress.close()
+    return model.eval()
+
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+          "{% endif %}")
+CHAT_SPECIAL_TOKENS = [END_OF_TEXT, "<|im_start|>", "<|im_end|>"]
+CHAT_MODULES = ("os", "os.path", "json", "re", "math", "random", "string", "itertools", "functools",
+                "collections", "pathlib", "shutil", "subprocess", "threading", "asyncio", "logging",
+                "argparse", "datetime", "time", "csv", "sqlite3", "tempfile", "textwrap", "statistics",
+                "urllib.parse", "hashlib", "base64", "zipfile", "heapq", "bisect", "copy", "inspect")
+
+
+def python_chats() -> list[list[dict]]:
+    """Questions about the standard library answered from its own docs: what a function or class does
+    (its docstring's first paragraph) and how to call it (its signature)."""
+    import importlib
+    import inspect
+
+    chats = []
+    for module_name in CHAT_MODULES:
+        module = importlib.import_module(module_name)
+        for name, member in sorted(vars(module).items()):
+            if name.startswith("_") or not callable(member) or not inspect.getdoc(member):
+                continue
+            qualified = f"{module_name}.{name}"
+            summary = " ".join(inspect.getdoc(member).split("\n\n")[0].split())
+            if len(summary.split()) >= 3:
+                chats.append([{"role": "user", "content": f"What does {qualified} do?"},
+                              {"role": "assistant", "content": summary}])
+            try:
+                signature = f"{qualified}{inspect.signature(member)}"
+            except (TypeError, ValueError):
+                continue
+            chats.append([{"role": "user", "content": f"How do I call {qualified}?"},
+                          {"role": "assistant", "content": f"Call it as {signature}."}])
+    return chats
+
+
+@dataclass
+class ChatRecipe(GptRecipe):
+    vocab_size: int = 2048
+    kv_heads: int = 2
+    steps: int = 400
+    window: int = 96
+
+
+def train_chat_llama(recipe: ChatRecipe, directory: Path) -> Path:
+    """A Llama-architecture chat model (grouped-query attention, its own byte-level BPE tokenizer and a
+    ChatML template), trained on `python_chats`, saved as a Hugging Face checkpoint in `directory`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(recipe.seed)
+    chats = python_chats()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=recipe.vocab_size, special_tokens=CHAT_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator([m["content"] for chat in chats for m in chat], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token=END_OF_TEXT,
+                                        chat_template=CHATML)
+    texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
+    order = np.random.default_rng(recipe.seed).permutation(len(texts))
+    ids = np.concatenate([np.array(bpe.encode(texts[i]).ids) for i in order])
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = LlamaConfig(
+        vocab_size=bpe.get_vocab_size(), hidden_size=recipe.width, intermediate_size=recipe.width * 3,
+        num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
+        num_key_value_heads=recipe.kv_heads, max_position_embeddings=recipe.context, tie_word_embeddings=True,
+        eos_token_id=eos,
+        bos_token_id=None, pad_token_id=tokenizer.pad_token_id,
+    )
+    data = torch.from_numpy(ids.astype(np.int64))
+    model = _fit_language_model(LlamaForCausalLM(config), data, recipe, "chat")
+    model.generation_config.eos_token_id = eos
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
 
 
 def digits(seed: int = 0):
@@ -124,7 +203,7 @@ def fit_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, 
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        _say(f"{name}: epoch {epoch + 1}/{epochs}, loss {loss.item():.3f}")
+        console.say(f"{name}: epoch {epoch + 1}/{epochs}, loss {loss.item():.3f}")
     return model.eval()
 
 
