@@ -62,6 +62,7 @@ class Settings:
     grpc_keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)
     exit_timeout_secs: float = 30.0
     log_verbose: int = 0
+    log_format: str = "default"
     access_log: bool = True
     http_restrictions: Restrictions = NO_RESTRICTIONS
     grpc_restrictions: Restrictions = NO_RESTRICTIONS
@@ -120,6 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-verbose", type=int, default=0, help="1: debug logs of ortserve, 2: of every library"
     )
+    parser.add_argument("--log-format", choices=("default", "ISO8601", "json"), default="default",
+                        help="json: one JSON object per line (time, level, logger, message)")
     parser.add_argument("--access-log", type=_bool, default=True, help="one JSON log line per request")
     restricted = "<api>[,<api>...]:<header>=<value>; APIs: " + ", ".join(GROUPS)
     parser.add_argument("--http-restricted-api", action="append", default=[], help=restricted)
@@ -160,6 +163,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         ),
         exit_timeout_secs=args.exit_timeout_secs,
         log_verbose=args.log_verbose,
+        log_format=args.log_format,
         access_log=args.access_log,
         http_restrictions=Restrictions.parse(args.http_restricted_api, "--http-restricted-api"),
         grpc_restrictions=Restrictions.parse(args.grpc_restricted_protocol, "--grpc-restricted-protocol"),

@@ -47,3 +47,20 @@ def test_each_server_event_is_logged_once(first_server):
     _, server = first_server
     for line in ("Started server process", "Waiting for application startup", "Application startup complete"):
         assert server.output().count(line) == 1, server.output()
+
+
+def test_log_format_json_writes_one_json_object_per_line(tmp_path):
+    import json
+
+    import httpx
+
+    publish(tmp_path / "repository", "simple", simple_model(), SIMPLE_CONFIG)
+    server = start_server(tmp_path / "repository", tmp_path / "server.log", "--log-format", "json",
+                          ready_model="simple")
+    httpx.post(f"http://{server.http_url}/v2/models/absent/infer", json={"inputs": []})
+    assert stop_server(server) == 0, server.output()
+    entries = [json.loads(line) for line in server.output().splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert any("loaded model 'simple'" in entry.get("message", "") for entry in entries), entries
+    access = [entry["access"] for entry in entries if "access" in entry]
+    assert {"method": "POST", "target": "/v2/models/absent/infer", "status": "400"}.items() <= access[-1].items()
