@@ -63,7 +63,7 @@ soak: install models
 
 # Serves the default repository on loopback and runs locust headless (bounded users and time).
 loadtest: install models
-	$(PY) -m loadtest.run_locust --repository $(REPOSITORY) --users 16 --seconds 30
+	$(PY) -m loadtest.run_locust --repository $(REPOSITORY) --users 16 --seconds 30 --results loadtest/results
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -25,6 +25,7 @@ MODELS = ["simple", "minilm", "minilm_fp16", "minilm_int8", "reranker", "resnet"
           "gpt_fp16", "gpt_int8"]
 MAX_SILENCE = 10.0
 DEMO_LINE = re.compile(r"^\[\s*\d+ s\] ")
+SERVER_LINE = re.compile(r"^\d{4}-\d\d-\d\d ")  # the server's log, polled below: not build progress
 
 
 def free_port() -> int:
@@ -126,7 +127,8 @@ def check_answers(http: str) -> dict[str, int]:
 
 
 def report(output: Output, first_ready: float | None, full: float | None, answers: dict) -> int:
-    building = [(t, line) for t, line in output.lines if t >= (output.first(DEMO_LINE) or 0)]
+    building = [(t, line) for t, line in output.lines
+                if t >= (output.first(DEMO_LINE) or 0) and not SERVER_LINE.match(line)]
     if full is not None:
         building = [(t, line) for t, line in building if t <= full]
     gaps = [(later[0] - earlier[0], earlier[1]) for earlier, later in zip(building, building[1:])]

@@ -201,7 +201,7 @@ def start_server(root: Path, port: int, grpc_port: int) -> subprocess.Popen:
 
 
 def run(seconds: float) -> str:
-    from tests.conftest import free_port
+    from loadtest.server_process import free_port
 
     rng = np.random.default_rng(0)
     root = Path(tempfile.mkdtemp(prefix="ortserve-bench-"))
@@ -228,7 +228,7 @@ def run(seconds: float) -> str:
                 "served vs in-process limit (batch 8)",
                 f"{served.requests_per_s:.1f} vs {max(whole, split):.1f} items/s",
                 f"{ratio:.2f}x",
-                ">= 0.90x",
+                report.judged(">= 0.90x", ratio >= 0.9),
                 f"p50 {served.percentile(50):.1f} ms, p99 {served.percentile(99):.1f} ms, "
                 f"{served.failures} failures; in process: one 1-thread session per core {split:.1f}, "
                 f"one session on all cores {whole:.1f}; {rounds_text(rounds)}",
@@ -244,7 +244,7 @@ def run(seconds: float) -> str:
                 "MLP 128 MB in process: batch 32 vs batch 1",
                 f"{many:.0f} vs {one:.0f} items/s",
                 f"{many / one:.1f}x",
-                ">= 8x (weight-bound)",
+                report.judged(">= 8x (weight-bound)", many / one >= 8),
                 "",
             ]
         )
@@ -264,7 +264,7 @@ def run(seconds: float) -> str:
                 "MLP, gRPC, concurrency 32: dynamic batching on vs off",
                 f"{on.requests_per_s:.0f} vs {off.requests_per_s:.0f} req/s",
                 f"{on.requests_per_s / off.requests_per_s:.1f}x",
-                ">= 4x",
+                report.judged(">= 4x", on.requests_per_s / off.requests_per_s >= 4),
                 f"p99 {on.percentile(99):.1f} vs {off.percentile(99):.1f} ms",
             ]
         )
@@ -291,7 +291,7 @@ def run(seconds: float) -> str:
                 f"{int(lengths.mean())} tokens",
                 f"{mixed_result.requests_per_s:.1f} vs {equal_result.requests_per_s:.1f} req/s",
                 f"{ratio:.2f}x",
-                ">= 0.90x",
+                report.judged(">= 0.90x", ratio >= 0.9),
                 f"max abs diff to unpadded runs {difference:.1e}; {rounds_text(rounds)}",
             ]
         )
@@ -326,7 +326,8 @@ def run(seconds: float) -> str:
                 "MLP, concurrency 1: p50 with batching on minus off",
                 f"{on1.percentile(50):.2f} - {off1.percentile(50):.2f} ms",
                 f"{added:.2f} ms",
-                f"<= {MLP_DELAY_US / 1000:.1f} ms (max_queue_delay)",
+                report.judged(f"<= {MLP_DELAY_US / 1000:.1f} ms (max_queue_delay)",
+                              added <= MLP_DELAY_US / 1000),
                 "",
             ]
         )

@@ -168,18 +168,22 @@ def main(argv=None) -> int:
     table_rows += minilm_rows
     speedup = minilm_eight["fp32"] / minilm_eight["int8"]
     findings.append(f"- MiniLM int8: {speedup:.2f}x fp32 throughput in batches of 8 over the real sentences "
-                    f"(target 1.8x), mean cosine "
-                    f"{quality['int8']:.4f} on real sentences (target 0.99)")
+                    f"({report.judged('target 1.8x', speedup >= 1.8)}), mean cosine {quality['int8']:.4f} "
+                    f"on real sentences ({report.judged('target 0.99', quality['int8'] >= 0.99)})")
     resnet_rows, agreement = digits_model(repo, "resnet", "pixel_values", True, args.rounds)
     lstm_rows, lstm_agreement = digits_model(repo, "lstm", "sequence", False, args.rounds)
     table_rows += resnet_rows + lstm_rows
     if model_file(repo, "resnet50").exists():
         big_rows, big = resnet50(repo, max(5, args.rounds // 4))
         table_rows += big_rows
+        faster = big['fp32'] / big['int8']
         findings.append(f"- ResNet-50-sized CNN int8 (static, QOperator U8S8 per-channel): "
-                        f"{big['fp32'] / big['int8']:.2f}x fp32 throughput at batch 8 (target 2x)")
+                        f"{faster:.2f}x fp32 throughput at batch 8 "
+                        f"({report.judged('target 2x', faster >= 2)})")
+    agreed = min(agreement["int8"], lstm_agreement["int8"])
     findings.append(f"- trained CNN int8: top-1 agreement {agreement['int8']:.4f} with fp32 on the real "
-                    f"digits test set (target 0.99); LSTM int8 {lstm_agreement['int8']:.4f}")
+                    f"digits test set; LSTM int8 {lstm_agreement['int8']:.4f} "
+                    f"({report.judged('target 0.99', agreed >= 0.99)})")
     table_rows += gpt(repo, args.rounds)
     header = ["model", "MB", "batch 1 ms", "batch 8 ms", "items/s (b8)", "speed vs fp32", "accuracy vs fp32",
               "data"]

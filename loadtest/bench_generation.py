@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from loadtest import report
-from tests.conftest import start_server, stop_server
+from loadtest.server_process import start_server, stop_server
 
 
 def kv_against_recompute(model: Path, new_tokens: int) -> tuple[float, float]:
@@ -139,15 +139,19 @@ def main(argv=None) -> int:
     per_token = [(r[-1][0] - r[1][0]) / (sum(c for _, c in r) - 1) for r in runs]
     rows = [
         [f"KV cache vs recomputing the sequence, {args.tokens} new tokens (in-process)",
-         f"{cached:.0f} vs {recomputed:.0f}", f"{cached / recomputed:.1f}x", "5x"],
+         f"{cached:.0f} vs {recomputed:.0f}", f"{cached / recomputed:.1f}x",
+         report.judged("5x", cached / recomputed >= 5)],
         [f"{args.streams} concurrent streams vs one at a time ({args.tokens} tokens each, served; "
          "the middle of 7 interleaved rounds)",
-         f"{together:.0f} vs {alone:.0f}", f"{together / alone:.1f}x", "4x"],
+         f"{together:.0f} vs {alone:.0f}", f"{together / alone:.1f}x",
+         report.judged("4x", together / alone >= 4)],
         ["the same with `gpt2` (GPT-2 small's configuration, 124M parameters, random weights; one at a "
          "time: two streams; the middle of 3 rounds)",
-         f"{large_together:.0f} vs {large_alone:.0f}", f"{large_together / large_alone:.1f}x", "4x"],
+         f"{large_together:.0f} vs {large_alone:.0f}", f"{large_together / large_alone:.1f}x",
+         report.judged("4x", large_together / large_alone >= 4)],
         [f"one stream served vs transformers generate, {args.tokens} tokens",
-         f"{single:.0f} vs {torch_rate:.0f}", f"{single / torch_rate:.1f}x", "2x"],
+         f"{single:.0f} vs {torch_rate:.0f}", f"{single / torch_rate:.1f}x",
+         report.judged("2x", single / torch_rate >= 2)],
     ]
     body = "\n".join([
         "## Generation (default `gpt`, trained here; `gpt2` for the weight-bound case)",

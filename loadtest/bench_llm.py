@@ -21,7 +21,7 @@ from loadtest.bench_generation import (
     streams_against_one,
     transformers_tokens_per_second,
 )
-from tests.conftest import start_server, stop_server
+from loadtest.server_process import start_server, stop_server
 
 
 def llama_100m():

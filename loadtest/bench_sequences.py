@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import client, report
-from tests.conftest import start_server, stop_server
+from loadtest.server_process import start_server, stop_server
 
 FEATURES, HIDDEN, LAYERS = 40, 256, 2
 CHUNK_STEPS, CHUNKS = 16, 20

@@ -17,8 +17,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from loadtest import client, report
+from loadtest.server_process import start_server, stop_server
 from server.protocol import message
-from tests.conftest import start_server, stop_server
 
 SHAPE = (8, 3, 224, 224)
 REGION, KEY = "bench_images", "ortserve_bench_images"

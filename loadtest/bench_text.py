@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import client, corpus, report
-from tests.conftest import free_port, start_server, stop_server
+from loadtest.server_process import free_port, start_server, stop_server
 
 CONCURRENCY = 32
 INFINITY = ["infinity-emb[server,torch]==0.0.78", "torch==2.13.0"]  # torch pinned: its CPU wheel

@@ -30,6 +30,11 @@ def write_section(name: str, body: str) -> None:
     PATH.write_text(text)
 
 
+def judged(target: str, met: bool) -> str:
+    """A target with its verdict, so a missed one stands out in the table."""
+    return f"{target}: {'met' if met else '**MISSED**'}"
+
+
 def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

@@ -19,8 +19,8 @@ import httpx
 import numpy as np
 
 from loadtest import client, report
+from loadtest.server_process import start_server, stop_server
 from server.protocol import SERVICE_NAME, message
-from tests.conftest import start_server, stop_server
 
 MAX_GROWTH = 0.05
 

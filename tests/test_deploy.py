@@ -148,11 +148,10 @@ def test_dockerfile_promises():
 def test_locust_scenario_against_a_real_server(server, tmp_path):
     rows = run_locust(server.http_url, server.grpc_url, users=4, seconds=4, prefix=tmp_path / "locust",
                       user_classes=("HttpInferUser", "GrpcInferUser"))
-    by_name = {row["Name"]: row for row in rows}
+    by_name = {row["name"]: row for row in rows}
     assert set(by_name) == {"http json infer", "http binary infer", "grpc infer"}
     for row in rows:
-        assert int(row["Request Count"]) > 0, row
-        assert int(row["Failure Count"]) == 0, row
+        assert row["requests"] > 0 and row["failures"] == 0, row
 
 
 def _normalized(name: str) -> str:
@@ -226,3 +225,45 @@ def test_version_flag():
     shown = subprocess.run([sys.executable, "-c", "from server.cli import main; main(['--version'])"],
                            cwd=ROOT, capture_output=True, text=True)
     assert shown.returncode == 0 and shown.stdout.startswith("ortserve ")
+
+
+def test_the_load_test_runs_from_a_wheel_in_a_fresh_environment_against_a_server_elsewhere(server, tmp_path):
+    """The wheel alone (no checkout on the path; its dependencies borrowed from this environment's
+    site-packages, so nothing is downloaded), from another directory, against the running server; the
+    summary's counts are locust's own."""
+    import site
+
+    from tests.conftest import ROOT
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True)
+    wheel = next((tmp_path / "dist").glob("ortserve-*.whl"))
+    fresh = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True)
+    fresh_python = fresh / "bin" / "python"
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    fresh_site = subprocess.run([fresh_python, "-c", purelib], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    (Path(fresh_site) / "borrowed.pth").write_text(site.getsitepackages()[0] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(fresh_python), "install", "--quiet",
+                    "--no-deps", str(wheel)], check=True)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    done = subprocess.run([fresh_python, "-m", "loadtest.run_locust", "--host", f"http://{server.http_url}",
+                           "--grpc", server.grpc_url, "--users", "2", "--seconds", "3",
+                           "HttpInferUser", "GrpcInferUser"],
+                          cwd=work, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    where = subprocess.run([fresh_python, "-c", "import loadtest; print(loadtest.__file__)"], cwd=work,
+                           capture_output=True, text=True).stdout
+    assert where.startswith(fresh_site), where  # the wheel's copy, not the checkout
+    summary = r"^\| \S+ (.+?) \| (\d+) \| (\d+) \| [\d.]+ \| \d+ \| (\d+) \| (\d+) \|$"
+    ours = {name: rest for name, *rest in re.findall(summary, done.stdout, re.M)}
+    report = (work / "loadtest-results" / "locust.html").read_text()  # locust's own final statistics
+    own = (r'"name": "([^"]+)", "num_failures": (\d+), "num_requests": (\d+), '
+           r'"response_time_percentile_0.95": (\d+), "response_time_percentile_0.99": (\d+)')
+    theirs = {name: [requests, failures, p95, p99] for name, failures, requests, p95, p99
+              in re.findall(own, report)}
+    assert set(ours) == {"http json infer", "http binary infer", "grpc infer"}, done.stdout
+    assert ours == {name: theirs[name] for name in ours}, (ours, theirs)
+    assert f"locust's report: {(work / 'loadtest-results' / 'locust.html').as_uri()}" in done.stdout

@@ -1,0 +1,75 @@
+"""An ortserve server process on free loopback ports, for benchmarks, the load test and the tests."""
+
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def start_server(repository: Path, log: Path, *args: str, ready_model: str | None = None, verify=None,
+                 timeout: float = 60.0) -> ServerProcess:
+    """Starts `python -m server` on free ports and waits until `ready_model` (or the server) is ready.
+    `verify`: for a server that serves HTTPS, its CA file or an SSL context (polled over https then)."""
+    ports = free_port(), free_port(), free_port()
+    command = [sys.executable, "-m", "server", "--model-repository", str(repository), "--host", "127.0.0.1",
+               "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
+               *args]
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    server = ServerProcess(process, *ports, log)
+    scheme = "http" if verify is None else "https"
+    path = f"models/{ready_model}/ready" if ready_model else "health/live"
+    url = f"{scheme}://{server.http_url}/v2/{path}"
+    context = verify if isinstance(verify, ssl.SSLContext) or verify is None else (
+        ssl.create_default_context(cafile=str(verify)))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=context) as answer:
+                if answer.status == 200:
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"server did not become ready:\n{server.output()}")
+
+
+def stop_server(server: ServerProcess) -> int:
+    server.process.terminate()
+    try:
+        return server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        raise
