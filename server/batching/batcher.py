@@ -18,13 +18,15 @@ import numpy as np
 
 from server.batching.collate import Padding, batch_key, collate, padded_length, rows, split
 from server.batching.loop import BatchLoop
+from server.batching.ragged import Ragged
 from server.core.errors import InvalidArgument, Unavailable
 from server.core.stats import Timing
 from server.protocol import ModelConfig
 
 DEFAULT_MAX_QUEUE_SIZE = 1024  # where the config leaves max_queue_size at 0 (unbounded in Triton)
 
-RunBatch = Callable[[dict[str, np.ndarray], list[str]], Awaitable[tuple[dict[str, np.ndarray], Timing]]]
+# run_batch(feeds, output names[, rows=the batch's size where its feeds do not show it])
+RunBatch = Callable[..., Awaitable[tuple[dict[str, np.ndarray], Timing]]]
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,13 @@ class Batcher(BatchLoop):
         policy: BatchPolicy | None = None,
         padding: Padding | None = None,
         instances: int = 1,
+        ragged: Ragged | None = None,
     ):
         super().__init__(name, instances)
         self.run_batch = run_batch
         self.policy = policy or BatchPolicy()
         self.padding = padding
+        self.ragged = ragged
         self._queues = [deque() for _ in self.policy.queues]
         self._last_delivered: asyncio.Future | None = None
 
@@ -150,7 +154,7 @@ class Batcher(BatchLoop):
             output_names=output_names,
             rows=rows(feeds) if self.policy.max_batch_size else 1,
             length=length,
-            key=batch_key(feeds, self.padding, length),
+            key=self.ragged.key(feeds) if self.ragged else batch_key(feeds, self.padding, length),
             level=level,
             enqueued_ns=now,
             deadline_ns=now + timeout * 1000 if timeout else None,
@@ -263,9 +267,14 @@ class Batcher(BatchLoop):
     async def _compute(self, batch: list[Pending]) -> list[_Outcome]:
         start = time.monotonic_ns()
         names = list(dict.fromkeys(name for pending in batch for name in pending.output_names))
+        items, sizes = [p.feeds for p in batch], [p.rows for p in batch]
         try:
-            outputs, timing = await self.run_batch(collate([p.feeds for p in batch], self.padding), names)
-            parts = split(outputs, [p.rows for p in batch], [p.length for p in batch], self.padding)
+            if self.ragged is not None:
+                outputs, timing = await self.run_batch(self.ragged.merge(items), names, rows=sum(sizes))
+                parts = self.ragged.split(outputs, items, sizes)
+            else:
+                outputs, timing = await self.run_batch(collate(items, self.padding), names)
+                parts = split(outputs, sizes, [p.length for p in batch], self.padding)
         except Exception as error:
             if len(batch) == 1:
                 return [_Outcome(batch[0], error=error)]

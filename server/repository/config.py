@@ -98,10 +98,11 @@ def complete(config: ModelConfig, inputs: list[GraphTensor], outputs: list[Graph
 
 
 def server_filled(config: ModelConfig) -> tuple[set[str], set[str]]:
-    """Graph inputs and outputs of a stateful model that the sequence batcher fills and reads
-    (control inputs, implicit state); clients see them only where the config lists them."""
+    """Graph inputs and outputs that the server fills and reads: a stateful model's control inputs and
+    implicit state (clients see them only where the config lists them), ragged batching's batch inputs."""
     batching = config.sequence_batching
     inputs = {c.name for c in batching.control_input} | {s.input_name for s in batching.state}
+    inputs |= {target for item in config.batch_input for target in item.target_name}  # ragged batching
     return inputs, {s.output_name for s in batching.state}
 
 
@@ -134,6 +135,13 @@ def _complete_tensor(config, tensor, graph: GraphTensor, kind: str) -> None:
     actual = data_type_name(tensor.data_type)
     if actual != expected:
         raise ConfigError(f"{kind} '{graph.name}' is {actual} in {CONFIG_FILE} but {expected} in the model")
+    if _ragged(config, tensor):  # one 1-D tensor of the batch's elements, whatever each request's shape
+        if len(graph.shape) != 1:
+            raise ConfigError(f"ragged {kind} '{graph.name}' must be 1-D in the model (the batch's elements "
+                              f"one after another), but the model's shape is {list(graph.shape)}")
+        if not tensor.dims:
+            tensor.dims.append(-1)
+        return
     graph_dims = graph.shape[1:] if config.max_batch_size > 0 else graph.shape
     if config.max_batch_size > 0 and (not graph.shape or graph.shape[0] is not None):
         raise ConfigError(
@@ -152,6 +160,13 @@ def _complete_tensor(config, tensor, graph: GraphTensor, kind: str) -> None:
             f"{kind} '{graph.name}' has dims {model_dims} in {CONFIG_FILE} but the model "
             f"expects {[-1 if dim is None else dim for dim in graph_dims]}"
         )
+
+
+def _ragged(config: ModelConfig, tensor) -> bool:
+    """An input with allow_ragged_batch, or an output scattered by a batch_output."""
+    if getattr(tensor, "allow_ragged_batch", False):
+        return True
+    return any(tensor.name in item.target_name for item in config.batch_output)
 
 
 def _dims_fit(dims: list[int], graph_dims) -> bool:

@@ -8,6 +8,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from server.batching.collate import Padding
+from server.batching.ragged import Ragged
 from server.core import datatypes
 from server.core.validation import InputLimits
 from server.encoding.encoder import TextService
@@ -81,6 +82,7 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
         for version in select_versions(model_dir, config):
             path = model_dir / str(version) / filename
             sessions = [OrtSession(path, settings) for settings in instances[: 1 if generation else None]]
+            ragged = _ragged(config, sessions[0], sequences)
             if generation:
                 _check_decoder(sessions[0])
             else:
@@ -89,6 +91,7 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
                 check_graph(sequences, sessions[0].graph_inputs(), sessions[0].graph_outputs())
             model = _model_version(model_dir, version, config, sessions)
             model.generation, model.sequences = generation, sequences
+            model.ragged = ragged
             if text is not None:
                 model.text = _text_service(model, text)
             loaded.append(model)
@@ -157,6 +160,24 @@ def _check_decoder(session: OrtSession) -> None:
         Decoder(session.session)
     except DecoderGraphError as error:
         raise ConfigError(str(error)) from None
+
+
+def _ragged(config: ModelConfig, session: OrtSession, sequences) -> Ragged | None:
+    try:
+        ragged = Ragged.from_config(config)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if ragged is None:
+        return None
+    if sequences is not None:
+        raise ConfigError("ragged batching is for the dynamic batcher; a sequence batcher model cannot "
+                          "use it")
+    graph_inputs = {tensor.name for tensor in session.graph_inputs()}
+    missing = sorted(ragged.targets - graph_inputs)
+    if missing:
+        raise ConfigError(f"batch_input target {', '.join(missing)} is not an input of the model, whose "
+                          f"inputs are {', '.join(sorted(graph_inputs))}")
+    return ragged
 
 
 def _padding(config: ModelConfig) -> Padding | None:

@@ -7,6 +7,7 @@ import numpy as np
 
 from server.batching.batcher import Batcher, BatchPolicy
 from server.batching.collate import Padding
+from server.batching.ragged import Ragged
 from server.core.errors import InvalidArgument
 from server.core.stats import ModelStats, Timing
 from server.core.types import TensorSpec
@@ -32,6 +33,7 @@ class ModelVersion:
     input_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     output_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     padding: Padding | None = None
+    ragged: Ragged | None = None  # Triton's ragged batching: allow_ragged_batch, batch_input, batch_output
     limits: InputLimits = field(default_factory=InputLimits)
     stats: ModelStats = field(default_factory=ModelStats)
     scheduler: Batcher | SequenceScheduler | None = None
@@ -58,6 +60,7 @@ class ModelVersion:
             policy=BatchPolicy.from_config(self.config),
             padding=self.padding if self.batching else None,
             instances=len(self.pool.sessions),
+            ragged=self.ragged,
         )
         self.scheduler.start()
 
@@ -90,14 +93,15 @@ class ModelVersion:
         return self.config.max_batch_size > 0
 
     async def execute(
-        self, feeds: dict[str, np.ndarray], output_names: list[str]
+        self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int | None = None
     ) -> tuple[dict[str, np.ndarray], Timing]:
+        """`rows`: the batch's size where its feeds do not show it (ragged inputs are 1-D)."""
         start = time.perf_counter_ns()
         feeds = self.graph_feeds(feeds)
         ready = time.perf_counter_ns()
         arrays = await self.pool.run(feeds, output_names)
         done = time.perf_counter_ns()
-        batch = next(iter(feeds.values())).shape[0] if self.batching and feeds else 1
+        batch = rows or (next(iter(feeds.values())).shape[0] if self.batching and feeds else 1)
         outputs = {name: self._client_shape(name, a, batch) for name, a in zip(output_names, arrays)}
         timing = Timing(
             input_ns=ready - start, infer_ns=done - ready, output_ns=time.perf_counter_ns() - done
