@@ -23,7 +23,8 @@ BATCH_INPUTS = [  # kind, target, config type, ONNX type, graph shape
 ]
 OUTPUTS = {"COUNT_OUT": TensorProto.FLOAT, "ACC_OUT": TensorProto.INT32, "ACC0_OUT": TensorProto.INT64,
            "MAX_OUT": TensorProto.INT64, "SHAPES_OUT": TensorProto.INT32, "FLAT_OUT": TensorProto.INT32}
-CONFIG_TYPES = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.INT32: "TYPE_INT32", TensorProto.INT64: "TYPE_INT64"}
+CONFIG_TYPES = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.INT32: "TYPE_INT32",
+                TensorProto.INT64: "TYPE_INT64"}
 
 
 def ragged_model():
