@@ -66,3 +66,16 @@ def test_offsets_and_sizes_are_checked_against_the_region(api, regions):
     with pytest.raises(InferenceServerException) as gone:
         api.client.infer("simple", inputs, outputs=outputs)
     api.assert_error(gone.value, "NOT_FOUND", f"Unable to find system shared memory region: '{names['in']}'")
+
+
+def test_cuda_shared_memory_answers_that_it_holds_nothing_and_refuses_registration(api):
+    """tritonclient's CUDA shared memory calls get answers in the protocol, not 'method not found'."""
+    status = api.client.get_cuda_shared_memory_status()
+    assert (status if api.name == "http" else list(status.regions)) == []
+    with pytest.raises(InferenceServerException) as refused:
+        api.client.register_cuda_shared_memory("gpu_region", b"\0" * 64, 0, 64)
+    api.assert_error(refused.value, "INVALID_ARGUMENT", "ortserve does not implement CUDA shared memory")
+    with pytest.raises(InferenceServerException) as unknown:
+        api.client.get_cuda_shared_memory_status("gpu_region")
+    api.assert_error(unknown.value, "NOT_FOUND", "Unable to find cuda shared memory region: 'gpu_region'")
+    api.client.unregister_cuda_shared_memory()  # nothing registered: nothing to do

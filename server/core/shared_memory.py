@@ -111,3 +111,23 @@ class SystemSharedMemory:
                 f"byte_size {use.byte_size} is past its end"
             )
         return region, region.offset + use.offset
+
+
+class CudaSharedMemory:
+    """Triton's CUDA shared memory extension as ortserve answers it: it holds no regions and refuses a
+    registration with the reason, so a client that tries it learns what to use instead."""
+
+    def status(self, name: str = "") -> list[dict]:
+        if name:
+            raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
+        return []
+
+    def register(self, name: str) -> None:
+        raise InvalidArgument(
+            f"cannot register CUDA shared memory region '{name}': ortserve does not implement CUDA shared "
+            "memory; register the tensors' host copies as system shared memory (/v2/systemsharedmemory)"
+        )
+
+    def unregister(self, name: str = "") -> None:
+        if name:
+            raise NotFound(f"Unable to find cuda shared memory region: '{name}'")

@@ -95,6 +95,17 @@ class GrpcInferenceService:
         self.service.shared_memory.unregister(request.name)
         return message("SystemSharedMemoryUnregisterResponse")()
 
+    async def CudaSharedMemoryStatus(self, request, context):
+        self.service.cuda_shared_memory.status(request.name)
+        return message("CudaSharedMemoryStatusResponse")()
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        self.service.cuda_shared_memory.register(request.name)
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        self.service.cuda_shared_memory.unregister(request.name)
+        return message("CudaSharedMemoryUnregisterResponse")()
+
     async def ModelInfer(self, request, context):
         return codec.encode_infer(await self.service.infer(codec.decode_infer(request)))
 
@@ -190,6 +201,9 @@ def handlers(service: GrpcInferenceService, access_log: bool = True) -> grpc.Gen
         "SystemSharedMemoryStatus": "SystemSharedMemoryStatusRequest",
         "SystemSharedMemoryRegister": "SystemSharedMemoryRegisterRequest",
         "SystemSharedMemoryUnregister": "SystemSharedMemoryUnregisterRequest",
+        "CudaSharedMemoryStatus": "CudaSharedMemoryStatusRequest",
+        "CudaSharedMemoryRegister": "CudaSharedMemoryRegisterRequest",
+        "CudaSharedMemoryUnregister": "CudaSharedMemoryUnregisterRequest",
     }
     methods = {name: _unary(getattr(service, name), request, access_log) for name, request in unary.items()}
     methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(

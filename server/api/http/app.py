@@ -138,6 +138,23 @@ def create_app(
         service.shared_memory.unregister(name)
         return Response(status_code=200)
 
+    @app.get("/v2/cudasharedmemory/status")
+    @app.get("/v2/cudasharedmemory/region/{name}/status")
+    async def cuda_shared_memory_status(name: str = ""):
+        return service.cuda_shared_memory.status(name)
+
+    @app.post("/v2/cudasharedmemory/region/{name}/register")
+    async def cuda_shared_memory_register(request: Request, name: str):
+        await body(request)
+        service.cuda_shared_memory.register(name)
+
+    @app.post("/v2/cudasharedmemory/unregister")
+    @app.post("/v2/cudasharedmemory/region/{name}/unregister")
+    async def cuda_shared_memory_unregister(request: Request, name: str = ""):
+        await body(request)
+        service.cuda_shared_memory.unregister(name)
+        return Response(status_code=200)
+
     add_generation_routes(app, service, body)
     add_chat_routes(app, service, body)
     add_embedding_routes(app, service, body)
