@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for family, (what, checkpoint) in FAMILIES.items():
         sub = families.add_parser(family, help=what if family != "llm" else "the same as gpt",
                                   description=f"Exports {what} to ONNX. --checkpoint: {checkpoint}.")
-        _common(sub, checkpoint)
+        _common(sub, checkpoint, (*VARIANTS, "int4") if family in ("gpt", "llm") else VARIANTS)
         if family == "bert":
             sub.add_argument("--no-pooling", action="store_true", help="token outputs only")
         if family in ("cnn", "lstm"):
@@ -50,11 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def _common(parser: argparse.ArgumentParser, checkpoint: str) -> None:
+def _common(parser: argparse.ArgumentParser, checkpoint: str, variants: tuple[str, ...]) -> None:
     parser.add_argument("--checkpoint", required=True, help=checkpoint)
     parser.add_argument("--repository", type=Path, required=True, help="the Triton model repository")
     parser.add_argument("--name", required=True, help="model name; variants get _fp16 and _int8")
-    parser.add_argument("--variants", default="fp32", help=f"comma-separated, from {','.join(VARIANTS)}")
+    parser.add_argument("--variants", default="fp32", help=f"comma-separated, from {','.join(variants)}")
     parser.add_argument("--verbose", action="store_true", help="keep third-party warnings")
 
 

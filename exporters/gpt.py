@@ -20,6 +20,7 @@ from torch import nn
 
 from exporters import llama, parity
 from exporters.module import (
+    VARIANTS,
     ExportError,
     ExportReport,
     build_variant,
@@ -34,6 +35,7 @@ from server.generation.interface import GENERATION_INTERFACE
 from server.protocol import ModelConfig
 
 SUPPORTED = ("gpt2", *llama.FAMILIES)
+DECODER_VARIANTS = (*VARIANTS, "int4")  # int4: weight-only MatMulNBits, the largest lever on CPUs
 CHAT_FILES = ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 GENERATION_CONFIG = 'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + GENERATION_INTERFACE
 
@@ -226,8 +228,8 @@ def export(
     progress=None,
 ) -> list[ExportReport]:
     """Exports the causal LM; fp32 must reproduce transformers' greedy tokens exactly for a batch of
-    prompts of different lengths, fp16 and int8 must keep the prefill logits' cosine tolerance."""
-    chosen = check_variants(variants)
+    prompts of different lengths, fp16, int8 and int4 must keep the prefill logits' cosine tolerance."""
+    chosen = check_variants(variants, DECODER_VARIANTS)
     model = model.eval()
     prompts = prompts or default_prompts(model.config.vocab_size)
     expected_tokens = greedy_torch(model, prompts, new_tokens)

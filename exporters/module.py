@@ -76,11 +76,11 @@ def variant_name(name: str, variant: str) -> str:
     return name if variant == "fp32" else f"{name}_{variant}"
 
 
-def check_variants(variants: Iterable[str]) -> list[str]:
+def check_variants(variants: Iterable[str], allowed: tuple[str, ...] = VARIANTS) -> list[str]:
     chosen = list(variants)
-    unknown = [v for v in chosen if v not in VARIANTS]
+    unknown = [v for v in chosen if v not in allowed]
     if unknown or not chosen:
-        raise ExportError(f"unknown variants {unknown or chosen}; choose from {', '.join(VARIANTS)}")
+        raise ExportError(f"unknown variants {unknown or chosen}; choose from {', '.join(allowed)}")
     return chosen
 
 
@@ -131,6 +131,8 @@ def build_variant(fp32: Path, variant: str, work: Path, int8: str, calibration) 
         return fp32
     if variant == "fp16":
         return precision.to_fp16(fp32, target)
+    if variant == "int4":
+        return precision.to_int4(fp32, target)
     if int8 == "static":
         if calibration is None:
             raise ExportError("static int8 needs calibration inputs")

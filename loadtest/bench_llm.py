@@ -39,7 +39,8 @@ def cache_bytes_per_token(model_file: Path, tokens: int = 64) -> float:
     """Bytes of the present keys and values a prefill of `tokens` returns, per token."""
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     ids = np.arange(1, tokens + 1, dtype=np.int64)[None]
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": ids - 1}
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": ids - 1,
+             "logit_positions": np.array([tokens - 1])}
     for graph_input in session.get_inputs():
         if graph_input.name.startswith("past_key_values"):
             heads, size = graph_input.shape[1], graph_input.shape[3]

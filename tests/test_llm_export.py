@@ -55,7 +55,7 @@ def decoders(tmp_path_factory):
     repository = tmp_path_factory.mktemp("decoders")
     models = {kind: tiny_decoder(kind) for kind in FAMILIES}
     for kind, model in models.items():
-        gpt.export(model, repository, kind, ("fp32", "int8"), new_tokens=8)
+        gpt.export(model, repository, kind, ("fp32", "int8", "int4"), new_tokens=8)
     server = start_server(repository, tmp_path_factory.mktemp("logs") / "server.log", ready_model="llama")
     yield models, repository, server
     assert stop_server(server) == 0, server.output()
@@ -80,10 +80,24 @@ def test_served_greedy_tokens_equal_transformers_generate(decoders, kind):
     assert served_greedy(server, kind, PROMPTS) == expected
     # one prompt at a time: dynamic int8 quantizes activations with one scale per tensor, so the rows
     # sharing a batch change each other's numbers
-    int8_file = repository / f"{kind}_int8" / "1" / "model.onnx"
-    for prompt in PROMPTS[:2]:
-        alone = gpt.greedy_onnx(int8_file, [prompt], NEW_TOKENS)
-        assert served_greedy(server, f"{kind}_int8", [prompt]) == alone
+    for variant in ("int8", "int4"):
+        quantized = repository / f"{kind}_{variant}" / "1" / "model.onnx"
+        for prompt in PROMPTS[:2]:
+            alone = gpt.greedy_onnx(quantized, [prompt], NEW_TOKENS)
+            assert served_greedy(server, f"{kind}_{variant}", [prompt]) == alone
+
+
+def test_int4_holds_its_matmul_weights_in_four_bits(decoders):
+    import onnx
+
+    _, repository, _ = decoders
+    graph = onnx.load(str(repository / "llama_int4" / "1" / "model.onnx")).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    matmuls = [node for node in graph.node if node.op_type in ("MatMul", "MatMulNBits")]
+    assert not [node.name for node in matmuls if node.op_type == "MatMul" and node.input[1] in weights]
+    quantized = [node for node in matmuls if node.op_type == "MatMulNBits"]
+    assert len(quantized) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the tied lm_head
+    assert {a.i for node in quantized for a in node.attribute if a.name == "bits"} == {4}
 
 
 @pytest.mark.parametrize("kind", list(FAMILIES))
