@@ -204,6 +204,7 @@ def generation_config(model: nn.Module, tokenizer_file: str | None, max_running:
         "max_running_sequences": max_running,
         "max_waiting_sequences": 64,
         "max_prefill_tokens": 2048,
+        "prefix_cache_tokens": 4096,  # prompts' keys and values kept for reuse by prompts that share them
         # decode steps are many short runs back to back: sleeping ONNX Runtime threads would wake per op
         "allow_spinning": 1,
     }

@@ -53,11 +53,15 @@ GENERATION_HISTOGRAMS = (
 GENERATION_COUNTERS = (
     ("ortserve_prompt_tokens_total", "prompt_tokens", "Prompt tokens admitted"),
     ("ortserve_generation_tokens_total", "generated_tokens", "Tokens generated"),
+    ("ortserve_prefix_cache_hits_total", "prefix_hits", "Prompts that reused cached prefix blocks"),
+    ("ortserve_prefix_cache_misses_total", "prefix_misses", "Prompts that found no cached prefix block"),
+    ("ortserve_prefix_cache_reused_tokens_total", "prefix_tokens_reused", "Prompt tokens not prefilled"),
 )
 GENERATION_GAUGES = (
     ("ortserve_generation_running_sequences", "running", "Sequences in the running batch"),
     ("ortserve_generation_waiting_sequences", "waiting", "Sequences waiting to start"),
     ("ortserve_kv_cache_tokens", "cache_tokens", "KV cache positions in use (rows x length)"),
+    ("ortserve_prefix_cache_bytes", "prefix_cache_bytes", "Bytes of keys and values the prefix cache holds"),
 )
 FINISH_REASONS = ("length", "stop", "abort")
 SEQUENCE_COUNTERS = (

@@ -63,6 +63,10 @@ class GenerationStats:
     running: int = 0
     waiting: int = 0
     cache_tokens: int = 0
+    prefix_hits: int = 0  # prompts that reused cached blocks of an earlier prompt's keys and values
+    prefix_misses: int = 0
+    prefix_tokens_reused: int = 0
+    prefix_cache_bytes: int = 0
     finished: dict[str, int] = field(default_factory=dict)  # by finish reason
     time_to_first_token: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
     inter_token: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))

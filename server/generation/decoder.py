@@ -58,19 +58,41 @@ class Decoder:
         return KVBatch([np.zeros(shape, self.past_dtype) for _ in self.past_names],
                        np.zeros((rows, 0), np.int64))
 
-    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, KVBatch]:
-        """Left-padded prompts in one call: each row's next-token logits and the batch's cache."""
-        length = max(len(p) for p in prompts)
-        ids = np.zeros((len(prompts), length), self.id_dtype)
-        mask = np.zeros((len(prompts), length), np.int64)
-        for row, prompt in enumerate(prompts):
-            ids[row, length - len(prompt):] = prompt
-            mask[row, length - len(prompt):] = 1
-        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
-        logits, new = self._run(ids, mask, positions, self.empty(len(prompts)).past)
+    def prefill(self, prompts: list[list[int]], cached: list[tuple[int, list | None]] | None = None
+                ) -> tuple[np.ndarray, KVBatch]:
+        """Left-padded prompts in one call: each row's next-token logits and the batch's cache.
+        `cached`: per row, how many of its first tokens already have keys and values (a prefix cache's
+        [heads, length, head_dim] tensors), which are fed as its past so that only the rest runs."""
+        cached = cached or [(0, None)] * len(prompts)
+        held = max(length for length, _ in cached)
+        if held and self.kernels:
+            raise DecoderGraphError("prefix caching keeps the cache on the host; it is off with IO binding")
+        new = [prompt[length:] for prompt, (length, _) in zip(prompts, cached)]
+        width = max(len(tokens) for tokens in new)
+        ids = np.zeros((len(prompts), width), self.id_dtype)
+        mask = np.zeros((len(prompts), held + width), np.int64)
+        shape = (len(prompts), self.heads, held, self.head_dim)
+        past = [np.zeros(shape, self.past_dtype) for _ in self.past_names]
+        for row, (tokens, (length, tensors)) in enumerate(zip(new, cached)):
+            ids[row, width - len(tokens):] = tokens
+            mask[row, held + width - len(tokens):] = 1
+            mask[row, held - length:held] = 1
+            for buffer, tensor in zip(past, tensors or ()):
+                buffer[row, :, held - length:] = tensor
+        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)[:, held:]
+        logits, present = self._run(ids, mask, positions, past)
         if self.kernels:
-            return logits, DeviceKVBatch(new, mask, self.kernels)
-        return logits, KVBatch(new, mask)
+            return logits, DeviceKVBatch(present, mask, self.kernels)
+        cache = KVBatch(past, mask[:, :held])
+        cache.append(present, width)
+        cache.mask = mask  # new columns of shorter rows are padding, not tokens
+        return logits, cache
+
+    @staticmethod
+    def row_past(cache: KVBatch, row: int) -> list[np.ndarray]:
+        """One row's keys and values of its real tokens: [heads, tokens, head_dim] per past input."""
+        columns = np.flatnonzero(cache.mask[row])
+        return [buffer[row][:, columns] for buffer in cache.past]
 
     def decode(self, last_tokens: list[int], cache: KVBatch | DeviceKVBatch) -> np.ndarray:
         """One new token per row: next-token logits; the cache grows by the token's column."""

@@ -16,6 +16,8 @@ from server.core.stats import ModelStats
 from server.generation.decoder import Decoder
 from server.generation.device_cache import DeviceKVBatch
 from server.generation.kv_cache import KVBatch
+from server.generation.prefix_cache import BLOCK as PREFIX_BLOCK
+from server.generation.prefix_cache import PrefixCache
 from server.generation.sampling import Sampler, SamplingParams, logprobs, sampling_params
 from server.generation.scheduler import (
     FINISH_ABORT,
@@ -47,6 +49,7 @@ class GenerationSettings:
     tokenizer_file: Path | None = None
     chat: ChatTemplate | None = None  # the checkpoint's chat template, where its files have one
     io_binding: bool | None = None  # the KV cache on the graph's device; None: where that is a GPU
+    prefix_cache_tokens: int = 0  # prompt tokens whose keys and values are kept for reuse; 0: off
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, str], model_dir: Path) -> "GenerationSettings":
@@ -84,6 +87,7 @@ class GenerationSettings:
             tokenizer_file=model_dir / tokenizer if tokenizer else None,
             chat=ChatTemplate.from_model_dir(model_dir) if tokenizer else None,
             io_binding=_SWITCH[binding],
+            prefix_cache_tokens=number("prefix_cache_tokens", 0, low=0),
         )
 
 
@@ -214,6 +218,9 @@ class GenerationEngine:
         self.decoder = Decoder(pool.sessions[0].session, settings.io_binding)
         self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
         self.scheduler = Scheduler(settings.limits)
+        on_host = self.decoder.kernels is None  # reused blocks are fed from the host
+        self.prefix_cache = PrefixCache(settings.prefix_cache_tokens, self.stats) if (
+            settings.prefix_cache_tokens and on_host) else None
         self.cache: KVBatch | DeviceKVBatch | None = None
         self.rows: list[_Request] = []  # aligned with the cache's rows
         self._requests: dict[int, _Request] = {}
@@ -330,10 +337,11 @@ class GenerationEngine:
         last = [r.sequence.generated[-1] for r in decoding]
         prompts = [r.sequence.prompt for r in prefilling]
         cache = self.cache
+        reused = [self.prefix_cache.lookup(prompt) for prompt in prompts] if self.prefix_cache else None
 
         def step(_session):
             decoded = self.decoder.decode(last, cache) if decoding else None  # grows `cache`
-            prefilled = self.decoder.prefill(prompts) if prefilling else None
+            prefilled = self.decoder.prefill(prompts, reused) if prefilling else None
             return decoded, prefilled
 
         started = time.perf_counter_ns()
@@ -342,6 +350,10 @@ class GenerationEngine:
         if prefilled is None:
             logits = decoded
         else:
+            if self.prefix_cache is not None:
+                for row, prompt in enumerate(prompts):
+                    if len(prompt) >= PREFIX_BLOCK:
+                        self.prefix_cache.insert(prompt, self.decoder.row_past(prefilled[1], row))
             logits = prefilled[0] if decoded is None else np.concatenate([decoded, prefilled[0]])
             joined = type(prefilled[1]).concatenate
             self.cache = joined([cache, prefilled[1]] if decoding else [prefilled[1]])

@@ -1,0 +1,91 @@
+"""Automatic prefix caching: greedy outputs are the same with the cache on and off for prompts that share
+nothing, part of a prefix or all of it, under eviction, and for requests that join a running batch; the
+metrics count what was reused."""
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporters import gpt
+from server.generation.prefix_cache import BLOCK
+from tests.conftest import start_server, stop_server
+from tests.test_llm_export import tiny_decoder
+
+NEW_TOKENS = 24
+BUDGETS = {"uncached": 0, "cached": 4096, "small": 2 * BLOCK}  # small: two blocks, evicting
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    repository = tmp_path_factory.mktemp("prefix")
+    gpt.export(tiny_decoder("llama"), repository, "uncached", new_tokens=4)  # with prefix_cache_tokens 4096
+    exported = repository / "exported"
+    (repository / "uncached").rename(exported)
+    for name, budget in BUDGETS.items():
+        shutil.copytree(exported, repository / name)
+        config = repository / name / "config.pbtxt"
+        text = config.read_text().replace('name: "uncached"', f'name: "{name}"')
+        config.write_text(text.replace('string_value: "4096"', f'string_value: "{budget}"'))
+    shutil.rmtree(exported)
+    server = start_server(repository, tmp_path_factory.mktemp("logs") / "server.log", ready_model="small")
+    yield server
+    assert stop_server(server) == 0, server.output()
+
+
+def generate(server, model, prompt, tokens=NEW_TOKENS):
+    body = {"input_ids": prompt, "parameters": {"max_tokens": tokens, "temperature": 0}}
+    answer = httpx.post(f"http://{server.http_url}/v2/models/{model}/generate", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["output_ids"]
+
+
+def prefix_metrics(server, model) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("ortserve_prefix_cache") and sample.labels.get("model") == model}
+
+
+def test_outputs_are_the_same_with_and_without_the_cache(servers):
+    rng = np.random.default_rng(1)
+    system = rng.integers(1, 300, 3 * BLOCK).tolist()  # three whole blocks shared by the next prompts
+    prompts = [
+        rng.integers(1, 300, 40).tolist(),  # shares nothing
+        system + rng.integers(1, 300, 7).tolist(),
+        system + rng.integers(1, 300, 11).tolist(),  # all of the shared prefix
+        system[:BLOCK + 5] + rng.integers(1, 300, 20).tolist(),  # part of it: one block
+        system,  # exactly the cached blocks: the last one is prefilled again for its logits
+        system + rng.integers(1, 300, 3).tolist(),
+    ]
+    for model in ("cached", "small"):
+        for prompt in prompts:
+            assert generate(servers, model, prompt) == generate(servers, "uncached", prompt), (model, prompt)
+    cached = prefix_metrics(servers, "cached")
+    assert cached["ortserve_prefix_cache_hits_total"] >= 4
+    assert cached["ortserve_prefix_cache_reused_tokens_total"] >= 3 * 3 * BLOCK
+    assert cached["ortserve_prefix_cache_bytes"] > 0
+    block_bytes = 2 * 2 * 2 * BLOCK * 16 * 4  # layers x key/value x heads x tokens x head size x fp32
+    assert cached["ortserve_prefix_cache_bytes"] % block_bytes == 0
+    assert prefix_metrics(servers, "small")["ortserve_prefix_cache_bytes"] == 2 * block_bytes  # evicting
+    assert prefix_metrics(servers, "uncached")["ortserve_prefix_cache_hits_total"] == 0
+
+
+def test_requests_that_join_a_running_batch_with_a_cached_prefix(servers):
+    rng = np.random.default_rng(2)
+    shared = rng.integers(1, 300, 2 * BLOCK).tolist()
+    prompts = [shared + rng.integers(1, 300, n).tolist() for n in (1, 9, 17, 4)]
+    expected = [generate(servers, "uncached", prompt) for prompt in prompts]
+    generate(servers, "cached", shared + [5])  # the shared blocks are cached now
+
+    def staggered(index):
+        import time
+
+        time.sleep(0.05 * index)  # later ones join while the first ones decode
+        return generate(servers, "cached", prompts[index])
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        assert list(pool.map(staggered, range(len(prompts)))) == expected
