@@ -4,9 +4,9 @@
 simple (add/sub), minilm (+_fp16, _int8: the real all-MiniLM-L6-v2, answering /v1/embeddings and /embed),
 reranker (a small cross-encoder with random weights answering /rerank), resnet and lstm (+ variants:
 trained on scikit-learn's digits), lstm_stream (the same LSTM trained again, served a chunk at a time with
-its state kept by the server); trained for minutes: chat (+_int8: a Llama-architecture chat model trained
-on questions about the standard library, answering /v1/chat/completions) and gpt (+_fp16, _int8: trained
-on the standard library's sources); with `--benchmark-models` resnet50 (+_int8) and gpt2, ResNet-50's and
+its state kept by the server); trained for minutes: chat (+_int8, _int4: a Llama-architecture chat model
+trained on questions about the standard library, answering /v1/chat/completions) and gpt (+_fp16, _int8:
+trained on the standard library's sources); with `--benchmark-models` resnet50 (+_int8) and gpt2, ResNet-50's and
 GPT-2 small's configurations (random weights) for speed measurements.
 """
 
@@ -38,6 +38,7 @@ output [
 dynamic_batching { max_queue_delay_microseconds: 100 }
 """
 VARIANTS = ("fp32", "fp16", "int8")
+CHAT_VARIANTS = ("fp32", "int8", "int4")
 CHECKPOINTS = ".checkpoints"
 BUILDING = ".building"  # a stage's models until they are whole
 
@@ -137,7 +138,7 @@ def build_chat(repository: Path) -> None:
     with tempfile.TemporaryDirectory() as work:
         checkpoint = training.train_chat_llama(training.ChatRecipe(), Path(work))
         model, _ = gpt.load(checkpoint)
-        gpt.export(model, repository, "chat", ("fp32", "int8"), tokenizer_file=checkpoint / "tokenizer.json")
+        gpt.export(model, repository, "chat", CHAT_VARIANTS, tokenizer_file=checkpoint / "tokenizer.json")
 
 
 def build_digits(repository: Path, family: str) -> None:
@@ -198,7 +199,7 @@ def stages(repository: Path, benchmark_models: bool = False) -> list[Stage]:
         Stage("resnet", VARIANTS, lambda target: build_digits(target, "resnet")),
         Stage("lstm", VARIANTS, lambda target: build_digits(target, "lstm")),
         Stage("lstm_stream", ("fp32",), lambda target: build_digits(target, "lstm_stream")),
-        Stage("chat", ("fp32", "int8"), build_chat, seconds=False),
+        Stage("chat", CHAT_VARIANTS, build_chat, seconds=False),
         Stage("gpt", VARIANTS, lambda target: build_gpt(target, repository / CHECKPOINTS), seconds=False),
     ]
     if benchmark_models:
