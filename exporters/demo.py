@@ -6,8 +6,8 @@ reranker (a small cross-encoder with random weights answering /rerank), resnet a
 trained on scikit-learn's digits), lstm_stream (the same LSTM trained again, served a chunk at a time with
 its state kept by the server); trained for minutes: chat (+_int8, _int4: a Llama-architecture chat model
 trained on questions about the standard library, answering /v1/chat/completions) and gpt (+_fp16, _int8:
-trained on the standard library's sources); with `--benchmark-models` resnet50 (+_int8) and gpt2, ResNet-50's and
-GPT-2 small's configurations (random weights) for speed measurements.
+trained on the standard library's sources); with `--benchmark-models` resnet50 (+_int8) and gpt2,
+ResNet-50's and GPT-2 small's configurations (random weights) for speed measurements.
 """
 
 import argparse
