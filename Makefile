@@ -8,9 +8,11 @@ RUNTIME := $(if $(GPU),gpu,cpu)
 # build (gigabytes): make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
-# `make run` installs what serving and building the demo models need; tests and benchmarks add dev
+# `make run` installs what serving and building the demo models need; tests and benchmarks add dev (and
+# onnxruntime-genai, which depends on onnxruntime: CPU runtime only)
 EXTRAS_run := $(RUNTIME),export
-EXTRAS_dev := $(RUNTIME),export,dev
+comma := ,
+EXTRAS_dev := $(RUNTIME),export,dev$(if $(GPU),,$(comma)genai)
 REPOSITORY ?= model_repository
 HOST ?= 0.0.0.0
 HTTP_PORT ?= 8000

@@ -31,7 +31,7 @@ from exporters.module import (
 )
 from exporters.publish import model_path, set_parameters
 from server.generation.decoder import Decoder
-from server.generation.interface import GENERATION_INTERFACE
+from server.generation.interface import GENERATION_INTERFACE, generation_parameters
 from server.protocol import ModelConfig
 
 SUPPORTED = ("gpt2", *llama.FAMILIES)
@@ -197,20 +197,9 @@ def generation_config(model: nn.Module, tokenizer_file: str | None, max_running:
     eos = getattr(generation, "eos_token_id", None)
     eos = model.config.eos_token_id if eos is None else eos
     eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
-    values = {
-        "eos_token_id": ",".join(map(str, eos)) or -1,
-        "max_sequence_length": llama.context_length(model.config),
-        "default_max_tokens": 64,
-        "max_running_sequences": max_running,
-        "max_waiting_sequences": 64,
-        "max_prefill_tokens": 2048,
-        "prefix_cache_tokens": 4096,  # prompts' keys and values kept for reuse by prompts that share them
-        # decode steps are many short runs back to back: sleeping ONNX Runtime threads would wake per op
-        "allow_spinning": 1,
-    }
-    if tokenizer_file:
-        values["tokenizer_file"] = tokenizer_file
-    return set_parameters(config, **values)
+    parameters = generation_parameters(llama.context_length(model.config), eos, tokenizer_file,
+                                       max_running=max_running)
+    return set_parameters(config, **parameters)
 
 
 def default_prompts(vocab_size: int, seed: int = 0) -> list[list[int]]:

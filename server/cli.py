@@ -26,7 +26,30 @@ def main(argv: list[str] | None = None) -> int:
         export_cli.add_arguments(export_parser)
         return export_cli.run(parser.parse_args(argv))
     commands.add_parser("export", help="export a model to ONNX into a repository (needs torch)")
-    return serve(parser.parse_args(argv))
+    importing = commands.add_parser(
+        "import-llm", help="serve a decoder exported by onnxruntime-genai's builder or Optimum, as it is",
+        description="Writes a model directory (the graph, its tokenizer and a config.pbtxt) for a decoder "
+                    "directory of onnxruntime-genai's builder (genai_config.json) or of Optimum / "
+                    "transformers.js (model.onnx or decoder_model_merged.onnx, also under onnx/).")
+    importing.add_argument("source", help="the exported model's directory")
+    importing.add_argument("--repository", required=True, help="the Triton model repository")
+    importing.add_argument("--name", required=True, help="the model's name in the repository")
+    args = parser.parse_args(argv)
+    if args.command == "import-llm":
+        return import_llm(args)
+    return serve(args)
+
+
+def import_llm(args: argparse.Namespace) -> int:
+    from server.generation.importer import LayoutError, import_llm
+
+    try:
+        target = import_llm(args.source, args.repository, args.name)
+    except (LayoutError, OSError, KeyError) as error:
+        print(f"ortserve import-llm: {error}", file=sys.stderr)
+        return 1
+    print(f"{target}: ready to serve")
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:

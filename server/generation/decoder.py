@@ -19,11 +19,20 @@ from server.generation.device_cache import CacheKernels, DeviceKVBatch, DeviceRu
 from server.generation.kv_cache import KVBatch
 
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
+KNOWN_INPUTS = ("input_ids", "attention_mask", "position_ids", "logit_positions", "use_cache_branch")
 _ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 class DecoderGraphError(ServerError):
     pass
+
+
+def make_decoder(session, io_binding: bool | None = None, head_dim: int | None = None):
+    """The decoder for the graph's layout: ortserve's and Optimum's (position ids, left padding), or
+    onnxruntime-genai's GroupQueryAttention graphs (no position ids, right padding)."""
+    from server.generation.gqa import GqaDecoder, is_gqa_graph
+
+    return GqaDecoder(session, head_dim) if is_gqa_graph(session) else Decoder(session, io_binding)
 
 
 class Decoder:
@@ -39,6 +48,12 @@ class Decoder:
                 "a generation model needs inputs input_ids, attention_mask, position_ids and "
                 f"past_key_values.<i>.key|value; the graph's inputs are {', '.join(inputs)}"
             )
+        unknown = sorted(set(inputs) - {*KNOWN_INPUTS, *self.past_names})
+        if unknown:
+            raise DecoderGraphError(f"the decoder graph's input {', '.join(unknown)} is not understood; a "
+                                    f"generation model takes {', '.join(KNOWN_INPUTS)} and "
+                                    "past_key_values.<i>.key|value")
+        self.cache_branch = "use_cache_branch" in inputs  # Optimum's merged decoders
         self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
         first = inputs[self.past_names[0]]
         self.heads, self.head_dim = first.shape[1], first.shape[3]
@@ -125,6 +140,8 @@ class Decoder:
         and the graph's `present` outputs."""
         feeds = {"input_ids": ids, "attention_mask": mask.astype(self.id_dtype),
                  "position_ids": positions.astype(self.id_dtype)}
+        if self.cache_branch:
+            feeds["use_cache_branch"] = np.array([past[0].shape[2] > 0])
         if self.scores_prompts:
             feeds["logit_positions"] = np.asarray([ids.shape[1] - 1] if keep is None else keep, np.int64)
         feeds.update(zip(self.past_names, past))

@@ -13,7 +13,7 @@ import numpy as np
 
 from server.core.errors import Internal, InvalidArgument, Unavailable, failure_reason
 from server.core.stats import ModelStats
-from server.generation.decoder import Decoder
+from server.generation.decoder import Decoder, make_decoder
 from server.generation.device_cache import DeviceKVBatch
 from server.generation.kv_cache import KVBatch
 from server.generation.prefix_cache import BLOCK as PREFIX_BLOCK
@@ -50,6 +50,7 @@ class GenerationSettings:
     chat: ChatTemplate | None = None  # the checkpoint's chat template, where its files have one
     io_binding: bool | None = None  # the KV cache on the graph's device; None: where that is a GPU
     prefix_cache_tokens: int = 0  # prompt tokens whose keys and values are kept for reuse; 0: off
+    kv_head_dim: int | None = None  # where the graph leaves the head size symbolic (onnxruntime-genai's)
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, str], model_dir: Path) -> "GenerationSettings":
@@ -88,6 +89,7 @@ class GenerationSettings:
             chat=ChatTemplate.from_model_dir(model_dir) if tokenizer else None,
             io_binding=_SWITCH[binding],
             prefix_cache_tokens=number("prefix_cache_tokens", 0, low=0),
+            kv_head_dim=number("kv_head_dim", None) if "kv_head_dim" in parameters else None,
         )
 
 
@@ -215,12 +217,13 @@ class GenerationEngine:
         self.settings = settings
         self.model_stats = model_stats
         self.stats = model_stats.generation
-        self.decoder = Decoder(pool.sessions[0].session, settings.io_binding)
+        self.decoder = make_decoder(pool.sessions[0].session, settings.io_binding, settings.kv_head_dim)
         self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
         self.scheduler = Scheduler(settings.limits)
-        on_host = self.decoder.kernels is None  # reused blocks are fed from the host
+        # reused blocks are fed from the host, after left padding
         self.prefix_cache = PrefixCache(settings.prefix_cache_tokens, self.stats) if (
-            settings.prefix_cache_tokens and on_host) else None
+            settings.prefix_cache_tokens and isinstance(self.decoder, Decoder) and not self.decoder.kernels
+        ) else None
         self.cache: KVBatch | DeviceKVBatch | None = None
         self.rows: list[_Request] = []  # aligned with the cache's rows
         self._requests: dict[int, _Request] = {}

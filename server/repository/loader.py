@@ -13,7 +13,7 @@ from server.core import datatypes
 from server.core.validation import InputLimits
 from server.encoding.encoder import TextService
 from server.encoding.settings import TextSettings
-from server.generation.decoder import Decoder, DecoderGraphError
+from server.generation.decoder import DecoderGraphError, make_decoder
 from server.generation.engine import GenerationSettings
 from server.generation.interface import GENERATION_INTERFACE
 from server.protocol import ModelConfig, enum
@@ -84,7 +84,7 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
             sessions = [OrtSession(path, settings) for settings in instances[: 1 if generation else None]]
             ragged = _ragged(config, sessions[0], sequences)
             if generation:
-                _check_decoder(sessions[0])
+                _check_decoder(sessions[0], generation)
             else:
                 cfg.complete(config, sessions[0].graph_inputs(), sessions[0].graph_outputs())
             if sequences is not None:
@@ -155,9 +155,9 @@ def _text_service(model: ModelVersion, settings: TextSettings) -> TextService:
         raise ConfigError(f"text_tokenizer '{settings.tokenizer.name}' cannot be loaded: {error}") from None
 
 
-def _check_decoder(session: OrtSession) -> None:
+def _check_decoder(session: OrtSession, settings: GenerationSettings) -> None:
     try:
-        Decoder(session.session)
+        make_decoder(session.session, head_dim=settings.kv_head_dim)
     except DecoderGraphError as error:
         raise ConfigError(str(error)) from None
 

@@ -1,0 +1,131 @@
+"""Decoders built by onnxruntime-genai's model builder: GroupQueryAttention graphs with `input_ids`,
+`attention_mask` and `past_key_values.{i}.key|value` in (no position ids: the operator places rotary
+positions itself) and `logits` (every position) and `present.{i}.key|value` out.
+
+GroupQueryAttention reads each row's length from its attention mask (its sum), so the cache is padded
+on the right: a row's tokens sit at the start of its buffers, and the new token of a decode step lands
+at the row's own length. `present` is the whole cache, past and new, so it becomes the next past as it
+is."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.generation.decoder import _ORT_FLOAT, _PAST, DecoderGraphError, _layer_order
+
+
+@dataclass
+class RightPaddedKV:
+    """`past[i]`: [rows, kv_heads, length, head_dim]; `lengths`: each row's tokens, from column 0."""
+
+    past: list[np.ndarray]
+    lengths: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def length(self) -> int:
+        return self.past[0].shape[2]
+
+    def filter(self, keep: list[int]) -> "RightPaddedKV":
+        lengths = self.lengths[keep]
+        width = int(lengths.max()) if len(lengths) else 0
+        return RightPaddedKV([p[keep, :, :width] for p in self.past], lengths)
+
+    @staticmethod
+    def concatenate(batches: list["RightPaddedKV"]) -> "RightPaddedKV":
+        batches = [b for b in batches if b.rows]
+        if len(batches) == 1:
+            return batches[0]
+        width = max(b.length for b in batches)
+        past = [np.concatenate([np.pad(b.past[i], [(0, 0), (0, 0), (0, width - b.length), (0, 0)])
+                                for b in batches]) for i in range(len(batches[0].past))]
+        return RightPaddedKV(past, np.concatenate([b.lengths for b in batches]))
+
+    def attention_mask(self, new: int) -> np.ndarray:
+        """[rows, length + new]: ones over each row's tokens and its new ones, from the start."""
+        columns = np.arange(self.length + new)
+        return (columns[None, :] < (self.lengths + new)[:, None]).astype(np.int64)
+
+
+class GqaDecoder:
+    """The `Decoder` interface (prefill, decode, score) for onnxruntime-genai's graphs."""
+
+    kernels = None  # the cache stays on the host
+    scores_prompts = True  # the graph returns every position's logits
+
+    def __init__(self, session, head_dim: int | None = None):
+        """`head_dim`: the key/value head size, where the graph leaves it symbolic (the builder's
+        `kv_cache_dim`; genai_config.json's `head_size`, which `import-llm` writes to the config)."""
+        self.session = session
+        inputs = {node.name: node for node in session.get_inputs()}
+        self.past_names = sorted((n for n in inputs if _PAST.match(n)), key=_layer_order)
+        unknown = sorted(set(inputs) - {"input_ids", "attention_mask", *self.past_names})
+        if unknown or not self.past_names or "attention_mask" not in inputs:
+            raise DecoderGraphError(
+                f"a GroupQueryAttention decoder takes input_ids, attention_mask and "
+                f"past_key_values.<i>.key|value; not understood: {', '.join(unknown) or 'no past inputs'}"
+            )
+        self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
+        first = inputs[self.past_names[0]]
+        self.heads, self.head_dim = first.shape[1], first.shape[3]
+        if not isinstance(self.head_dim, int):
+            if head_dim is None:
+                raise DecoderGraphError("the graph's past inputs leave the head size symbolic; set the "
+                                        "config parameter 'kv_head_dim' (genai_config.json's head_size)")
+            self.head_dim = head_dim
+        self.past_dtype = _ORT_FLOAT.get(first.type, np.float32)
+        self.id_dtype = np.int64 if inputs["input_ids"].type == "tensor(int64)" else np.int32
+        logits = next(o for o in session.get_outputs() if o.name == "logits")
+        self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
+
+    def empty(self, rows: int) -> RightPaddedKV:
+        shape = (rows, self.heads, 0, self.head_dim)
+        return RightPaddedKV([np.zeros(shape, self.past_dtype) for _ in self.past_names],
+                             np.zeros(rows, np.int64))
+
+    def prefill(self, prompts: list[list[int]], cached=None) -> tuple[np.ndarray, RightPaddedKV]:
+        if cached and any(length for length, _ in cached):
+            raise DecoderGraphError("prefix caching is not available for GroupQueryAttention graphs")
+        lengths = np.array([len(p) for p in prompts], np.int64)
+        ids = np.zeros((len(prompts), int(lengths.max())), self.id_dtype)
+        for row, prompt in enumerate(prompts):
+            ids[row, :len(prompt)] = prompt
+        logits, present = self._run(ids, _right(lengths, ids.shape[1]), self.empty(len(prompts)).past)
+        return logits[np.arange(len(prompts)), lengths - 1], RightPaddedKV(present, lengths)
+
+    def decode(self, last_tokens: list[int], cache: RightPaddedKV) -> np.ndarray:
+        ids = np.asarray(last_tokens, self.id_dtype)[:, None]
+        logits, present = self._run(ids, cache.attention_mask(1), cache.past)
+        cache.past, cache.lengths = present, cache.lengths + 1
+        return logits[:, -1]
+
+    def score(self, prompt: list[int]) -> np.ndarray:
+        """[len(prompt) - 1, vocab]: the logits that predicted each prompt token after the first."""
+        ids = np.asarray([prompt], self.id_dtype)
+        logits, _ = self._run(ids, np.ones_like(ids, dtype=np.int64), self.empty(1).past)
+        return logits[0, :-1]
+
+    @staticmethod
+    def row_past(cache: RightPaddedKV, row: int) -> list[np.ndarray]:
+        return [buffer[row][:, :cache.lengths[row]] for buffer in cache.past]
+
+    def _run(self, ids, mask, past) -> tuple[np.ndarray, list]:
+        feeds = {"input_ids": ids, "attention_mask": mask.astype(self.id_dtype),
+                 **dict(zip(self.past_names, past))}
+        logits, *present = self.session.run(["logits", *self.present_names], feeds)
+        return logits.astype(np.float32), present
+
+
+def _right(lengths: np.ndarray, width: int) -> np.ndarray:
+    """[rows, width]: 1 over each row's first `length` columns."""
+    return (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+
+
+def is_gqa_graph(session) -> bool:
+    """A decoder without position ids whose attention is GroupQueryAttention (onnxruntime-genai's)."""
+    names = {node.name for node in session.get_inputs()}
+    return "position_ids" not in names and "attention_mask" in names and any(
+        _PAST.match(name) for name in names)

@@ -1,0 +1,106 @@
+"""`ortserve import-llm DIR --repository R --name N`: a decoder exported elsewhere, served as it is.
+
+Two layouts are recognized from the files: onnxruntime-genai's model builder (`genai_config.json` naming
+the graph, GroupQueryAttention inside) and Optimum / transformers.js (`model.onnx` or
+`decoder_model_merged.onnx`, at the top or under `onnx/`, beside `config.json`). The graph and its
+external data go into version 1, the tokenizer, its settings and chat template beside it, and a
+config.pbtxt with the generation interface; the context length and stop ids come from the files the
+model ships. No torch is needed."""
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+from google.protobuf import text_format
+
+from server.generation.decoder import DecoderGraphError, make_decoder
+from server.generation.interface import GENERATION_INTERFACE, generation_parameters
+from server.protocol import ModelConfig
+
+OPTIMUM_FILES = ("model.onnx", "onnx/model.onnx", "decoder_model_merged.onnx",
+                 "onnx/decoder_model_merged.onnx")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json")
+
+
+class LayoutError(ValueError):
+    """The directory cannot be served as it is; the message says what is missing or not understood."""
+
+
+def import_llm(source: Path, repository: Path, name: str) -> Path:
+    source = Path(source)
+    genai = (source / "genai_config.json").exists()
+    graph, context, eos = _genai(source) if genai else _optimum(source)
+    head_dim = json.loads((source / "genai_config.json").read_text())["model"]["decoder"].get(
+        "head_size") if genai else None
+    if not (source / "tokenizer.json").exists():
+        raise LayoutError(f"'{source}' has no tokenizer.json; the server needs the model's tokenizer")
+    _check_graph(graph, head_dim)
+    target = Path(repository) / name
+    version = target / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(graph, version / "model.onnx")
+    for data in _external_data(graph):
+        shutil.copyfile(graph.parent / data, version / data)
+    for file in TOKENIZER_FILES:
+        if (source / file).exists():
+            shutil.copyfile(source / file, target / file)
+    config = text_format.Parse('platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + GENERATION_INTERFACE,
+                               ModelConfig(name=name))
+    # prefix caching feeds left-padded pasts: not for GroupQueryAttention's right-padded cache
+    parameters = generation_parameters(context, eos, "tokenizer.json",
+                                       prefix_cache_tokens=0 if genai else 4096)
+    if head_dim:
+        parameters["kv_head_dim"] = str(head_dim)
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return target
+
+
+def _genai(source: Path) -> tuple[Path, int, list[int]]:
+    settings = json.loads((source / "genai_config.json").read_text())["model"]
+    graph = source / settings["decoder"]["filename"]
+    return graph, int(settings["context_length"]), _ids(settings.get("eos_token_id"))
+
+
+def _optimum(source: Path) -> tuple[Path, int, list[int]]:
+    graph = next((source / f for f in OPTIMUM_FILES if (source / f).exists()), None)
+    if graph is None:
+        raise LayoutError(f"'{source}' holds neither genai_config.json (onnxruntime-genai) nor one of "
+                           f"{', '.join(OPTIMUM_FILES)} (Optimum, transformers.js)")
+    if not (source / "config.json").exists():
+        raise LayoutError(f"'{source}' has no config.json, which says the model's context length")
+    config = json.loads((source / "config.json").read_text())
+    context = config.get("max_position_embeddings") or config.get("n_positions")
+    generation = source / "generation_config.json"
+    eos = json.loads(generation.read_text()).get("eos_token_id") if generation.exists() else None
+    return graph, int(context), _ids(eos if eos is not None else config.get("eos_token_id"))
+
+
+def _ids(value) -> list[int]:
+    return [] if value is None else [int(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def _check_graph(graph: Path, head_dim: int | None) -> None:
+    """The server's decoder for the graph, or an error naming the inputs or outputs it does not
+    understand."""
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    try:
+        decoder = make_decoder(session, head_dim=head_dim)
+    except DecoderGraphError as error:
+        raise LayoutError(f"'{graph.name}' cannot be served: {error}") from None
+    outputs = {o.name for o in session.get_outputs()}
+    missing = sorted({"logits", *decoder.present_names} - outputs)
+    if missing:
+        raise LayoutError(f"'{graph.name}' cannot be served: it has no output {', '.join(missing)}; its "
+                           f"outputs are {', '.join(sorted(outputs))}")
+
+
+def _external_data(graph: Path) -> list[str]:
+    model = onnx.load(str(graph), load_external_data=False)
+    locations = {entry.value for tensor in model.graph.initializer for entry in tensor.external_data
+                 if entry.key == "location"}
+    return sorted(locations)

@@ -1,0 +1,144 @@
+"""Decoders exported elsewhere, served as they are (`ortserve import-llm`): onnxruntime-genai's builder
+(GroupQueryAttention, right-padded cache; fp32 and int4) and Optimum (run in a virtual environment of its
+own: it needs transformers < 4.58). Served greedy tokens, for prompts of different lengths sent at once,
+equal the exporting package's own: onnxruntime-genai's generator, or transformers where Optimum runs."""
+
+import subprocess
+import sys
+import venv
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, start_server, stop_server
+from tests.test_llm_export import checkpoint_with_tokenizer
+
+ORTSERVE = str(Path(sys.executable).parent / "ortserve")
+PROMPTS = [[5, 9, 17], list(range(20, 61)), [7], list(range(100, 112))]
+NEW_TOKENS = 16
+OPTIMUM_VENV = ROOT / ".bench" / "optimum-venv"
+OPTIMUM = ["optimum-onnx==0.1.0", "transformers<4.58", "torch==2.13.0", "onnxruntime==1.32.0"]
+
+
+def import_llm(source: Path, repository: Path, name: str) -> None:
+    done = subprocess.run([ORTSERVE, "import-llm", str(source), "--repository", str(repository),
+                           "--name", name], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def genai_build(checkpoint: Path, target: Path, precision: str) -> Path:
+    done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(checkpoint),
+                           "-o", str(target), "-p", precision, "-e", "cpu", "-c", str(target) + "-cache"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return target
+
+
+def genai_greedy(model_dir: Path, prompt: list[int]) -> list[int]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + NEW_TOKENS)  # ends at eos
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    while not generator.is_done():
+        generator.generate_next_token()
+    return [int(token) for token in generator.get_sequence(0)][len(prompt):]
+
+
+def served_greedy(server, name: str, ignore_eos: bool) -> list[list[int]]:
+    def one(prompt):
+        body = {"input_ids": prompt, "parameters": {"max_tokens": NEW_TOKENS, "temperature": 0,
+                                                    "ignore_eos": ignore_eos}}
+        answer = httpx.post(f"http://{server.http_url}/v2/models/{name}/generate", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["output_ids"]
+
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:  # at once: right-padded rows share every step
+        return list(pool.map(one, PROMPTS))
+
+
+@pytest.fixture(scope="module")
+def genai_models(tmp_path_factory):
+    pytest.importorskip("onnxruntime_genai", reason="the genai extra (CPU runtime only)")
+    root = tmp_path_factory.mktemp("genai")
+    checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "llama")
+    built = {precision: genai_build(checkpoint, root / precision, precision)
+             for precision in ("fp32", "int4")}
+    repository = root / "repository"
+    for precision, source in built.items():
+        import_llm(source, repository, f"genai_{precision}")
+    server = start_server(repository, root / "server.log", ready_model="genai_int4")
+    yield built, server
+    assert stop_server(server) == 0, server.output()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_genai_builder_models_serve_its_generators_greedy_tokens(genai_models, precision):
+    built, server = genai_models
+    # each prompt alone in onnxruntime-genai (the int4 kernels quantize activations per row)
+    expected = [genai_greedy(built[precision], prompt) for prompt in PROMPTS]
+    assert served_greedy(server, f"genai_{precision}", ignore_eos=False) == expected  # both end at eos
+
+
+def test_a_directory_that_cannot_be_served_says_what_is_not_understood(tmp_path, genai_models):
+    import shutil
+
+    built, _ = genai_models
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "notes.txt").write_text("no model here")
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(built["fp32"], no_tokenizer)
+    (no_tokenizer / "tokenizer.json").unlink()
+    cases = ((bare, "holds neither genai_config.json"), (no_tokenizer, "has no tokenizer.json"))
+    for source, fragment in cases:
+        done = subprocess.run([ORTSERVE, "import-llm", str(source), "--repository", str(tmp_path / "r"),
+                               "--name", "x"], capture_output=True, text=True)
+        assert done.returncode == 1 and fragment in done.stderr and "Traceback" not in done.stderr
+
+
+def optimum_python() -> Path:
+    """Optimum in a virtual environment of its own (built once, kept under .bench/)."""
+    python = OPTIMUM_VENV / "bin" / "python"
+    if not python.exists():
+        venv.create(OPTIMUM_VENV, with_pip=True)
+        subprocess.run([python, "-m", "pip", "install", "--quiet", *OPTIMUM], check=True)
+    return python
+
+
+OPTIMUM_GREEDY = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+prompts, tokens = json.loads(sys.argv[2]), int(sys.argv[3])
+print(json.dumps([model.generate(torch.tensor([p]), max_new_tokens=tokens, min_new_tokens=tokens,
+                                 do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
+                  for p in prompts]))
+"""
+
+
+def test_an_optimum_export_serves_transformers_greedy_tokens(tmp_path):
+    import json
+    import shutil
+
+    python = optimum_python()
+    checkpoint = checkpoint_with_tokenizer(tmp_path / "checkpoint", "llama")
+    exported = tmp_path / "optimum"
+    done = subprocess.run([python, "-m", "optimum.exporters.onnx", "--model", str(checkpoint), "--task",
+                           "text-generation-with-past", str(exported)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the checkpoint's own tokenizer files
+        shutil.copyfile(checkpoint / name, exported / name)
+    import_llm(exported, tmp_path / "repository", "optimum")
+    # Optimum's transformers reads the checkpoint as Optimum exported it (its own defaults included)
+    greedy = subprocess.run([python, "-c", OPTIMUM_GREEDY, str(checkpoint), json.dumps(PROMPTS),
+                             str(NEW_TOKENS)], capture_output=True, text=True, check=True)
+    server = start_server(tmp_path / "repository", tmp_path / "server.log", ready_model="optimum")
+    try:
+        assert served_greedy(server, "optimum", ignore_eos=True) == json.loads(greedy.stdout)
+    finally:
+        assert stop_server(server) == 0, server.output()
