@@ -3,20 +3,23 @@
 positions itself) and `logits` (every position) and `present.{i}.key|value` out.
 
 GroupQueryAttention reads each row's length from its attention mask (its sum), so the cache is padded
-on the right: a row's tokens sit at the start of its buffers, and the new token of a decode step lands
-at the row's own length. `present` is the whole cache, past and new, so it becomes the next past as it
-is."""
+on the right: a row's tokens sit at the start of its buffers. Each past input and its present output
+are bound to the same buffer (the operator's shared past/present mode, as onnxruntime-genai runs it), so
+a step writes only the new tokens' keys and values, at each row's own length; the buffers have room to
+grow and are copied only when full or when rows join or leave."""
 
 from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
 
 from server.generation.decoder import _ORT_FLOAT, _PAST, DecoderGraphError, _layer_order
+from server.generation.kv_cache import GROWTH
 
 
 @dataclass
 class RightPaddedKV:
-    """`past[i]`: [rows, kv_heads, length, head_dim]; `lengths`: each row's tokens, from column 0."""
+    """`past[i]`: [rows, kv_heads, capacity, head_dim]; `lengths`: each row's tokens, from column 0."""
 
     past: list[np.ndarray]
     lengths: np.ndarray
@@ -27,27 +30,40 @@ class RightPaddedKV:
 
     @property
     def length(self) -> int:
+        return int(self.lengths.max()) if self.rows else 0
+
+    @property
+    def capacity(self) -> int:
         return self.past[0].shape[2]
 
+    def reserve(self, new: int) -> None:
+        """Room for `new` more tokens in every row (a copy only when the buffers are full)."""
+        if self.length + new > self.capacity:
+            room = -(-(self.length + new) // GROWTH) * GROWTH
+            self.past = [_padded(p, room) for p in self.past]
+
     def filter(self, keep: list[int]) -> "RightPaddedKV":
-        lengths = self.lengths[keep]
-        width = int(lengths.max()) if len(lengths) else 0
-        return RightPaddedKV([p[keep, :, :width] for p in self.past], lengths)
+        return RightPaddedKV([p[keep] for p in self.past], self.lengths[keep])
 
     @staticmethod
     def concatenate(batches: list["RightPaddedKV"]) -> "RightPaddedKV":
         batches = [b for b in batches if b.rows]
         if len(batches) == 1:
             return batches[0]
-        width = max(b.length for b in batches)
-        past = [np.concatenate([np.pad(b.past[i], [(0, 0), (0, 0), (0, width - b.length), (0, 0)])
-                                for b in batches]) for i in range(len(batches[0].past))]
+        room = max(b.capacity for b in batches)
+        past = [np.concatenate([_padded(b.past[i], room) for b in batches])
+                for i in range(len(batches[0].past))]
         return RightPaddedKV(past, np.concatenate([b.lengths for b in batches]))
 
     def attention_mask(self, new: int) -> np.ndarray:
         """[rows, length + new]: ones over each row's tokens and its new ones, from the start."""
-        columns = np.arange(self.length + new)
-        return (columns[None, :] < (self.lengths + new)[:, None]).astype(np.int64)
+        return _right(self.lengths + new, self.length + new)
+
+
+def _padded(buffer: np.ndarray, capacity: int) -> np.ndarray:
+    if buffer.shape[2] == capacity:
+        return buffer
+    return np.pad(buffer, [(0, 0), (0, 0), (0, capacity - buffer.shape[2]), (0, 0)])
 
 
 class GqaDecoder:
@@ -81,8 +97,8 @@ class GqaDecoder:
         logits = next(o for o in session.get_outputs() if o.name == "logits")
         self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
 
-    def empty(self, rows: int) -> RightPaddedKV:
-        shape = (rows, self.heads, 0, self.head_dim)
+    def empty(self, rows: int, capacity: int = 0) -> RightPaddedKV:
+        shape = (rows, self.heads, capacity, self.head_dim)
         return RightPaddedKV([np.zeros(shape, self.past_dtype) for _ in self.past_names],
                              np.zeros(rows, np.int64))
 
@@ -93,30 +109,39 @@ class GqaDecoder:
         ids = np.zeros((len(prompts), int(lengths.max())), self.id_dtype)
         for row, prompt in enumerate(prompts):
             ids[row, :len(prompt)] = prompt
-        logits, present = self._run(ids, _right(lengths, ids.shape[1]), self.empty(len(prompts)).past)
-        return logits[np.arange(len(prompts)), lengths - 1], RightPaddedKV(present, lengths)
+        cache = self.empty(len(prompts), -(-(ids.shape[1] + 1) // GROWTH) * GROWTH)
+        logits = self._run(ids, _right(lengths, ids.shape[1]), cache)
+        cache.lengths = lengths
+        return logits[np.arange(len(prompts)), lengths - 1], cache
 
     def decode(self, last_tokens: list[int], cache: RightPaddedKV) -> np.ndarray:
-        ids = np.asarray(last_tokens, self.id_dtype)[:, None]
-        logits, present = self._run(ids, cache.attention_mask(1), cache.past)
-        cache.past, cache.lengths = present, cache.lengths + 1
+        cache.reserve(1)
+        logits = self._run(np.asarray(last_tokens, self.id_dtype)[:, None], cache.attention_mask(1), cache)
+        cache.lengths = cache.lengths + 1
         return logits[:, -1]
 
     def score(self, prompt: list[int]) -> np.ndarray:
         """[len(prompt) - 1, vocab]: the logits that predicted each prompt token after the first."""
         ids = np.asarray([prompt], self.id_dtype)
-        logits, _ = self._run(ids, np.ones_like(ids, dtype=np.int64), self.empty(1).past)
-        return logits[0, :-1]
+        return self._run(ids, np.ones_like(ids, dtype=np.int64), self.empty(1, ids.shape[1]))[0, :-1]
 
     @staticmethod
     def row_past(cache: RightPaddedKV, row: int) -> list[np.ndarray]:
         return [buffer[row][:, :cache.lengths[row]] for buffer in cache.past]
 
-    def _run(self, ids, mask, past) -> tuple[np.ndarray, list]:
-        feeds = {"input_ids": ids, "attention_mask": mask.astype(self.id_dtype),
-                 **dict(zip(self.past_names, past))}
-        logits, *present = self.session.run(["logits", *self.present_names], feeds)
-        return logits.astype(np.float32), present
+    def _run(self, ids, mask, cache: RightPaddedKV) -> np.ndarray:
+        """One run with each past input and its present output bound to the cache's buffer: the new
+        tokens' keys and values are written in place. Returns the logits."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask.astype(self.id_dtype))
+        binding.bind_output("logits")
+        for past, present, buffer in zip(self.past_names, self.present_names, cache.past):
+            value = ort.OrtValue.ortvalue_from_numpy(buffer)  # the buffer's own memory, no copy
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
 
 
 def _right(lengths: np.ndarray, width: int) -> np.ndarray:
