@@ -141,7 +141,7 @@ class GqaDecoder:
             binding.bind_ortvalue_input(past, value)
             binding.bind_ortvalue_output(present, value)
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
+        return binding.get_outputs()[0].numpy().astype(np.float32, copy=False)  # the logits alone
 
 
 def _right(lengths: np.ndarray, width: int) -> np.ndarray:
