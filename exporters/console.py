@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 _STARTED = time.perf_counter()
 _last_output = _STARTED
-HEARTBEAT_SECONDS = 8.0
+HEARTBEAT_SECONDS = 5.0
 
 
 def say(text: str) -> None:
@@ -49,7 +49,7 @@ def bar(total: int, description: str):
 
     tty = sys.stderr.isatty()
     return tqdm(total=total, desc=description, unit="step", file=_Output(sys.stderr, tty),
-                mininterval=0.5 if tty else 5.0, dynamic_ncols=tty, ncols=None if tty else 100)
+                mininterval=0.5 if tty else 5.0, miniters=1, dynamic_ncols=tty, ncols=None if tty else 100)
 
 
 class _Output:

@@ -55,7 +55,7 @@ def decoders(tmp_path_factory):
     repository = tmp_path_factory.mktemp("decoders")
     models = {kind: tiny_decoder(kind) for kind in FAMILIES}
     for kind, model in models.items():
-        gpt.export(model, repository, kind, ("fp32", "int8", "int4"), new_tokens=8)
+        gpt.export(model, repository, kind, ("fp32", "fp16", "int8", "int4"), new_tokens=8)  # parity-checked
     server = start_server(repository, tmp_path_factory.mktemp("logs") / "server.log", ready_model="llama")
     yield models, repository, server
     assert stop_server(server) == 0, server.output()
