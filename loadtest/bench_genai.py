@@ -11,6 +11,8 @@ Writes the "genai" section of BENCHMARKS.md.
 
 import argparse
 import asyncio
+import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -51,11 +53,22 @@ def checkpoint(target: Path) -> Path:
     return target
 
 
-def genai_build(source: Path, target: Path, precision: str) -> Path:
+def genai_build(source: Path, target: Path, precision: str, threads: int) -> Path:
+    """The builder's output, its sessions set to `threads` intra-op threads (ortserve's models get the
+    same: one ONNX Runtime setting for both engines)."""
     subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source), "-o",
                     str(target), "-p", precision, "-e", "cpu", "-c", str(target) + "-cache"],
                    check=True, capture_output=True)
+    settings = json.loads((target / "genai_config.json").read_text())
+    settings["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+    (target / "genai_config.json").write_text(json.dumps(settings, indent=4))
     return target
+
+
+def with_threads(config: Path, threads: int) -> None:
+    text = config.read_text()
+    parameter = f'parameters {{ key: "intra_op_thread_count" value {{ string_value: "{threads}" }} }}\n'
+    config.write_text(text + parameter)
 
 
 class Genai:
@@ -137,16 +150,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         source = checkpoint(work / "checkpoint")
-        built = {p: genai_build(source, work / p, p) for p in ("fp32", "int4")}
+        threads = os.cpu_count() or 1
+        built = {p: genai_build(source, work / p, p, threads) for p in ("fp32", "int4")}
         repository = work / "repository"
         for precision, path in built.items():
-            import_llm(path, repository, f"genai_{precision}")
+            with_threads(import_llm(path, repository, f"genai_{precision}") / "config.pbtxt", threads)
         model, _ = gpt.load(source)
         gpt.export(model, repository, "cached", new_tokens=4)  # prefix_cache_tokens 4096
         shutil.copytree(repository / "cached", repository / "uncached")
         config = repository / "uncached" / "config.pbtxt"
         config.write_text(config.read_text().replace('name: "cached"', 'name: "uncached"').replace(
             'string_value: "4096"', 'string_value: "0"'))
+        for name in ("cached", "uncached"):
+            with_threads(repository / name / "config.pbtxt", threads)
         engines = {p: Genai(path) for p, path in built.items()}
         server = start_server(repository, work / "server.log", "--access-log", "false",
                               ready_model="genai_int4", timeout=300)
@@ -160,7 +176,8 @@ def main(argv=None) -> int:
         f"`python -m loadtest.bench_genai --tokens {args.tokens} --rounds {args.rounds}` "
         f"({report.machine()}): "
         "a Llama-architecture decoder of GPT-2 small's size (768 wide, 12 layers, 12 heads, vocabulary "
-        "32000, random weights) built by onnxruntime-genai's model builder in fp32 and int4; ortserve serves "
+        "32000, random weights) built by onnxruntime-genai's model builder in fp32 and int4 (both engines' "
+        f"sessions with {os.cpu_count()} intra-op threads); ortserve serves "
         f"those files (`import-llm`) over HTTP (server-sent events), onnxruntime-genai runs them in this "
         f"process; {PROMPT_TOKENS}-token prompts, {args.tokens} new tokens, greedy, eos ignored. Each ratio "
         "is the middle of interleaved rounds.",
