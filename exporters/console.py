@@ -1,6 +1,6 @@
 """What the exporters print: one line per stage with the time since the command started, a bar with an
-ETA for training, a line at least every few seconds while a long step runs, and third-party warnings
-held back unless asked for (`--verbose`)."""
+ETA for training and int8 calibration, a line at least every few seconds while a long step runs, and
+third-party warnings held back unless asked for (`--verbose`)."""
 
 import logging
 import os
@@ -42,13 +42,13 @@ def heartbeat(description: str, every: float = HEARTBEAT_SECONDS):
         thread.join()
 
 
-def bar(total: int, description: str):
+def bar(total: int, description: str, unit: str = "step"):
     """A tqdm bar on stderr; where stderr is not a terminal (a log file, CI) it writes a line every
     few seconds instead of redrawing one."""
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
-    return tqdm(total=total, desc=description, unit="step", file=_Output(sys.stderr, tty),
+    return tqdm(total=total, desc=description, unit=unit, file=_Output(sys.stderr, tty),
                 mininterval=0.5 if tty else 5.0, miniters=1, dynamic_ncols=tty, ncols=None if tty else 100)
 
 

@@ -51,11 +51,22 @@ def to_int8_dynamic(source: Path, target: Path) -> Path:
 
 
 class _Feeds(CalibrationDataReader):
+    """The calibration batches, with a progress bar (ETA) while ONNX Runtime reads them."""
+
     def __init__(self, feeds: Iterable[dict[str, np.ndarray]]):
+        from exporters import console
+
+        feeds = list(feeds)
         self._feeds = iter(feeds)
+        self._bar = console.bar(len(feeds), "int8: calibrating", unit="batch")
 
     def get_next(self):
-        return next(self._feeds, None)
+        batch = next(self._feeds, None)
+        if batch is None:
+            self._bar.close()
+        else:
+            self._bar.update()
+        return batch
 
 
 def to_int8_static(source: Path, target: Path, calibration: Iterable[dict[str, np.ndarray]]) -> Path:

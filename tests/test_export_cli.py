@@ -118,6 +118,7 @@ def test_int8_calibrates_on_a_directory_of_images_and_warns_without_one(user_fil
                           "--calibration", str(images))
     assert code == 0, err
     assert "calibrating int8 on 6 images" in err and "random noise" not in err
+    assert "int8: calibrating: 100%" in err and "2/2 [" in err  # the bar over its batches, with times
     assert (tmp_path / "a" / "calibrated_int8" / "1" / "model.onnx").exists()
     code, _, err = export(capsys, *base, "--repository", str(tmp_path / "b"), "--name", "noise")
     assert code == 0 and "no --calibration given, so static int8 is calibrated on random noise" in err
