@@ -98,6 +98,8 @@ class Decoder:
         logits, present = self._run(ids, mask, positions, past)
         if self.kernels:
             return logits, DeviceKVBatch(present, mask, self.kernels)
+        if not held:  # the graph's present outputs are the cache as they are
+            return logits, KVBatch(present, mask)
         cache = KVBatch(past, mask[:, :held])
         cache.append(present, width)
         cache.mask = mask  # new columns of shorter rows are padding, not tokens

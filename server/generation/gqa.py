@@ -125,10 +125,6 @@ class GqaDecoder:
         ids = np.asarray([prompt], self.id_dtype)
         return self._run(ids, np.ones_like(ids, dtype=np.int64), self.empty(1, ids.shape[1]))[0, :-1]
 
-    @staticmethod
-    def row_past(cache: RightPaddedKV, row: int) -> list[np.ndarray]:
-        return [buffer[row][:, :cache.lengths[row]] for buffer in cache.past]
-
     def _run(self, ids, mask, cache: RightPaddedKV) -> np.ndarray:
         """One run with each past input and its present output bound to the cache's buffer: the new
         tokens' keys and values are written in place. Returns the logits."""

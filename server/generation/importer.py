@@ -32,9 +32,7 @@ class LayoutError(ValueError):
 def import_llm(source: Path, repository: Path, name: str) -> Path:
     source = Path(source)
     genai = (source / "genai_config.json").exists()
-    graph, context, eos = _genai(source) if genai else _optimum(source)
-    head_dim = json.loads((source / "genai_config.json").read_text())["model"]["decoder"].get(
-        "head_size") if genai else None
+    graph, context, eos, head_dim = _genai(source) if genai else (*_optimum(source), None)
     if not (source / "tokenizer.json").exists():
         raise LayoutError(f"'{source}' has no tokenizer.json; the server needs the model's tokenizer")
     _check_graph(graph, head_dim)
@@ -60,10 +58,12 @@ def import_llm(source: Path, repository: Path, name: str) -> Path:
     return target
 
 
-def _genai(source: Path) -> tuple[Path, int, list[int]]:
+def _genai(source: Path) -> tuple[Path, int, list[int], int | None]:
+    """The graph, context length, stop ids and key/value head size genai_config.json names."""
     settings = json.loads((source / "genai_config.json").read_text())["model"]
-    graph = source / settings["decoder"]["filename"]
-    return graph, int(settings["context_length"]), _ids(settings.get("eos_token_id"))
+    decoder = settings["decoder"]
+    return (source / decoder["filename"], int(settings["context_length"]), _ids(settings.get("eos_token_id")),
+            decoder.get("head_size"))
 
 
 def _optimum(source: Path) -> tuple[Path, int, list[int]]:

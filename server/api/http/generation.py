@@ -80,6 +80,8 @@ def add_generation_routes(app: FastAPI, service: InferenceService, body: Callabl
                 text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
                 echoed = await service.echo(GenerateRequest(model, text=text, input_ids=ids, protocol="http"),
                                             shown) if echo else None
+                if echoed is not None:  # tokenized once: the echo's ids are the prompt generated from
+                    text, ids = None, echoed.token_ids
                 groups.append(_Choices(echoed, [] if echo and parameters.get("max_tokens") == 0 else [
                     service.generate(GenerateRequest(model, text=text, input_ids=ids, protocol="http",
                                                      parameters=_choice_parameters(parameters, index)))
