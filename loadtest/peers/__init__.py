@@ -1,0 +1,1 @@
+"""Other model servers' entry points for bench_peers; each file runs in that server's own environment."""
