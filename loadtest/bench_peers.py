@@ -478,13 +478,15 @@ def plot(middle: dict[tuple, Load], path: Path) -> None:
 
 
 def write(loads: list[Load], skipped: dict[str, str], versions: dict[str, str], command: str,
-          concurrencies, seconds: float, rounds: int, took: float) -> str:
+          concurrencies, seconds: float, rounds: int, took: float, save: bool) -> str:
+    """The section's text; with `save`, the plot and every round's record beside it."""
     middle = medians(loads)
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    plot(middle, OUTPUT_DIR / "peers.png")
-    record = {"machine": report.machine(), "versions": versions, "command": command, "seconds": seconds,
-              "rounds": rounds, "skipped": skipped, "loads": [asdict(x) for x in loads]}
-    (OUTPUT_DIR / "peers.json").write_text(json.dumps(record, indent=1) + "\n")
+    if save:
+        OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+        plot(middle, OUTPUT_DIR / "peers.png")
+        record = {"machine": report.machine(), "versions": versions, "command": command, "seconds": seconds,
+                  "rounds": rounds, "skipped": skipped, "loads": [asdict(x) for x in loads]}
+        (OUTPUT_DIR / "peers.json").write_text(json.dumps(record, indent=1) + "\n")
     top = max(concurrencies)
     lines = [
         "## Peers: ortserve, KServe and MLServer on the same ONNX files",
@@ -527,14 +529,15 @@ def write(loads: list[Load], skipped: dict[str, str], versions: dict[str, str], 
     return "\n".join(lines)
 
 
-def run(seconds: float, rounds: int, concurrencies: list[int]) -> str:
+def run(seconds: float, rounds: int, concurrencies: list[int], models: list[str], peers: list[str],
+        minilm_config: Path | None, save: bool = True) -> str:
     started = time.monotonic()
     command = "python -m loadtest.bench_peers " + " ".join(sys.argv[1:])
     skipped, pythons = {}, {}
     from server.version import server_version
 
     versions = {"ortserve": server_version()}
-    for name in PEERS:
+    for name in peers:
         python, why = peer_python(name)
         if python is None:
             skipped[name] = why
@@ -546,11 +549,13 @@ def run(seconds: float, rounds: int, concurrencies: list[int]) -> str:
         work = Path(work)
         root = work / "repository"
         requests = build_models(root)
-        for model in ("simple", "minilm"):
+        if minilm_config is not None:
+            shutil.copy(minilm_config, root / "minilm" / "config.pbtxt")
+        for model in models:
             loads += measure_model(model, root, work, requests[model], pythons, concurrencies, rounds,
                                    seconds, skipped)
     return write(loads, skipped, versions, command.strip(), concurrencies, seconds, rounds,
-                 time.monotonic() - started)
+                 time.monotonic() - started, save)
 
 
 def main() -> None:
@@ -558,9 +563,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--models", default="simple,minilm")
+    parser.add_argument("--peers", default=",".join(PEERS), help="beside ortserve ('' for none)")
+    parser.add_argument("--config", type=Path, help="a config.pbtxt for MiniLM in place of its exported one")
+    parser.add_argument("--dry", action="store_true", help="print the section; write no file")
     args = parser.parse_args()
-    body = run(args.seconds, args.rounds, [int(c) for c in args.concurrency.split(",")])
-    report.write_section("peers", body)
+    body = run(args.seconds, args.rounds, [int(c) for c in args.concurrency.split(",")],
+               args.models.split(","), [p for p in args.peers.split(",") if p], args.config, not args.dry)
+    if not args.dry:
+        report.write_section("peers", body)
     print(body)
 
 

@@ -2,6 +2,7 @@
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,7 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
         for version in select_versions(model_dir, config):
             path = model_dir / str(version) / filename
             sessions = [OrtSession(path, settings) for settings in instances[: 1 if generation else None]]
+            busy = [] if generation else [OrtSession(path, s) for s in _busy_settings(config, instances)]
             ragged = _ragged(config, sessions[0], sequences)
             if generation:
                 _check_decoder(sessions[0], generation)
@@ -89,7 +91,7 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
                 cfg.complete(config, sessions[0].graph_inputs(), sessions[0].graph_outputs())
             if sequences is not None:
                 check_graph(sequences, sessions[0].graph_inputs(), sessions[0].graph_outputs())
-            model = _model_version(model_dir, version, config, sessions)
+            model = _model_version(model_dir, version, config, sessions, busy or None)
             model.generation, model.sequences = generation, sequences
             model.ragged = ragged
             if text is not None:
@@ -103,14 +105,14 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
     return loaded
 
 
-def _model_version(model_dir, version, config, sessions) -> ModelVersion:
+def _model_version(model_dir, version, config, sessions, busy_sessions=None) -> ModelVersion:
     return ModelVersion(
         name=config.name,
         version=version,
         config=config,
         inputs=cfg.tensor_specs(config, config.input),
         outputs=cfg.tensor_specs(config, config.output),
-        pool=InstancePool(sessions, name=f"{config.name}-{version}"),
+        pool=InstancePool(sessions, name=f"{config.name}-{version}", busy_sessions=busy_sessions),
         labels=_labels(model_dir, config),
         padding=_padding(config),
         limits=_limits(config),
@@ -195,6 +197,19 @@ def _limits(config: ModelConfig) -> InputLimits:
         return InputLimits.from_parameters({k: v.string_value for k, v in config.parameters.items()})
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _busy_settings(config: ModelConfig, instances: list[SessionSettings]) -> list[SessionSettings]:
+    """busy_intra_op_thread_count: each instance's second session, run while other executions run."""
+    value = cfg.parameter(config, "busy_intra_op_thread_count", "")
+    if not value:
+        return []
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"parameter busy_intra_op_thread_count must be an integer >= 1, got '{value}'")
+    if len(instances) < 2:
+        raise ConfigError("parameter busy_intra_op_thread_count needs an instance_group of 2 or more "
+                          "instances: with one, no execution runs beside another")
+    return [replace(settings, intra_op_threads=int(value)) for settings in instances]
 
 
 def _instance_settings(config: ModelConfig) -> list[SessionSettings]:

@@ -1,0 +1,85 @@
+"""Model instances: the busy session an execution runs on while another runs, and its config parameter."""
+
+import asyncio
+import threading
+
+import pytest
+
+from exporters.demo import publish
+from server.repository.config import ConfigError
+from server.repository.loader import load_model
+from server.runtime.executor import InstancePool
+from tests.models import relu_model
+
+
+class Labelled:
+    def __init__(self, label: str):
+        self.label = label
+
+
+def test_a_lone_execution_runs_on_the_wide_session_and_one_beside_another_on_the_busy_one():
+    async def scenario():
+        pool = InstancePool([Labelled("wide0"), Labelled("wide1")], "m",
+                            busy_sessions=[Labelled("busy0"), Labelled("busy1")])
+        held = threading.Event()
+
+        def slow(session):
+            held.wait(10)
+            return session.label
+
+        first = asyncio.create_task(pool.call(slow))
+        await asyncio.sleep(0.05)
+        beside = await pool.call(lambda session: session.label)
+        held.set()
+        running_first = await first
+        alone = await pool.call(lambda session: session.label)
+        pool.close()
+        return running_first, beside, alone
+
+    running_first, beside, alone = asyncio.run(scenario())
+    assert running_first.startswith("wide") and alone.startswith("wide")
+    assert beside.startswith("busy")
+    assert beside[-1] != running_first[-1]  # the other instance: each instance runs one execution at a time
+
+
+def test_without_busy_sessions_every_execution_runs_on_the_instance_session():
+    async def scenario():
+        pool = InstancePool([Labelled("a"), Labelled("b")], "m")
+        held = threading.Event()
+        first = asyncio.create_task(pool.call(lambda s: (held.wait(10), s.label)[1]))
+        await asyncio.sleep(0.05)
+        beside = await pool.call(lambda s: s.label)
+        held.set()
+        labels = {await first, beside}
+        pool.close()
+        return labels
+
+    assert asyncio.run(scenario()) == {"a", "b"}
+
+
+def _load(tmp_path, config: str):
+    return load_model(publish(tmp_path, "relu", relu_model(), f'name: "relu"\n{config}'))
+
+
+def test_busy_intra_op_thread_count_builds_a_one_thread_session_per_instance(tmp_path):
+    (model,) = _load(tmp_path, f"instance_group {{ count: 2 }}\n{_busy('1')}")
+    busy = model.pool.busy_sessions
+    assert len(busy) == 2 and all(s not in model.pool.sessions for s in busy)
+    assert {s.session.get_session_options().intra_op_num_threads for s in busy} == {1}
+    model.pool.close()
+
+
+def _busy(value: str) -> str:
+    return f'parameters {{ key: "busy_intra_op_thread_count" value {{ string_value: "{value}" }} }}'
+
+
+@pytest.mark.parametrize("instances, value, fragment", [
+    (1, "1", "2 or more instances"),
+    (2, "0", "integer >= 1, got '0'"),
+    (2, "x", "integer >= 1, got 'x'"),
+])
+def test_busy_intra_op_thread_count_that_cannot_work_fails_the_load_naming_why(tmp_path, instances, value,
+                                                                              fragment):
+    with pytest.raises(ConfigError, match="busy_intra_op_thread_count") as raised:
+        _load(tmp_path, f"instance_group {{ count: {instances} }}\n{_busy(value)}")
+    assert fragment in str(raised.value)
