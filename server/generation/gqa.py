@@ -96,6 +96,7 @@ class GqaDecoder:
         self.id_dtype = np.int64 if inputs["input_ids"].type == "tensor(int64)" else np.int32
         logits = next(o for o in session.get_outputs() if o.name == "logits")
         self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
+        self._bound = None  # (the cache's buffer list, the binding that holds them)
 
     def empty(self, rows: int, capacity: int = 0) -> RightPaddedKV:
         shape = (rows, self.heads, capacity, self.head_dim)
@@ -128,16 +129,26 @@ class GqaDecoder:
     def _run(self, ids, mask, cache: RightPaddedKV) -> np.ndarray:
         """One run with each past input and its present output bound to the cache's buffer: the new
         tokens' keys and values are written in place. Returns the logits."""
-        binding = self.session.io_binding()
+        binding = self._binding(cache)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask.astype(self.id_dtype))
-        binding.bind_output("logits")
+        binding.bind_output("logits")  # unallocated again: the last run's logits had their own shape
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy().astype(np.float32, copy=False)  # the logits alone
+
+    def _binding(self, cache: RightPaddedKV):
+        """The cache's buffers bound as past and present; kept while the buffers stay the same (each
+        step of a decode), since binding every layer's buffers costs as much as a small model's step."""
+        if self._bound is not None and self._bound[0] is cache.past:
+            return self._bound[1]
+        binding = self.session.io_binding()
+        binding.bind_output("logits")  # first: get_outputs() lists outputs in the order they were bound
         for past, present, buffer in zip(self.past_names, self.present_names, cache.past):
             value = ort.OrtValue.ortvalue_from_numpy(buffer)  # the buffer's own memory, no copy
             binding.bind_ortvalue_input(past, value)
             binding.bind_ortvalue_output(present, value)
-        self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy().astype(np.float32, copy=False)  # the logits alone
+        self._bound = (cache.past, binding)
+        return binding
 
 
 def _right(lengths: np.ndarray, width: int) -> np.ndarray:
