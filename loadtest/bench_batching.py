@@ -352,18 +352,7 @@ def run(seconds: float) -> str:
 
 
 async def _http(port, model, bodies: list[tuple[bytes, dict]], concurrency, seconds):
-    connections = [client.HttpConnection("127.0.0.1", port) for _ in range(concurrency)]
-
-    async def send(index, pair):
-        body, headers = pair
-        status, _ = await connections[index].post(f"/v2/models/{model}/infer", body, headers)
-        return status == 200
-
-    try:
-        return await client.closed_loop(send, bodies, concurrency, seconds)
-    finally:
-        for connection in connections:
-            connection.close()
+    return await client.http_load(port, f"/v2/models/{model}/infer", bodies, concurrency, seconds)
 
 
 def _padding_difference(port, session, requests) -> float:

