@@ -84,28 +84,6 @@ def test_genai_builder_models_serve_its_generators_greedy_tokens(genai_models, p
     assert served_greedy(server, f"genai_{precision}", ignore_eos=False) == expected  # both end at eos
 
 
-def test_the_gqa_cache_is_allocated_for_the_tokens_to_come_and_decoding_them_copies_nothing(genai_models):
-    import json
-
-    import numpy as np
-    import onnxruntime as ort
-
-    from server.generation.gqa import GqaDecoder
-
-    built, _ = genai_models
-    head_size = json.loads((built["fp32"] / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
-    decoder = GqaDecoder(ort.InferenceSession(str(built["fp32"] / "model.onnx")), head_size)
-    room = 3 * NEW_TOKENS  # beyond the 32-column step a cache grows by
-    logits, cache = decoder.prefill(PROMPTS[:2], room=room)
-    assert cache.capacity >= len(PROMPTS[1]) + room
-    buffers, tokens = cache.past, [int(row.argmax()) for row in logits]
-    for _ in range(NEW_TOKENS - 1):
-        tokens = [int(row.argmax()) for row in decoder.decode(tokens, cache)]
-    assert cache.past is buffers  # every step wrote into the buffers allocated at prefill
-    _, small = decoder.prefill(PROMPTS[:2])
-    assert small.capacity < cache.capacity and np.array_equal(small.lengths, cache.lengths - NEW_TOKENS + 1)
-
-
 def test_a_directory_that_cannot_be_served_says_what_is_not_understood(tmp_path, genai_models):
     import shutil
 

@@ -73,13 +73,11 @@ class Decoder:
         return KVBatch([np.zeros(shape, self.past_dtype) for _ in self.past_names],
                        np.zeros((rows, 0), np.int64))
 
-    def prefill(self, prompts: list[list[int]], cached: list[tuple[int, list | None]] | None = None,
-                room: int = 1) -> tuple[np.ndarray, KVBatch]:
+    def prefill(self, prompts: list[list[int]], cached: list[tuple[int, list | None]] | None = None
+                ) -> tuple[np.ndarray, KVBatch]:
         """Left-padded prompts in one call: each row's next-token logits and the batch's cache.
         `cached`: per row, how many of its first tokens already have keys and values (a prefix cache's
-        [heads, length, head_dim] tensors), which are fed as its past so that only the rest runs.
-        `room` (the tokens the rows will add) is not allocated ahead: this graph attends over its whole
-        past input, so unused room would cost compute every step; the cache grows as it fills."""
+        [heads, length, head_dim] tensors), which are fed as its past so that only the rest runs."""
         cached = cached or [(0, None)] * len(prompts)
         held = max(length for length, _ in cached)
         if held and self.kernels:

@@ -342,11 +342,9 @@ class GenerationEngine:
         cache = self.cache
         reused = [self.prefix_cache.lookup(prompt) for prompt in prompts] if self.prefix_cache else None
 
-        room = max((r.sequence.max_tokens for r in prefilling), default=1)  # the new rows' tokens to come
-
         def step(_session):
             decoded = self.decoder.decode(last, cache) if decoding else None  # grows `cache`
-            prefilled = self.decoder.prefill(prompts, reused, room) if prefilling else None
+            prefilled = self.decoder.prefill(prompts, reused) if prefilling else None
             return decoded, prefilled
 
         started = time.perf_counter_ns()

@@ -106,17 +106,14 @@ class GqaDecoder:
         return RightPaddedKV([np.zeros(shape, self.past_dtype) for _ in self.past_names],
                              np.zeros(rows, np.int64))
 
-    def prefill(self, prompts: list[list[int]], cached=None, room: int = 1
-                ) -> tuple[np.ndarray, RightPaddedKV]:
-        """`room`: tokens each row will add, allocated now so that decoding them copies nothing (the
-        operator reads each row's own length: unused room costs memory, not compute)."""
+    def prefill(self, prompts: list[list[int]], cached=None) -> tuple[np.ndarray, RightPaddedKV]:
         if cached and any(length for length, _ in cached):
             raise DecoderGraphError("prefix caching is not available for GroupQueryAttention graphs")
         lengths = np.array([len(p) for p in prompts], np.int64)
         ids = np.zeros((len(prompts), int(lengths.max())), self.id_dtype)
         for row, prompt in enumerate(prompts):
             ids[row, :len(prompt)] = prompt
-        cache = self.empty(len(prompts), -(-(ids.shape[1] + max(room, 1)) // GROWTH) * GROWTH)
+        cache = self.empty(len(prompts), -(-(ids.shape[1] + 1) // GROWTH) * GROWTH)
         logits = self._run(ids, _right(lengths, ids.shape[1]), cache)
         cache.lengths = lengths
         return logits[np.arange(len(prompts)), lengths - 1], cache
