@@ -48,6 +48,8 @@ SERVERS = ("ortserve", *PEERS, FLOOR)
 PROTOCOLS = ("http-json", "http-binary", "grpc")
 DATATYPES = {np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
 BINARY = {"ortserve", "kserve"}  # MLServer has no binary tensor extension
+COLORS = {"ortserve": "tab:blue", "kserve": "tab:orange", "mlserver": "tab:green", FLOOR: "tab:gray"}
+LINES = {"http-json": ":", "http-binary": "-", "grpc": "--"}
 TITLES = {"simple": "simple (INT32 [1,16] add/sub)", "minilm": "MiniLM-L6 (token ids, 5-128 tokens)"}
 
 
@@ -323,13 +325,15 @@ def plot(middle: dict[tuple, Load], path: Path) -> None:
         for (name, protocol) in sorted({(k[1], k[2]) for k in middle if k[0] == model}):
             points = sorted((k[3], middle[k]) for k in middle if k[:3] == (model, name, protocol))
             xs = [c for c, _ in points]
-            style = {"ortserve": "-", "kserve": "--", "mlserver": ":", FLOOR: "-."}[name]
+            style = {"color": COLORS[name], "linestyle": LINES[protocol], "marker": "o"}
             label = f"{name} {protocol}"
-            axes[row][0].plot(xs, [x.requests_per_s for _, x in points], style, marker="o", label=label)
-            axes[row][1].plot(xs, [x.p99_ms for _, x in points], style, marker="o", label=label)
+            axes[row][0].plot(xs, [x.requests_per_s for _, x in points], label=label, **style)
+            axes[row][1].plot(xs, [x.p99_ms for _, x in points], label=label, **style)
+        ticks = sorted({k[3] for k in middle if k[0] == model})
         for column, title in enumerate(("requests/s", "p99 latency, ms")):
             axis = axes[row][column]
             axis.set_xscale("log", base=2)
+            axis.set_xticks(ticks, [str(t) for t in ticks])
             axis.set_xlabel("concurrency")
             axis.set_title(f"{model}: {title}")
             axis.grid(alpha=0.3)
