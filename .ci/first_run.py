@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,6 +104,7 @@ def main() -> int:
     finally:
         os.killpg(make.pid, signal.SIGTERM)
         make.wait(60)
+        shutil.rmtree(work, ignore_errors=True)  # the clone with its environment and models: about 2 GB
     return report(output, first_ready, full, answers)
 
 
