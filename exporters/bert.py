@@ -164,9 +164,8 @@ def config(model_config=None, max_batch_size: int = MAX_BATCH_SIZE, buckets: str
     packed up to a token budget; two instances, so that a batch forms and is handed over while another
     runs, each with every core (intra_op_thread_count 0) when it runs alone, so that a lone request runs
     at full speed, and one thread while the other runs (busy_intra_op_thread_count 1), so that two do not
-    oversubscribe the cores (bench_peers, ortserve alone: 92-96% of ONNX Runtime in process at
-    concurrency 1 and 107-108% at 32, where every core alone gave 78-88% at 32 and one thread alone
-    66-68% at 1);
+    oversubscribe the cores (`python -m loadtest.bench_peers` measures it against ONNX Runtime in
+    process);
     with the checkpoint's config, the positions and token ids it takes, so the server refuses others with
     a 400; with `text`, the server's tokenization of text inputs."""
     limits = {}

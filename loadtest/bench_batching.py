@@ -5,7 +5,6 @@ python -m loadtest.bench_batching [--seconds 10]
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from exporters.publish import model_path, write_config
 from loadtest import client, report
 from server.batching.collate import Padding, batch_key, collate, padded_length
-from server.protocol import ModelConfig, message
+from server.protocol import ModelConfig
 from server.repository.config import read_config
 
 CONCURRENCY = 32
@@ -73,33 +72,6 @@ def build_repository(root: Path) -> None:
     write_config(root, "mlp", batching)
     onnx.save(mlp_model(), model_path(root, "mlp_unbatched"))
     write_config(root, "mlp_unbatched", ModelConfig(max_batch_size=32))
-
-
-def binary_request(arrays: dict[str, np.ndarray], outputs: list[str]) -> tuple[bytes, dict]:
-    datatypes = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
-    header = {
-        "inputs": [
-            {
-                "name": n,
-                "shape": list(a.shape),
-                "datatype": datatypes[a.dtype],
-                "parameters": {"binary_data_size": a.nbytes},
-            }
-            for n, a in arrays.items()
-        ],
-        "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in outputs],
-    }
-    encoded = json.dumps(header).encode()
-    body = encoded + b"".join(a.tobytes() for a in arrays.values())
-    return body, {"Inference-Header-Content-Length": str(len(encoded))}
-
-
-def grpc_request(model: str, arrays: dict[str, np.ndarray]) -> bytes:
-    request = message("ModelInferRequest")(model_name=model)
-    for name, array in arrays.items():
-        request.inputs.add(name=name, datatype="FP32", shape=array.shape)
-        request.raw_input_contents.append(array.tobytes())
-    return request.SerializeToString()
 
 
 def tokens(length: int, rng) -> dict[str, np.ndarray]:
@@ -213,7 +185,7 @@ def run(seconds: float) -> str:
         # 1. MiniLM: served throughput against the in-process ONNX Runtime limit, interleaved rounds
         minilm = ort.InferenceSession(str(root / "minilm/1/model.onnx"), providers=["CPUExecutionProvider"])
         batch = {k: np.repeat(v, 8, axis=0) for k, v in tokens(64, rng).items()}
-        bodies = [binary_request(tokens(64, rng), ["sentence_embedding"]) for _ in range(64)]
+        bodies = [client.binary_body(tokens(64, rng), ["sentence_embedding"]) for _ in range(64)]
 
         def limit_and_served():
             whole, split = in_process_forms(root / "minilm/1/model.onnx", batch, seconds / 4)
@@ -250,7 +222,7 @@ def run(seconds: float) -> str:
         )
         messages = {
             name: [
-                grpc_request(name, {"x": rng.standard_normal((1, 4096)).astype(np.float32)})
+                client.grpc_message(name, {"x": rng.standard_normal((1, 4096)).astype(np.float32)})
                 for _ in range(16)
             ]
             for name in ("mlp", "mlp_unbatched")
@@ -275,7 +247,7 @@ def run(seconds: float) -> str:
         equal = [tokens(int(lengths.mean()), rng) for _ in lengths]
 
         def embeddings_load(requests):
-            bodies = [binary_request(r, ["sentence_embedding"]) for r in requests]
+            bodies = [client.binary_body(r, ["sentence_embedding"]) for r in requests]
             return asyncio.run(_http(http_port, "minilm", bodies, CONCURRENCY, seconds / 2))
 
         def mixed_and_equal():

@@ -31,22 +31,19 @@ import onnxruntime as ort
 from loadtest import client, corpus, report
 from loadtest.peer_servers import (
     FLOOR,
+    PEER_STARTERS,
     PEERS,
     Running,
     model_file,
     peer_python,
     peer_version,
     start_floor,
-    start_kserve,
-    start_mlserver,
     start_ortserve,
 )
-from server.protocol import message
 
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 SERVERS = ("ortserve", *PEERS, FLOOR)
 PROTOCOLS = ("http-json", "http-binary", "grpc")
-DATATYPES = {np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
 BINARY = {"ortserve", "kserve"}  # MLServer has no binary tensor extension
 COLORS = {"ortserve": "tab:blue", "kserve": "tab:orange", "mlserver": "tab:green", FLOOR: "tab:gray"}
 LINES = {"http-json": ":", "http-binary": "-", "grpc": "--"}
@@ -99,32 +96,6 @@ def build_models(root: Path) -> dict[str, list[dict[str, np.ndarray]]]:
     return {"simple": simple, "minilm": minilm}
 
 
-def json_body(arrays: dict[str, np.ndarray]) -> bytes:
-    inputs = [{"name": name, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
-               "data": a.ravel().tolist()} for name, a in arrays.items()]
-    return json.dumps({"inputs": inputs}).encode()
-
-
-def binary_body(arrays: dict[str, np.ndarray], outputs: list[str]) -> tuple[bytes, dict[str, str]]:
-    header = {
-        "inputs": [{"name": name, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
-                    "parameters": {"binary_data_size": a.nbytes}} for name, a in arrays.items()],
-        "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
-    }
-    encoded = json.dumps(header).encode()
-    body = encoded + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
-    return body, {"Content-Type": "application/octet-stream",
-                  "Inference-Header-Content-Length": str(len(encoded))}
-
-
-def grpc_message(model: str, arrays: dict[str, np.ndarray]) -> bytes:
-    request = message("ModelInferRequest")(model_name=model)
-    for name, array in arrays.items():
-        request.inputs.add(name=name, datatype=DATATYPES[array.dtype], shape=array.shape)
-        request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
-    return request.SerializeToString()
-
-
 # ---- the in-process anchor -----------------------------------------------------------------------------
 
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:
@@ -166,8 +137,9 @@ class Encoded:
 
 
 def encode(model: str, requests, outputs: list[str]) -> Encoded:
-    return Encoded([json_body(r) for r in requests], [binary_body(r, outputs) for r in requests],
-                   [grpc_message(model, r) for r in requests])
+    return Encoded([client.json_body(r) for r in requests],
+                   [client.binary_body(r, outputs) for r in requests],
+                   [client.grpc_message(model, r) for r in requests])
 
 
 def load(server: Running, model: str, protocol: str, encoded: Encoded, concurrency: int, seconds: float):
@@ -180,10 +152,10 @@ def load(server: Running, model: str, protocol: str, encoded: Encoded, concurren
     return asyncio.run(client.http_load(server.http_port, path, bodies, concurrency, seconds))
 
 
-def check_answers(server: Running, model: str, requests, expected: list[np.ndarray]) -> None:
+def check_answers(server: Running, model: str, requests, expected: dict[str, np.ndarray]) -> None:
     """The server's JSON answer to the first request equals ONNX Runtime's in process."""
     url = f"http://127.0.0.1:{server.http_port}/v2/models/{model}/infer"
-    sent = urllib.request.Request(url, json_body(requests[0]), {"Content-Type": "application/json"})
+    sent = urllib.request.Request(url, client.json_body(requests[0]), {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(sent, timeout=30) as answer:
             outputs = {o["name"]: np.array(o["data"]) for o in json.load(answer)["outputs"]}
@@ -203,10 +175,8 @@ def measure_model(model: str, root: Path, work: Path, requests, pythons: dict, c
     expected = dict(zip(outputs, reference.run(None, requests[0])))
     encoded = encode(model, requests, outputs)
     starters = {"ortserve": lambda: start_ortserve(root, work, model)}
-    for name in PEERS:
-        if pythons.get(name):
-            starters[name] = lambda name=name: (start_kserve if name == "kserve" else start_mlserver)(
-                pythons[name], root, work, model)
+    for name, python in pythons.items():
+        starters[name] = lambda start=PEER_STARTERS[name], python=python: start(python, root, work, model)
     if model == "simple":
         starters[FLOOR] = lambda: start_floor(work)
     servers = {}
@@ -230,15 +200,15 @@ def measure_model(model: str, root: Path, work: Path, requests, pythons: dict, c
                             continue
                         before = server.cpu_seconds()
                         result = load(server, model, protocol, encoded, concurrency, seconds)
-                        cpu = server.cpu_seconds() - before
+                        cpu_ms = 1000 * (server.cpu_seconds() - before) / max(result.completed, 1)
                         loads.append(Load(
                             model, name, protocol, concurrency, index, result.requests_per_s,
                             result.percentile(50), result.percentile(95), result.percentile(99),
-                            1000 * cpu / max(result.completed, 1), limit, result.failures))
+                            cpu_ms, limit, result.failures))
                         print(f"  {model} round {index + 1} c{concurrency} {name} {protocol}: "
                               f"{result.requests_per_s:.0f}/s p99 {result.percentile(99):.1f} ms "
-                              f"cpu {1000 * cpu / max(result.completed, 1):.3f} ms "
-                              f"anchor {limit:.0f}/s failures {result.failures}", flush=True)
+                              f"cpu {cpu_ms:.3f} ms anchor {limit:.0f}/s failures {result.failures}",
+                              flush=True)
         return loads
     finally:
         for server in servers.values():

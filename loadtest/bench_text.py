@@ -17,10 +17,8 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import client, corpus, report
+from loadtest.peer_servers import environment
 from loadtest.server_process import free_port, start_server, stop_server
 
 CONCURRENCY = 32
 INFINITY = ["infinity-emb[server,torch]==0.0.78", "torch==2.13.0"]  # torch pinned: its CPU wheel
-INFINITY_VENV = Path(__file__).resolve().parent.parent / ".bench" / "infinity-venv"
 
 
 def minilm_path() -> Path:
@@ -81,20 +79,6 @@ async def embeddings_load(port: int, path: str, model: str, sentences: list[str]
     return await client.http_load(port, path, bodies, CONCURRENCY, seconds)
 
 
-def infinity_python() -> tuple[Path | None, str]:
-    """The infinity-emb environment's python, installed on first use; (None, why) when it cannot be."""
-    python = INFINITY_VENV / "bin" / "python"
-    if not python.exists():
-        shutil.rmtree(INFINITY_VENV, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
-        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *INFINITY],
-                              capture_output=True, text=True)
-        if done.returncode:
-            shutil.rmtree(INFINITY_VENV, ignore_errors=True)
-            return None, f"pip install {' '.join(INFINITY)} failed: {done.stderr.strip()[-300:]}"
-    return python, ""
-
-
 def start_infinity(python: Path, log: Path) -> tuple[subprocess.Popen | None, int, str]:
     import httpx
 
@@ -129,7 +113,7 @@ def run(seconds: float, rounds: int, count: int) -> str:
         bert.export(minilm_path(), work / "repository", "minilm", ("fp32", "int8"), progress=lambda _: None)
         server = start_server(work / "repository", work / "server.log", "--access-log", "false",
                               ready_model="minilm")
-        python, why = infinity_python()
+        python, why = environment("infinity", INFINITY)
         infinity, infinity_port = None, 0
         if python is not None:
             infinity, infinity_port, why = start_infinity(python, work / "infinity.log")

@@ -5,13 +5,45 @@ and only reads the answers back, so nearly all CPU goes to the server.
 """
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 
-from server.protocol import SERVICE_NAME
+from server.protocol import SERVICE_NAME, message
+
+DATATYPES = {np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
+
+
+def json_body(arrays: dict[str, np.ndarray]) -> bytes:
+    """A KServe v2 infer request with the tensors as JSON data."""
+    inputs = [{"name": name, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
+               "data": a.ravel().tolist()} for name, a in arrays.items()]
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def binary_body(arrays: dict[str, np.ndarray], outputs: list[str]) -> tuple[bytes, dict[str, str]]:
+    """The binary tensor extension: a JSON header, then the raw tensors; `outputs` asked for as binary."""
+    header = {
+        "inputs": [{"name": name, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
+                    "parameters": {"binary_data_size": a.nbytes}} for name, a in arrays.items()],
+        "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
+    }
+    encoded = json.dumps(header).encode()
+    body = encoded + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
+    return body, {"Content-Type": "application/octet-stream",
+                  "Inference-Header-Content-Length": str(len(encoded))}
+
+
+def grpc_message(model: str, arrays: dict[str, np.ndarray]) -> bytes:
+    """A serialized ModelInferRequest with the tensors in raw_input_contents."""
+    request = message("ModelInferRequest")(model_name=model)
+    for name, array in arrays.items():
+        request.inputs.add(name=name, datatype=DATATYPES[array.dtype], shape=array.shape)
+        request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    return request.SerializeToString()
 
 
 @dataclass

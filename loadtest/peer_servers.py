@@ -1,6 +1,6 @@
-"""The servers bench_peers measures, as processes on loopback: ortserve, KServe's and MLServer's Python
-servers (each in its own virtual environment under .bench/, installed on first use) and a grpc.aio server
-that answers without work; with the CPU time of each one's process tree."""
+"""The servers the benchmarks measure ortserve beside, as processes on loopback: KServe's and MLServer's
+Python servers (each in its own virtual environment under .bench/, installed on first use), a grpc.aio
+server that answers without work, and ortserve itself; with the CPU time of each one's process tree."""
 
 import json
 import os
@@ -9,17 +9,18 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 
-from loadtest.server_process import free_port, start_server, stop_server
+from loadtest.server_process import free_port, start_server, stop_process, stop_server, wait_ready
 
 VENVS = Path(__file__).resolve().parent.parent / ".bench"
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 PEERS = {"kserve": "kserve==0.21.0", "mlserver": "mlserver==1.7.1"}
+READY_SECONDS = 120  # a peer's first start imports its whole stack
 FLOOR = "grpc-floor"  # a grpc.aio server that answers without work: grpcio's own cost per call
 
 
@@ -33,7 +34,7 @@ class Running:
     process: subprocess.Popen
     http_port: int
     grpc_port: int
-    stop: object
+    stop: Callable[[], object]
 
     def cpu_seconds(self) -> float:
         return sum(_cpu(pid) for pid in _tree(self.process.pid))
@@ -56,43 +57,33 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peer_python(name: str) -> tuple[Path | None, str]:
-    """The peer's environment (pip-installed on first use with this ONNX Runtime); (None, why) if it fails."""
+def environment(name: str, packages: list[str]) -> tuple[Path | None, str]:
+    """The python of .bench/NAME-venv with `packages` pip-installed on first use; (None, why) when the
+    install fails (a half-installed environment is removed)."""
     venv = VENVS / f"{name}-venv"
     python = venv / "bin" / "python"
     marker = venv / ".installed"
     if not marker.exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        print(f"installing {PEERS[name]} into {venv}", flush=True)
-        done = subprocess.run([str(python), "-m", "pip", "install", "-q", PEERS[name],
-                               f"onnxruntime=={ort.__version__}"], capture_output=True, text=True)
+        print(f"installing {' '.join(packages)} into {venv}", flush=True)
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], capture_output=True,
+                              text=True)
         if done.returncode:
             shutil.rmtree(venv, ignore_errors=True)
-            return None, f"pip install {PEERS[name]} failed: {done.stderr.strip()[-400:]}"
+            return None, f"pip install {' '.join(packages)} failed: {done.stderr.strip()[-400:]}"
         marker.touch()
     return python, ""
+
+
+def peer_python(name: str) -> tuple[Path | None, str]:
+    """The peer's environment, with this ONNX Runtime."""
+    return environment(name, [PEERS[name], f"onnxruntime=={ort.__version__}"])
 
 
 def peer_version(python: Path, package: str) -> str:
     code = f"import importlib.metadata as m; print(m.version('{package}'))"
     return subprocess.run([str(python), "-c", code], capture_output=True, text=True).stdout.strip()
-
-
-def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode}: {log.read_text()[-600:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"not ready after {timeout:.0f} s: {log.read_text()[-600:]}")
 
 
 def start_ortserve(root: Path, work: Path, model: str) -> Running:
@@ -108,8 +99,8 @@ def start_kserve(python: Path, root: Path, work: Path, model: str) -> Running:
     command = [str(python), str(PEERS_DIR / "kserve_server.py"), model, str(model_file(root, model)), "0",
                "--http_port", str(http), "--grpc_port", str(grpc_port), "--enable_latency_logging", "false"]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    wait_ready(process, f"http://127.0.0.1:{http}/v2/models/{model}/ready", log)
-    return Running("kserve", process, http, grpc_port, lambda: _terminate(process))
+    wait_ready(process, f"http://127.0.0.1:{http}/v2/models/{model}/ready", log, READY_SECONDS)
+    return Running("kserve", process, http, grpc_port, lambda: stop_process(process))
 
 
 def start_mlserver(python: Path, root: Path, work: Path, model: str) -> Running:
@@ -128,8 +119,8 @@ def start_mlserver(python: Path, root: Path, work: Path, model: str) -> Running:
     log = work / f"mlserver-{model}.log"
     process = subprocess.Popen([str(python.parent / "mlserver"), "start", str(folder)], cwd=folder,
                                stdout=log.open("w"), stderr=subprocess.STDOUT)
-    wait_ready(process, f"http://127.0.0.1:{http}/v2/models/{model}/ready", log)
-    return Running("mlserver", process, http, grpc_port, lambda: _terminate(process))
+    wait_ready(process, f"http://127.0.0.1:{http}/v2/models/{model}/ready", log, READY_SECONDS)
+    return Running("mlserver", process, http, grpc_port, lambda: stop_process(process))
 
 
 def start_floor(work: Path) -> Running:
@@ -141,15 +132,10 @@ def start_floor(work: Path) -> Running:
     while time.monotonic() < deadline and process.poll() is None:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", grpc_port)) == 0:
-                return Running(FLOOR, process, 0, grpc_port, lambda: _terminate(process))
+                return Running(FLOOR, process, 0, grpc_port, lambda: stop_process(process))
         time.sleep(0.2)
-    _terminate(process)
+    process.kill()
     raise RuntimeError(f"the grpc.aio floor server did not start: {log.read_text()[-300:]}")
 
 
-def _terminate(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+PEER_STARTERS = {"kserve": start_kserve, "mlserver": start_mlserver}

@@ -48,28 +48,39 @@ def start_server(repository: Path, log: Path, *args: str, ready_model: str | Non
     server = ServerProcess(process, *ports, log)
     scheme = "http" if verify is None else "https"
     path = f"models/{ready_model}/ready" if ready_model else "health/live"
-    url = f"{scheme}://{server.http_url}/v2/{path}"
     context = verify if isinstance(verify, ssl.SSLContext) or verify is None else (
         ssl.create_default_context(cafile=str(verify)))
+    wait_ready(process, f"{scheme}://{server.http_url}/v2/{path}", log, timeout, context)
+    return server
+
+
+def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float,
+               context: ssl.SSLContext | None = None) -> None:
+    """Polls `url` until it answers 200; a process that exits or stays unready fails with its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
         try:
             with urllib.request.urlopen(url, timeout=1, context=context) as answer:
                 if answer.status == 200:
-                    return server
+                    return
         except OSError:
             pass
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"server did not become ready:\n{server.output()}")
+    raise RuntimeError(f"server did not become ready:\n{log.read_text()}")
 
 
 def stop_server(server: ServerProcess) -> int:
-    server.process.terminate()
+    return stop_process(server.process)
+
+
+def stop_process(process: subprocess.Popen) -> int:
+    """SIGTERM, then SIGKILL after 30 s (and TimeoutExpired: a server that does not stop is a fault)."""
+    process.terminate()
     try:
-        return server.process.wait(timeout=30)
+        return process.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        server.process.kill()
+        process.kill()
         raise

@@ -166,8 +166,7 @@ def encode_infer(response: InferResponse, binary_default: bool) -> tuple[bytes, 
 
 
 def _json_data(array: np.ndarray) -> list | np.ndarray:
-    """Numbers stay an array: orjson writes them at C speed (json.dumps of tolist() took 31 ms for
-    MiniLM's 128 x 384 hidden states, orjson 1.7 ms)."""
+    """Numbers stay an array, which orjson writes at C speed, without a Python object per element."""
     if array.dtype.kind in "OSU":
         return [tensors.as_bytes(item).decode("utf-8", "replace") for item in array.flat]
     return np.ascontiguousarray(array.reshape(-1))
