@@ -1,7 +1,8 @@
 """An image-sized input (FP32 8 x 3 x 224 x 224, 4.8 MB) through system shared memory, HTTP binary and
-gRPC, side by side in one run: requests/s, p50 and the server's CPU time per request, one client at a
-time (the transport's own cost, not batching). Interleaved rounds; the middle round of each. Writes the
-"shared memory" section of BENCHMARKS.md."""
+gRPC (and CUDA shared memory where cuda-python finds a GPU), side by side in one run: requests/s, p50 and
+the server's CPU time per request, one client at a time (the transport's own cost, not batching).
+Interleaved rounds; the middle round of each. Writes the "shared memory" section of BENCHMARKS.md, or
+"shared memory on a GPU machine" where the CUDA row was measured."""
 
 import argparse
 import asyncio
@@ -18,10 +19,12 @@ from onnx import TensorProto, helper
 
 from loadtest import client, report
 from loadtest.server_process import start_server, stop_server
+from server.core.cuda_ipc import cuda_device_count
 from server.protocol import message
 
 SHAPE = (8, 3, 224, 224)
 REGION, KEY = "bench_images", "ortserve_bench_images"
+CUDA_REGION = "bench_images_gpu"
 
 
 def mean_model() -> onnx.ModelProto:
@@ -40,19 +43,38 @@ def server_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def http_bodies(images: np.ndarray) -> dict[str, tuple[bytes, dict]]:
+def http_bodies(images: np.ndarray, cuda: bool) -> dict[str, tuple[bytes, dict]]:
     outputs = [{"name": "means", "parameters": {"binary_data": True}}]
-    binary = {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(SHAPE),
-                          "parameters": {"binary_data_size": images.nbytes}}], "outputs": outputs}
-    shared = {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(SHAPE),
-                          "parameters": {"shared_memory_region": REGION,
-                                         "shared_memory_byte_size": images.nbytes}}], "outputs": outputs}
+
+    def request(parameters: dict) -> dict:
+        tensor = {"name": "images", "datatype": "FP32", "shape": list(SHAPE), "parameters": parameters}
+        return {"inputs": [tensor], "outputs": outputs}
+
+    def in_region(name: str) -> dict:
+        return request({"shared_memory_region": name, "shared_memory_byte_size": images.nbytes})
+
+    loads = [("HTTP binary", request({"binary_data_size": images.nbytes}), images.tobytes()),
+             ("shared memory (HTTP)", in_region(REGION), b"")]
+    if cuda:
+        loads.append(("CUDA shared memory (HTTP)", in_region(CUDA_REGION), b""))
     bodies = {}
-    for name, header, data in (("HTTP binary", binary, images.tobytes()),
-                               ("shared memory (HTTP)", shared, b"")):
+    for name, header, data in loads:
         encoded = json.dumps(header).encode()
         bodies[name] = (encoded + data, {"Inference-Header-Content-Length": str(len(encoded))})
     return bodies
+
+
+def register_gpu_copy(http_url: str, images: np.ndarray):
+    """The images in a GPU allocation, registered as a CUDA shared memory region; its handle."""
+    import tritonclient.utils.cuda_shared_memory as cudashm
+
+    handle = cudashm.create_shared_memory_region(CUDA_REGION, images.nbytes, 0)
+    cudashm.set_shared_memory_region(handle, [images])
+    registration = {"raw_handle": {"b64": cudashm.get_raw_handle(handle).decode()}, "device_id": 0,
+                    "byte_size": images.nbytes}
+    httpx.post(f"http://{http_url}/v2/cudasharedmemory/region/{CUDA_REGION}/register",
+               json=registration).raise_for_status()
+    return handle
 
 
 async def http_load(port: int, body: tuple[bytes, dict], seconds: float) -> client.Result:
@@ -75,7 +97,7 @@ def grpc_message(images: np.ndarray) -> bytes:
     return request.SerializeToString()
 
 
-def run(seconds: float, rounds: int) -> str:
+def run(seconds: float, rounds: int, cuda: bool) -> str:
     images = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     region = shared_memory.SharedMemory(name=KEY, create=True, size=images.nbytes)
     np.ndarray(SHAPE, np.float32, buffer=region.buf)[:] = images
@@ -85,11 +107,13 @@ def run(seconds: float, rounds: int) -> str:
         onnx.save(mean_model(), root / "mean" / "1" / "model.onnx")
         (root / "mean" / "config.pbtxt").write_text("max_batch_size: 0\n")
         server = start_server(root, Path(work) / "server.log", "--access-log", "false", ready_model="mean")
-        loads = {**http_bodies(images), "gRPC": None}
+        loads = {**http_bodies(images, cuda), "gRPC": None}
         measured = {name: [] for name in loads}
+        gpu_copy = None
         try:
             httpx.post(f"http://{server.http_url}/v2/systemsharedmemory/region/{REGION}/register",
                        json={"key": KEY, "offset": 0, "byte_size": images.nbytes}).raise_for_status()
+            gpu_copy = register_gpu_copy(server.http_url, images) if cuda else None
             for _ in range(rounds):
                 for name, body in loads.items():
                     before = server_cpu_seconds(server.process.pid)
@@ -108,6 +132,10 @@ def run(seconds: float, rounds: int) -> str:
             stop_server(server)
             region.close()
             region.unlink()
+            if gpu_copy is not None:
+                import tritonclient.utils.cuda_shared_memory as cudashm
+
+                cudashm.destroy_shared_memory_region(gpu_copy)
     rows = []
     for name, results in measured.items():
         result, cpu = report.middle(results, key=lambda pair: pair[0].percentile(50))
@@ -115,7 +143,7 @@ def run(seconds: float, rounds: int) -> str:
         rate, p50 = f"{result.requests_per_s:.0f}", f"{result.percentile(50):.2f}"
         rows.append([name, rate, p50, f"{cpu * 1000:.2f}", every])
     return "\n".join([
-        "## Shared memory",
+        "## Shared memory" + (" on a GPU machine" if cuda else ""),
         "",
         f"{report.machine()}. `python -m loadtest.bench_shared_memory --seconds {seconds:g} "
         f"--rounds {rounds}`: "
@@ -132,8 +160,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    section = run(args.seconds, args.rounds)
-    report.write_section("shared memory", section)
+    cuda = cuda_device_count() > 0
+    section = run(args.seconds, args.rounds, cuda)
+    report.write_section("shared memory on a GPU machine" if cuda else "shared memory", section)
     print(section)
 
 

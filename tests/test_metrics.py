@@ -112,6 +112,28 @@ def test_system_and_load_gauges(server):
     assert value(samples, "nv_inference_pending_request_count", "simple") == 0
 
 
+def nvml_gpus() -> list[str]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(index) for index in range(pynvml.nvmlDeviceGetCount())]
+    return [pynvml.nvmlDeviceGetUUID(handle) for handle in handles]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not nvml_gpus(), reason="needs NVML (nvidia-ml-py) and an NVIDIA GPU")
+def test_gpu_gauges_name_every_gpu_by_uuid(server):
+    samples = scrape(server)
+    for uuid in nvml_gpus():
+        labels = (("gpu_uuid", uuid.decode() if isinstance(uuid, bytes) else uuid),)
+        used = samples[("nv_gpu_memory_used_bytes", labels)]
+        assert 0 < used <= samples[("nv_gpu_memory_total_bytes", labels)]
+        assert 0.0 <= samples[("nv_gpu_utilization", labels)] <= 1.0
+
+
 def dashboard_metrics() -> list[tuple[str, str]]:
     """(panel title, metric name) for every metric the Grafana dashboard queries."""
     import json

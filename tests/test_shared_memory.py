@@ -1,9 +1,14 @@
 """Triton's system shared memory extension through tritonclient.utils.shared_memory, HTTP and gRPC."""
 
+import base64
+
+import httpx
 import numpy as np
 import pytest
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
+
+from server.core.cuda_ipc import cuda_device_count
 
 SIZE = 64  # one INT32 [1, 16] tensor
 
@@ -65,16 +70,30 @@ def test_offsets_and_sizes_are_checked_against_the_region(api, regions):
     inputs, outputs = shm_request(api, names)
     with pytest.raises(InferenceServerException) as gone:
         api.client.infer("simple", inputs, outputs=outputs)
-    api.assert_error(gone.value, "NOT_FOUND", f"Unable to find system shared memory region: '{names['in']}'")
+    api.assert_error(gone.value, "NOT_FOUND", f"Unable to find shared memory region: '{names['in']}'")
 
 
-def test_cuda_shared_memory_answers_that_it_holds_nothing_and_refuses_registration(api):
+def test_cuda_registrations_are_checked_before_the_gpu_is_asked(api, server):
+    with pytest.raises(InferenceServerException) as short:
+        api.client.register_cuda_shared_memory("gpu_region", base64.b64encode(b"\0" * 8), 0, 64)
+    api.assert_error(short.value, "INVALID_ARGUMENT", "must be the 64 bytes of a cudaIpcMemHandle_t, got 8")
+    if api.name == "http":
+        sizes = {"device_id": 0, "byte_size": 64}
+        for body, fragment in ((sizes, "needs 'raw_handle'"),
+                               ({"raw_handle": {"b64": "*"}, **sizes}, "not valid base64"),
+                               ({"raw_handle": {"b64": ""}, **sizes, "device_id": -1}, "'device_id'")):
+            answer = httpx.post(f"http://{server.http_url}/v2/cudasharedmemory/region/r/register", json=body)
+            assert answer.status_code == 400 and fragment in answer.json()["error"], answer.text
+
+
+@pytest.mark.skipif(cuda_device_count() > 0, reason="a machine with a CUDA GPU registers CUDA regions")
+def test_without_a_gpu_cuda_registration_is_refused_saying_why(api):
     """tritonclient's CUDA shared memory calls get answers in the protocol, not 'method not found'."""
     status = api.client.get_cuda_shared_memory_status()
     assert (status if api.name == "http" else list(status.regions)) == []
     with pytest.raises(InferenceServerException) as refused:
-        api.client.register_cuda_shared_memory("gpu_region", b"\0" * 64, 0, 64)
-    api.assert_error(refused.value, "INVALID_ARGUMENT", "ortserve does not implement CUDA shared memory")
+        api.client.register_cuda_shared_memory("gpu_region", base64.b64encode(b"\0" * 64), 0, 64)
+    api.assert_error(refused.value, "INVALID_ARGUMENT", "CUDA shared memory needs", "system shared memory")
     with pytest.raises(InferenceServerException) as unknown:
         api.client.get_cuda_shared_memory_status("gpu_region")
     api.assert_error(unknown.value, "NOT_FOUND", "Unable to find cuda shared memory region: 'gpu_region'")

@@ -7,7 +7,7 @@ import numpy as np
 
 from server.core import jsontext, tensors
 from server.core.errors import Internal, InvalidArgument, ServerError, failure_reason
-from server.core.shared_memory import CudaSharedMemory, RegionUse, SystemSharedMemory
+from server.core.shared_memory import RegionUse, SharedMemory
 from server.core.stats import Timing
 from server.core.types import (
     GenerateRequest,
@@ -37,6 +37,7 @@ EXTENSIONS = (
     "statistics",
     "sequence",
     "system_shared_memory",
+    "cuda_shared_memory",
 )
 
 
@@ -47,8 +48,7 @@ class InferenceService:
         self.live = True
         self.name = "ortserve"
         self.version = server_version()
-        self.shared_memory = SystemSharedMemory()
-        self.cuda_shared_memory = CudaSharedMemory()
+        self.shared_memory = SharedMemory()
 
     def ready(self) -> bool:
         return self.live and (self.registry.all_ready() or not self.strict_readiness)

@@ -1,18 +1,22 @@
-"""Triton's system shared memory extension: POSIX shared memory regions that clients register by name and
-that requests name for their inputs and outputs, so tensors do not travel in the request."""
+"""Triton's shared memory extensions: regions that clients register by name and that requests name for
+their inputs and outputs, so tensors do not travel in the request. System regions are POSIX shared memory
+objects mapped into the server; CUDA regions are GPU allocations shared by a CUDA IPC handle, copied to
+and from host memory around an execution. Both kinds share one namespace of region names, as Triton's."""
 
 import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.core.cuda_ipc import CudaRuntime, CudaUnavailable
 from server.core.errors import InvalidArgument, NotFound
 
 SHM_ROOT = Path("/dev/shm")
+CUDA_IPC_HANDLE_BYTES = 64
 
 
 @dataclass
-class Region:
+class SystemRegion:
     name: str
     key: str
     offset: int
@@ -21,6 +25,36 @@ class Region:
 
     def status(self) -> dict:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
+
+    def read(self, start: int, size: int) -> bytes:
+        return self.memory[self.offset + start : self.offset + start + size]
+
+    def write(self, start: int, data: bytes) -> None:
+        self.memory[self.offset + start : self.offset + start + len(data)] = data
+
+    def release(self) -> None:
+        self.memory.close()
+
+
+@dataclass
+class CudaRegion:
+    name: str
+    device_id: int
+    byte_size: int
+    pointer: int
+    runtime: CudaRuntime
+
+    def status(self) -> dict:
+        return {"name": self.name, "device_id": self.device_id, "byte_size": self.byte_size}
+
+    def read(self, start: int, size: int) -> bytes:
+        return self.runtime.to_host(self.device_id, self.pointer + start, size)
+
+    def write(self, start: int, data: bytes) -> None:
+        self.runtime.to_device(self.device_id, self.pointer + start, data)
+
+    def release(self) -> None:
+        self.runtime.close(self.device_id, self.pointer)
 
 
 @dataclass(frozen=True)
@@ -46,12 +80,48 @@ class RegionUse:
         return cls(name, size, offset)
 
 
-class SystemSharedMemory:
-    def __init__(self):
-        self._regions: dict[str, Region] = {}
+class Regions:
+    """The regions of one kind: registration bookkeeping, status, unregistering."""
+
+    kind = ""
+
+    def __init__(self, registered: "SharedMemory"):
+        self._registered = registered
+        self._regions: dict = {}
+
+    def unregister(self, name: str = "") -> None:
+        """One region, or every region when `name` is empty (unknown names are not an error, as Triton)."""
+        for region_name in [name] if name else list(self._regions):
+            region = self._regions.pop(region_name, None)
+            if region is not None:
+                region.release()
+
+    def status(self, name: str = "") -> list[dict]:
+        if name:
+            return [self.region(name).status()]
+        return [region.status() for region in self._regions.values()]
+
+    def holds(self, name: str) -> bool:
+        return name in self._regions
+
+    def region(self, name: str):
+        region = self._regions.get(name)
+        if region is None:
+            raise NotFound(f"Unable to find {self.kind} shared memory region: '{name}'")
+        return region
+
+    def _add(self, region) -> None:
+        if self._registered.holds(region.name):
+            region.release()
+            raise InvalidArgument(f"shared memory region '{region.name}' is already registered")
+        self._regions[region.name] = region
+
+
+class SystemSharedMemory(Regions):
+    kind = "system"
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        if name in self._regions:
+        if self._registered.holds(name):
             raise InvalidArgument(f"shared memory region '{name}' is already registered")
         path = SHM_ROOT / key.lstrip("/")
         if not key.strip("/") or "/" in key.strip("/"):
@@ -70,23 +140,71 @@ class SystemSharedMemory:
             memory = mmap.mmap(descriptor, size)
         finally:
             os.close(descriptor)
-        self._regions[name] = Region(name, key, offset, byte_size, memory)
+        self._add(SystemRegion(name, key, offset, byte_size, memory))
 
-    def unregister(self, name: str = "") -> None:
-        """One region, or every region when `name` is empty (unknown names are not an error, as Triton)."""
-        for region_name in [name] if name else list(self._regions):
-            region = self._regions.pop(region_name, None)
-            if region is not None:
-                region.memory.close()
 
-    def status(self, name: str = "") -> list[dict]:
-        if name:
-            return [self._region(name).status()]
-        return [region.status() for region in self._regions.values()]
+class CudaSharedMemory(Regions):
+    """Opens each client's CUDA IPC handle once; the runtime is loaded on the first registration, so a
+    server without cuda-python or a GPU serves everything else and says why a registration fails."""
+
+    kind = "cuda"
+
+    def __init__(self, registered: "SharedMemory"):
+        super().__init__(registered)
+        self._runtime: CudaRuntime | None = None
+
+    def register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        if self._registered.holds(name):
+            raise InvalidArgument(f"shared memory region '{name}' is already registered")
+        if len(raw_handle) != CUDA_IPC_HANDLE_BYTES:
+            raise InvalidArgument(
+                f"CUDA shared memory region '{name}': raw_handle must be the {CUDA_IPC_HANDLE_BYTES} bytes "
+                f"of a cudaIpcMemHandle_t, got {len(raw_handle)}"
+            )
+        if device_id < 0 or byte_size <= 0:
+            raise InvalidArgument(
+                f"CUDA shared memory region '{name}': device_id must be >= 0 and byte_size > 0, got "
+                f"{device_id} and {byte_size}"
+            )
+        runtime = self._cuda(name)
+        try:
+            pointer, allocated = runtime.open(raw_handle, device_id)
+        except CudaUnavailable as error:
+            raise InvalidArgument(f"cannot open CUDA shared memory region '{name}': {error}") from None
+        region = CudaRegion(name, device_id, byte_size, pointer, runtime)
+        if byte_size > allocated:
+            region.release()
+            raise InvalidArgument(
+                f"CUDA shared memory region '{name}': byte_size {byte_size} is larger than the "
+                f"{allocated}-byte allocation its handle opens"
+            )
+        self._add(region)
+
+    def _cuda(self, name: str) -> CudaRuntime:
+        if self._runtime is None:
+            try:
+                self._runtime = CudaRuntime()
+            except CudaUnavailable as error:
+                raise InvalidArgument(
+                    f"cannot register CUDA shared memory region '{name}': {error}; register the tensors' "
+                    "host copies as system shared memory (/v2/systemsharedmemory)"
+                ) from None
+        return self._runtime
+
+
+class SharedMemory:
+    """Both kinds of region; requests name a region without saying its kind."""
+
+    def __init__(self):
+        self.system = SystemSharedMemory(self)
+        self.cuda = CudaSharedMemory(self)
+
+    def holds(self, name: str) -> bool:
+        return self.system.holds(name) or self.cuda.holds(name)
 
     def read(self, use: RegionUse) -> bytes:
-        region, start = self._span(use)
-        return region.memory[start : start + use.byte_size]
+        region = self._span(use)
+        return region.read(use.offset, use.byte_size)
 
     def write(self, use: RegionUse, data: bytes) -> None:
         if len(data) > use.byte_size:
@@ -94,40 +212,16 @@ class SystemSharedMemory:
                 f"output needs {len(data)} bytes but shared memory region '{use.name}' was given "
                 f"{use.byte_size}"
             )
-        region, start = self._span(use)
-        region.memory[start : start + len(data)] = data
+        self._span(use).write(use.offset, data)
 
-    def _region(self, name: str) -> Region:
-        region = self._regions.get(name)
-        if region is None:
-            raise NotFound(f"Unable to find system shared memory region: '{name}'")
-        return region
-
-    def _span(self, use: RegionUse) -> tuple[Region, int]:
-        region = self._region(use.name)
+    def _span(self, use: RegionUse):
+        kind = self.cuda if self.cuda.holds(use.name) else self.system
+        if not kind.holds(use.name):
+            raise NotFound(f"Unable to find shared memory region: '{use.name}'")
+        region = kind.region(use.name)
         if use.offset + use.byte_size > region.byte_size:
             raise InvalidArgument(
                 f"shared memory region '{use.name}' holds {region.byte_size} bytes; offset {use.offset} + "
                 f"byte_size {use.byte_size} is past its end"
             )
-        return region, region.offset + use.offset
-
-
-class CudaSharedMemory:
-    """Triton's CUDA shared memory extension as ortserve answers it: it holds no regions and refuses a
-    registration with the reason, so a client that tries it learns what to use instead."""
-
-    def status(self, name: str = "") -> list[dict]:
-        if name:
-            raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
-        return []
-
-    def register(self, name: str) -> None:
-        raise InvalidArgument(
-            f"cannot register CUDA shared memory region '{name}': ortserve does not implement CUDA shared "
-            "memory; register the tensors' host copies as system shared memory (/v2/systemsharedmemory)"
-        )
-
-    def unregister(self, name: str = "") -> None:
-        if name:
-            raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
+        return region

@@ -81,29 +81,37 @@ class GrpcInferenceService:
 
     async def SystemSharedMemoryStatus(self, request, context):
         answer = message("SystemSharedMemoryStatusResponse")()
-        for region in self.service.shared_memory.status(request.name):
+        for region in self.service.shared_memory.system.status(request.name):
             answer.regions[region["name"]].CopyFrom(
                 message("SystemSharedMemoryStatusResponse.RegionStatus")(**region)
             )
         return answer
 
     async def SystemSharedMemoryRegister(self, request, context):
-        self.service.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        regions = self.service.shared_memory.system
+        regions.register(request.name, request.key, request.offset, request.byte_size)
         return message("SystemSharedMemoryRegisterResponse")()
 
     async def SystemSharedMemoryUnregister(self, request, context):
-        self.service.shared_memory.unregister(request.name)
+        self.service.shared_memory.system.unregister(request.name)
         return message("SystemSharedMemoryUnregisterResponse")()
 
     async def CudaSharedMemoryStatus(self, request, context):
-        self.service.cuda_shared_memory.status(request.name)
-        return message("CudaSharedMemoryStatusResponse")()
+        answer = message("CudaSharedMemoryStatusResponse")()
+        for region in self.service.shared_memory.cuda.status(request.name):
+            answer.regions[region["name"]].CopyFrom(
+                message("CudaSharedMemoryStatusResponse.RegionStatus")(**region)
+            )
+        return answer
 
     async def CudaSharedMemoryRegister(self, request, context):
-        self.service.cuda_shared_memory.register(request.name)
+        self.service.shared_memory.cuda.register(
+            request.name, request.raw_handle, request.device_id, request.byte_size
+        )
+        return message("CudaSharedMemoryRegisterResponse")()
 
     async def CudaSharedMemoryUnregister(self, request, context):
-        self.service.cuda_shared_memory.unregister(request.name)
+        self.service.shared_memory.cuda.unregister(request.name)
         return message("CudaSharedMemoryUnregisterResponse")()
 
     async def ModelInfer(self, request, context):

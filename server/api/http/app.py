@@ -102,8 +102,8 @@ def create_app(
         config = parameters.get("config")
         if config is not None and not isinstance(config, str):
             raise InvalidArgument("load parameter 'config' must be a string holding a model config")
-        files = {key: codec.base64_file(key, value) for key, value in parameters.items()
-                 if key.startswith(FILE_PREFIX)}
+        files = {key: codec.base64_value(f"load parameter '{key}'", value)
+                 for key, value in parameters.items() if key.startswith(FILE_PREFIX)}
         await service.load(model, config, files)
         return Response(status_code=200)
 
@@ -116,43 +116,49 @@ def create_app(
     @app.get("/v2/systemsharedmemory/status")
     @app.get("/v2/systemsharedmemory/region/{name}/status")
     async def shared_memory_status(name: str = ""):
-        return service.shared_memory.status(name)
+        return service.shared_memory.system.status(name)
 
     @app.post("/v2/systemsharedmemory/region/{name}/register")
     async def shared_memory_register(request: Request, name: str):
         document = codec.parse_json(await body(request))
         key = document.get("key")
-        offset, byte_size = document.get("offset", 0), document.get("byte_size")
         if not isinstance(key, str):
             raise InvalidArgument("a shared memory registration needs 'key', the shared memory object's name")
-        for field, value in (("offset", offset), ("byte_size", byte_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidArgument(f"shared memory '{field}' must be an integer >= 0, got {value!r}")
-        service.shared_memory.register(name, key, offset, byte_size)
+        offset, byte_size = _count(document, "offset", 0), _count(document, "byte_size")
+        service.shared_memory.system.register(name, key, offset, byte_size)
         return Response(status_code=200)
 
     @app.post("/v2/systemsharedmemory/unregister")
     @app.post("/v2/systemsharedmemory/region/{name}/unregister")
     async def shared_memory_unregister(request: Request, name: str = ""):
         await body(request)
-        service.shared_memory.unregister(name)
+        service.shared_memory.system.unregister(name)
         return Response(status_code=200)
 
     @app.get("/v2/cudasharedmemory/status")
     @app.get("/v2/cudasharedmemory/region/{name}/status")
     async def cuda_shared_memory_status(name: str = ""):
-        return service.cuda_shared_memory.status(name)
+        return service.shared_memory.cuda.status(name)
 
     @app.post("/v2/cudasharedmemory/region/{name}/register")
     async def cuda_shared_memory_register(request: Request, name: str):
-        await body(request)
-        service.cuda_shared_memory.register(name)
+        document = codec.parse_json(await body(request))
+        raw_handle = document.get("raw_handle")
+        if not isinstance(raw_handle, dict) or not isinstance(raw_handle.get("b64"), str):
+            raise InvalidArgument(
+                "a CUDA shared memory registration needs 'raw_handle': {\"b64\": the base64 of the "
+                "cudaIpcMemHandle_t}"
+            )
+        handle = codec.base64_value("'raw_handle'", raw_handle["b64"])
+        device_id, byte_size = _count(document, "device_id"), _count(document, "byte_size")
+        service.shared_memory.cuda.register(name, handle, device_id, byte_size)
+        return Response(status_code=200)
 
     @app.post("/v2/cudasharedmemory/unregister")
     @app.post("/v2/cudasharedmemory/region/{name}/unregister")
     async def cuda_shared_memory_unregister(request: Request, name: str = ""):
         await body(request)
-        service.cuda_shared_memory.unregister(name)
+        service.shared_memory.cuda.unregister(name)
         return Response(status_code=200)
 
     add_generation_routes(app, service, body)
@@ -163,3 +169,11 @@ def create_app(
     if restrictions.rules:
         served = RestrictedApi(served, restrictions)
     return HttpAccessLog(served) if access_log else served
+
+
+def _count(document: dict, field: str, default=None) -> int:
+    """A shared memory registration's offset, size or device: an integer >= 0."""
+    value = document.get(field, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"shared memory '{field}' must be an integer >= 0, got {value!r}")
+    return value

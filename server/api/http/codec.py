@@ -77,14 +77,14 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return body[: int(header_length)], memoryview(body)[int(header_length) :]
 
 
-def base64_file(key: str, value) -> bytes:
-    """A `file:<path>` load parameter: the file's bytes in base64, as Triton's HTTP API carries them."""
+def base64_value(what: str, value) -> bytes:
+    """Bytes that Triton's HTTP API carries in base64 (a load's `file:<path>`, a CUDA IPC handle)."""
     if not isinstance(value, str):
-        raise InvalidArgument(f"load parameter '{key}' must be a base64 string")
+        raise InvalidArgument(f"{what} must be a base64 string")
     try:
         return base64.b64decode(value, validate=True)
     except binascii.Error as error:
-        raise InvalidArgument(f"load parameter '{key}' is not valid base64: {error}") from None
+        raise InvalidArgument(f"{what} is not valid base64: {error}") from None
 
 
 _REQUIRED = object()
