@@ -55,6 +55,7 @@ bench: install
 	$(PY) -m loadtest.bench_generation --repository $(REPOSITORY)
 	$(PY) -m loadtest.bench_sequences
 	$(PY) -m loadtest.bench_shared_memory
+	$(PY) -m loadtest.bench_gpu
 	$(PY) -m loadtest.bench_text
 	$(PY) -m loadtest.bench_llm
 	$(PY) -m loadtest.bench_genai

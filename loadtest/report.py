@@ -14,10 +14,24 @@ HEADER = "# Benchmarks\n\nWritten by `make bench` (scripts under `loadtest/`); d
 def machine() -> str:
     import os
 
+    gpus = "".join(f", {name}" for name in gpu_names())
     return (
         f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, onnxruntime {onnxruntime.__version__}"
+        f"{os.cpu_count()} CPUs{gpus}, onnxruntime {onnxruntime.__version__}"
     )
+
+
+def gpu_names() -> list[str]:
+    """The NVIDIA GPUs that NVML (nvidia-ml-py, in the gpu extra) sees; none without it."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(index) for index in range(pynvml.nvmlDeviceGetCount())]
+    names = [pynvml.nvmlDeviceGetName(handle) for handle in handles]
+    return [name.decode() if isinstance(name, bytes) else name for name in names]
 
 
 def write_section(name: str, body: str) -> None:

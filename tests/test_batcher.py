@@ -336,3 +336,35 @@ def test_a_lone_request_waits_for_the_delay_unless_told_to_go_at_once(lone, size
         return runner.sizes
 
     assert run(scenario()) == sizes
+
+
+def test_padded_batch_sizes_pad_each_execution_with_its_last_row_and_cut_the_outputs_back():
+    async def scenario():
+        runner = FakeRunner()
+        batcher = await started(runner, max_batch_size=8, max_queue_delay_us=20_000,
+                                padded_batch_sizes=(4, 8))
+        three = [batcher.submit(rows(value), ["y"]) for value in (1, 2, 3)]
+        answers = await asyncio.gather(*three)
+        five = await batcher.submit(rows(7, n=5), ["y", "total"])
+        await batcher.stop()
+        return runner, answers, five
+
+    runner, answers, five = run(scenario())
+    assert runner.sizes == [4, 8]
+    assert runner.batches[0]["x"][:, 0].tolist() == [1, 2, 3, 3]
+    assert [answer[0]["y"].tolist() for answer in answers] == [[[2, 2]], [[4, 4]], [[6, 6]]]
+    assert five[0]["y"].shape == (5, 2) and five[0]["total"].tolist() == [14] * 5
+
+
+@pytest.mark.parametrize("value, on_gpu, sizes", [
+    ("", False, ()), ("", True, (2, 4, 8)), ("auto", True, (2, 4, 8)), ("true", False, (2, 4, 8)),
+    ("false", True, ()),
+])
+def test_pad_batch_pads_to_preferred_sizes_and_the_largest_by_default_on_a_gpu(value, on_gpu, sizes):
+    from server.protocol import ModelConfig
+
+    config = ModelConfig(max_batch_size=8)
+    config.dynamic_batching.preferred_batch_size.extend([4, 2, 16])
+    if value:
+        config.parameters["pad_batch"].string_value = value
+    assert BatchPolicy.from_config(config, on_gpu=on_gpu).padded_batch_sizes == sizes

@@ -1,6 +1,7 @@
 """Model instances: the busy session an execution runs on while another runs, and its config parameter."""
 
 import asyncio
+import re
 import threading
 
 import pytest
@@ -83,3 +84,21 @@ def test_busy_intra_op_thread_count_that_cannot_work_fails_the_load_naming_why(t
     with pytest.raises(ConfigError, match="busy_intra_op_thread_count") as raised:
         _load(tmp_path, f"instance_group {{ count: {instances} }}\n{_busy(value)}")
     assert fragment in str(raised.value)
+
+
+def test_pad_batch_and_cudnn_conv_algo_search_that_cannot_work_fail_the_load_naming_why(tmp_path):
+    for key, value, fragment in (("pad_batch", "sometimes", "pad_batch must be auto, true or false"),
+                                 ("cudnn_conv_algo_search", "3", "0 (exhaustive), 1 (heuristic) or 2")):
+        parameter = f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}'
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            _load(tmp_path / key, f"max_batch_size: 4\ndynamic_batching {{ }}\n{parameter}")
+
+
+def test_gpu_instances_pass_cudnn_conv_algo_search_to_the_cuda_provider(monkeypatch):
+    from server.runtime import session as sessions
+
+    monkeypatch.setattr(sessions, "gpu_available", lambda: True)
+    settings = sessions.SessionSettings(device="gpu", device_id=1, cudnn_conv_algo_search="HEURISTIC")
+    cuda = {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"}
+    assert sessions.providers(settings) == [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    assert sessions.providers(sessions.SessionSettings()) == ["CPUExecutionProvider"]

@@ -6,6 +6,11 @@ once when it reaches `max_batch_size` or a preferred size. With the config param
 queued: lower latency at low load, while under load requests still pile up behind busy instances. A model
 without dynamic batching goes through the same queue, one request per execution. Results return to
 each caller, in arrival order when asked.
+
+With `pad_batch` (an ortserve parameter: "auto", the default, pads where the model runs on a GPU) an
+execution's rows are padded up to the next preferred batch size or `max_batch_size`, repeating its last
+row, so the model sees a few batch shapes: on CUDA each new input shape costs ONNX Runtime a rebuild of
+its convolution plans, far more than the padded rows' compute.
 """
 
 import asyncio
@@ -54,11 +59,12 @@ class BatchPolicy:
     preserve_ordering: bool = False
     dispatch_lone_requests: bool = False
     max_batch_tokens: int = 0  # padded tokens per execution of a padded model; 0: no budget
+    padded_batch_sizes: tuple[int, ...] = ()  # an execution's rows are padded up to one of these
     default_priority: int = 1
     queues: tuple[QueuePolicy, ...] = (QueuePolicy(),)  # one per priority level, highest first
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> "BatchPolicy":
+    def from_config(cls, config: ModelConfig, on_gpu: bool = False) -> "BatchPolicy":
         if not config.HasField("dynamic_batching") or config.max_batch_size <= 0:
             return cls()
         batching = config.dynamic_batching
@@ -70,9 +76,12 @@ class BatchPolicy:
             else default
             for level in range(1, levels + 1)
         )
+        preferred = tuple(sorted(s for s in batching.preferred_batch_size if 0 < s <= config.max_batch_size))
+        padded = pads_batches(config, on_gpu)
         return cls(
             max_batch_size=config.max_batch_size,
-            preferred_batch_sizes=tuple(sorted(s for s in batching.preferred_batch_size if s > 0)),
+            preferred_batch_sizes=preferred,
+            padded_batch_sizes=tuple(sorted({*preferred, config.max_batch_size})) if padded else (),
             max_queue_delay_us=batching.max_queue_delay_microseconds,
             preserve_ordering=batching.preserve_ordering,
             dispatch_lone_requests=_parameter(config, "dispatch_lone_requests") == "true",
@@ -80,6 +89,21 @@ class BatchPolicy:
             default_priority=int(batching.default_priority_level) or (levels + 1) // 2,
             queues=queues,
         )
+
+
+    def padded_rows(self, rows: int) -> int:
+        return next((size for size in self.padded_batch_sizes if size >= rows), rows)
+
+
+PAD_BATCH = {"auto": None, "": None, "true": True, "false": False}
+
+
+def pads_batches(config: ModelConfig, on_gpu: bool) -> bool:
+    """The `pad_batch` parameter: "true", "false" or "auto" (pad where the model runs on a GPU)."""
+    value = _parameter(config, "pad_batch")
+    if value not in PAD_BATCH:
+        raise ValueError(f"parameter pad_batch must be auto, true or false, got '{value}'")
+    return on_gpu if PAD_BATCH[value] is None else PAD_BATCH[value]
 
 
 def _parameter(config: ModelConfig, key: str) -> str:
@@ -273,7 +297,7 @@ class Batcher(BatchLoop):
                 outputs, timing = await self.run_batch(self.ragged.merge(items), names, rows=sum(sizes))
                 parts = self.ragged.split(outputs, items, sizes)
             else:
-                outputs, timing = await self.run_batch(collate(items, self.padding), names)
+                outputs, timing = await self._run_padded(collate(items, self.padding), sum(sizes), names)
                 parts = split(outputs, sizes, [p.length for p in batch], self.padding)
         except Exception as error:
             if len(batch) == 1:
@@ -290,6 +314,16 @@ class Batcher(BatchLoop):
             )
             for pending, part in zip(batch, parts)
         ]
+
+    async def _run_padded(self, feeds: dict[str, np.ndarray], rows: int, names: list[str]):
+        """Runs `feeds` padded to the policy's next batch size; the outputs' padding rows are cut off."""
+        target = self.policy.padded_rows(rows)
+        if target == rows:
+            return await self.run_batch(feeds, names)
+        padded = {name: np.concatenate([array, np.repeat(array[-1:], target - rows, axis=0)])
+                  for name, array in feeds.items()}
+        outputs, timing = await self.run_batch(padded, names)
+        return {name: array[:rows] for name, array in outputs.items()}, timing
 
     def _deliver(self, outcome: _Outcome) -> None:
         pending = outcome.pending

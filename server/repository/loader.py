@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
+from server.batching.batcher import pads_batches
 from server.batching.collate import Padding
 from server.batching.ragged import Ragged
 from server.core import datatypes
@@ -28,6 +29,7 @@ from server.sequences.settings import check_graph, sequence_settings
 log = logging.getLogger(__name__)
 
 _KIND = enum("ModelInstanceGroup.Kind")
+CUDNN_CONV_ALGO_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
 
 
 def available_versions(model_dir: Path, config: ModelConfig) -> list[int]:
@@ -187,6 +189,10 @@ def _padding(config: ModelConfig) -> Padding | None:
     if not budget.isdigit():
         raise ConfigError(f"max_batch_tokens must be an integer >= 0 (0: no budget), got '{budget}'")
     try:
+        pads_batches(config, on_gpu=False)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
         return Padding.from_parameters({k: v.string_value for k, v in config.parameters.items()})
     except ValueError as error:
         raise ConfigError(f"padding parameters (pad_inputs, pad_outputs, pad_buckets): {error}") from None
@@ -220,6 +226,7 @@ def _instance_settings(config: ModelConfig) -> list[SessionSettings]:
     inter = int(cfg.parameter(config, "inter_op_thread_count", "0"))
     mode = cfg.parameter(config, "execution_mode", "0")
     spinning = cfg.parameter(config, "allow_spinning", "0") in ("1", "true")
+    algo_search = _cudnn_conv_algo_search(config)
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     tensorrt = any(acc.name == "tensorrt" for acc in accelerators)
     settings = []
@@ -239,9 +246,19 @@ def _instance_settings(config: ModelConfig) -> list[SessionSettings]:
                     execution_mode=mode,
                     graph_level=config.optimization.graph.level,
                     allow_spinning=spinning,
+                    cudnn_conv_algo_search=algo_search,
                 )
             )
     return settings
+
+
+def _cudnn_conv_algo_search(config: ModelConfig) -> str:
+    """Triton's parameter: 0 exhaustive (the default), 1 heuristic, 2 the default algorithm."""
+    value = cfg.parameter(config, "cudnn_conv_algo_search", "0")
+    if value not in CUDNN_CONV_ALGO_SEARCH:
+        raise ConfigError(f"parameter cudnn_conv_algo_search must be 0 (exhaustive), 1 (heuristic) or 2 "
+                          f"(default algorithm), got '{value}'")
+    return CUDNN_CONV_ALGO_SEARCH[value]
 
 
 def _labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:

@@ -57,7 +57,7 @@ class ModelVersion:
         self.scheduler = Batcher(
             name=self.name,
             run_batch=self.execute,
-            policy=BatchPolicy.from_config(self.config),
+            policy=BatchPolicy.from_config(self.config, on_gpu=self.pool.on_gpu),
             padding=self.padding if self.batching else None,
             instances=len(self.pool.sessions),
             ragged=self.ragged,

@@ -2,7 +2,7 @@
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,9 @@ class SessionSettings:
     graph_level: int = 0
     # ONNX Runtime's worker threads spin while idle; on a few cores that starves the server's own threads
     allow_spinning: bool = False
-    extra: dict = field(default_factory=dict)
+    # cuDNN's convolution algorithm choice on CUDA (Triton's parameter cudnn_conv_algo_search): exhaustive
+    # benchmarking of each new input shape (ONNX Runtime's default), heuristic, or the default algorithm
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
 
 
 def gpu_available() -> bool:
@@ -51,7 +53,8 @@ def providers(settings: SessionSettings) -> list:
             ", ".join(ort.get_available_providers()),
         )
         return ["CPUExecutionProvider"]
-    chosen = [("CUDAExecutionProvider", {"device_id": settings.device_id})]
+    cuda = {"device_id": settings.device_id, "cudnn_conv_algo_search": settings.cudnn_conv_algo_search}
+    chosen = [("CUDAExecutionProvider", cuda)]
     if settings.tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
         chosen.insert(0, ("TensorrtExecutionProvider", {"device_id": settings.device_id}))
     return chosen + ["CPUExecutionProvider"]
