@@ -186,6 +186,7 @@ def config(model_config=None, max_batch_size: int = MAX_BATCH_SIZE, buckets: str
         pad_outputs="last_hidden_state",
         pad_buckets=buckets,
         max_batch_tokens="8192",
+        max_execution_tokens="1024",
         intra_op_thread_count="0",
         busy_intra_op_thread_count="1",
         **limits,

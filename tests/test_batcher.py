@@ -235,7 +235,7 @@ def test_a_token_budget_caps_rows_by_their_bucket_length():
         runner = FakeRunner()
         runner.gate.clear()
         batcher = await started(runner, max_batch_size=8, max_queue_delay_us=20_000, padding=PADDING,
-                                max_batch_tokens=32)
+                                max_execution_tokens=32)
         blocker = asyncio.ensure_future(batcher.submit(rows(9, width=1), ["y"]))
         await settle()
         short = [batcher.submit(rows(1, width=6), ["y"]) for _ in range(6)]
@@ -368,3 +368,18 @@ def test_pad_batch_pads_to_preferred_sizes_and_the_largest_by_default_on_a_gpu(v
     if value:
         config.parameters["pad_batch"].string_value = value
     assert BatchPolicy.from_config(config, on_gpu=on_gpu).padded_batch_sizes == sizes
+
+
+@pytest.mark.parametrize("parameters, budget", [
+    ({}, 0),
+    ({"max_batch_tokens": "8192"}, 8192),
+    ({"max_batch_tokens": "8192", "max_execution_tokens": "1024"}, 1024),
+])
+def test_the_execution_budget_is_max_execution_tokens_else_max_batch_tokens(parameters, budget):
+    from server.protocol import ModelConfig
+
+    config = ModelConfig(max_batch_size=8)
+    config.dynamic_batching.SetInParent()
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    assert BatchPolicy.from_config(config).max_execution_tokens == budget

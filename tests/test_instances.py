@@ -86,8 +86,9 @@ def test_busy_intra_op_thread_count_that_cannot_work_fails_the_load_naming_why(t
     assert fragment in str(raised.value)
 
 
-def test_pad_batch_and_cudnn_conv_algo_search_that_cannot_work_fail_the_load_naming_why(tmp_path):
+def test_batching_and_cuda_parameters_that_cannot_work_fail_the_load_naming_why(tmp_path):
     for key, value, fragment in (("pad_batch", "sometimes", "pad_batch must be auto, true or false"),
+                                 ("max_execution_tokens", "-1", "must be integers >= 0"),
                                  ("cudnn_conv_algo_search", "3", "0 (exhaustive), 1 (heuristic) or 2")):
         parameter = f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}'
         with pytest.raises(ConfigError, match=re.escape(fragment)):

@@ -58,7 +58,7 @@ class BatchPolicy:
     max_queue_delay_us: int = 0
     preserve_ordering: bool = False
     dispatch_lone_requests: bool = False
-    max_batch_tokens: int = 0  # padded tokens per execution of a padded model; 0: no budget
+    max_execution_tokens: int = 0  # padded tokens per execution of a padded model; 0: no budget
     padded_batch_sizes: tuple[int, ...] = ()  # an execution's rows are padded up to one of these
     default_priority: int = 1
     queues: tuple[QueuePolicy, ...] = (QueuePolicy(),)  # one per priority level, highest first
@@ -85,7 +85,7 @@ class BatchPolicy:
             max_queue_delay_us=batching.max_queue_delay_microseconds,
             preserve_ordering=batching.preserve_ordering,
             dispatch_lone_requests=_parameter(config, "dispatch_lone_requests") == "true",
-            max_batch_tokens=int(_parameter(config, "max_batch_tokens") or 0),
+            max_execution_tokens=execution_tokens(config),
             default_priority=int(batching.default_priority_level) or (levels + 1) // 2,
             queues=queues,
         )
@@ -96,6 +96,16 @@ class BatchPolicy:
 
 
 PAD_BATCH = {"auto": None, "": None, "true": True, "false": False}
+
+
+def execution_tokens(config: ModelConfig) -> int:
+    """`max_execution_tokens`, else `max_batch_tokens` (which text services also read as the tokens one
+    request may hold): padded tokens per execution; 0, no budget."""
+    value = _parameter(config, "max_execution_tokens") or _parameter(config, "max_batch_tokens") or "0"
+    if not value.isdigit():
+        raise ValueError(f"max_execution_tokens and max_batch_tokens must be integers >= 0 (0: no budget), "
+                         f"got '{value}'")
+    return int(value)
 
 
 def pads_batches(config: ModelConfig, on_gpu: bool) -> bool:
@@ -259,10 +269,10 @@ class Batcher(BatchLoop):
 
     def _capacity(self, head: Pending) -> int:
         """Rows that fit one execution with `head`: max_batch_size, and the token budget at its bucket."""
-        if not self.policy.max_batch_tokens or self.padding is None or head.length is None:
+        if not self.policy.max_execution_tokens or self.padding is None or head.length is None:
             return self.policy.max_batch_size
         per_row = self.padding.bucket(head.length)
-        return max(1, min(self.policy.max_batch_size, self.policy.max_batch_tokens // per_row))
+        return max(1, min(self.policy.max_batch_size, self.policy.max_execution_tokens // per_row))
 
     def _choose(self, candidates: list[Pending], now: int) -> tuple[list[Pending], int]:
         """The batch to send now (empty to wait), and when the oldest candidate stops waiting."""

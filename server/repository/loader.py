@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from server.batching.batcher import pads_batches
+from server.batching.batcher import execution_tokens, pads_batches
 from server.batching.collate import Padding
 from server.batching.ragged import Ragged
 from server.core import datatypes
@@ -185,10 +185,8 @@ def _ragged(config: ModelConfig, session: OrtSession, sequences) -> Ragged | Non
 
 
 def _padding(config: ModelConfig) -> Padding | None:
-    budget = cfg.parameter(config, "max_batch_tokens", "0").strip()
-    if not budget.isdigit():
-        raise ConfigError(f"max_batch_tokens must be an integer >= 0 (0: no budget), got '{budget}'")
     try:
+        execution_tokens(config)
         pads_batches(config, on_gpu=False)
     except ValueError as error:
         raise ConfigError(str(error)) from None
