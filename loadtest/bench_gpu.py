@@ -7,10 +7,8 @@ import argparse
 import asyncio
 import re
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from loadtest import client, report
+from loadtest.bench_exporters import median_ms
 from loadtest.server_process import start_server, stop_server
 
 CUDA = "CUDAExecutionProvider"
@@ -64,18 +63,6 @@ def bound_runner(s: ort.InferenceSession, feeds: dict[str, np.ndarray]):
     return run
 
 
-def median_ms(runs: dict, rounds: int) -> dict[str, list[float]]:
-    for run in runs.values():
-        run()
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return times
-
-
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
@@ -95,8 +82,7 @@ def in_process(repository: Path, feeds: dict, rounds: int) -> list[list]:
                 runs = {"CPU": lambda s=cpu, f=batch_feeds: s.run(None, f),
                         "CUDA": lambda s=gpu, f=batch_feeds: s.run(None, f),
                         "CUDA, IO binding": bound_runner(gpu, batch_feeds)}
-                times = median_ms(runs, rounds)
-                medians = {k: statistics.median(v) for k, v in times.items()}
+                medians = median_ms(runs, rounds)
                 rows.append([model, variant, batch, *(f"{medians[k]:.2f}" for k in runs),
                              f"{medians['CPU'] / medians['CUDA']:.1f}x",
                              f"{batch * 1000 / medians['CUDA, IO binding']:.0f}", f"{agreement:.5f}"])

@@ -9,7 +9,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from server.core.cuda_ipc import cuda_device_count
-from tests.test_shared_memory import SIZE
+from tests.test_shared_memory import SIZE, shm_request
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(cuda_device_count() == 0, reason="needs cuda-python and a CUDA GPU")]
@@ -36,16 +36,6 @@ def regions(api, cudashm):
     api.client.unregister_cuda_shared_memory()
     for handle in handles.values():
         cudashm.destroy_shared_memory_region(handle)
-
-
-def shm_request(api, names, input_offset=SIZE, output_size=SIZE):
-    inputs = [api.module.InferInput(name, [1, 16], "INT32") for name in ("INPUT0", "INPUT1")]
-    inputs[0].set_shared_memory(names["in"], SIZE)
-    inputs[1].set_shared_memory(names["in"], SIZE, offset=input_offset)
-    outputs = [api.module.InferRequestedOutput(name) for name in ("OUTPUT0", "OUTPUT1")]
-    outputs[0].set_shared_memory(names["out"], output_size)
-    outputs[1].set_shared_memory(names["out"], output_size, offset=SIZE)
-    return inputs, outputs
 
 
 def listed(api, status) -> dict[str, tuple[int, int]]:
