@@ -90,7 +90,6 @@ class BatchPolicy:
             queues=queues,
         )
 
-
     def padded_rows(self, rows: int) -> int:
         return next((size for size in self.padded_batch_sizes if size >= rows), rows)
 

@@ -85,8 +85,8 @@ class Regions:
 
     kind = ""
 
-    def __init__(self, registered: "SharedMemory"):
-        self._registered = registered
+    def __init__(self, every_kind: "SharedMemory"):
+        self._every_kind = every_kind
         self._regions: dict = {}
 
     def unregister(self, name: str = "") -> None:
@@ -110,19 +110,16 @@ class Regions:
             raise NotFound(f"Unable to find {self.kind} shared memory region: '{name}'")
         return region
 
-    def _add(self, region) -> None:
-        if self._registered.holds(region.name):
-            region.release()
-            raise InvalidArgument(f"shared memory region '{region.name}' is already registered")
-        self._regions[region.name] = region
+    def _check_free(self, name: str) -> None:
+        if self._every_kind.holds(name):
+            raise InvalidArgument(f"shared memory region '{name}' is already registered")
 
 
 class SystemSharedMemory(Regions):
     kind = "system"
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        if self._registered.holds(name):
-            raise InvalidArgument(f"shared memory region '{name}' is already registered")
+        self._check_free(name)
         path = SHM_ROOT / key.lstrip("/")
         if not key.strip("/") or "/" in key.strip("/"):
             raise InvalidArgument(f"shared memory key '{key}' must name one POSIX shared memory object")
@@ -140,7 +137,7 @@ class SystemSharedMemory(Regions):
             memory = mmap.mmap(descriptor, size)
         finally:
             os.close(descriptor)
-        self._add(SystemRegion(name, key, offset, byte_size, memory))
+        self._regions[name] = SystemRegion(name, key, offset, byte_size, memory)
 
 
 class CudaSharedMemory(Regions):
@@ -149,13 +146,12 @@ class CudaSharedMemory(Regions):
 
     kind = "cuda"
 
-    def __init__(self, registered: "SharedMemory"):
-        super().__init__(registered)
+    def __init__(self, every_kind: "SharedMemory"):
+        super().__init__(every_kind)
         self._runtime: CudaRuntime | None = None
 
     def register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
-        if self._registered.holds(name):
-            raise InvalidArgument(f"shared memory region '{name}' is already registered")
+        self._check_free(name)
         if len(raw_handle) != CUDA_IPC_HANDLE_BYTES:
             raise InvalidArgument(
                 f"CUDA shared memory region '{name}': raw_handle must be the {CUDA_IPC_HANDLE_BYTES} bytes "
@@ -178,7 +174,7 @@ class CudaSharedMemory(Regions):
                 f"CUDA shared memory region '{name}': byte_size {byte_size} is larger than the "
                 f"{allocated}-byte allocation its handle opens"
             )
-        self._add(region)
+        self._regions[name] = region
 
     def _cuda(self, name: str) -> CudaRuntime:
         if self._runtime is None:
