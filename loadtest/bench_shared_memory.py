@@ -7,7 +7,6 @@ Interleaved rounds; the middle round of each. Writes the "shared memory" section
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -18,9 +17,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from loadtest import client, report
-from loadtest.server_process import start_server, stop_server
+from loadtest.server_process import cpu_seconds, start_server, stop_server
 from server.core.cuda_ipc import cuda_device_count
-from server.protocol import message
 
 SHAPE = (8, 3, 224, 224)
 REGION, KEY = "bench_images", "ortserve_bench_images"
@@ -36,11 +34,6 @@ def mean_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("means", TensorProto.FLOAT, [SHAPE[0]])],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def server_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def http_bodies(images: np.ndarray, cuda: bool) -> dict[str, tuple[bytes, dict]]:
@@ -77,26 +70,6 @@ def register_gpu_copy(http_url: str, images: np.ndarray):
     return handle
 
 
-async def http_load(port: int, body: tuple[bytes, dict], seconds: float) -> client.Result:
-    connection = client.HttpConnection("127.0.0.1", port)
-
-    async def send(_, pair):
-        status, _ = await connection.post("/v2/models/mean/infer", *pair)
-        return status == 200
-
-    try:
-        return await client.closed_loop(send, [body], 1, seconds)
-    finally:
-        connection.close()
-
-
-def grpc_message(images: np.ndarray) -> bytes:
-    request = message("ModelInferRequest")(model_name="mean")
-    request.inputs.add(name="images", datatype="FP32", shape=SHAPE)
-    request.raw_input_contents.append(images.tobytes())
-    return request.SerializeToString()
-
-
 def run(seconds: float, rounds: int, cuda: bool) -> str:
     images = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     region = shared_memory.SharedMemory(name=KEY, create=True, size=images.nbytes)
@@ -116,13 +89,14 @@ def run(seconds: float, rounds: int, cuda: bool) -> str:
             gpu_copy = register_gpu_copy(server.http_url, images) if cuda else None
             for _ in range(rounds):
                 for name, body in loads.items():
-                    before = server_cpu_seconds(server.process.pid)
+                    before = cpu_seconds(server.process.pid)
                     if body is None:
-                        messages = [grpc_message(images)]
+                        messages = [client.grpc_message("mean", {"images": images})]
                         result = asyncio.run(client.grpc_load(server.grpc_url, messages, 1, seconds))
                     else:
-                        result = asyncio.run(http_load(server.http_port, body, seconds))
-                    cpu = server_cpu_seconds(server.process.pid) - before
+                        load = client.http_load(server.http_port, "/v2/models/mean/infer", [body], 1, seconds)
+                        result = asyncio.run(load)
+                    cpu = cpu_seconds(server.process.pid) - before
                     if result.failures:
                         log = server.output()[-2000:]
                         raise RuntimeError(f"{name}: {result.failures} requests failed\n{log}")

@@ -3,7 +3,6 @@ Python servers (each in its own virtual environment under .bench/, installed on 
 server that answers without work, and ortserve itself; with the CPU time of each one's process tree."""
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -15,7 +14,14 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from loadtest.server_process import free_port, start_server, stop_process, stop_server, wait_ready
+from loadtest.server_process import (
+    cpu_seconds,
+    free_port,
+    start_server,
+    stop_process,
+    stop_server,
+    wait_ready,
+)
 
 VENVS = Path(__file__).resolve().parent.parent / ".bench"
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
@@ -37,7 +43,7 @@ class Running:
     stop: Callable[[], object]
 
     def cpu_seconds(self) -> float:
-        return sum(_cpu(pid) for pid in _tree(self.process.pid))
+        return sum(cpu_seconds(pid) for pid in _tree(self.process.pid))
 
 
 def _tree(pid: int) -> list[int]:
@@ -47,14 +53,6 @@ def _tree(pid: int) -> list[int]:
             pids += [int(child) for child in task.read_text().split()]
         index += 1
     return pids
-
-
-def _cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def environment(name: str, packages: list[str]) -> tuple[Path | None, str]:

@@ -1,5 +1,6 @@
 """An ortserve server process on free loopback ports, for benchmarks, the load test and the tests."""
 
+import os
 import socket
 import ssl
 import subprocess
@@ -8,6 +9,15 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

@@ -101,8 +101,8 @@ class Regions:
             return [self.region(name).status()]
         return [region.status() for region in self._regions.values()]
 
-    def holds(self, name: str) -> bool:
-        return name in self._regions
+    def get(self, name: str) -> "SystemRegion | CudaRegion | None":
+        return self._regions.get(name)
 
     def region(self, name: str):
         region = self._regions.get(name)
@@ -111,7 +111,7 @@ class Regions:
         return region
 
     def _check_free(self, name: str) -> None:
-        if self._every_kind.holds(name):
+        if self._every_kind.find(name) is not None:
             raise InvalidArgument(f"shared memory region '{name}' is already registered")
 
 
@@ -195,12 +195,11 @@ class SharedMemory:
         self.system = SystemSharedMemory(self)
         self.cuda = CudaSharedMemory(self)
 
-    def holds(self, name: str) -> bool:
-        return self.system.holds(name) or self.cuda.holds(name)
+    def find(self, name: str) -> "SystemRegion | CudaRegion | None":
+        return self.system.get(name) or self.cuda.get(name)
 
     def read(self, use: RegionUse) -> bytes:
-        region = self._span(use)
-        return region.read(use.offset, use.byte_size)
+        return self._span(use).read(use.offset, use.byte_size)
 
     def write(self, use: RegionUse, data: bytes) -> None:
         if len(data) > use.byte_size:
@@ -211,10 +210,9 @@ class SharedMemory:
         self._span(use).write(use.offset, data)
 
     def _span(self, use: RegionUse):
-        kind = self.cuda if self.cuda.holds(use.name) else self.system
-        if not kind.holds(use.name):
+        region = self.find(use.name)
+        if region is None:
             raise NotFound(f"Unable to find shared memory region: '{use.name}'")
-        region = kind.region(use.name)
         if use.offset + use.byte_size > region.byte_size:
             raise InvalidArgument(
                 f"shared memory region '{use.name}' holds {region.byte_size} bytes; offset {use.offset} + "

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from server.batching.batcher import execution_tokens, pads_batches
+from server.batching.batcher import BatchPolicy
 from server.batching.collate import Padding
 from server.batching.ragged import Ragged
 from server.core import datatypes
@@ -117,6 +117,7 @@ def _model_version(model_dir, version, config, sessions, busy_sessions=None) -> 
         pool=InstancePool(sessions, name=f"{config.name}-{version}", busy_sessions=busy_sessions),
         labels=_labels(model_dir, config),
         padding=_padding(config),
+        policy=_batch_policy(config, sessions),
         limits=_limits(config),
         input_reshapes={t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")},
         output_reshapes={t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")},
@@ -184,12 +185,14 @@ def _ragged(config: ModelConfig, session: OrtSession, sequences) -> Ragged | Non
     return ragged
 
 
-def _padding(config: ModelConfig) -> Padding | None:
+def _batch_policy(config: ModelConfig, sessions: list[OrtSession]) -> BatchPolicy:
     try:
-        execution_tokens(config)
-        pads_batches(config, on_gpu=False)
+        return BatchPolicy.from_config(config, on_gpu=any(session.device == "gpu" for session in sessions))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _padding(config: ModelConfig) -> Padding | None:
     try:
         return Padding.from_parameters({k: v.string_value for k, v in config.parameters.items()})
     except ValueError as error:

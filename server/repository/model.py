@@ -33,6 +33,7 @@ class ModelVersion:
     input_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     output_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     padding: Padding | None = None
+    policy: BatchPolicy = field(default_factory=BatchPolicy)  # the dynamic batcher's, from the config
     ragged: Ragged | None = None  # Triton's ragged batching: allow_ragged_batch, batch_input, batch_output
     limits: InputLimits = field(default_factory=InputLimits)
     stats: ModelStats = field(default_factory=ModelStats)
@@ -57,7 +58,7 @@ class ModelVersion:
         self.scheduler = Batcher(
             name=self.name,
             run_batch=self.execute,
-            policy=BatchPolicy.from_config(self.config, on_gpu=self.pool.on_gpu),
+            policy=self.policy,
             padding=self.padding if self.batching else None,
             instances=len(self.pool.sessions),
             ragged=self.ragged,

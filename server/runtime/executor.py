@@ -29,10 +29,6 @@ class InstancePool:
         self._running = 0  # executions started and not finished, counted on the event loop
         self._threads = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=name)
 
-    @property
-    def on_gpu(self) -> bool:
-        return any(session.device == "gpu" for session in self.sessions)
-
     async def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
         return await self.call(lambda session: session.run(feeds, output_names))
 
