@@ -84,6 +84,75 @@ def test_genai_builder_models_serve_its_generators_greedy_tokens(genai_models, p
     assert served_greedy(server, f"genai_{precision}", ignore_eos=False) == expected  # both end at eos
 
 
+def genai_decoder(model_dir: Path, slots: int):
+    import json
+
+    import onnxruntime as ort
+
+    from server.generation.gqa import GqaDecoder
+
+    head_size = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
+    return GqaDecoder(ort.InferenceSession(str(model_dir / "model.onnx")), head_size, slots)
+
+
+def test_the_genai_cache_is_written_in_place_while_rows_join_and_leave(genai_models):
+    """Rows joining and leaving a running batch keep each row's greedy tokens equal to its prompt run
+    alone; decode steps and joins within the reserved slots and columns keep the same buffers."""
+    from server.generation.gqa import RightPaddedKV
+
+    decoder = genai_decoder(genai_models[0]["fp32"], slots=4)
+
+    def alone(prompt, steps):
+        logits, cache = decoder.prefill([prompt], reach=len(prompt) + steps)
+        tokens = [int(logits[0].argmax())]
+        for _ in range(steps - 1):
+            tokens.append(int(decoder.decode([tokens[-1]], cache)[0].argmax()))
+        return tokens
+
+    expected = [alone(prompt, 20) for prompt in PROMPTS]
+    reach = max(len(p) for p in PROMPTS) + 20
+    logits, cache = decoder.prefill(PROMPTS[:2], reach=reach)
+    running = [0, 1]
+    tokens = {0: [int(logits[0].argmax())], 1: [int(logits[1].argmax())]}
+    buffers = [buffer.ctypes.data for buffer in cache.slab]
+
+    def decode():
+        step = decoder.decode([tokens[row][-1] for row in running], cache)
+        for row, row_logits in zip(running, step):
+            tokens[row].append(int(row_logits.argmax()))
+
+    for _ in range(3):
+        decode()
+    logits, joining = decoder.prefill(PROMPTS[2:], reach=reach)  # two rows join the two running
+    cache = RightPaddedKV.concatenate([cache, joining])
+    running += [2, 3]
+    tokens.update({2: [int(logits[0].argmax())], 3: [int(logits[1].argmax())]})
+    for _ in range(4):
+        decode()
+    assert [buffer.ctypes.data for buffer in cache.slab] == buffers  # joined and decoded in place
+    cache = cache.filter([1, 3])  # rows 0 and 2 leave: row 3 moves down behind row 1
+    running = [1, 3]
+    while len(tokens[3]) < 12:
+        decode()
+    assert [buffer.ctypes.data for buffer in cache.slab] == buffers
+    assert [len(tokens[row]) for row in range(4)] == [8, 15, 5, 12]
+    assert all(tokens[row] == expected[row][:len(tokens[row])] for row in range(4))
+
+
+def test_a_genai_cache_reserved_too_small_grows(genai_models):
+    decoder = genai_decoder(genai_models[0]["fp32"], slots=2)
+    prompt = PROMPTS[1]
+    runs = []
+    for reach in (len(prompt) + 1, len(prompt) + 40):  # the first grows as it decodes, the second never
+        logits, cache = decoder.prefill([prompt], reach=reach)
+        tokens, first = [int(logits[0].argmax())], cache.slab[0]
+        for _ in range(39):
+            tokens.append(int(decoder.decode([tokens[-1]], cache)[0].argmax()))
+        runs.append((tokens, cache.slab[0] is first))
+    assert runs[0][0] == runs[1][0]
+    assert [kept for _, kept in runs] == [False, True]
+
+
 def test_a_directory_that_cannot_be_served_says_what_is_not_understood(tmp_path, genai_models):
     import shutil
 

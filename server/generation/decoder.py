@@ -27,12 +27,13 @@ class DecoderGraphError(ServerError):
     pass
 
 
-def make_decoder(session, io_binding: bool | None = None, head_dim: int | None = None):
+def make_decoder(session, io_binding: bool | None = None, head_dim: int | None = None, rows: int = 1):
     """The decoder for the graph's layout: ortserve's and Optimum's (position ids, left padding), or
-    onnxruntime-genai's GroupQueryAttention graphs (no position ids, right padding)."""
+    onnxruntime-genai's GroupQueryAttention graphs (no position ids, right padding), whose cache has
+    room for `rows` sequences."""
     from server.generation.gqa import GqaDecoder, is_gqa_graph
 
-    return GqaDecoder(session, head_dim) if is_gqa_graph(session) else Decoder(session, io_binding)
+    return GqaDecoder(session, head_dim, rows) if is_gqa_graph(session) else Decoder(session, io_binding)
 
 
 class Decoder:
@@ -73,11 +74,12 @@ class Decoder:
         return KVBatch([np.zeros(shape, self.past_dtype) for _ in self.past_names],
                        np.zeros((rows, 0), np.int64))
 
-    def prefill(self, prompts: list[list[int]], cached: list[tuple[int, list | None]] | None = None
-                ) -> tuple[np.ndarray, KVBatch]:
+    def prefill(self, prompts: list[list[int]], cached: list[tuple[int, list | None]] | None = None,
+                reach: int = 0) -> tuple[np.ndarray, KVBatch]:
         """Left-padded prompts in one call: each row's next-token logits and the batch's cache.
         `cached`: per row, how many of its first tokens already have keys and values (a prefix cache's
-        [heads, length, head_dim] tensors), which are fed as its past so that only the rest runs."""
+        [heads, length, head_dim] tensors), which are fed as its past so that only the rest runs.
+        `reach` is not reserved here: this graph attends over every column of its past, used or not."""
         cached = cached or [(0, None)] * len(prompts)
         held = max(length for length, _ in cached)
         if held and self.kernels:

@@ -217,7 +217,8 @@ class GenerationEngine:
         self.settings = settings
         self.model_stats = model_stats
         self.stats = model_stats.generation
-        self.decoder = make_decoder(pool.sessions[0].session, settings.io_binding, settings.kv_head_dim)
+        self.decoder = make_decoder(pool.sessions[0].session, settings.io_binding, settings.kv_head_dim,
+                                    settings.limits.max_running)
         self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
         self.scheduler = Scheduler(settings.limits)
         # reused blocks are fed from the host, after left padding
@@ -341,10 +342,11 @@ class GenerationEngine:
         prompts = [r.sequence.prompt for r in prefilling]
         cache = self.cache
         reused = [self.prefix_cache.lookup(prompt) for prompt in prompts] if self.prefix_cache else None
+        reach = max((s.budget for s in plan.prefill), default=0)
 
         def step(_session):
             decoded = self.decoder.decode(last, cache) if decoding else None  # grows `cache`
-            prefilled = self.decoder.prefill(prompts, reused) if prefilling else None
+            prefilled = self.decoder.prefill(prompts, reused, reach) if prefilling else None
             return decoded, prefilled
 
         started = time.perf_counter_ns()

@@ -5,8 +5,9 @@ positions itself) and `logits` (every position) and `present.{i}.key|value` out.
 GroupQueryAttention reads each row's length from its attention mask (its sum), so the cache is padded
 on the right: a row's tokens sit at the start of its buffers. Each past input and its present output
 are bound to the same buffer (the operator's shared past/present mode, as onnxruntime-genai runs it), so
-a step writes only the new tokens' keys and values, at each row's own length; the buffers have room to
-grow and are copied only when full or when rows join or leave."""
+a step writes only the new tokens' keys and values, at each row's own length. The buffers are reserved
+up to the sequences' budgets and hold every running row (`RightPaddedKV`): a decode step copies
+nothing, a joining row copies only itself and a leaving one only the rows behind it."""
 
 from dataclasses import dataclass
 
@@ -19,9 +20,13 @@ from server.generation.kv_cache import GROWTH
 
 @dataclass
 class RightPaddedKV:
-    """`past[i]`: [rows, kv_heads, capacity, head_dim]; `lengths`: each row's tokens, from column 0."""
+    """The rows' keys and values in the first `rows` slots of `slab[i]`: [slots, kv_heads, capacity,
+    head_dim], each row's tokens from column 0 (`lengths`). Slots and columns the rows do not use are
+    free room, never read (the attention mask gives each row's length): rows join, leave and grow in the
+    same buffers, and a step writes only its new tokens. The buffers come from `np.zeros` (pages the OS
+    maps on first touch), so room reserved up to the sequences' budgets costs memory only once used."""
 
-    past: list[np.ndarray]
+    slab: list[np.ndarray]
     lengths: np.ndarray
 
     @property
@@ -29,44 +34,73 @@ class RightPaddedKV:
         return len(self.lengths)
 
     @property
+    def slots(self) -> int:
+        return self.slab[0].shape[0]
+
+    @property
     def length(self) -> int:
         return int(self.lengths.max()) if self.rows else 0
 
     @property
     def capacity(self) -> int:
-        return self.past[0].shape[2]
+        return self.slab[0].shape[2]
+
+    @property
+    def past(self) -> list[np.ndarray]:
+        """[rows, kv_heads, capacity, head_dim] per past input: views of the slab, no copy."""
+        return [buffer[:self.rows] for buffer in self.slab]
 
     def reserve(self, new: int) -> None:
-        """Room for `new` more tokens in every row (a copy only when the buffers are full)."""
+        """Room for `new` more tokens in every row (a copy only when the budget given at prefill was
+        too small)."""
         if self.length + new > self.capacity:
-            room = -(-(self.length + new) // GROWTH) * GROWTH
-            self.past = [_padded(p, room) for p in self.past]
+            self.slab = _moved([self], self.slots, -(-(self.length + new) // GROWTH) * GROWTH)
 
     def filter(self, keep: list[int]) -> "RightPaddedKV":
-        return RightPaddedKV([p[keep] for p in self.past], self.lengths[keep])
+        """The rows in `keep` (increasing) moved down to the first slots, in place: only rows behind a
+        leaving one are copied, and only their used columns. This cache is consumed."""
+        for slot, row in enumerate(keep):
+            if slot != row:
+                used = self.lengths[row]
+                for buffer in self.slab:
+                    buffer[slot, :, :used] = buffer[row, :, :used]
+        return RightPaddedKV(self.slab, self.lengths[keep])
 
     @staticmethod
     def concatenate(batches: list["RightPaddedKV"]) -> "RightPaddedKV":
+        """The rows of all batches in the first one's slab where it has the slots and columns (only the
+        joining rows are copied), else in a new slab large enough for all."""
         batches = [b for b in batches if b.rows]
         if len(batches) == 1:
             return batches[0]
-        room = max(b.capacity for b in batches)
-        past = [np.concatenate([_padded(b.past[i], room) for b in batches])
-                for i in range(len(batches[0].past))]
-        return RightPaddedKV(past, np.concatenate([b.lengths for b in batches]))
+        first, rows = batches[0], sum(b.rows for b in batches)
+        capacity = max(b.capacity for b in batches)
+        if first.slots >= rows and first.capacity >= capacity:
+            _copy_rows(batches[1:], first.slab, first.rows)
+            slab = first.slab
+        else:
+            slab = _moved(batches, max(rows, *(b.slots for b in batches)), capacity)
+        return RightPaddedKV(slab, np.concatenate([b.lengths for b in batches]))
 
     def attention_mask(self, new: int) -> np.ndarray:
         """[rows, length + new]: ones over each row's tokens and its new ones, from the start."""
         return _right(self.lengths + new, self.length + new)
 
 
-def _padded(buffer: np.ndarray, capacity: int) -> np.ndarray:
-    if buffer.shape[2] == capacity:
-        return buffer
-    rows, heads, columns, dim = buffer.shape
-    grown = np.zeros((rows, heads, capacity, dim), buffer.dtype)
-    grown[:, :, :columns] = buffer
-    return grown
+def _moved(batches: list[RightPaddedKV], slots: int, capacity: int) -> list[np.ndarray]:
+    """A new slab of `slots` x `capacity` holding the batches' rows one after another."""
+    _, heads, _, dim = batches[0].slab[0].shape
+    slab = [np.zeros((slots, heads, capacity, dim), buffer.dtype) for buffer in batches[0].slab]
+    _copy_rows(batches, slab, 0)
+    return slab
+
+
+def _copy_rows(batches: list[RightPaddedKV], slab: list[np.ndarray], start: int) -> None:
+    for batch in batches:
+        used = batch.length
+        for target, source in zip(slab, batch.slab):
+            target[start:start + batch.rows, :, :used] = source[:batch.rows, :, :used]
+        start += batch.rows
 
 
 class GqaDecoder:
@@ -75,10 +109,12 @@ class GqaDecoder:
     kernels = None  # the cache stays on the host
     scores_prompts = True  # the graph returns every position's logits
 
-    def __init__(self, session, head_dim: int | None = None):
+    def __init__(self, session, head_dim: int | None = None, slots: int = 1):
         """`head_dim`: the key/value head size, where the graph leaves it symbolic (the builder's
-        `kv_cache_dim`; genai_config.json's `head_size`, which `import-llm` writes to the config)."""
+        `kv_cache_dim`; genai_config.json's `head_size`, which `import-llm` writes to the config).
+        `slots`: the rows a cache has room for (the sequences that may run at once)."""
         self.session = session
+        self.slots = slots
         inputs = {node.name: node for node in session.get_inputs()}
         self.past_names = sorted((n for n in inputs if _PAST.match(n)), key=_layer_order)
         unknown = sorted(set(inputs) - {"input_ids", "attention_mask", *self.past_names})
@@ -99,21 +135,24 @@ class GqaDecoder:
         self.id_dtype = np.int64 if inputs["input_ids"].type == "tensor(int64)" else np.int32
         logits = next(o for o in session.get_outputs() if o.name == "logits")
         self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
-        self._bound = None  # (the cache's buffer list, the binding that holds them)
+        self._bound = None  # (the cache's slab, its rows, the binding that holds them)
 
-    def empty(self, rows: int, capacity: int = 0) -> RightPaddedKV:
-        shape = (rows, self.heads, capacity, self.head_dim)
+    def empty(self, rows: int, capacity: int = 0, slots: int = 0) -> RightPaddedKV:
+        shape = (max(rows, slots), self.heads, capacity, self.head_dim)
         return RightPaddedKV([np.zeros(shape, self.past_dtype) for _ in self.past_names],
                              np.zeros(rows, np.int64))
 
-    def prefill(self, prompts: list[list[int]], cached=None) -> tuple[np.ndarray, RightPaddedKV]:
+    def prefill(self, prompts: list[list[int]], cached=None, reach: int = 0
+                ) -> tuple[np.ndarray, RightPaddedKV]:
+        """`reach`: the most positions any of these rows will hold (prompt and generated tokens), the
+        columns reserved now so that decoding never copies the cache."""
         if cached and any(length for length, _ in cached):
             raise DecoderGraphError("prefix caching is not available for GroupQueryAttention graphs")
         lengths = np.array([len(p) for p in prompts], np.int64)
         ids = np.zeros((len(prompts), int(lengths.max())), self.id_dtype)
         for row, prompt in enumerate(prompts):
             ids[row, :len(prompt)] = prompt
-        cache = self.empty(len(prompts), -(-(ids.shape[1] + 1) // GROWTH) * GROWTH)
+        cache = self.empty(len(prompts), max(reach, ids.shape[1] + 1), self.slots)
         logits = self._run(ids, _right(lengths, ids.shape[1]), cache)
         cache.lengths = lengths
         return logits[np.arange(len(prompts)), lengths - 1], cache
@@ -142,15 +181,15 @@ class GqaDecoder:
     def _binding(self, cache: RightPaddedKV):
         """The cache's buffers bound as past and present; kept while the buffers stay the same (each
         step of a decode), since binding every layer's buffers costs as much as a small model's step."""
-        if self._bound is not None and self._bound[0] is cache.past:
-            return self._bound[1]
+        if self._bound is not None and self._bound[0] is cache.slab and self._bound[1] == cache.rows:
+            return self._bound[2]
         binding = self.session.io_binding()
         binding.bind_output("logits")  # first: get_outputs() lists outputs in the order they were bound
         for past, present, buffer in zip(self.past_names, self.present_names, cache.past):
             value = ort.OrtValue.ortvalue_from_numpy(buffer)  # the buffer's own memory, no copy
             binding.bind_ortvalue_input(past, value)
             binding.bind_ortvalue_output(present, value)
-        self._bound = (cache.past, binding)
+        self._bound = (cache.slab, cache.rows, binding)
         return binding
 
 
