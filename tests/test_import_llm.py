@@ -111,31 +111,34 @@ def test_the_genai_cache_is_written_in_place_while_rows_join_and_leave(genai_mod
 
     expected = [alone(prompt, 20) for prompt in PROMPTS]
     reach = max(len(p) for p in PROMPTS) + 20
-    logits, cache = decoder.prefill(PROMPTS[:2], reach=reach)
-    running = [0, 1]
-    tokens = {0: [int(logits[0].argmax())], 1: [int(logits[1].argmax())]}
+    running, tokens, cache = [], {}, None
+
+    def join(rows):
+        nonlocal cache
+        logits, joining = decoder.prefill([PROMPTS[row] for row in rows], reach=reach)
+        cache = RightPaddedKV.concatenate([cache, joining] if cache else [joining])
+        running.extend(rows)
+        tokens.update({row: [int(row_logits.argmax())] for row, row_logits in zip(rows, logits)})
+
+    def decode(steps):
+        for _ in range(steps):
+            step = decoder.decode([tokens[row][-1] for row in running], cache)
+            for row, row_logits in zip(running, step):
+                tokens[row].append(int(row_logits.argmax()))
+
+    join([0])
+    decode(3)
+    join([1])  # the first join moves the rows to a slab with room for every slot
     buffers = [buffer.ctypes.data for buffer in cache.slab]
-
-    def decode():
-        step = decoder.decode([tokens[row][-1] for row in running], cache)
-        for row, row_logits in zip(running, step):
-            tokens[row].append(int(row_logits.argmax()))
-
-    for _ in range(3):
-        decode()
-    logits, joining = decoder.prefill(PROMPTS[2:], reach=reach)  # two rows join the two running
-    cache = RightPaddedKV.concatenate([cache, joining])
-    running += [2, 3]
-    tokens.update({2: [int(logits[0].argmax())], 3: [int(logits[1].argmax())]})
-    for _ in range(4):
-        decode()
-    assert [buffer.ctypes.data for buffer in cache.slab] == buffers  # joined and decoded in place
+    assert cache.slots == 4
+    decode(2)
+    join([2, 3])  # joined in place
+    decode(4)
     cache = cache.filter([1, 3])  # rows 0 and 2 leave: row 3 moves down behind row 1
     running = [1, 3]
-    while len(tokens[3]) < 12:
-        decode()
+    decode(5)
     assert [buffer.ctypes.data for buffer in cache.slab] == buffers
-    assert [len(tokens[row]) for row in range(4)] == [8, 15, 5, 12]
+    assert [len(tokens[row]) for row in range(4)] == [10, 12, 5, 10]
     assert all(tokens[row] == expected[row][:len(tokens[row])] for row in range(4))
 
 

@@ -113,11 +113,12 @@ class Decoder:
         columns = np.flatnonzero(cache.mask[row])
         return [buffer[row][:, columns] for buffer in cache.past]
 
-    def decode(self, last_tokens: list[int], cache: KVBatch | DeviceKVBatch) -> np.ndarray:
-        """One new token per row: next-token logits; the cache grows by the token's column."""
+    def decode(self, last_tokens: list[int], cache: KVBatch | DeviceKVBatch, starting=None) -> np.ndarray:
+        """One new token per row: next-token logits; the cache grows by the token's column. `starting`:
+        called as the graph starts to run."""
         ids = np.asarray(last_tokens, self.id_dtype)[:, None]
         positions = cache.mask.sum(axis=1, keepdims=True)
-        logits, present = self._run(ids, cache.attention_mask(1), positions, cache.past)
+        logits, present = self._run(ids, cache.attention_mask(1), positions, cache.past, starting=starting)
         cache.append(present, 1)
         return logits
 
@@ -139,7 +140,8 @@ class Decoder:
             scored.append(logits[0])
         return np.concatenate(scored) if scored else np.zeros((0, self.vocab_size or 0), np.float32)
 
-    def _run(self, ids, mask, positions, past, keep=None, use_kernels=True) -> tuple[np.ndarray, list]:
+    def _run(self, ids, mask, positions, past, keep=None, use_kernels=True, starting=None
+             ) -> tuple[np.ndarray, list]:
         """The logits (on the host) of the last position, or of the `keep` positions as [rows, n, vocab],
         and the graph's `present` outputs."""
         feeds = {"input_ids": ids, "attention_mask": mask.astype(self.id_dtype),
@@ -150,6 +152,8 @@ class Decoder:
             feeds["logit_positions"] = np.asarray([ids.shape[1] - 1] if keep is None else keep, np.int64)
         feeds.update(zip(self.past_names, past))
         outputs = ["logits", *self.present_names]
+        if starting is not None:
+            starting()
         if self.kernels and use_kernels:
             logits, *present = self.kernels.runner.run(self.session, feeds, outputs, host=("logits",))
             logits = logits.numpy()

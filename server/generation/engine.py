@@ -230,12 +230,14 @@ class GenerationEngine:
         self._requests: dict[int, _Request] = {}
         self._ids = count(1)
         self._wake = asyncio.Event()
+        self._return_to_loop = False  # asks a worker decoding steps back to back to return after its step
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        self._return_to_loop = True
         for sequence in self.scheduler.abort_all():
             request = self._requests.pop(sequence.id, None)
             if request is not None:
@@ -287,6 +289,7 @@ class GenerationEngine:
         self.scheduler.add(sequence)
         self._requests[sequence.id] = request
         self.stats.prompt_tokens += len(prompt)
+        self._return_to_loop = True
         self._wake.set()
         return TokenStream(self, request, on_close)
 
@@ -307,6 +310,7 @@ class GenerationEngine:
 
     def abort(self, request: _Request) -> None:
         if not request.sequence.finished:
+            self._return_to_loop = True
             self.scheduler.finish(request.sequence, FINISH_ABORT)
             self.stats.finished[FINISH_ABORT] = self.stats.finished.get(FINISH_ABORT, 0) + 1
         self._requests.pop(request.sequence.id, None)
@@ -336,6 +340,53 @@ class GenerationEngine:
             self.stats.cache_tokens = self.cache_tokens
 
     async def _iterate(self, plan: Plan) -> None:
+        if plan.prefill:
+            await self._step(plan)
+        else:
+            await self._decode_run([self._requests[s.id] for s in plan.decode])
+        self._drop_finished_rows()
+
+    async def _decode_run(self, rows: list[_Request]) -> None:
+        """Decode steps back to back on the worker thread, each step's tokens sent to the loop without
+        waiting for it, until a row may end or the loop asks for its turn (a sequence arrived or was
+        aborted, or a stop string ended one). A round trip between the threads at every step would cost
+        more than the Python around a step."""
+        loop, cache = asyncio.get_running_loop(), self.cache
+        history = [list(request.sequence.generated) for request in rows]
+        self._return_to_loop = False
+
+        def run(_session):
+            last, step = [tokens[-1] for tokens in history], None
+
+            def hand_over():  # the last step's tokens, while this step runs
+                loop.call_soon_threadsafe(self._deliver, rows, *step)
+
+            while True:
+                started = time.perf_counter_ns()
+                logits = self.decoder.decode(last, cache, hand_over if step else None)
+                elapsed = time.perf_counter_ns() - started
+                last = [request.sampler(row, request.sequence.prompt, tokens)
+                        for request, row, tokens in zip(rows, logits, history)]
+                step = (logits, last, elapsed)
+                for tokens, token in zip(history, last):
+                    tokens.append(token)
+                may_end = any(self._finish_reason(request, token, len(tokens)) is not None
+                              for request, token, tokens in zip(rows, last, history))
+                if may_end or self._return_to_loop:
+                    hand_over()
+                    return
+
+        await self.pool.call(run)
+
+    def _deliver(self, rows: list[_Request], logits: np.ndarray, tokens: list[int], elapsed: int) -> None:
+        self._record_step(len(rows), elapsed)
+        for request, row_logits, token in zip(rows, logits, tokens):
+            self._advance(request, row_logits, token)
+        if any(request.sequence.finished for request in rows):
+            self._return_to_loop = True
+
+    async def _step(self, plan: Plan) -> None:
+        """One step that prefills the plan's new sequences (and decodes the running ones)."""
         decoding = [self._requests[s.id] for s in plan.decode]  # the cache's rows, in order
         prefilling = [self._requests[s.id] for s in plan.prefill]
         last = [r.sequence.generated[-1] for r in decoding]
@@ -365,7 +416,6 @@ class GenerationEngine:
         self.rows = decoding + prefilling
         for request, row_logits in zip(self.rows, logits):
             self._advance(request, row_logits)
-        self._drop_finished_rows()
 
     def _record_step(self, rows: int, ns: int) -> None:
         self.stats.steps += 1
@@ -374,11 +424,13 @@ class GenerationEngine:
         self.model_stats.batch_size.observe(rows)
         self.model_stats.compute_seconds.observe(ns / 1e9)
 
-    def _advance(self, request: _Request, logits: np.ndarray) -> None:
+    def _advance(self, request: _Request, logits: np.ndarray, token: int | None = None) -> None:
+        """The sequence's next token (`token`, or sampled from `logits`): its text, finish and event."""
         sequence = request.sequence
-        if sequence.finished:  # aborted while the step ran
+        if sequence.finished:  # aborted while the step ran, or ended while a worker ran ahead
             return
-        token = request.sampler(logits, sequence.prompt, sequence.generated)
+        if token is None:
+            token = request.sampler(logits, sequence.prompt, sequence.generated)
         sequence.generated.append(token)
         now = time.perf_counter()
         if len(sequence.generated) == 1:
@@ -387,7 +439,7 @@ class GenerationEngine:
             self.stats.inter_token.observe(now - request.last_token)
         request.last_token = now
         self.stats.generated_tokens += 1
-        reason = self._finish_reason(request, token)
+        reason = self._finish_reason(request, token, len(sequence.generated))
         by_token = reason == FINISH_STOP  # an eos or stop token: not part of the output
         visible = sequence.generated[:-1] if by_token else sequence.generated
         text = request.text.push(visible, reason is not None)
@@ -409,14 +461,15 @@ class GenerationEngine:
     def token_name(self, token: int) -> str:
         return self.codec.token_text(token) if self.codec is not None else f"token_id:{token}"
 
-    def _finish_reason(self, request: _Request, token: int) -> str | None:
+    def _finish_reason(self, request: _Request, token: int, generated: int) -> str | None:
+        """Why the sequence ends at `token`, its `generated`-th (stop strings aside: its text decides)."""
         sequence, params = request.sequence, request.params
         eos = token in self.settings.eos_token_ids and not params.ignore_eos
         if eos or token in params.stop_token_ids:
             return FINISH_STOP
-        if len(sequence.generated) >= sequence.max_tokens:
+        if generated >= sequence.max_tokens:
             return FINISH_LENGTH
-        if len(sequence.prompt) + len(sequence.generated) >= self.settings.max_sequence_length:
+        if len(sequence.prompt) + generated >= self.settings.max_sequence_length:
             return FINISH_LENGTH
         return None
 

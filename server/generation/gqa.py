@@ -28,6 +28,7 @@ class RightPaddedKV:
 
     slab: list[np.ndarray]
     lengths: np.ndarray
+    room: int = 1  # the slots a slab gets when rows join and it has too few: the sequences that may run
 
     @property
     def rows(self) -> int:
@@ -64,7 +65,7 @@ class RightPaddedKV:
                 used = self.lengths[row]
                 for buffer in self.slab:
                     buffer[slot, :, :used] = buffer[row, :, :used]
-        return RightPaddedKV(self.slab, self.lengths[keep])
+        return RightPaddedKV(self.slab, self.lengths[keep], self.room)
 
     @staticmethod
     def concatenate(batches: list["RightPaddedKV"]) -> "RightPaddedKV":
@@ -79,8 +80,8 @@ class RightPaddedKV:
             _copy_rows(batches[1:], first.slab, first.rows)
             slab = first.slab
         else:
-            slab = _moved(batches, max(rows, *(b.slots for b in batches)), capacity)
-        return RightPaddedKV(slab, np.concatenate([b.lengths for b in batches]))
+            slab = _moved(batches, max(rows, first.room), capacity)
+        return RightPaddedKV(slab, np.concatenate([b.lengths for b in batches]), first.room)
 
     def attention_mask(self, new: int) -> np.ndarray:
         """[rows, length + new]: ones over each row's tokens and its new ones, from the start."""
@@ -112,7 +113,7 @@ class GqaDecoder:
     def __init__(self, session, head_dim: int | None = None, slots: int = 1):
         """`head_dim`: the key/value head size, where the graph leaves it symbolic (the builder's
         `kv_cache_dim`; genai_config.json's `head_size`, which `import-llm` writes to the config).
-        `slots`: the rows a cache has room for (the sequences that may run at once)."""
+        `slots`: the rows a cache makes room for once rows join it (the sequences that may run at once)."""
         self.session = session
         self.slots = slots
         inputs = {node.name: node for node in session.get_inputs()}
@@ -137,10 +138,10 @@ class GqaDecoder:
         self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
         self._bound = None  # (the cache's slab, its rows, the binding that holds them)
 
-    def empty(self, rows: int, capacity: int = 0, slots: int = 0) -> RightPaddedKV:
-        shape = (max(rows, slots), self.heads, capacity, self.head_dim)
+    def empty(self, rows: int, capacity: int = 0) -> RightPaddedKV:
+        shape = (rows, self.heads, capacity, self.head_dim)
         return RightPaddedKV([np.zeros(shape, self.past_dtype) for _ in self.past_names],
-                             np.zeros(rows, np.int64))
+                             np.zeros(rows, np.int64), self.slots)
 
     def prefill(self, prompts: list[list[int]], cached=None, reach: int = 0
                 ) -> tuple[np.ndarray, RightPaddedKV]:
@@ -152,14 +153,17 @@ class GqaDecoder:
         ids = np.zeros((len(prompts), int(lengths.max())), self.id_dtype)
         for row, prompt in enumerate(prompts):
             ids[row, :len(prompt)] = prompt
-        cache = self.empty(len(prompts), max(reach, ids.shape[1] + 1), self.slots)
+        cache = self.empty(len(prompts), max(reach, ids.shape[1] + 1))
         logits = self._run(ids, _right(lengths, ids.shape[1]), cache)
         cache.lengths = lengths
         return logits[np.arange(len(prompts)), lengths - 1], cache
 
-    def decode(self, last_tokens: list[int], cache: RightPaddedKV) -> np.ndarray:
+    def decode(self, last_tokens: list[int], cache: RightPaddedKV, starting=None) -> np.ndarray:
+        """`starting`: called as the graph starts to run (without the GIL, so other threads' Python
+        overlaps the run instead of delaying it)."""
         cache.reserve(1)
-        logits = self._run(np.asarray(last_tokens, self.id_dtype)[:, None], cache.attention_mask(1), cache)
+        ids, mask = np.asarray(last_tokens, self.id_dtype)[:, None], cache.attention_mask(1)
+        logits = self._run(ids, mask, cache, starting)
         cache.lengths = cache.lengths + 1
         return logits[:, -1]
 
@@ -168,13 +172,15 @@ class GqaDecoder:
         ids = np.asarray([prompt], self.id_dtype)
         return self._run(ids, np.ones_like(ids, dtype=np.int64), self.empty(1, ids.shape[1]))[0, :-1]
 
-    def _run(self, ids, mask, cache: RightPaddedKV) -> np.ndarray:
+    def _run(self, ids, mask, cache: RightPaddedKV, starting=None) -> np.ndarray:
         """One run with each past input and its present output bound to the cache's buffer: the new
         tokens' keys and values are written in place. Returns the logits."""
         binding = self._binding(cache)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask.astype(self.id_dtype))
         binding.bind_output("logits")  # unallocated again: the last run's logits had their own shape
+        if starting is not None:
+            starting()
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy().astype(np.float32, copy=False)  # the logits alone
 
