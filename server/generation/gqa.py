@@ -9,6 +9,8 @@ a step writes only the new tokens' keys and values, at each row's own length. Th
 up to the sequences' budgets and hold every running row (`RightPaddedKV`): a decode step copies
 nothing, a joining row copies only itself and a leaving one only the rows behind it."""
 
+import math
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +25,8 @@ class RightPaddedKV:
     """The rows' keys and values in the first `rows` slots of `slab[i]`: [slots, kv_heads, capacity,
     head_dim], each row's tokens from column 0 (`lengths`). Slots and columns the rows do not use are
     free room, never read (the attention mask gives each row's length): rows join, leave and grow in the
-    same buffers, and a step writes only its new tokens. The buffers come from `np.zeros` (pages the OS
-    maps on first touch), so room reserved up to the sequences' budgets costs memory only once used."""
+    same buffers, and a step writes only its new tokens. Room reserved up to the sequences' budgets
+    costs memory only once used (`_zeros`)."""
 
     slab: list[np.ndarray]
     lengths: np.ndarray
@@ -91,9 +93,16 @@ class RightPaddedKV:
 def _moved(batches: list[RightPaddedKV], slots: int, capacity: int) -> list[np.ndarray]:
     """A new slab of `slots` x `capacity` holding the batches' rows one after another."""
     _, heads, _, dim = batches[0].slab[0].shape
-    slab = [np.zeros((slots, heads, capacity, dim), buffer.dtype) for buffer in batches[0].slab]
+    slab = [_zeros((slots, heads, capacity, dim), buffer.dtype) for buffer in batches[0].slab]
     _copy_rows(batches, slab, 0)
     return slab
+
+
+def _zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Zeros in fresh pages that the OS maps on first touch: room reserved costs memory only once used.
+    (np.zeros of a size the allocator has held before gets that memory cleared, all of it, at once.)"""
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, size), dtype).reshape(shape) if size else np.zeros(shape, dtype)
 
 
 def _copy_rows(batches: list[RightPaddedKV], slab: list[np.ndarray], start: int) -> None:
@@ -140,7 +149,7 @@ class GqaDecoder:
 
     def empty(self, rows: int, capacity: int = 0) -> RightPaddedKV:
         shape = (rows, self.heads, capacity, self.head_dim)
-        return RightPaddedKV([np.zeros(shape, self.past_dtype) for _ in self.past_names],
+        return RightPaddedKV([_zeros(shape, self.past_dtype) for _ in self.past_names],
                              np.zeros(rows, np.int64), self.slots)
 
     def prefill(self, prompts: list[list[int]], cached=None, reach: int = 0

@@ -141,11 +141,17 @@ class Sampler:
 
     params: SamplingParams
     rng: np.random.Generator = field(init=False)
+    adjusts_logits: bool = field(init=False)  # a bias or penalty moves the logits before the choice
 
     def __post_init__(self):
         self.rng = np.random.default_rng(self.params.seed)
+        params = self.params
+        self.adjusts_logits = bool(params.logit_bias or params.presence_penalty or params.frequency_penalty
+                                   or params.repetition_penalty != 1.0)
 
     def __call__(self, logits: np.ndarray, prompt: list[int], generated: list[int]) -> int:
+        if self.params.greedy and not self.adjusts_logits:
+            return int(np.argmax(logits))  # the same order as in float64, without the copy
         logits = logits.astype(np.float64)
         if self.params.logit_bias:
             tokens, biases = zip(*self.params.logit_bias)  # ids checked against the vocabulary at admission
