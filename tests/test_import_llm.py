@@ -156,6 +156,29 @@ def test_a_genai_cache_reserved_too_small_grows(genai_models):
     assert [kept for _, kept in runs] == [False, True]
 
 
+def test_a_genai_models_logprobs_are_each_steps_own(genai_models):
+    """Decode steps run ahead of the event loop in one reused logits buffer: each streamed token's log
+    probability is still its own step's, equal to the decoder's log-softmax run alone."""
+    import numpy as np
+
+    built, server = genai_models
+    decoder, prompt, count = genai_decoder(built["fp32"], slots=1), PROMPTS[1], 24
+    logits, cache = decoder.prefill([prompt], reach=len(prompt) + count)
+    expected = []
+    for _ in range(count):
+        row = logits[0].astype(np.float64)
+        token = int(row.argmax())
+        expected.append((token, row[token] - row.max() - np.log(np.exp(row - row.max()).sum())))
+        logits = decoder.decode([token], cache)
+    body = {"model": "genai_fp32", "prompt": [prompt], "max_tokens": count, "temperature": 0,
+            "logprobs": 1, "ignore_eos": True}
+    answer = httpx.post(f"http://{server.http_url}/v1/completions", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    served = answer.json()["choices"][0]["logprobs"]["token_logprobs"]
+    assert len(served) == count
+    np.testing.assert_allclose(served, [logprob for _, logprob in expected], atol=1e-4)
+
+
 def test_a_directory_that_cannot_be_served_says_what_is_not_understood(tmp_path, genai_models):
     import shutil
 

@@ -353,6 +353,7 @@ class GenerationEngine:
         more than the Python around a step."""
         loop, cache = asyncio.get_running_loop(), self.cache
         history = [list(request.sequence.generated) for request in rows]
+        scored = any(request.params.logprobs is not None for request in rows)
         self._return_to_loop = False
 
         def run(_session):
@@ -367,7 +368,7 @@ class GenerationEngine:
                 elapsed = time.perf_counter_ns() - started
                 last = [request.sampler(row, request.sequence.prompt, tokens)
                         for request, row, tokens in zip(rows, logits, history)]
-                step = (logits, last, elapsed)
+                step = (logits.copy() if scored else None, last, elapsed)  # the decoder reuses `logits`
                 for tokens, token in zip(history, last):
                     tokens.append(token)
                 may_end = any(self._finish_reason(request, token, len(tokens)) is not None
@@ -378,10 +379,12 @@ class GenerationEngine:
 
         await self.pool.call(run)
 
-    def _deliver(self, rows: list[_Request], logits: np.ndarray, tokens: list[int], elapsed: int) -> None:
+    def _deliver(self, rows: list[_Request], logits: np.ndarray | None, tokens: list[int], elapsed: int
+                 ) -> None:
+        """A step's tokens; its `logits` only where a row asked for log probabilities."""
         self._record_step(len(rows), elapsed)
-        for request, row_logits, token in zip(rows, logits, tokens):
-            self._advance(request, row_logits, token)
+        for row, (request, token) in enumerate(zip(rows, tokens)):
+            self._advance(request, None if logits is None else logits[row], token)
         if any(request.sequence.finished for request in rows):
             self._return_to_loop = True
 
@@ -424,7 +427,7 @@ class GenerationEngine:
         self.model_stats.batch_size.observe(rows)
         self.model_stats.compute_seconds.observe(ns / 1e9)
 
-    def _advance(self, request: _Request, logits: np.ndarray, token: int | None = None) -> None:
+    def _advance(self, request: _Request, logits: np.ndarray | None, token: int | None = None) -> None:
         """The sequence's next token (`token`, or sampled from `logits`): its text, finish and event."""
         sequence = request.sequence
         if sequence.finished:  # aborted while the step ran, or ended while a worker ran ahead

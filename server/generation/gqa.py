@@ -145,7 +145,9 @@ class GqaDecoder:
         self.id_dtype = np.int64 if inputs["input_ids"].type == "tensor(int64)" else np.int32
         logits = next(o for o in session.get_outputs() if o.name == "logits")
         self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
+        self.logits_dtype = _ORT_FLOAT.get(logits.type, np.float32)
         self._bound = None  # (the cache's slab, its rows, the binding that holds them)
+        self._decode_logits = None  # the buffer bound to the logits of the cached binding
 
     def empty(self, rows: int, capacity: int = 0) -> RightPaddedKV:
         shape = (rows, self.heads, capacity, self.head_dim)
@@ -183,15 +185,33 @@ class GqaDecoder:
 
     def _run(self, ids, mask, cache: RightPaddedKV, starting=None) -> np.ndarray:
         """One run with each past input and its present output bound to the cache's buffer: the new
-        tokens' keys and values are written in place. Returns the logits."""
+        tokens' keys and values are written in place. Returns the logits; a decode step's are in a
+        buffer the next decode step of the same rows writes again."""
         binding = self._binding(cache)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask.astype(self.id_dtype))
-        binding.bind_output("logits")  # unallocated again: the last run's logits had their own shape
+        logits = self._logits_bound(binding, ids.shape)
         if starting is not None:
             starting()
         self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy().astype(np.float32, copy=False)  # the logits alone
+        if logits is None:
+            logits = binding.get_outputs()[0].numpy()  # the logits alone
+        return logits.astype(np.float32, copy=False)
+
+    def _logits_bound(self, binding, shape: tuple[int, int]) -> np.ndarray | None:
+        """The buffer the logits of one new token per row go to, bound once for the cached binding
+        (binding it and copying ORT's output out cost more than the rest of a step's Python); None
+        where ORT allocates them (a prefill)."""
+        if self._decode_logits is not None and self._decode_logits.shape[:2] == shape:
+            return self._decode_logits
+        if shape[1] != 1 or self.vocab_size is None:
+            binding.bind_output("logits")  # unallocated again: the last run's logits had their own shape
+            self._decode_logits = None
+            return None
+        logits = np.empty((shape[0], 1, self.vocab_size), self.logits_dtype)
+        binding.bind_output("logits", "cpu", 0, logits.dtype, logits.shape, logits.ctypes.data)
+        self._decode_logits = logits
+        return logits
 
     def _binding(self, cache: RightPaddedKV):
         """The cache's buffers bound as past and present; kept while the buffers stay the same (each
@@ -204,7 +224,7 @@ class GqaDecoder:
             value = ort.OrtValue.ortvalue_from_numpy(buffer)  # the buffer's own memory, no copy
             binding.bind_ortvalue_input(past, value)
             binding.bind_ortvalue_output(present, value)
-        self._bound = (cache.slab, cache.rows, binding)
+        self._bound, self._decode_logits = (cache.slab, cache.rows, binding), None
         return binding
 
 
