@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import report
-from loadtest.bench_generation import served, stream
+from loadtest.bench_generation import run_load, served, stream
 from loadtest.server_process import start_server, stop_server
 
 STREAMS, PROMPT_TOKENS, GAP_SECONDS = 16, 32, 0.1
@@ -195,7 +195,7 @@ def measure(url: str, engines: dict, prompts, questions, args) -> list[list]:
         model = f"genai_{precision}"
         rounds = []
         for _ in range(args.rounds):
-            ours, _ = asyncio.run(served(url, model, prompts[:1], args.tokens, False))
+            ours, _ = run_load(served(url, model, prompts[:1], args.tokens, False))
             _, total = genai.run(prompts[:1], args.tokens)
             rounds.append((ours, args.tokens / total))
         ours, theirs = report.middle(rounds, key=lambda r: r[0] / r[1])
@@ -203,14 +203,14 @@ def measure(url: str, engines: dict, prompts, questions, args) -> list[list]:
     genai = engines["int4"]
     rounds = []
     for _ in range(args.rounds):
-        ours, _ = asyncio.run(served(url, "genai_int4", prompts, args.tokens, True))
+        ours, _ = run_load(served(url, "genai_int4", prompts, args.tokens, True))
         _, total = genai.run(prompts, args.tokens)
         rounds.append((ours, len(prompts) * args.tokens / total))
     ours, theirs = report.middle(rounds, key=lambda r: r[0] / r[1])
     rows.append(_row(f"{STREAMS} streams at once, int4 (aggregate tokens/s)", ours, theirs, 1.0, rounds))
     rounds = []
     for _ in range(args.rounds):
-        ours, our_first = asyncio.run(served_arrivals(url, "genai_int4", prompts, args.tokens))
+        ours, our_first = run_load(served_arrivals(url, "genai_int4", prompts, args.tokens))
         theirs, their_first = genai_arrivals(genai, prompts, args.tokens)
         rounds.append((ours, theirs, statistics.mean(our_first), statistics.mean(their_first)))
     ours, theirs, our_first, their_first = report.middle(rounds, key=lambda r: r[0] / r[1])
@@ -221,8 +221,8 @@ def measure(url: str, engines: dict, prompts, questions, args) -> list[list]:
                  report.judged("lower", our_first < their_first), ""])
     rounds = []
     for _ in range(args.rounds):
-        cached = statistics.median(asyncio.run(first_token_times(url, "cached", questions)))
-        uncached = statistics.median(asyncio.run(first_token_times(url, "uncached", questions)))
+        cached = statistics.median(run_load(first_token_times(url, "cached", questions)))
+        uncached = statistics.median(run_load(first_token_times(url, "uncached", questions)))
         rounds.append((uncached / cached, cached, uncached))
     ratio, cached, uncached = report.middle(rounds, key=lambda r: r[0])
     rows.append([f"{STREAMS} requests sharing a 512-token system prompt (+16 tokens each): time to first "

@@ -6,7 +6,6 @@ against what the checkpoint's key/value heads imply. Writes the "llama generatio
 BENCHMARKS.md."""
 
 import argparse
-import asyncio
 import statistics
 import tempfile
 from pathlib import Path
@@ -17,6 +16,7 @@ import onnxruntime as ort
 from loadtest import report
 from loadtest.bench_generation import (
     percentiles,
+    run_load,
     served,
     streams_against_one,
     transformers_tokens_per_second,
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             url = f"http://{server.http_url}"
             single_rounds = []
             for _ in range(args.rounds):
-                one, _ = asyncio.run(served(url, "llama100m", prompts[:1], args.tokens, False))
+                one, _ = run_load(served(url, "llama100m", prompts[:1], args.tokens, False))
                 torch_rate = transformers_tokens_per_second(work / "checkpoint", prompts[0], args.tokens)
                 single_rounds.append((one, torch_rate))
             (together, runs), (alone, _) = streams_against_one(url, "llama100m", prompts, args.tokens, 2,

@@ -176,8 +176,8 @@ class Letters:
     def __init__(self, text):
         self.text = text
 
-    def decode(self, ids):
-        return "".join(self.text[i] for i in ids)
+    def stream(self):
+        return lambda token: self.text[token]
 
 
 def test_text_stream_holds_back_a_possible_stop_and_cuts_before_it_across_tokens():

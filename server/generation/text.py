@@ -21,6 +21,14 @@ class TextCodec:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def stream(self):
+        """An incremental decoder (the `tokenizers` library's own): each call takes the next token id
+        and returns the text it completes, "" while a character spans tokens still to come."""
+        from tokenizers.decoders import DecodeStream
+
+        decoder = DecodeStream(skip_special_tokens=True)
+        return lambda token: decoder.step(self.tokenizer, token) or ""
+
     def token_text(self, token: int) -> str:
         """One token as text, special tokens included (logprobs name every token)."""
         return self.tokenizer.decode([token], skip_special_tokens=False)
@@ -29,23 +37,23 @@ class TextCodec:
 class TextStream:
     """One sequence's text as tokens arrive: `push` returns the new piece that is safe to send.
 
-    Only the last few tokens are decoded each step (a window that starts before the newest text, so a
-    character split across tokens decodes whole). Text that could still become a stop string, or an
-    unfinished UTF-8 character, is held back until the next token decides it; a stop string ends the
-    text before it."""
+    Text that could still become a stop string is held back until the next token decides it (an
+    unfinished UTF-8 character the decoder holds itself); a stop string ends the text before it."""
 
     def __init__(self, codec: TextCodec | None, stop: tuple[str, ...]):
         self.codec = codec
         self.stop = stop
-        self.prefix_offset = 0  # the window's first token
-        self.read_offset = 0  # tokens up to here are in `held` or already sent
+        self.decode = codec.stream() if codec is not None else None
+        self.decoded = 0  # tokens given to `decode`
         self.held = ""  # decoded but not yet sent
         self.stopped = False
 
     def push(self, ids: list[int], final: bool) -> str:
         if self.codec is None or self.stopped:
             return ""
-        self.held += self._new_text(ids)
+        for token in ids[self.decoded:]:
+            self.held += self.decode(token)
+        self.decoded = len(ids)
         hits = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
         if hits:
             self.stopped = True
@@ -55,14 +63,6 @@ class TextStream:
         piece = self.held[: len(self.held) - keep]
         self.held = self.held[len(piece):]
         return piece
-
-    def _new_text(self, ids: list[int]) -> str:
-        before = self.codec.decode(ids[self.prefix_offset:self.read_offset])
-        after = self.codec.decode(ids[self.prefix_offset:])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            return ""  # an unfinished character: wait for its next bytes
-        self.prefix_offset, self.read_offset = self.read_offset, len(ids)
-        return after[len(before):]
 
 
 def _held_for_stop(text: str, stop: tuple[str, ...]) -> int:
