@@ -156,6 +156,28 @@ def test_a_genai_cache_reserved_too_small_grows(genai_models):
     assert [kept for _, kept in runs] == [False, True]
 
 
+def test_a_genai_prefill_that_reuses_cached_prefixes_equals_one_without(genai_models):
+    """Rows of one prefill with cached prefixes of different lengths (none, one block, two) decode the
+    same tokens as when their prompts run whole."""
+    import numpy as np
+
+    decoder = genai_decoder(genai_models[0]["fp32"], slots=3)
+    prompts = [list(range(20, 61)), [5, 9, 17] * 7, list(range(100, 140))]
+
+    def greedy(logits, cache, steps=10):
+        tokens = [[int(row.argmax())] for row in logits]
+        for _ in range(steps - 1):
+            for row, row_logits in zip(tokens, decoder.decode([row[-1] for row in tokens], cache)):
+                row.append(int(row_logits.argmax()))
+        return tokens
+
+    logits, whole = decoder.prefill(prompts, reach=60)
+    cached = [(held, [np.array(part[:, :held]) for part in decoder.row_past(whole, row)] if held else None)
+              for row, held in enumerate([32, 0, 16])]
+    expected = greedy(logits, whole)
+    assert greedy(*decoder.prefill(prompts, cached, reach=60)) == expected
+
+
 def test_a_genai_models_logprobs_are_each_steps_own(genai_models):
     """Decode steps run ahead of the event loop in one reused logits buffer: each streamed token's log
     probability is still its own step's, equal to the decoder's log-softmax run alone."""

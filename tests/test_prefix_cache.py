@@ -1,6 +1,6 @@
 """Automatic prefix caching: greedy outputs are the same with the cache on and off for prompts that share
 nothing, part of a prefix or all of it, under eviction, and for requests that join a running batch; the
-metrics count what was reused."""
+metrics count what was reused. For ortserve's own export and for onnxruntime-genai's graphs."""
 
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -13,22 +13,31 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporters import gpt
 from server.generation.prefix_cache import BLOCK
 from tests.conftest import start_server, stop_server
-from tests.test_llm_export import tiny_decoder
+from tests.test_import_llm import genai_build, import_llm
+from tests.test_llm_export import checkpoint_with_tokenizer, tiny_decoder
 
 NEW_TOKENS = 24
 BUDGETS = {"uncached": 0, "cached": 4096, "small": 2 * BLOCK}  # small: two blocks, evicting
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+@pytest.fixture(scope="module", params=["exported", "genai"])
+def servers(request, tmp_path_factory):
+    """One tiny Llama exported by ortserve (left-padded cache) or built by onnxruntime-genai's builder
+    (GroupQueryAttention, right-padded cache), served as three models with different cache budgets."""
     repository = tmp_path_factory.mktemp("prefix")
-    gpt.export(tiny_decoder("llama"), repository, "uncached", new_tokens=4)  # with prefix_cache_tokens 4096
     exported = repository / "exported"
-    (repository / "uncached").rename(exported)
+    if request.param == "exported":
+        gpt.export(tiny_decoder("llama"), repository, "exported", new_tokens=4)  # prefix_cache_tokens 4096
+    else:
+        pytest.importorskip("onnxruntime_genai", reason="the genai extra (CPU runtime only)")
+        root = tmp_path_factory.mktemp("genai")
+        checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "llama")
+        import_llm(genai_build(checkpoint, root / "fp32", "fp32"), repository, "exported")
     for name, budget in BUDGETS.items():
         shutil.copytree(exported, repository / name)
         config = repository / name / "config.pbtxt"
-        text = config.read_text().replace('name: "uncached"', f'name: "{name}"')
+        text = config.read_text().replace('name: "exported"', f'name: "{name}"')
+        assert text.count('string_value: "4096"') == 1
         config.write_text(text.replace('string_value: "4096"', f'string_value: "{budget}"'))
     shutil.rmtree(exported)
     server = start_server(repository, tmp_path_factory.mktemp("logs") / "server.log", ready_model="small")

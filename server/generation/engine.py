@@ -13,7 +13,7 @@ import numpy as np
 
 from server.core.errors import Internal, InvalidArgument, Unavailable, failure_reason
 from server.core.stats import ModelStats
-from server.generation.decoder import Decoder, make_decoder
+from server.generation.decoder import make_decoder
 from server.generation.device_cache import DeviceKVBatch
 from server.generation.kv_cache import KVBatch
 from server.generation.prefix_cache import BLOCK as PREFIX_BLOCK
@@ -221,10 +221,9 @@ class GenerationEngine:
                                     settings.limits.max_running)
         self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
         self.scheduler = Scheduler(settings.limits)
-        # reused blocks are fed from the host, after left padding
+        # reused blocks are fed from the host: not where the cache lives on a GPU
         self.prefix_cache = PrefixCache(settings.prefix_cache_tokens, self.stats) if (
-            settings.prefix_cache_tokens and isinstance(self.decoder, Decoder) and not self.decoder.kernels
-        ) else None
+            settings.prefix_cache_tokens and not self.decoder.kernels) else None
         self.cache: KVBatch | DeviceKVBatch | None = None
         self.rows: list[_Request] = []  # aligned with the cache's rows
         self._requests: dict[int, _Request] = {}

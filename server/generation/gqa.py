@@ -156,18 +156,44 @@ class GqaDecoder:
 
     def prefill(self, prompts: list[list[int]], cached=None, reach: int = 0
                 ) -> tuple[np.ndarray, RightPaddedKV]:
-        """`reach`: the most positions any of these rows will hold (prompt and generated tokens), the
+        """Right-padded prompts: each row's next-token logits and the batch's cache. `cached`: per row,
+        how many of its first tokens already have keys and values (a prefix cache's [kv_heads, length,
+        head_dim] tensors), written into the row's first columns so that only the rest runs; then the
+        rows run one at a time (the operator takes several new tokens after a past for one row only).
+        `reach`: the most positions any of these rows will hold (prompt and generated tokens), the
         columns reserved now so that decoding never copies the cache."""
-        if cached and any(length for length, _ in cached):
-            raise DecoderGraphError("prefix caching is not available for GroupQueryAttention graphs")
+        cached = cached or [(0, None)] * len(prompts)
+        held = np.array([length for length, _ in cached], np.int64)
         lengths = np.array([len(p) for p in prompts], np.int64)
-        ids = np.zeros((len(prompts), int(lengths.max())), self.id_dtype)
-        for row, prompt in enumerate(prompts):
-            ids[row, :len(prompt)] = prompt
-        cache = self.empty(len(prompts), max(reach, ids.shape[1] + 1))
-        logits = self._run(ids, _right(lengths, ids.shape[1]), cache)
+        cache = self.empty(len(prompts), max(reach, int(lengths.max()) + 1))
+        if not held.any():
+            logits = self._fill(prompts, held, cache)
+        else:
+            rows = []
+            for row, (prompt, (length, past)) in enumerate(zip(prompts, cached)):
+                alone = RightPaddedKV([buffer[row:row + 1] for buffer in cache.slab], lengths[row:row + 1])
+                for buffer, part in zip(alone.slab, past if length else ()):
+                    buffer[0, :, :length] = part
+                rows.append(self._fill([prompt], held[row:row + 1], alone))
+            logits = np.concatenate(rows)
         cache.lengths = lengths
-        return logits[np.arange(len(prompts)), lengths - 1], cache
+        return logits, cache
+
+    def _fill(self, prompts: list[list[int]], held: np.ndarray, cache: RightPaddedKV) -> np.ndarray:
+        """Runs each prompt's tokens after its first `held` (already in the cache): the logits of each
+        one's last token."""
+        lengths = np.array([len(p) for p in prompts], np.int64)
+        ids = np.zeros((len(prompts), int((lengths - held).max())), self.id_dtype)
+        for row, (prompt, start) in enumerate(zip(prompts, held)):
+            ids[row, :len(prompt) - start] = prompt[start:]
+        logits = self._run(ids, _right(lengths, int(lengths.max())), cache)
+        return logits[np.arange(len(prompts)), lengths - held - 1]
+
+    @staticmethod
+    def row_past(cache: RightPaddedKV, row: int) -> list[np.ndarray]:
+        """One row's keys and values of its tokens: [kv_heads, tokens, head_dim] per past input."""
+        used = cache.lengths[row]
+        return [buffer[row, :, :used] for buffer in cache.slab]
 
     def decode(self, last_tokens: list[int], cache: RightPaddedKV, starting=None) -> np.ndarray:
         """`starting`: called as the graph starts to run (without the GIL, so other threads' Python

@@ -47,9 +47,7 @@ def import_llm(source: Path, repository: Path, name: str) -> Path:
             shutil.copyfile(source / file, target / file)
     config = text_format.Parse('platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + GENERATION_INTERFACE,
                                ModelConfig(name=name))
-    # prefix caching feeds left-padded pasts: not for GroupQueryAttention's right-padded cache
-    parameters = generation_parameters(context, eos, "tokenizer.json",
-                                       prefix_cache_tokens=0 if genai else 4096)
+    parameters = generation_parameters(context, eos, "tokenizer.json")
     if head_dim:
         parameters["kv_head_dim"] = str(head_dim)
     for key, value in parameters.items():
