@@ -41,15 +41,14 @@ class TextStream:
     unfinished UTF-8 character the decoder holds itself); a stop string ends the text before it."""
 
     def __init__(self, codec: TextCodec | None, stop: tuple[str, ...]):
-        self.codec = codec
         self.stop = stop
-        self.decode = codec.stream() if codec is not None else None
+        self.decode = codec.stream() if codec is not None else None  # None: no text, token ids only
         self.decoded = 0  # tokens given to `decode`
         self.held = ""  # decoded but not yet sent
         self.stopped = False
 
     def push(self, ids: list[int], final: bool) -> str:
-        if self.codec is None or self.stopped:
+        if self.decode is None or self.stopped:
             return ""
         for token in ids[self.decoded:]:
             self.held += self.decode(token)
