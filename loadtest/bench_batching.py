@@ -1,6 +1,6 @@
 """Dynamic batching benchmark, measured side by side in one run; writes its section of BENCHMARKS.md.
 
-python -m loadtest.bench_batching [--seconds 10]
+python -m loadtest.bench_batching [--seconds 8]
 """
 
 import argparse
@@ -362,7 +362,7 @@ def _padding_difference(port, session, requests) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
     print(run(parser.parse_args().seconds))
 
 

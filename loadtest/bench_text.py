@@ -117,11 +117,12 @@ def run(seconds: float, rounds: int, count: int) -> str:
         infinity, infinity_port = None, 0
         if python is not None:
             infinity, infinity_port, why = start_infinity(python, work / "infinity.log")
-        measured = []
+        measured, chosen = [], {}
         try:
             for _ in range(rounds):
                 measured.append(one_round(server, infinity_port if infinity else 0, sentences, st_model,
-                                          work / "repository" / "minilm" / "1" / "model.onnx", seconds))
+                                          work / "repository" / "minilm" / "1" / "model.onnx", seconds,
+                                          chosen))
         finally:
             stop_server(server)
             if infinity is not None:
@@ -130,10 +131,14 @@ def run(seconds: float, rounds: int, count: int) -> str:
     return section(measured, seconds, rounds, count, why)
 
 
-def one_round(server, infinity_port, sentences, st_model, model_file, seconds) -> dict:
+def one_round(server, infinity_port, sentences, st_model, model_file, seconds, chosen: dict) -> dict:
+    """`chosen`: the in-process batch sizes the first round found best, which the later rounds reuse."""
     figures = {}
-    figures["onnx"] = best(lambda s, b: in_process_onnx(model_file, s, b), sentences, (8, 16, 32, 64))
-    figures["st"] = best(lambda s, b: sentence_transformers(st_model, s, b), sentences, (16, 32, 64))
+    figures["onnx"] = best(lambda s, b: in_process_onnx(model_file, s, b), sentences,
+                           chosen.get("onnx", (8, 16, 32, 64)))
+    figures["st"] = best(lambda s, b: sentence_transformers(st_model, s, b), sentences,
+                         chosen.get("st", (16, 32, 64)))
+    chosen.update({name: (figures[name][1],) for name in ("onnx", "st")})
     loads = {"ortserve": (server.http_port, "/v1/embeddings", "minilm"),
              "ortserve_int8": (server.http_port, "/v1/embeddings", "minilm_int8")}
     if infinity_port:
@@ -195,7 +200,8 @@ def section(measured: list[dict], seconds: float, rounds: int, count: int, why: 
         f"{report.machine()}. `python -m loadtest.bench_text --seconds {seconds:g} --rounds {rounds} "
         f"--sentences {count}`: all-MiniLM-L6-v2 fp32, {count} real sentences (the standard library's "
         f"docstrings, 4 to 150 words), {rounds} interleaved rounds, loads of {seconds:g} s after "
-        f"{client.WARMUP:g} s of warm-up from one asyncio client on the same machine.",
+        f"{client.WARMUP:g} s of warm-up from one asyncio client on the same machine. In process, the first "
+        "round tries several batch sizes and the later rounds run the best of them.",
         "",
         report.table(["", "sentences/s", "p50 ms", "p99 ms", "how", "by round"], rows),
         "",

@@ -1,3 +1,4 @@
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,19 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory) -> Path:
     return build_repository(tmp_path_factory.mktemp("repository"))
+
+
+@pytest.fixture(scope="session")
+def genai_llama(tmp_path_factory):
+    """onnxruntime-genai's builds of one tiny random Llama with its tokenizer, by precision: each built on
+    first use and shared by every test module that serves or decodes them."""
+    pytest.importorskip("onnxruntime_genai", reason="the genai extra (CPU runtime only)")
+    from tests.test_import_llm import genai_build
+    from tests.test_llm_export import checkpoint_with_tokenizer
+
+    root = tmp_path_factory.mktemp("genai")
+    checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "llama")
+    return functools.cache(lambda precision: genai_build(checkpoint, root / precision, precision))
 
 
 @pytest.fixture(scope="session")

@@ -62,12 +62,9 @@ def served_greedy(server, name: str, ignore_eos: bool) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def genai_models(tmp_path_factory):
-    pytest.importorskip("onnxruntime_genai", reason="the genai extra (CPU runtime only)")
-    root = tmp_path_factory.mktemp("genai")
-    checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "llama")
-    built = {precision: genai_build(checkpoint, root / precision, precision)
-             for precision in ("fp32", "int4")}
+def genai_models(genai_llama, tmp_path_factory):
+    built = {precision: genai_llama(precision) for precision in ("fp32", "int4")}
+    root = tmp_path_factory.mktemp("genai-served")
     repository = root / "repository"
     for precision, source in built.items():
         import_llm(source, repository, f"genai_{precision}")

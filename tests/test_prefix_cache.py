@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporters import gpt
 from server.generation.prefix_cache import BLOCK
 from tests.conftest import start_server, stop_server
-from tests.test_import_llm import genai_build, import_llm
-from tests.test_llm_export import checkpoint_with_tokenizer, tiny_decoder
+from tests.test_import_llm import import_llm
+from tests.test_llm_export import tiny_decoder
 
 NEW_TOKENS = 24
 BUDGETS = {"uncached": 0, "cached": 4096, "small": 2 * BLOCK}  # small: two blocks, evicting
@@ -29,10 +29,7 @@ def servers(request, tmp_path_factory):
     if request.param == "exported":
         gpt.export(tiny_decoder("llama"), repository, "exported", new_tokens=4)  # prefix_cache_tokens 4096
     else:
-        pytest.importorskip("onnxruntime_genai", reason="the genai extra (CPU runtime only)")
-        root = tmp_path_factory.mktemp("genai")
-        checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "llama")
-        import_llm(genai_build(checkpoint, root / "fp32", "fp32"), repository, "exported")
+        import_llm(request.getfixturevalue("genai_llama")("fp32"), repository, "exported")
     for name, budget in BUDGETS.items():
         shutil.copytree(exported, repository / name)
         config = repository / name / "config.pbtxt"
