@@ -41,6 +41,10 @@ def run_step(step: list[str]) -> tuple[float, int]:
     return minutes, code
 
 
+def run_all(steps: list[list[str]]) -> list[tuple[list[str], float, int]]:
+    return [(step, *run_step(step)) for step in steps]
+
+
 def timing_section(results: list[tuple[list[str], float, int]]) -> str:
     total = sum(minutes for _, minutes, _ in results)
     rows = [[f"`python -m {' '.join(step)}`", f"{minutes:.1f}", "ok" if code == 0 else f"**failed** ({code})"]
@@ -58,7 +62,7 @@ def main() -> int:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--soak-seconds", type=float, default=600)
     args = parser.parse_args()
-    results = [(step, *run_step(step)) for step in steps(args.repository, args.soak_seconds)]
+    results = run_all(steps(args.repository, args.soak_seconds))
     report.write_section("bench-time", timing_section(results))
     print(timing_section(results))
     return int(any(code for _, _, code in results))

@@ -1,0 +1,34 @@
+"""`make bench`'s runner (every step runs even after one fails, and the times it writes say so) and the
+statistics its reports judge targets by."""
+
+from loadtest.bench_all import TARGET_MINUTES, run_all, timing_section
+from loadtest.bench_peers import Load, medians, targets
+
+
+def test_a_failing_step_is_reported_and_the_next_still_runs(tmp_path):
+    marker = tmp_path / "ran"
+    results = run_all([["loadtest.no_such_benchmark"],
+                       ["pathlib"], ["zipfile", "-c", str(marker), __file__]])  # -c: writes an archive
+    assert [code != 0 for _, _, code in results] == [True, False, False]
+    assert marker.exists()
+    section = timing_section(results)
+    assert "| `python -m loadtest.no_such_benchmark` |" in section and "**failed** (1)" in section
+    assert f"< {TARGET_MINUTES} min: met" in section
+
+
+def test_the_total_is_judged_against_half_an_hour():
+    slow = [(["loadtest.bench_peers"], TARGET_MINUTES - 1.0, 0), (["loadtest.soak"], 2.0, 0)]
+    total = f"| all | {TARGET_MINUTES + 1.0:.1f} |"
+    assert f"{total} < {TARGET_MINUTES} min: **MISSED** |" in timing_section(slow)
+    assert f"< {TARGET_MINUTES} min: met" in timing_section(slow[:1])
+
+
+def test_a_ratio_to_the_anchor_is_the_median_of_the_rounds_ratios():
+    # by throughput the middle round is the one at 40/s, whose anchor was fast: 80%; the rounds' own ratios
+    # are 100%, 105% and 80%, so the median ratio is 100%
+    rounds = [(0, 30.0, 30.0), (1, 42.0, 40.0), (2, 40.0, 50.0)]
+    loads = [Load("minilm", "ortserve", "http-binary", 1, index, served, 1.0, 1.0, 1.0, 0.5, anchor, 0)
+             for index, served, anchor in rounds]
+    (line,) = [t for t in targets(loads, medians(loads), 1) if t.startswith("- MiniLM")]
+    assert line.startswith("- MiniLM, HTTP binary, concurrency 1: 100% of the in-process anchor")
+    assert line.endswith("at least 95%: met")
