@@ -45,7 +45,7 @@ run: install-run
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # Benchmarks, side by side in one run each; they rewrite their sections of BENCHMARKS.md. Inside `make bench`
 # the soak runs for BENCH_SOAK_SECONDS, so the whole stays under half an hour; `make soak` runs ten minutes.
