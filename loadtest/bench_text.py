@@ -117,12 +117,13 @@ def run(seconds: float, rounds: int, count: int) -> str:
         infinity, infinity_port = None, 0
         if python is not None:
             infinity, infinity_port, why = start_infinity(python, work / "infinity.log")
-        measured, chosen = [], {}
+        measured, batches = [], {"onnx": (8, 16, 32, 64), "st": (16, 32, 64)}
         try:
             for _ in range(rounds):
                 measured.append(one_round(server, infinity_port if infinity else 0, sentences, st_model,
                                           work / "repository" / "minilm" / "1" / "model.onnx", seconds,
-                                          chosen))
+                                          batches))
+                batches = {name: (measured[0][name][1],) for name in batches}  # the first round's best
         finally:
             stop_server(server)
             if infinity is not None:
@@ -131,14 +132,11 @@ def run(seconds: float, rounds: int, count: int) -> str:
     return section(measured, seconds, rounds, count, why)
 
 
-def one_round(server, infinity_port, sentences, st_model, model_file, seconds, chosen: dict) -> dict:
-    """`chosen`: the in-process batch sizes the first round found best, which the later rounds reuse."""
+def one_round(server, infinity_port, sentences, st_model, model_file, seconds, batches: dict) -> dict:
+    """`batches`: the batch sizes to try in process, the best of which counts."""
     figures = {}
-    figures["onnx"] = best(lambda s, b: in_process_onnx(model_file, s, b), sentences,
-                           chosen.get("onnx", (8, 16, 32, 64)))
-    figures["st"] = best(lambda s, b: sentence_transformers(st_model, s, b), sentences,
-                         chosen.get("st", (16, 32, 64)))
-    chosen.update({name: (figures[name][1],) for name in ("onnx", "st")})
+    figures["onnx"] = best(lambda s, b: in_process_onnx(model_file, s, b), sentences, batches["onnx"])
+    figures["st"] = best(lambda s, b: sentence_transformers(st_model, s, b), sentences, batches["st"])
     loads = {"ortserve": (server.http_port, "/v1/embeddings", "minilm"),
              "ortserve_int8": (server.http_port, "/v1/embeddings", "minilm_int8")}
     if infinity_port:
