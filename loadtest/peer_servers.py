@@ -65,8 +65,9 @@ def environment(name: str, packages: list[str]) -> tuple[Path | None, str]:
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         print(f"installing {' '.join(packages)} into {venv}", flush=True)
-        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], capture_output=True,
-                              text=True)
+        # --no-compile: byte-compiling every file of torch-sized wheels costs as much as unpacking them
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-compile", *packages],
+                              capture_output=True, text=True)
         if done.returncode:
             shutil.rmtree(venv, ignore_errors=True)
             return None, f"pip install {' '.join(packages)} failed: {done.stderr.strip()[-400:]}"

@@ -5,20 +5,19 @@ equal the exporting package's own: onnxruntime-genai's generator, or transformer
 
 import subprocess
 import sys
-import venv
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, start_server, stop_server
+from loadtest.peer_servers import environment
+from tests.conftest import start_server, stop_server
 from tests.test_llm_export import checkpoint_with_tokenizer
 
 ORTSERVE = str(Path(sys.executable).parent / "ortserve")
 PROMPTS = [[5, 9, 17], list(range(20, 61)), [7], list(range(100, 112))]
 NEW_TOKENS = 16
-OPTIMUM_VENV = ROOT / ".bench" / "optimum-venv"
 OPTIMUM = ["optimum-onnx==0.1.0", "transformers<4.58", "torch==2.13.0", "onnxruntime==1.32.0"]
 
 
@@ -215,15 +214,6 @@ def test_a_directory_that_cannot_be_served_says_what_is_not_understood(tmp_path,
         assert done.returncode == 1 and fragment in done.stderr and "Traceback" not in done.stderr
 
 
-def optimum_python() -> Path:
-    """Optimum in a virtual environment of its own (built once, kept under .bench/)."""
-    python = OPTIMUM_VENV / "bin" / "python"
-    if not python.exists():
-        venv.create(OPTIMUM_VENV, with_pip=True)
-        subprocess.run([python, "-m", "pip", "install", "--quiet", *OPTIMUM], check=True)
-    return python
-
-
 OPTIMUM_GREEDY = """
 import json, sys, torch
 from transformers import AutoModelForCausalLM
@@ -239,8 +229,13 @@ def test_an_optimum_export_serves_transformers_greedy_tokens(tmp_path):
     import json
     import shutil
 
-    python = optimum_python()
+    python, why = environment("optimum", OPTIMUM)  # built once, kept under .bench/
+    assert python, why
     checkpoint = checkpoint_with_tokenizer(tmp_path / "checkpoint", "llama")
+    # Optimum's transformers reads the checkpoint as Optimum exports it (its own defaults included),
+    # while Optimum exports it
+    greedy = subprocess.Popen([python, "-c", OPTIMUM_GREEDY, str(checkpoint), json.dumps(PROMPTS),
+                               str(NEW_TOKENS)], stdout=subprocess.PIPE, text=True)
     exported = tmp_path / "optimum"
     done = subprocess.run([python, "-m", "optimum.exporters.onnx", "--model", str(checkpoint), "--task",
                            "text-generation-with-past", str(exported)], capture_output=True, text=True)
@@ -248,11 +243,10 @@ def test_an_optimum_export_serves_transformers_greedy_tokens(tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):  # the checkpoint's own tokenizer files
         shutil.copyfile(checkpoint / name, exported / name)
     import_llm(exported, tmp_path / "repository", "optimum")
-    # Optimum's transformers reads the checkpoint as Optimum exported it (its own defaults included)
-    greedy = subprocess.run([python, "-c", OPTIMUM_GREEDY, str(checkpoint), json.dumps(PROMPTS),
-                             str(NEW_TOKENS)], capture_output=True, text=True, check=True)
+    expected, _ = greedy.communicate(timeout=300)
+    assert greedy.returncode == 0
     server = start_server(tmp_path / "repository", tmp_path / "server.log", ready_model="optimum")
     try:
-        assert served_greedy(server, "optimum", ignore_eos=True) == json.loads(greedy.stdout)
+        assert served_greedy(server, "optimum", ignore_eos=True) == json.loads(expected)
     finally:
         assert stop_server(server) == 0, server.output()

@@ -2,10 +2,12 @@
 `transformers` `generate`, for prompts of different lengths sent at once, in fp32; the int8 variant serves
 what it computes in process; the CLI exports a checkpoint directory with its own tokenizer."""
 
+import itertools
 import json
+import multiprocessing
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -50,12 +52,18 @@ def tiny_decoder(kind: str):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+def export_family(kind: str, repository: Path) -> None:
+    gpt.export(tiny_decoder(kind), repository, kind, ("fp32", "fp16", "int8", "int4"), new_tokens=8,
+               progress=lambda _: None)  # parity-checked
+
+
 @pytest.fixture(scope="module")
 def decoders(tmp_path_factory):
     repository = tmp_path_factory.mktemp("decoders")
+    # torch.export is single-threaded Python: two processes export the families in about half the time
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(export_family, FAMILIES, itertools.repeat(repository)))
     models = {kind: tiny_decoder(kind) for kind in FAMILIES}
-    for kind, model in models.items():
-        gpt.export(model, repository, kind, ("fp32", "fp16", "int8", "int4"), new_tokens=8)  # parity-checked
     server = start_server(repository, tmp_path_factory.mktemp("logs") / "server.log", ready_model="llama")
     yield models, repository, server
     assert stop_server(server) == 0, server.output()
@@ -183,10 +191,12 @@ def chat_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
     checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2")
     repository = root / "repository"
-    done = subprocess.run([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
-                           "--repository", str(repository), "--name", "tiny"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    gpt.export(tiny_decoder("llama"), repository, "ids_only", new_tokens=4)
+    cli = subprocess.Popen([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
+                            "--repository", str(repository), "--name", "tiny"], stderr=subprocess.PIPE,
+                           text=True)
+    gpt.export(tiny_decoder("llama"), repository, "ids_only", new_tokens=4)  # meanwhile, in this process
+    _, errors = cli.communicate(timeout=600)
+    assert cli.returncode == 0, errors
     server = start_server(repository, root / "server.log", ready_model="tiny")
     yield checkpoint, repository, server
     assert stop_server(server) == 0, server.output()
