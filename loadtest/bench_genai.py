@@ -11,6 +11,8 @@ Writes the "genai" section of BENCHMARKS.md.
 
 import argparse
 import asyncio
+import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -25,9 +27,11 @@ import numpy as np
 
 from loadtest import report
 from loadtest.bench_generation import run_load, served, stream
+from loadtest.peer_servers import VENVS
 from loadtest.server_process import start_server, stop_server
 
 STREAMS, PROMPT_TOKENS, GAP_SECONDS = 16, 32, 0.1
+BUILDS = VENVS / "genai-builds"
 
 
 def checkpoint(target: Path) -> Path:
@@ -53,16 +57,29 @@ def checkpoint(target: Path) -> Path:
     return target
 
 
-def genai_build(source: Path, target: Path, precision: str, threads: int) -> Path:
-    """The builder's output, its sessions set to `threads` intra-op threads (ortserve's models get the
-    same: one ONNX Runtime setting for both engines)."""
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source), "-o",
-                    str(target), "-p", precision, "-e", "cpu", "-c", str(target) + "-cache"],
-                   check=True, capture_output=True)
-    settings = json.loads((target / "genai_config.json").read_text())
-    settings["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
-    (target / "genai_config.json").write_text(json.dumps(settings, indent=4))
-    return target
+def genai_builds(threads: int, precisions=("fp32", "int4")) -> dict[str, Path]:
+    """The builder's outputs, kept under .bench/ (about half a minute to build; rebuilt when the
+    builder's version or `checkpoint` changes), their sessions set to `threads` intra-op threads
+    (ortserve's models get the same: one ONNX Runtime setting for both engines)."""
+    import onnxruntime_genai
+
+    key = hashlib.sha256((onnxruntime_genai.__version__ + inspect.getsource(checkpoint)).encode())
+    root = BUILDS / key.hexdigest()[:16]
+    if not (root / ".built").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        source = checkpoint(root / "checkpoint")
+        for precision in precisions:
+            target = root / precision
+            subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source),
+                            "-o", str(target), "-p", precision, "-e", "cpu", "-c", str(target) + "-cache"],
+                           check=True, capture_output=True)
+        (root / ".built").touch()
+    for precision in precisions:
+        config = root / precision / "genai_config.json"
+        settings = json.loads(config.read_text())
+        settings["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+        config.write_text(json.dumps(settings, indent=4))
+    return {precision: root / precision for precision in precisions}
 
 
 def with_threads(config: Path, threads: int) -> None:
@@ -160,9 +177,8 @@ def main(argv=None) -> int:
     questions = [system + rng.integers(2, 4096, 16).tolist() for _ in range(STREAMS)]
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        source = checkpoint(work / "checkpoint")
         threads = os.cpu_count() or 1
-        built = {p: genai_build(source, work / p, p, threads) for p in ("fp32", "int4")}
+        built = genai_builds(threads)
         repository = work / "repository"
         for precision, path in built.items():
             with_threads(import_llm(path, repository, f"genai_{precision}") / "config.pbtxt", threads)
