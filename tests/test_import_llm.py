@@ -232,19 +232,19 @@ def test_an_optimum_export_serves_transformers_greedy_tokens(tmp_path):
     python, why = environment("optimum", OPTIMUM)  # built once, kept under .bench/
     assert python, why
     checkpoint = checkpoint_with_tokenizer(tmp_path / "checkpoint", "llama")
-    # Optimum's transformers reads the checkpoint as Optimum exports it (its own defaults included),
-    # while Optimum exports it
-    greedy = subprocess.Popen([python, "-c", OPTIMUM_GREEDY, str(checkpoint), json.dumps(PROMPTS),
-                               str(NEW_TOKENS)], stdout=subprocess.PIPE, text=True)
-    exported = tmp_path / "optimum"
-    done = subprocess.run([python, "-m", "optimum.exporters.onnx", "--model", str(checkpoint), "--task",
-                           "text-generation-with-past", str(exported)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # the reference tokens come from the transformers of Optimum's environment (it reads the checkpoint
+    # with the defaults Optimum exports it with), computed while Optimum exports
+    with subprocess.Popen([python, "-c", OPTIMUM_GREEDY, str(checkpoint), json.dumps(PROMPTS),
+                           str(NEW_TOKENS)], stdout=subprocess.PIPE, text=True) as greedy:
+        exported = tmp_path / "optimum"
+        done = subprocess.run([python, "-m", "optimum.exporters.onnx", "--model", str(checkpoint), "--task",
+                               "text-generation-with-past", str(exported)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        expected, _ = greedy.communicate(timeout=300)
+    assert greedy.returncode == 0
     for name in ("tokenizer.json", "tokenizer_config.json"):  # the checkpoint's own tokenizer files
         shutil.copyfile(checkpoint / name, exported / name)
     import_llm(exported, tmp_path / "repository", "optimum")
-    expected, _ = greedy.communicate(timeout=300)
-    assert greedy.returncode == 0
     server = start_server(tmp_path / "repository", tmp_path / "server.log", ready_model="optimum")
     try:
         assert served_greedy(server, "optimum", ignore_eos=True) == json.loads(expected)

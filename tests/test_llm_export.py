@@ -191,11 +191,11 @@ def chat_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
     checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2")
     repository = root / "repository"
-    cli = subprocess.Popen([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
-                            "--repository", str(repository), "--name", "tiny"], stderr=subprocess.PIPE,
-                           text=True)
-    gpt.export(tiny_decoder("llama"), repository, "ids_only", new_tokens=4)  # meanwhile, in this process
-    _, errors = cli.communicate(timeout=600)
+    with subprocess.Popen([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
+                           "--repository", str(repository), "--name", "tiny"], stderr=subprocess.PIPE,
+                          text=True) as cli:
+        gpt.export(tiny_decoder("llama"), repository, "ids_only", new_tokens=4)  # meanwhile, in this process
+        _, errors = cli.communicate(timeout=600)
     assert cli.returncode == 0, errors
     server = start_server(repository, root / "server.log", ready_model="tiny")
     yield checkpoint, repository, server
