@@ -57,6 +57,16 @@ def checkpoint(target: Path) -> Path:
     return target
 
 
+def genai_build(source: Path, target: Path, precision: str) -> Path:
+    """onnxruntime-genai's model builder on the checkpoint `source`, for CPU; its output's tail on failure."""
+    done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source),
+                           "-o", str(target), "-p", precision, "-e", "cpu", "-c", str(target) + "-cache"],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the genai builder failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return target
+
+
 def genai_builds(threads: int, precisions=("fp32", "int4")) -> dict[str, Path]:
     """The builder's outputs, kept under .bench/ (about half a minute to build; rebuilt when the
     builder's version or `checkpoint` changes), their sessions set to `threads` intra-op threads
@@ -69,10 +79,7 @@ def genai_builds(threads: int, precisions=("fp32", "int4")) -> dict[str, Path]:
         shutil.rmtree(root, ignore_errors=True)
         source = checkpoint(root / "checkpoint")
         for precision in precisions:
-            target = root / precision
-            subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source),
-                            "-o", str(target), "-p", precision, "-e", "cpu", "-c", str(target) + "-cache"],
-                           check=True, capture_output=True)
+            genai_build(source, root / precision, precision)
         (root / ".built").touch()
     for precision in precisions:
         config = root / precision / "genai_config.json"

@@ -24,7 +24,7 @@ def genai_llama(tmp_path_factory):
     """onnxruntime-genai's builds of one tiny random Llama with its tokenizer, by precision: each built on
     first use and shared by every test module that serves or decodes them."""
     pytest.importorskip("onnxruntime_genai", reason="the genai extra (CPU runtime only)")
-    from tests.test_import_llm import genai_build
+    from loadtest.bench_genai import genai_build
     from tests.test_llm_export import checkpoint_with_tokenizer
 
     root = tmp_path_factory.mktemp("genai")

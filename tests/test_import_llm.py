@@ -27,14 +27,6 @@ def import_llm(source: Path, repository: Path, name: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def genai_build(checkpoint: Path, target: Path, precision: str) -> Path:
-    done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(checkpoint),
-                           "-o", str(target), "-p", precision, "-e", "cpu", "-c", str(target) + "-cache"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return target
-
-
 def genai_greedy(model_dir: Path, prompt: list[int]) -> list[int]:
     import onnxruntime_genai as og
 
