@@ -8,6 +8,9 @@ import httpx
 import numpy as np
 import pytest
 
+from server.core import jsontext
+from server.core.errors import InvalidArgument
+
 SIXTEEN = list(range(16))
 
 
@@ -252,6 +255,13 @@ def test_json_nested_within_the_limit_is_parsed(http):
     response = http.post("/v2/models/simple/infer", json=request)
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["data"] == [2 * x for x in SIXTEEN]
+
+
+def test_json_with_more_brackets_than_the_limit_each_shallow_is_parsed():
+    shallow = [[i] for i in range(300)]  # 301 opening brackets, 2 levels
+    assert jsontext.loads(json.dumps(shallow).encode()) == shallow
+    with pytest.raises(InvalidArgument, match="nested more than 100 levels deep"):
+        jsontext.loads(json.dumps([shallow, json.loads(_nested(100))]))
 
 
 def test_body_that_is_not_utf8(http):
