@@ -9,7 +9,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from loadtest.server_process import ServerProcess, free_port, start_server, stop_server  # noqa: F401
-from tests.models import build_repository
+from tests.models import build_repository, copy_model  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +30,17 @@ def genai_llama(tmp_path_factory):
     root = tmp_path_factory.mktemp("genai")
     checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "llama")
     return functools.cache(lambda precision: genai_build(checkpoint, root / precision, precision))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """test_llm_export's tiny random Llama exported once in every variant (llama, llama_fp16, llama_int8,
+    llama_int4), for each test module that serves it: copy a model out with `copy_model`."""
+    from tests.test_llm_export import export_family
+
+    repository = tmp_path_factory.mktemp("tiny_llama")
+    export_family("llama", repository)
+    return repository
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """Tiny ONNX models for tests, written into a Triton-style repository."""
 
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +128,15 @@ def lookup_model() -> onnx.ModelProto:
 
 
 LABELS = ["cat", "dog", "bird", "fish", "frog"]
+
+
+def copy_model(source: Path, repository: Path, name: str) -> Path:
+    """The model directory `source` copied into `repository` as `name`, its config renamed to match."""
+    target = repository / name
+    shutil.copytree(source, target)
+    config = target / "config.pbtxt"
+    config.write_text(re.sub(r'^name: ".*"$', f'name: "{name}"', config.read_text(), count=1, flags=re.M))
+    return target
 
 
 def build_repository(root: Path) -> Path:

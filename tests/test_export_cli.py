@@ -4,6 +4,7 @@ state_dict with its class, calibration images for int8; each mistake gets one li
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +143,11 @@ def test_each_family_help_says_what_its_checkpoint_must_be_and_version_answers()
         assert done.returncode == 0, done.stderr
         return " ".join(done.stdout.split())
 
-    cnn, lstm, gpt = help_of("cnn"), help_of("lstm"), help_of("gpt")
+    with ThreadPoolExecutor(4) as pool:  # four CLI starts side by side
+        version = pool.submit(subprocess.run, [ORTSERVE, "--version"], capture_output=True, text=True)
+        cnn, lstm, gpt = pool.map(help_of, ("cnn", "lstm", "gpt"))
+        version = version.result()
     assert "state_dict" in cnn and "--calibration" in cnn and "--model-class" in cnn
     assert "nn.LSTM" in lstm and "--streaming" in lstm and "--calibration" not in lstm
     assert "llama" in gpt and "tokenizer" in gpt and "--model-class" not in gpt
-    version = subprocess.run([ORTSERVE, "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("ortserve ")

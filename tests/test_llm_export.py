@@ -5,6 +5,7 @@ what it computes in process; the CLI exports a checkpoint directory with its own
 import itertools
 import json
 import multiprocessing
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -17,7 +18,7 @@ import torch
 
 from exporters import gpt
 from loadtest import corpus
-from tests.conftest import start_server, stop_server
+from tests.conftest import copy_model, start_server, stop_server
 
 VOCAB = 320
 NEW_TOKENS = 32
@@ -58,11 +59,17 @@ def export_family(kind: str, repository: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def decoders(tmp_path_factory):
+def decoders(request, tmp_path_factory):
     repository = tmp_path_factory.mktemp("decoders")
-    # torch.export is single-threaded Python: two processes export the families in about half the time
+    others = [kind for kind in FAMILIES if kind != "llama"]
+    # torch.export is single-threaded Python: two processes export the other families while this one
+    # exports (or finds) the Llama the other test modules share
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(export_family, FAMILIES, itertools.repeat(repository)))
+        exports = pool.map(export_family, others, itertools.repeat(repository))
+        shared = request.getfixturevalue("tiny_llama")
+        list(exports)
+    for model in shared.iterdir():
+        shutil.copytree(model, repository / model.name)
     models = {kind: tiny_decoder(kind) for kind in FAMILIES}
     server = start_server(repository, tmp_path_factory.mktemp("logs") / "server.log", ready_model="llama")
     yield models, repository, server
@@ -186,7 +193,7 @@ def checkpoint_with_tokenizer(target: Path, kind: str, chat_template: str | None
 
 
 @pytest.fixture(scope="module")
-def chat_server(tmp_path_factory):
+def chat_server(request, tmp_path_factory):
     """A qwen2 checkpoint directory with its own tokenizer and chat template, exported by the CLI."""
     root = tmp_path_factory.mktemp("chat")
     checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2")
@@ -194,9 +201,10 @@ def chat_server(tmp_path_factory):
     with subprocess.Popen([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
                            "--repository", str(repository), "--name", "tiny"], stderr=subprocess.PIPE,
                           text=True) as cli:
-        gpt.export(tiny_decoder("llama"), repository, "ids_only", new_tokens=4)  # meanwhile, in this process
+        shared = request.getfixturevalue("tiny_llama")  # exported meanwhile unless a module did before
         _, errors = cli.communicate(timeout=600)
     assert cli.returncode == 0, errors
+    copy_model(shared / "llama", repository, "ids_only")
     server = start_server(repository, root / "server.log", ready_model="tiny")
     yield checkpoint, repository, server
     assert stop_server(server) == 0, server.output()

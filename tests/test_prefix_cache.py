@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters import gpt
 from server.generation.prefix_cache import BLOCK
-from tests.conftest import start_server, stop_server
+from tests.conftest import copy_model, start_server, stop_server
 from tests.test_import_llm import import_llm
-from tests.test_llm_export import tiny_decoder
 
 NEW_TOKENS = 24
 BUDGETS = {"uncached": 0, "cached": 4096, "small": 2 * BLOCK}  # small: two blocks, evicting
@@ -27,7 +25,7 @@ def servers(request, tmp_path_factory):
     repository = tmp_path_factory.mktemp("prefix")
     exported = repository / "exported"
     if request.param == "exported":
-        gpt.export(tiny_decoder("llama"), repository, "exported", new_tokens=4)  # prefix_cache_tokens 4096
+        copy_model(request.getfixturevalue("tiny_llama") / "llama", repository, "exported")
     else:
         import_llm(request.getfixturevalue("genai_llama")("fp32"), repository, "exported")
     for name, budget in BUDGETS.items():

@@ -95,7 +95,7 @@ def test_embeddings_equal_sentence_transformers_over_every_api_sent_concurrently
                                                                                   sentence_transformer):
     import openai
 
-    sentences = corpus.sentences(200)
+    sentences = corpus.sentences(120)
     expected = sentence_transformer.encode(sentences, batch_size=32)
     client = openai.OpenAI(base_url=f"http://{text_server.http_url}/v1", api_key="unused", max_retries=0)
     http_client = httpx.Client(base_url=f"http://{text_server.http_url}", timeout=60)
