@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import contextvars
+import gc
 import logging
 import signal
 import ssl
@@ -57,6 +58,7 @@ async def serve(settings: Settings) -> None:
         claim(settings.host, settings.grpc_port, "gRPC").close()  # grpc binds it itself, just below
         grpc_server = create_server(service, address, options, settings.access_log,
                                     settings.grpc_restrictions, _grpc_credentials(settings.grpc_tls))
+    _freeze_imports()
     await registry.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -118,6 +120,14 @@ async def serve(settings: Settings) -> None:
     await registry.close()
     if failed:
         raise failed[0].exception()
+
+
+def _freeze_imports() -> None:
+    """The modules' objects (about 70,000) live as long as the process: out of the collector's sight, a
+    full collection under load scans what serving made instead of pausing the loop for tens of ms.
+    Models load after this, so an unloaded model's cycles are still collected."""
+    gc.collect()
+    gc.freeze()
 
 
 def _uvicorn_tls(tls: Tls | None) -> dict:
