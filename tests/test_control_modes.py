@@ -116,7 +116,8 @@ def test_poll_mode_follows_the_repository(good_repository, tmp_path):
         np.testing.assert_array_equal(client.infer("relu2", [tensor]).as_numpy("y"), [[0.0, 1.0]])
         shutil.rmtree(good_repository / "relu2")
         assert wait_for(lambda: not client.is_model_ready("relu2")), server.output()
-        assert "relu2" not in {row["name"] for row in client.get_model_repository_index()}
+        # unready as its unloading starts (the index says UNLOADING), gone from the index once it is done
+        assert wait_for(lambda: "relu2" not in {row["name"] for row in client.get_model_repository_index()})
     finally:
         assert stop_server(server) == 0
 
