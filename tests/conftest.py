@@ -9,7 +9,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from loadtest.server_process import ServerProcess, free_port, start_server, stop_server  # noqa: F401
-from tests.models import build_repository, copy_model  # noqa: F401
+from tests.models import build_repository
 
 ROOT = Path(__file__).resolve().parent.parent
 

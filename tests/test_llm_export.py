@@ -18,7 +18,8 @@ import torch
 
 from exporters import gpt
 from loadtest import corpus
-from tests.conftest import copy_model, start_server, stop_server
+from tests.conftest import start_server, stop_server
+from tests.models import copy_model
 
 VOCAB = 320
 NEW_TOKENS = 32

@@ -11,7 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.generation.prefix_cache import BLOCK
-from tests.conftest import copy_model, start_server, stop_server
+from tests.conftest import start_server, stop_server
+from tests.models import copy_model
 from tests.test_import_llm import import_llm
 
 NEW_TOKENS = 24
