@@ -123,8 +123,8 @@ async def serve(settings: Settings) -> None:
 
 
 def _freeze_imports() -> None:
-    """The modules' objects (about 70,000) live as long as the process: out of the collector's sight, a
-    full collection under load scans what serving made instead of pausing the loop for tens of ms.
+    """The modules' objects live as long as the process: out of the collector's sight, a full collection
+    under load scans what serving made, not all of them, and the event loop pauses that much less.
     Models load after this, so an unloaded model's cycles are still collected."""
     gc.collect()
     gc.freeze()

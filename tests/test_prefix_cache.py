@@ -2,7 +2,6 @@
 nothing, part of a prefix or all of it, under eviction, and for requests that join a running batch; the
 metrics count what was reused. For ortserve's own export and for onnxruntime-genai's graphs."""
 
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -23,19 +22,18 @@ BUDGETS = {"uncached": 0, "cached": 4096, "small": 2 * BLOCK}  # small: two bloc
 def servers(request, tmp_path_factory):
     """One tiny Llama exported by ortserve (left-padded cache) or built by onnxruntime-genai's builder
     (GroupQueryAttention, right-padded cache), served as three models with different cache budgets."""
-    repository = tmp_path_factory.mktemp("prefix")
-    exported = repository / "exported"
     if request.param == "exported":
-        copy_model(request.getfixturevalue("tiny_llama") / "llama", repository, "exported")
+        source = request.getfixturevalue("tiny_llama") / "llama"
     else:
-        import_llm(request.getfixturevalue("genai_llama")("fp32"), repository, "exported")
+        imported = tmp_path_factory.mktemp("imported")
+        import_llm(request.getfixturevalue("genai_llama")("fp32"), imported, "llama")
+        source = imported / "llama"
+    repository = tmp_path_factory.mktemp("prefix")
     for name, budget in BUDGETS.items():
-        shutil.copytree(exported, repository / name)
-        config = repository / name / "config.pbtxt"
-        text = config.read_text().replace('name: "exported"', f'name: "{name}"')
+        config = copy_model(source, repository, name) / "config.pbtxt"
+        text = config.read_text()
         assert text.count('string_value: "4096"') == 1
         config.write_text(text.replace('string_value: "4096"', f'string_value: "{budget}"'))
-    shutil.rmtree(exported)
     server = start_server(repository, tmp_path_factory.mktemp("logs") / "server.log", ready_model="small")
     yield server
     assert stop_server(server) == 0, server.output()

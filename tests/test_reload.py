@@ -141,14 +141,16 @@ async def start(self):
     raise SystemExit(0)
 
 ModelRegistry.start = start
-ports = [int(p) for p in sys.argv[2:]]
-asyncio.run(serve(Settings(Path(sys.argv[1]), "127.0.0.1", *ports)))
+http, grpc, metrics = (int(p) for p in sys.argv[2:])
+asyncio.run(serve(Settings(Path(sys.argv[1]), host="127.0.0.1", http_port=http, grpc_port=grpc,
+                           metrics_port=metrics)))
 """
 
 
 def test_the_modules_objects_are_frozen_before_the_models_load(tmp_path):
-    """A full collection then scans what serving makes, not the ~70,000 module objects (a 50 ms pause
-    of every request under load), while what a model holds stays collectable once it is unloaded."""
+    """A full collection then scans what serving makes, not every module object (a pause of the event
+    loop, and of every request in flight, under load), while what a model holds stays collectable once
+    it is unloaded."""
     publish(tmp_path, "simple", simple_model(), SIMPLE_CONFIG)
     ports = [str(free_port()) for _ in range(3)]
     done = subprocess.run([sys.executable, "-c", FROZEN_AT_LOAD, str(tmp_path), *ports], cwd=ROOT,
