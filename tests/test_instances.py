@@ -4,6 +4,7 @@ import asyncio
 import re
 import threading
 
+import numpy as np
 import pytest
 
 from exporters.demo import publish
@@ -103,3 +104,118 @@ def test_gpu_instances_pass_cudnn_conv_algo_search_to_the_cuda_provider(monkeypa
     cuda = {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"}
     assert sessions.providers(settings) == [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
     assert sessions.providers(sessions.SessionSettings()) == ["CPUExecutionProvider"]
+
+
+class Timed:
+    """A session whose run takes `seconds` and records the thread it ran on."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds, self.threads = seconds, []
+
+    def run(self, feeds, output_names):
+        self.threads.append(threading.current_thread())
+        if self.seconds:
+            threading.Event().wait(self.seconds)
+        return [feeds["x"]]
+
+
+def _run(pool: InstancePool, rows: int = 1):
+    return pool.run({"x": np.zeros((rows, 4), np.float32)}, ["x"])
+
+
+def test_short_executions_run_on_the_event_loop_after_the_first_and_a_slow_one_sends_them_to_threads():
+    async def scenario():
+        session = Timed()
+        pool = InstancePool([session], "m", inline_execution_us=50_000)
+        for _ in range(3):
+            await _run(pool)
+        session.seconds = 0.08  # slower than the bound, measured on the loop
+        await _run(pool)
+        session.seconds = 0.0
+        for _ in range(12):
+            await _run(pool)
+        pool.close()
+        return [thread is threading.current_thread() for thread in session.threads]
+
+    on_loop = asyncio.run(scenario())
+    assert on_loop[:4] == [False, True, True, True]  # the first is measured on a thread
+    after_slow = on_loop[4:]
+    # the slow one is remembered for a few executions (they go to threads), then forgotten
+    assert after_slow[:3] == [False] * 3 and after_slow[-1]
+
+
+def test_inputs_larger_than_any_short_execution_had_run_on_a_thread_once():
+    async def scenario():
+        session = Timed()
+        pool = InstancePool([session], "m", inline_execution_us=50_000)
+        for rows in (1, 1, 8, 8, 4):
+            (output,) = await _run(pool, rows)
+            assert output.shape == (rows, 4)
+        pool.close()
+        return [thread is threading.current_thread() for thread in session.threads]
+
+    assert asyncio.run(scenario()) == [False, True, False, True, True]
+
+
+def test_with_every_instance_busy_a_short_execution_waits_for_one_on_a_thread_not_on_the_loop():
+    async def scenario():
+        session = Timed()
+        pool = InstancePool([session], "m", inline_execution_us=50_000)
+        await _run(pool)
+        await _run(pool)  # now on the loop
+        held = threading.Event()
+        running = asyncio.create_task(pool.call(lambda s: held.wait(10)))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(_run(pool))
+        await asyncio.sleep(0.05)
+        blocked = not waiting.done()  # the loop went on: this sleep ended while the instance was held
+        held.set()
+        await running
+        await waiting
+        pool.close()
+        return blocked, session.threads[-1] is threading.current_thread()
+
+    blocked, on_loop = asyncio.run(scenario())
+    assert blocked and not on_loop
+
+
+def test_inline_execution_us_0_keeps_every_execution_on_a_worker_thread():
+    async def scenario():
+        session = Timed()
+        pool = InstancePool([session], "m", inline_execution_us=0)
+        for _ in range(3):
+            await _run(pool)
+        pool.close()
+        return [thread is threading.current_thread() for thread in session.threads]
+
+    assert asyncio.run(scenario()) == [False, False, False]
+
+
+def test_a_loaded_model_runs_executions_shorter_than_its_inline_execution_us_on_the_event_loop(tmp_path):
+    async def scenario():
+        bound = 'parameters { key: "inline_execution_us" value { string_value: "1000000" } }'
+        (model,) = _load(tmp_path, f"max_batch_size: 4\n{bound}")
+        ran_on = []
+        session = model.pool.sessions[0]
+        original = session.run
+
+        def recorded(feeds, names):
+            ran_on.append(threading.current_thread())
+            return original(feeds, names)
+
+        session.run = recorded
+        for _ in range(3):
+            outputs, _ = await model.execute({"x": np.array([[-1.0, 2.0]], np.float32)}, ["y"])
+        model.pool.close()
+        return ran_on, outputs["y"]
+
+    ran_on, y = asyncio.run(scenario())
+    assert ran_on[-1] is threading.current_thread() and ran_on[0] is not threading.current_thread()
+    assert y.tolist() == [[0.0, 2.0]]
+
+
+def test_inline_execution_us_that_is_not_a_count_fails_the_load(tmp_path):
+    parameter = 'parameters { key: "inline_execution_us" value { string_value: "-5" } }'
+    expected = r"inline_execution_us must be an integer >= 0 \(0: never\), got '-5'"
+    with pytest.raises(ConfigError, match=expected):
+        _load(tmp_path, parameter)

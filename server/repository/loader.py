@@ -22,7 +22,7 @@ from server.protocol import ModelConfig, enum
 from server.repository import config as cfg
 from server.repository.config import ConfigError
 from server.repository.model import ModelVersion
-from server.runtime.executor import InstancePool
+from server.runtime.executor import DEFAULT_INLINE_EXECUTION_US, InstancePool
 from server.runtime.session import OrtSession, SessionSettings, gpu_available
 from server.sequences.settings import check_graph, sequence_settings
 
@@ -114,7 +114,8 @@ def _model_version(model_dir, version, config, sessions, busy_sessions=None) -> 
         config=config,
         inputs=cfg.tensor_specs(config, config.input),
         outputs=cfg.tensor_specs(config, config.output),
-        pool=InstancePool(sessions, name=f"{config.name}-{version}", busy_sessions=busy_sessions),
+        pool=InstancePool(sessions, name=f"{config.name}-{version}", busy_sessions=busy_sessions,
+                          inline_execution_us=_inline_execution_us(config)),
         labels=_labels(model_dir, config),
         padding=_padding(config),
         policy=_batch_policy(config, sessions),
@@ -217,6 +218,14 @@ def _busy_settings(config: ModelConfig, instances: list[SessionSettings]) -> lis
         raise ConfigError("parameter busy_intra_op_thread_count needs an instance_group of 2 or more "
                           "instances: with one, no execution runs beside another")
     return [replace(settings, intra_op_threads=int(value)) for settings in instances]
+
+
+def _inline_execution_us(config: ModelConfig) -> int:
+    """inline_execution_us: executions shorter than this run on the event loop's thread (0: never)."""
+    value = cfg.parameter(config, "inline_execution_us", str(DEFAULT_INLINE_EXECUTION_US))
+    if not value.isdigit():
+        raise ConfigError(f"parameter inline_execution_us must be an integer >= 0 (0: never), got '{value}'")
+    return int(value)
 
 
 def _instance_settings(config: ModelConfig) -> list[SessionSettings]:

@@ -1,7 +1,9 @@
-"""Runs model executions off the event loop, one worker thread per model instance."""
+"""Runs model executions off the event loop, one worker thread per model instance, except those too
+short for the hand-over to a thread and back to pay."""
 
 import asyncio
 import queue
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -12,17 +14,28 @@ from server.runtime.session import OrtSession
 
 T = TypeVar("T")
 
+DEFAULT_INLINE_EXECUTION_US = 100
+DECAY = 0.9  # per execution: how fast one slow execution is forgotten
+
 
 class InstancePool:
     """N sessions of one model version serving N executions at once; more wait for a free one.
 
     `busy_sessions`: one more session per instance with fewer intra-op threads, which an execution runs
     on while another is running: a lone execution has every core, concurrent ones do not oversubscribe
-    them."""
+    them.
 
-    def __init__(self, sessions: list[OrtSession], name: str, busy_sessions: list[OrtSession] | None = None):
+    `inline_execution_us`: an execution runs on the event loop's own thread when the model's recent ones took
+    less (the slowest of them, forgotten by `DECAY` per execution) and no larger inputs than one of them;
+    a hand-over to a worker thread and back costs more than such a run (0: never)."""
+
+    def __init__(self, sessions: list[OrtSession], name: str, busy_sessions: list[OrtSession] | None = None,
+                 inline_execution_us: int = DEFAULT_INLINE_EXECUTION_US):
         self.sessions = sessions
         self.busy_sessions = busy_sessions
+        self.inline_execution_ns = inline_execution_us * 1000
+        self._recent_ns: float | None = None  # the slowest recent execution, decaying
+        self._fast_bytes = -1  # the largest inputs an execution ran in less than inline_execution_ns
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(len(sessions)):
             self._free.put(index)
@@ -30,17 +43,46 @@ class InstancePool:
         self._threads = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=name)
 
     async def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
-        return await self.call(lambda session: session.run(feeds, output_names))
+        size = sum(array.nbytes for array in feeds.values())
+        if self._inline(size):
+            try:
+                index = self._free.get_nowait()
+            except queue.Empty:  # every instance is running on its thread
+                pass
+            else:
+                try:
+                    return self._timed(self._chosen()[index], feeds, output_names, size)
+                finally:
+                    self._free.put(index)
+        return await self.call(lambda session: self._timed(session, feeds, output_names, size))
+
+    def _inline(self, size: int) -> bool:
+        recent = self._recent_ns
+        return recent is not None and recent < self.inline_execution_ns and size <= self._fast_bytes
+
+    def _timed(self, session: OrtSession, feeds, output_names: list[str], size: int) -> list[np.ndarray]:
+        start = time.perf_counter_ns()
+        try:
+            return session.run(feeds, output_names)
+        finally:
+            elapsed = time.perf_counter_ns() - start
+            recent = self._recent_ns
+            self._recent_ns = elapsed if recent is None else max(elapsed, recent * DECAY)
+            if elapsed < self.inline_execution_ns:
+                self._fast_bytes = max(self._fast_bytes, size)
 
     async def call(self, work: Callable[[OrtSession], T]) -> T:
         """`work(session)` on a worker thread with a free instance's session."""
         loop = asyncio.get_running_loop()
-        chosen = self.busy_sessions if self.busy_sessions and self._running else self.sessions
+        chosen = self._chosen()
         self._running += 1
         try:
             return await loop.run_in_executor(self._threads, self._call, work, chosen)
         finally:
             self._running -= 1
+
+    def _chosen(self) -> list[OrtSession]:
+        return self.busy_sessions if self.busy_sessions and self._running else self.sessions
 
     def _call(self, work, sessions: list[OrtSession]):
         index = self._free.get()
