@@ -26,6 +26,8 @@ from server.repository.config import read_config
 CONCURRENCY = 32
 MLP_DELAY_US = 2000
 ROUNDS = 5  # interleaved: this machine's speed drifts by several percent within a minute
+INLINE_FORMS = {"simple": "100", "simple_threaded": "0"}  # inline_execution_us
+INLINE_ROUNDS = 3
 
 
 def rounds_text(rounds: list[tuple]) -> str:
@@ -72,6 +74,12 @@ def build_repository(root: Path) -> None:
     write_config(root, "mlp", batching)
     onnx.save(mlp_model(), model_path(root, "mlp_unbatched"))
     write_config(root, "mlp_unbatched", ModelConfig(max_batch_size=32))
+    # The same small model twice: short executions on the event loop (the default) and on threads
+    from exporters.demo import SIMPLE_CONFIG, publish, simple_model
+
+    for name, bound in INLINE_FORMS.items():
+        publish(root, name, simple_model(), SIMPLE_CONFIG.replace('"simple"', f'"{name}"') + (
+            f'parameters {{ key: "inline_execution_us" value {{ string_value: "{bound}" }} }}\n'))
 
 
 def tokens(length: int, rng) -> dict[str, np.ndarray]:
@@ -141,6 +149,40 @@ def mixed_vs_equal_in_process(path: Path, padding: Padding, mixed: list[dict], e
     padded = sum(feeds["attention_mask"].size for feeds in batches["mixed"])
     real = sum(int(feeds["attention_mask"].sum()) for feeds in batches["mixed"])
     return report.middle(ratios, key=float), len(batches["mixed"]), padded / real - 1
+
+
+def inline_rows(pid: int, grpc_port: int, seconds: float) -> list[list[str]]:
+    """The small model's executions on the event loop's thread vs handed to an instance thread, over gRPC
+    at concurrency 1 (the target: a lone request skips two thread hand-overs) and 32 (shown: batches
+    share one hand-over there), interleaved rounds: requests/s, p50 and the server's CPU per request."""
+    from loadtest.server_process import cpu_seconds
+
+    single = {"INPUT0": np.arange(16, dtype=np.int32)[None], "INPUT1": np.ones((1, 16), np.int32)}
+    messages = {name: [client.grpc_message(name, single)] for name in INLINE_FORMS}
+
+    def load(name: str, concurrency: int):
+        before = cpu_seconds(pid)
+        result = asyncio.run(client.grpc_load(f"127.0.0.1:{grpc_port}", messages[name], concurrency, seconds))
+        return result, 1000 * (cpu_seconds(pid) - before) / max(result.completed, 1)
+
+    rows = []
+    for concurrency in (1, CONCURRENCY):
+        rounds = []
+        for _ in range(INLINE_ROUNDS):
+            (inline, inline_cpu), (threaded, threaded_cpu) = (load(n, concurrency) for n in INLINE_FORMS)
+            rounds.append((inline.requests_per_s / threaded.requests_per_s, inline, threaded,
+                           inline_cpu, threaded_cpu))
+        ratio, inline, threaded, inline_cpu, threaded_cpu = report.middle(rounds, key=lambda r: r[0])
+        rows.append([
+            f"simple, gRPC, concurrency {concurrency}: executions on the event loop (inline_execution_us "
+            "100, the default) vs handed to an instance thread (0)",
+            f"{inline.requests_per_s:.0f} vs {threaded.requests_per_s:.0f} req/s",
+            f"{ratio:.2f}x",
+            report.judged(">= 1x", ratio >= 1) if concurrency == 1 else "",
+            f"p50 {inline.percentile(50):.2f} vs {threaded.percentile(50):.2f} ms; server CPU "
+            f"{inline_cpu:.3f} vs {threaded_cpu:.3f} ms per request; {rounds_text(rounds)}",
+        ])
+    return rows
 
 
 def start_server(root: Path, port: int, grpc_port: int) -> subprocess.Popen:
@@ -285,6 +327,8 @@ def run(seconds: float) -> str:
                 f"dilute it; the middle of {ROUNDS} interleaved passes",
             ]
         )
+
+        rows += inline_rows(server.pid, grpc_port, seconds / 4)
 
         # 4. concurrency 1: what waiting for a batch adds to p50
         single = messages["mlp"][:1]
