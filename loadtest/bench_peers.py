@@ -5,7 +5,8 @@ ortserve's) and runs the same ONNX file through ONNX Runtime with the same sessi
 default intra-op threads, no spinning) in a custom model class (loadtest/peers/). One asyncio client
 sends pre-encoded requests over HTTP JSON, HTTP with the binary extension (where the server has it) and
 gRPC, at each concurrency; an in-process ONNX Runtime anchor on the same requests is taken right before each
-concurrency's loads. Writes the `peers` section of BENCHMARKS.md, docs/benchmarks/peers.png and
+concurrency's loads, the first of which is ortserve's over HTTP binary (the load the anchor targets
+compare). Writes the `peers` section of BENCHMARKS.md, docs/benchmarks/peers.png and
 docs/benchmarks/peers.json.
 
 python -m loadtest.bench_peers [--seconds 3] [--rounds 3] [--concurrency 1,8,32]
@@ -45,6 +46,8 @@ from loadtest.peer_servers import (
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 SERVERS = ("ortserve", *PEERS, FLOOR)
 PROTOCOLS = ("http-json", "http-binary", "grpc")
+# ortserve's HTTP binary load, the one the anchor targets compare, runs right after its anchor
+LOAD_ORDER = ("http-binary", "http-json", "grpc")
 BINARY = {"ortserve", "kserve"}  # MLServer has no binary tensor extension
 COLORS = {"ortserve": "tab:blue", "kserve": "tab:orange", "mlserver": "tab:green", FLOOR: "tab:gray"}
 LINES = {"http-json": ":", "http-binary": "-", "grpc": "--"}
@@ -203,7 +206,7 @@ def measure_model(model: str, root: Path, work: Path, requests, pythons: dict, c
         for index in range(rounds):
             for concurrency in concurrencies:
                 limit = anchor(path, requests, concurrency, seconds)
-                for protocol in PROTOCOLS:
+                for protocol in LOAD_ORDER:
                     for name, server in servers.items():
                         if (protocol == "http-binary" and name not in BINARY) or (
                                 name == FLOOR and protocol != "grpc"):
@@ -352,9 +355,10 @@ def write(loads: list[Load], skipped: dict[str, str], versions: dict[str, str], 
         "threads, no spinning), access logs off on all three; MLServer with `parallel_workers: 0` (in "
         "process). ortserve batches dynamically (simple: max batch 32, 100 µs; MiniLM: its exported "
         "configuration). Server CPU: user + system time of the server's processes per answered request. "
-        "Anchor: ONNX Runtime in process on the same requests right before each concurrency's loads (one "
-        "request per run; above concurrency 1 the faster of one session on every core and one "
-        "single-threaded session per core). `grpc-floor` rows: a grpc.aio server on uvloop that answers "
+        "Anchor: ONNX Runtime in process on the same requests right before each concurrency's loads, the "
+        "first of them ortserve's over HTTP binary (one request per run; above concurrency 1 the faster of "
+        "one session on every core and one single-threaded session per core). `grpc-floor` rows: a "
+        "grpc.aio server on uvloop that answers "
         "ModelInfer with fixed bytes, parsing and running nothing (`loadtest/peers/grpc_floor.py`): what "
         "grpcio itself costs per call here. Every round: docs/benchmarks/peers.json; plot: "
         "docs/benchmarks/peers.png.",
