@@ -1,4 +1,5 @@
-"""Model instances: the busy session an execution runs on while another runs, and its config parameter."""
+"""Model instances: the busy session an execution runs on while another runs, executions short enough to
+run on the event loop's thread, and the config parameters of both."""
 
 import asyncio
 import re
