@@ -22,11 +22,12 @@ from loadtest import client, report
 from server.batching.collate import Padding, batch_key, collate, padded_length
 from server.protocol import ModelConfig
 from server.repository.config import read_config
+from server.runtime.executor import DEFAULT_INLINE_EXECUTION_US
 
 CONCURRENCY = 32
 MLP_DELAY_US = 2000
 ROUNDS = 5  # interleaved: this machine's speed drifts by several percent within a minute
-INLINE_FORMS = {"simple": "100", "simple_threaded": "0"}  # inline_execution_us
+INLINE_FORMS = {"simple": DEFAULT_INLINE_EXECUTION_US, "simple_threaded": 0}  # inline_execution_us
 INLINE_ROUNDS = 3
 
 
@@ -175,7 +176,7 @@ def inline_rows(pid: int, grpc_port: int, seconds: float) -> list[list[str]]:
         ratio, inline, threaded, inline_cpu, threaded_cpu = report.middle(rounds, key=lambda r: r[0])
         rows.append([
             f"simple, gRPC, concurrency {concurrency}: executions on the event loop (inline_execution_us "
-            "100, the default) vs handed to an instance thread (0)",
+            f"{DEFAULT_INLINE_EXECUTION_US}, the default) vs handed to an instance thread (0)",
             f"{inline.requests_per_s:.0f} vs {threaded.requests_per_s:.0f} req/s",
             f"{ratio:.2f}x",
             report.judged(">= 1x", ratio >= 1) if concurrency == 1 else "",

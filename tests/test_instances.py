@@ -124,6 +124,11 @@ def _run(pool: InstancePool, rows: int = 1):
     return pool.run({"x": np.zeros((rows, 4), np.float32)}, ["x"])
 
 
+def _on_loop(session: Timed) -> list[bool]:
+    """Per run, whether it ran on this (the event loop's) thread: asyncio.run runs the loop here."""
+    return [thread is threading.current_thread() for thread in session.threads]
+
+
 def test_short_executions_run_on_the_event_loop_after_the_first_and_a_slow_one_sends_them_to_threads():
     async def scenario():
         session = Timed()
@@ -136,7 +141,7 @@ def test_short_executions_run_on_the_event_loop_after_the_first_and_a_slow_one_s
         for _ in range(12):
             await _run(pool)
         pool.close()
-        return [thread is threading.current_thread() for thread in session.threads]
+        return _on_loop(session)
 
     on_loop = asyncio.run(scenario())
     assert on_loop[:4] == [False, True, True, True]  # the first is measured on a thread
@@ -153,7 +158,7 @@ def test_inputs_larger_than_any_short_execution_had_run_on_a_thread_once():
             (output,) = await _run(pool, rows)
             assert output.shape == (rows, 4)
         pool.close()
-        return [thread is threading.current_thread() for thread in session.threads]
+        return _on_loop(session)
 
     assert asyncio.run(scenario()) == [False, True, False, True, True]
 
@@ -174,7 +179,7 @@ def test_with_every_instance_busy_a_short_execution_waits_for_one_on_a_thread_no
         await running
         await waiting
         pool.close()
-        return blocked, session.threads[-1] is threading.current_thread()
+        return blocked, _on_loop(session)[-1]
 
     blocked, on_loop = asyncio.run(scenario())
     assert blocked and not on_loop
@@ -187,7 +192,7 @@ def test_inline_execution_us_0_keeps_every_execution_on_a_worker_thread():
         for _ in range(3):
             await _run(pool)
         pool.close()
-        return [thread is threading.current_thread() for thread in session.threads]
+        return _on_loop(session)
 
     assert asyncio.run(scenario()) == [False, False, False]
 

@@ -44,21 +44,24 @@ class InstancePool:
 
     async def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
         size = sum(array.nbytes for array in feeds.values())
-        if self._inline(size):
-            try:
-                index = self._free.get_nowait()
-            except queue.Empty:  # every instance is running on its thread
-                pass
-            else:
-                try:
-                    return self._timed(self._chosen()[index], feeds, output_names, size)
-                finally:
-                    self._free.put(index)
-        return await self.call(lambda session: self._timed(session, feeds, output_names, size))
+        index = self._free_now() if self._inline(size) else None
+        if index is None:
+            return await self.call(lambda session: self._timed(session, feeds, output_names, size))
+        try:
+            return self._timed(self._chosen()[index], feeds, output_names, size)
+        finally:
+            self._free.put(index)
 
     def _inline(self, size: int) -> bool:
         recent = self._recent_ns
         return recent is not None and recent < self.inline_execution_ns and size <= self._fast_bytes
+
+    def _free_now(self) -> int | None:
+        """A free instance, or None while every instance runs on its thread."""
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            return None
 
     def _timed(self, session: OrtSession, feeds, output_names: list[str], size: int) -> list[np.ndarray]:
         start = time.perf_counter_ns()
