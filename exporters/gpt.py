@@ -19,6 +19,7 @@ from google.protobuf import text_format
 from torch import nn
 
 from exporters import llama, parity
+from exporters.attention import attention_bias
 from exporters.module import (
     VARIANTS,
     ExportError,
@@ -66,17 +67,6 @@ class DecoderWithPast(nn.Module):
             present += [key, value]
         kept = gpt.ln_f(hidden.index_select(1, logit_positions))
         return (self.model.lm_head(kept), *present)
-
-
-def attention_bias(attention_mask, new: int):
-    """[rows, 1, new, past + new]: 0 where a new token may attend, the float minimum elsewhere."""
-    total = attention_mask.shape[1]
-    keys = torch.arange(total, device=attention_mask.device)
-    queries = torch.arange(new, device=attention_mask.device) + (total - new)
-    allowed = (keys[None, :] <= queries[:, None])[None, None] & attention_mask[:, None, None, :].bool()
-    # a padding row attends to itself, so no row is all masked (softmax would give NaN)
-    allowed = allowed | (keys[None, :] == queries[:, None])[None, None]
-    return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
 
 
 def _attention(attn: nn.Module, hidden, bias, past_key, past_value):

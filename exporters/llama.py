@@ -11,6 +11,8 @@ import importlib
 import torch
 from torch import nn
 
+from exporters.attention import attention_bias
+
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma")
 
 
@@ -22,8 +24,6 @@ class RotaryDecoderWithPast(nn.Module):
         self.rotate = importlib.import_module(type(model).__module__).apply_rotary_pos_emb
 
     def forward(self, input_ids, attention_mask, position_ids, logit_positions, *past):
-        from exporters.gpt import attention_bias
-
         hidden = self.core.embed_tokens(input_ids)
         cos, sin = self.core.rotary_emb(hidden, position_ids)
         bias = attention_bias(attention_mask, input_ids.shape[1])

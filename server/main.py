@@ -12,11 +12,11 @@ import grpc
 import uvicorn
 
 from server.api.grpc.servicer import channel_options, create_server
-from server.api.http.app import create_app
-from server.core.service import InferenceService
+from server.api.http_app import create_app
 from server.metrics import create_metrics_app
 from server.ports import PortUnavailable, claim
 from server.repository.registry import ModelRegistry
+from server.service.services import Service
 from server.settings import Settings, Tls
 
 log = logging.getLogger("ortserve")
@@ -50,14 +50,14 @@ async def serve(settings: Settings) -> None:
     """Claims every port first (a port in use raises PortUnavailable before anything starts), loads the
     models, then serves until SIGINT/SIGTERM."""
     registry = ModelRegistry(settings.model_repository, settings.model_control_mode, settings.load_models)
-    service = InferenceService(registry, strict_readiness=settings.strict_readiness)
+    service = Service.over(registry, strict_readiness=settings.strict_readiness)
     sockets, grpc_server = _claim_ports(settings), None
     if settings.allow_grpc:
         options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)
         address = f"{settings.host}:{settings.grpc_port}"
         claim(settings.host, settings.grpc_port, "gRPC").close()  # grpc binds it itself, just below
-        grpc_server = create_server(service, address, options, settings.access_log,
-                                    settings.grpc_restrictions, _grpc_credentials(settings.grpc_tls))
+        grpc_server = create_server(service, options, settings.access_log, settings.grpc_restrictions)
+        _bind_grpc(grpc_server, address, _grpc_credentials(settings.grpc_tls))
     _freeze_imports()
     await registry.start()
     stop = asyncio.Event()
@@ -85,7 +85,7 @@ async def serve(settings: Settings) -> None:
     if "metrics" in sockets:
         metrics = _HttpServer(
             uvicorn.Config(
-                create_metrics_app(registry),
+                create_metrics_app(service),
                 host=settings.host,
                 port=settings.metrics_port,
                 log_config=None,
@@ -108,7 +108,7 @@ async def serve(settings: Settings) -> None:
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     failed = [task for task in done if task is not stopper and task.exception()]
     log.info("shutting down")
-    service.live = False
+    service.health.live = False
     for server in servers:
         server.should_exit = True
     if grpc_server is not None:
@@ -149,6 +149,18 @@ def _grpc_credentials(tls: Tls | None) -> grpc.ServerCredentials | None:
         [(tls.key.read_bytes(), tls.cert.read_bytes())], root_certificates=root,
         require_client_auth=tls.mutual,
     )
+
+
+def _bind_grpc(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> None:
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        bound = 0
+    if not bound:
+        raise PortUnavailable(f"cannot listen for gRPC on {address}")
 
 
 def _claim_ports(settings: Settings) -> dict:

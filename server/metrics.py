@@ -13,7 +13,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.utils import floatToGoString
 
 from server.core.stats import FAILURE_REASONS, Histogram
-from server.repository.registry import ModelRegistry
+from server.core.types import FinishReason
+from server.service.services import Service
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ GENERATION_GAUGES = (
     ("ortserve_kv_cache_tokens", "cache_tokens", "KV cache positions in use (rows x length)"),
     ("ortserve_prefix_cache_bytes", "prefix_cache_bytes", "Bytes of keys and values the prefix cache holds"),
 )
-FINISH_REASONS = ("length", "stop", "abort")
 SEQUENCE_COUNTERS = (
     ("ortserve_sequences_started_total", "started", "Sequences started (requests with sequence_start)"),
     ("ortserve_sequences_ended_total", "ended", "Sequences ended by a request with sequence_end"),
@@ -83,12 +83,12 @@ TEXT_COUNTERS = (
 
 
 class ServerCollector:
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
+    def __init__(self, service: Service):
+        self.statistics = service.statistics
         self._cpu_sample = _cpu_times()
 
     def collect(self):
-        models = self.registry.ready_models()
+        models = self.statistics.served_models()
         yield from self._triton_counters(models)
         yield from self._histograms(models)
         yield from self._gauges(models)
@@ -154,7 +154,7 @@ class ServerCollector:
             labels = [model.name, str(model.version)]
             queued = model.scheduler.queued if model.scheduler else model.stats.generation.waiting
             pending.add_metric(labels, queued)
-            load.add_metric(labels, self.registry.load_seconds.get(model.name, 0.0))
+            load.add_metric(labels, self.statistics.load_seconds(model.name))
         yield from (pending, load)
 
     def _generation(self, models):
@@ -172,8 +172,8 @@ class ServerCollector:
                 family.add_metric(labels, getattr(stats, attribute))
             for family, (_, attribute, _) in zip(gauges, GENERATION_GAUGES):
                 family.add_metric(labels, getattr(stats, attribute))
-            for reason in FINISH_REASONS:
-                finished.add_metric(labels + [reason], stats.finished.get(reason, 0))
+            for reason in FinishReason:
+                finished.add_metric(labels + [reason.value], stats.finished.get(reason, 0))
         yield from (*counters, *gauges, finished)
 
     def _sequences(self, models):
@@ -305,10 +305,10 @@ def _gpu_metrics():
     yield from (utilization, used, total)
 
 
-def create_metrics_app(registry: ModelRegistry) -> FastAPI:
+def create_metrics_app(service: Service) -> FastAPI:
     """The /metrics endpoint on its own port; one CollectorRegistry per server, made here."""
     prometheus = CollectorRegistry(auto_describe=False)
-    prometheus.register(ServerCollector(registry))
+    prometheus.register(ServerCollector(service))
     app = FastAPI(title="ortserve metrics", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/metrics")

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.api.restrictions import GROUPS, NO_RESTRICTIONS, Restrictions
-from server.repository.registry import CONTROL_MODES
+from server.core.types import CONTROL_MODES
 
 
 @dataclass(frozen=True)

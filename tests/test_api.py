@@ -1,8 +1,12 @@
 """Every API behaviour and error, asserted on HTTP and gRPC alike with tritonclient."""
 
 import asyncio
+import gzip
+import json
 import queue
+import zlib
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -182,10 +186,26 @@ def test_compression(api, server):
                 response_compression_algorithm=response_algorithm,
             )
             np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+        _assert_compressed_answers(server)
     else:
         a, b, inputs = simple_inputs(api)
         result = api.client.infer("simple", inputs, compression_algorithm="gzip")
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+
+
+def _assert_compressed_answers(server) -> None:
+    """tritonclient decompresses only a response that says Content-Encoding: the server must say it, and
+    the bytes must be that encoding's."""
+    body = json.dumps({"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": list(range(16))}
+                                  for n in ("INPUT0", "INPUT1")]}).encode()
+    url = f"http://127.0.0.1:{server.http_port}/v2/models/simple/infer"
+    for encoding, decompress in (("gzip", gzip.decompress), ("deflate", zlib.decompress)):
+        with httpx.stream("POST", url, content=body, headers={"Accept-Encoding": encoding}) as response:
+            raw = b"".join(response.iter_raw())
+        assert response.headers["content-encoding"] == encoding
+        answer = json.loads(decompress(raw))
+        outputs = {output["name"]: output["data"] for output in answer["outputs"]}
+        assert outputs["OUTPUT0"] == [2 * i for i in range(16)]
 
 
 # --- bad input: a clear error naming what was wrong, and the server keeps serving --------------

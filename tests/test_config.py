@@ -4,15 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from server.repository.config import (
-    ConfigError,
-    GraphTensor,
-    complete,
-    config_from_json,
-    parse_config,
-    tensor_specs,
-    to_json,
-)
+from server.core.types import GraphTensor
+from server.protocol.model_config import ConfigError, to_json
+from server.repository.config import complete, config_from_json, parse_config, tensor_specs
 
 BATCHED = [GraphTensor("x", "FP32", (None, 3))], [GraphTensor("y", "FP32", (None, 2))]
 FIXED = [GraphTensor("x", "FP32", (1, 3))], [GraphTensor("y", "FP32", (1, 2))]

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from server.core.errors import InvalidArgument, Unavailable
+from server.core.types import FinishReason, TokenEvent
 from server.generation.device_cache import CacheKernels, DeviceKVBatch, DeviceRunner, append_graph
-from server.generation.engine import GenerationSettings, Mailbox, TokenEvent
+from server.generation.engine import GenerationSettings, Mailbox
 from server.generation.kv_cache import GROWTH, KVBatch
 from server.generation.sampling import Sampler, SamplingParams, sampling_params
-from server.generation.scheduler import FINISH_ABORT, FINISH_LENGTH, Scheduler, SchedulerLimits, Sequence
+from server.generation.scheduler import Scheduler, SchedulerLimits, Sequence
 from server.generation.text import TextStream
 
 
@@ -27,7 +28,7 @@ def test_scheduler_admits_up_to_the_running_limit_and_decodes_the_rest():
     assert plan.prefill == [first, second] and plan.decode == []
     plan = scheduler.schedule()
     assert plan.prefill == [] and plan.decode == [first, second]
-    scheduler.finish(first, FINISH_LENGTH)
+    scheduler.finish(first, FinishReason.LENGTH)
     plan = scheduler.schedule()  # the finished one leaves, the waiting one joins at once
     assert plan.decode == [second] and plan.prefill == [third]
 
@@ -50,7 +51,7 @@ def test_cache_budget_holds_sequences_back_until_room_frees():
     scheduler.add(b)
     assert scheduler.schedule().prefill == [a]
     assert scheduler.schedule().prefill == []
-    scheduler.finish(a, FINISH_LENGTH)
+    scheduler.finish(a, FinishReason.LENGTH)
     assert scheduler.schedule().prefill == [b]
     with pytest.raises(Unavailable, match="needs 40 cache tokens but the cache holds 30"):
         scheduler.add(sequence(3, 20, 20))
@@ -69,9 +70,9 @@ def test_abort_of_a_waiting_sequence_removes_it():
     scheduler.add(a)
     scheduler.add(b)
     scheduler.schedule()
-    scheduler.finish(b, FINISH_ABORT)
-    assert not scheduler.waiting and b.finish_reason == FINISH_ABORT
-    scheduler.finish(a, FINISH_ABORT)
+    scheduler.finish(b, FinishReason.ABORT)
+    assert not scheduler.waiting and b.finish_reason == FinishReason.ABORT
+    scheduler.finish(a, FinishReason.ABORT)
     assert not scheduler.has_work
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from exporters.demo import publish
-from server.repository.config import ConfigError
+from server.protocol.model_config import ConfigError
 from server.repository.loader import load_model
 from server.runtime.executor import InstancePool
 from tests.models import relu_model

@@ -163,8 +163,10 @@ def test_dashboard_queries_name_served_metrics(server):
     """Every metric the Grafana dashboard queries is one the server exposes (generation metrics are
     checked where a generation model is served, in test_generation.py)."""
     served = {name for name, _ in scrape(server)}
-    assert_served(served, [(t, n) for t, n in dashboard_metrics() if "generation" not in t.lower()
-                           and "token" not in t.lower() and "sequences" not in t.lower()])
+    queried = [(t, n) for t, n in dashboard_metrics() if "generation" not in t.lower()
+               and "token" not in t.lower() and "sequences" not in t.lower()]
+    assert {"nv_inference_request_success", "nv_inference_queue_duration_us"} <= {n for _, n in queried}
+    assert_served(served, queried)
 
 
 def test_counters_carry_triton_names_exactly(server):

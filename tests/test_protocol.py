@@ -86,7 +86,7 @@ def test_descriptor_set_is_generated_from_proto(tmp_path):
 
 def test_classification_of_an_output_too_large_to_sort_is_refused():
     from server.core.errors import InvalidArgument
-    from server.core.service import MAX_CLASSIFIED, classify
+    from server.service.classification import MAX_CLASSIFIED, classify
 
     assert classify(np.arange(6.0).reshape(2, 3), 1, ["a", "b", "c"], True).tolist() == [[b"2.000000:2:c"],
                                                                                       [b"5.000000:2:c"]]

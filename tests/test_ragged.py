@@ -147,7 +147,7 @@ def test_metadata_hides_the_batch_inputs(ragged_server):
      "batch_output ['DOUBLED'] needs one source_input among the inputs"),
 ])
 def test_a_ragged_configuration_that_cannot_work_fails_the_load_naming_why(tmp_path, change, fragment):
-    from server.repository.config import ConfigError
+    from server.protocol.model_config import ConfigError
     from server.repository.loader import load_model
 
     model_dir = publish(tmp_path, "ragged", ragged_model(), change(ragged_config()))

@@ -110,7 +110,7 @@ def test_oldest_batches_the_oldest_sequences_first_up_to_the_batch_size(tmp_path
     'control_input [ { name: "C" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_FP32 } ] } ]',
 ])
 def test_malformed_controls_are_config_errors(tmp_path, text):
-    from server.repository.config import ConfigError
+    from server.protocol.model_config import ConfigError
 
     config = text_format.Parse(f"max_batch_size: 2 sequence_batching {{ {text} }}", ModelConfig())
     with pytest.raises(ConfigError, match="control input"):

@@ -24,6 +24,7 @@ from tests.models import (
 )
 
 BACKLOG = "ortserve_sequences_backlog"
+IDLE_RELEASED = "ortserve_sequences_idle_released_total"
 COUNTERS = (
     "ortserve_sequences_started_total", "ortserve_sequences_ended_total", "ortserve_sequence_requests_total"
 )
@@ -147,10 +148,16 @@ def test_requests_outside_a_live_sequence_are_refused(api):
     api.assert_error(text_id, "INVALID_ARGUMENT", "UINT64 correlation ids", "text-id")
 
 
-def test_a_sequence_idle_past_its_limit_is_released(api):
+def test_a_sequence_idle_past_its_limit_is_released(api, sequence_server):
+    """The scheduler releases the sequence on its own once idle past the limit (its counter says when),
+    and a request after that is refused saying why."""
     sequence_id = 900 if api.name == "http" else 901
+    released = _gauge(sequence_server, IDLE_RELEASED, "acc_idle")
     _step(api, "acc_idle", [[1.0, 1.0]], sequence_id, start=True)
-    time.sleep(0.8)
+    deadline = time.monotonic() + 30
+    while _gauge(sequence_server, IDLE_RELEASED, "acc_idle") == released:
+        assert time.monotonic() < deadline, "the idle sequence was never released"
+        time.sleep(0.05)
     late = _error(lambda: _step(api, "acc_idle", [[1.0, 1.0]], sequence_id))
     api.assert_error(late, "INVALID_ARGUMENT", "released after 300000 us without a request")
 

@@ -1,6 +1,7 @@
 """Protocol-neutral requests and responses exchanged between front ends and the core."""
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,15 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]  # -1 for a variable dimension, batch dimension included when batching
+
+
+@dataclass(frozen=True)
+class GraphTensor:
+    """An input or output as the ONNX graph declares it (None for a dynamic dimension)."""
+
+    name: str
+    datatype: str | None
+    shape: tuple[int | None, ...]
 
 
 @dataclass
@@ -71,6 +81,10 @@ class InferResponse:
     shm_outputs: dict[str, dict] = field(default_factory=dict)  # output -> its shared memory parameters
 
 
+CONTROL_MODES = ("none", "explicit", "poll")  # tritonserver's --model-control-mode
+LOAD_FILE_PREFIX = "file:"  # Triton's load parameters `file:<path>`: a model file sent with the load
+
+
 @dataclass(frozen=True)
 class ModelIndexEntry:
     name: str
@@ -115,3 +129,59 @@ class TextResult:
     model_version: str
     vectors: list  # one np.ndarray per input: an embedding, or scores
     tokens: int
+
+
+class FinishReason(str, Enum):
+    """Why a generated sequence ended, in the words of the OpenAI API and Triton's generate extension."""
+
+    STOP = "stop"  # an end-of-sequence token, a stop token or a stop string
+    LENGTH = "length"  # max_tokens, or the model's context
+    ABORT = "abort"  # the client left, or the model was unloaded
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token as text (`token_id:N` without a tokenizer), its log-probability, and the most likely
+    tokens at its place (None for a prompt's first token: nothing predicts it)."""
+
+    token: str
+    logprob: float | None
+    top: list[tuple[str, float]] | None
+
+
+@dataclass
+class TokenEvent:
+    """New tokens of one sequence (and their text), the last one with its finish reason."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # per token, when the request asked
+
+    def then(self, later: "TokenEvent") -> "TokenEvent":
+        """This event followed by a later one of the same sequence, as one."""
+        return TokenEvent(self.token_ids + later.token_ids, self.text + later.text, later.finish_reason,
+                          later.prompt_tokens, later.generated_tokens, self.logprobs + later.logprobs)
+
+
+@dataclass(frozen=True)
+class TextModelInfo:
+    """What the text front ends show of an encoder model (TEI's /info, route selection)."""
+
+    name: str
+    task: str  # "embed" or "classify"
+    labels: list[str]
+    pooling: str
+    normalize: bool
+    max_length: int
+    max_batch_tokens: int
+    max_client_batch_size: int
+
+    @property
+    def reranker(self) -> bool:
+        return self.task == "classify" and len(self.labels) == 1

@@ -10,40 +10,36 @@ which the server writes into its own cache buffers.
 With IO binding (on by default where the graph runs on CUDA) the cache stays on the device: see
 `device_cache`."""
 
-import re
-
 import numpy as np
 
-from server.core.errors import ServerError
 from server.generation.device_cache import CacheKernels, DeviceKVBatch, DeviceRunner
+from server.generation.gqa import GqaDecoder
+from server.generation.graph import ORT_FLOAT, DecoderGraphError, is_gqa_graph, past_names
 from server.generation.kv_cache import KVBatch
+from server.generation.protocols import TokenDecoder
 
-_PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
 KNOWN_INPUTS = ("input_ids", "attention_mask", "position_ids", "logit_positions", "use_cache_branch")
-_ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-class DecoderGraphError(ServerError):
-    pass
-
-
-def make_decoder(session, io_binding: bool | None = None, head_dim: int | None = None, rows: int = 1):
+def make_decoder(session, io_binding: bool | None = None, head_dim: int | None = None,
+                 rows: int = 1) -> TokenDecoder:
     """The decoder for the graph's layout: ortserve's and Optimum's (position ids, left padding), or
     onnxruntime-genai's GroupQueryAttention graphs (no position ids, right padding), whose cache has
     room for `rows` sequences."""
-    from server.generation.gqa import GqaDecoder, is_gqa_graph
-
     return GqaDecoder(session, head_dim, rows) if is_gqa_graph(session) else Decoder(session, io_binding)
 
 
 class Decoder:
+    """The `TokenDecoder` of graphs with position ids: the cache left-padded (`KVBatch`), or kept on the
+    device (`DeviceKVBatch`)."""
+
     def __init__(self, session, io_binding: bool | None = None):
         """`session`: an onnxruntime.InferenceSession of the decoder graph. `io_binding` keeps the cache
         on the graph's device; None: only where that device is a GPU."""
         self.session = session
         inputs = {node.name: node for node in session.get_inputs()}
         missing = [n for n in ("input_ids", "attention_mask", "position_ids") if n not in inputs]
-        self.past_names = sorted((n for n in inputs if _PAST.match(n)), key=_layer_order)
+        self.past_names = past_names(inputs)
         if missing or not self.past_names:
             raise DecoderGraphError(
                 "a generation model needs inputs input_ids, attention_mask, position_ids and "
@@ -58,7 +54,7 @@ class Decoder:
         self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
         first = inputs[self.past_names[0]]
         self.heads, self.head_dim = first.shape[1], first.shape[3]
-        self.past_dtype = _ORT_FLOAT.get(first.type, np.float32)
+        self.past_dtype = ORT_FLOAT.get(first.type, np.float32)
         self.id_dtype = np.int64 if inputs["input_ids"].type == "tensor(int64)" else np.int32
         self.scores_prompts = "logit_positions" in inputs
         logits = next((n for n in session.get_outputs() if n.name == "logits"), None)
@@ -160,8 +156,3 @@ class Decoder:
         else:
             logits, *present = self.session.run(outputs, feeds)
         return (logits[:, -1, :] if keep is None else logits).astype(np.float32), present
-
-
-def _layer_order(name: str) -> tuple[int, int]:
-    layer, kind = _PAST.match(name).groups()
-    return int(layer), kind == "value"

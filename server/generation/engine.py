@@ -13,21 +13,14 @@ import numpy as np
 
 from server.core.errors import Internal, InvalidArgument, Unavailable, failure_reason
 from server.core.stats import ModelStats
+from server.core.types import FinishReason, TokenEvent, TokenLogprob
+from server.generation.decode_run import DecodedStep, DecodeRun
 from server.generation.decoder import make_decoder
-from server.generation.device_cache import DeviceKVBatch
-from server.generation.kv_cache import KVBatch
 from server.generation.prefix_cache import BLOCK as PREFIX_BLOCK
 from server.generation.prefix_cache import PrefixCache
+from server.generation.protocols import KVCache
 from server.generation.sampling import Sampler, SamplingParams, logprobs, sampling_params
-from server.generation.scheduler import (
-    FINISH_ABORT,
-    FINISH_LENGTH,
-    FINISH_STOP,
-    Plan,
-    Scheduler,
-    SchedulerLimits,
-    Sequence,
-)
+from server.generation.scheduler import Plan, Scheduler, SchedulerLimits, Sequence
 from server.generation.text import TextCodec, TextStream, prompt_ids
 from server.runtime.executor import InstancePool
 from server.text.chat import ChatTemplate
@@ -102,33 +95,6 @@ def _token_ids(value: str) -> frozenset[int]:
     return frozenset(int(item) for item in items if int(item) >= 0)
 
 
-@dataclass(frozen=True)
-class TokenLogprob:
-    """A token as text (`token_id:N` without a tokenizer), its log-probability, and the most likely
-    tokens at its place (None for a prompt's first token: nothing predicts it)."""
-
-    token: str
-    logprob: float | None
-    top: list[tuple[str, float]] | None
-
-
-@dataclass
-class TokenEvent:
-    """New tokens of one sequence (and their text), the last one with its finish reason."""
-
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    logprobs: list[TokenLogprob] = field(default_factory=list)  # per token, when the request asked
-
-    def then(self, later: "TokenEvent") -> "TokenEvent":
-        """This event followed by a later one of the same sequence, as one."""
-        return TokenEvent(self.token_ids + later.token_ids, self.text + later.text, later.finish_reason,
-                          later.prompt_tokens, later.generated_tokens, self.logprobs + later.logprobs)
-
-
 class Mailbox:
     """What the engine produced for one request and its client has not taken yet. Events that pile up
     while the client is slower than the engine are taken as one: under load each client gets fewer,
@@ -162,9 +128,31 @@ class _Request:
     params: SamplingParams
     sampler: Sampler
     text: TextStream
+    settings: GenerationSettings
     events: Mailbox = field(default_factory=Mailbox)
     submitted: float = field(default_factory=time.perf_counter)
     last_token: float = 0.0
+
+    @property
+    def logprobs(self) -> bool:
+        return self.params.logprobs is not None
+
+    def sample(self, logits: np.ndarray, generated: list[int]) -> int:
+        return self.sampler(logits, self.sequence.prompt, generated)
+
+    def finish_reason(self, token: int, generated: int) -> FinishReason | None:
+        """Why the sequence ends at `token`, its `generated`-th (stop strings aside: its text decides)."""
+        eos = token in self.settings.eos_token_ids and not self.params.ignore_eos
+        if eos or token in self.params.stop_token_ids:
+            return FinishReason.STOP
+        if generated >= self.sequence.max_tokens:
+            return FinishReason.LENGTH
+        if len(self.sequence.prompt) + generated >= self.settings.max_sequence_length:
+            return FinishReason.LENGTH
+        return None
+
+    def may_end(self, token: int, generated: int) -> bool:
+        return self.finish_reason(token, generated) is not None
 
 
 class TokenStream:
@@ -224,19 +212,19 @@ class GenerationEngine:
         # reused blocks are fed from the host: not where the cache lives on a GPU
         self.prefix_cache = PrefixCache(settings.prefix_cache_tokens, self.stats) if (
             settings.prefix_cache_tokens and not self.decoder.kernels) else None
-        self.cache: KVBatch | DeviceKVBatch | None = None
+        self.cache: KVCache | None = None
         self.rows: list[_Request] = []  # aligned with the cache's rows
         self._requests: dict[int, _Request] = {}
         self._ids = count(1)
         self._wake = asyncio.Event()
-        self._return_to_loop = False  # asks a worker decoding steps back to back to return after its step
+        self._decoding: DecodeRun | None = None  # the decode steps running back to back on a worker
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        self._return_to_loop = True
+        self._take_turn()
         for sequence in self.scheduler.abort_all():
             request = self._requests.pop(sequence.id, None)
             if request is not None:
@@ -284,11 +272,12 @@ class GenerationEngine:
         """Queues the sequence (or refuses it at once when too many wait) and returns its tokens as
         they come; closing the stream before the end (a client gone) aborts the sequence."""
         sequence = Sequence(next(self._ids), prompt, params.max_tokens)
-        request = _Request(sequence, params, Sampler(params), TextStream(self.codec, params.stop))
+        text = TextStream(self.codec, params.stop)
+        request = _Request(sequence, params, Sampler(params), text, self.settings)
         self.scheduler.add(sequence)
         self._requests[sequence.id] = request
         self.stats.prompt_tokens += len(prompt)
-        self._return_to_loop = True
+        self._take_turn()
         self._wake.set()
         return TokenStream(self, request, on_close)
 
@@ -309,10 +298,18 @@ class GenerationEngine:
 
     def abort(self, request: _Request) -> None:
         if not request.sequence.finished:
-            self._return_to_loop = True
-            self.scheduler.finish(request.sequence, FINISH_ABORT)
-            self.stats.finished[FINISH_ABORT] = self.stats.finished.get(FINISH_ABORT, 0) + 1
+            self._take_turn()
+            self.scheduler.finish(request.sequence, FinishReason.ABORT)
+            self._count_finished(FinishReason.ABORT)
         self._requests.pop(request.sequence.id, None)
+
+    def _take_turn(self) -> None:
+        """The loop has work: decode steps running back to back return after the current one."""
+        if self._decoding is not None:
+            self._decoding.yield_turn()
+
+    def _count_finished(self, reason: FinishReason) -> None:
+        self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
 
     @property
     def cache_tokens(self) -> int:
@@ -346,46 +343,22 @@ class GenerationEngine:
         self._drop_finished_rows()
 
     async def _decode_run(self, rows: list[_Request]) -> None:
-        """Decode steps back to back on the worker thread, each step's tokens sent to the loop without
-        waiting for it, until a row may end or the loop asks for its turn (a sequence arrived or was
-        aborted, or a stop string ended one). A round trip between the threads at every step would cost
-        more than the Python around a step."""
-        loop, cache = asyncio.get_running_loop(), self.cache
-        history = [list(request.sequence.generated) for request in rows]
-        scored = any(request.params.logprobs is not None for request in rows)
-        self._return_to_loop = False
+        """Decode steps back to back on the worker thread (`DecodeRun`), each delivered as it comes."""
+        generated = [request.sequence.generated for request in rows]
+        self._decoding = DecodeRun(self.decoder, self.cache, rows, generated,
+                                   lambda step: self._deliver(rows, step))
+        try:
+            await self.pool.call(self._decoding)
+        finally:
+            self._decoding = None
 
-        def run(_session):
-            last, step = [tokens[-1] for tokens in history], None
-
-            def hand_over():  # the last step's tokens, while this step runs
-                loop.call_soon_threadsafe(self._deliver, rows, *step)
-
-            while True:
-                started = time.perf_counter_ns()
-                logits = self.decoder.decode(last, cache, hand_over if step else None)
-                elapsed = time.perf_counter_ns() - started
-                last = [request.sampler(row, request.sequence.prompt, tokens)
-                        for request, row, tokens in zip(rows, logits, history)]
-                step = (logits.copy() if scored else None, last, elapsed)  # the decoder reuses `logits`
-                for tokens, token in zip(history, last):
-                    tokens.append(token)
-                may_end = any(self._finish_reason(request, token, len(tokens)) is not None
-                              for request, token, tokens in zip(rows, last, history))
-                if may_end or self._return_to_loop:
-                    hand_over()
-                    return
-
-        await self.pool.call(run)
-
-    def _deliver(self, rows: list[_Request], logits: np.ndarray | None, tokens: list[int], elapsed: int
-                 ) -> None:
-        """A step's tokens; its `logits` only where a row asked for log probabilities."""
-        self._record_step(len(rows), elapsed)
-        for row, (request, token) in enumerate(zip(rows, tokens)):
-            self._advance(request, None if logits is None else logits[row], token)
+    def _deliver(self, rows: list[_Request], step: DecodedStep) -> None:
+        """A step's tokens; its logits only where a row asked for log probabilities."""
+        self._record_step(len(rows), step.elapsed_ns)
+        for row, (request, token) in enumerate(zip(rows, step.tokens)):
+            self._advance(request, None if step.logits is None else step.logits[row], token)
         if any(request.sequence.finished for request in rows):
-            self._return_to_loop = True
+            self._take_turn()
 
     async def _step(self, plan: Plan) -> None:
         """One step that prefills the plan's new sequences (and decodes the running ones)."""
@@ -432,7 +405,7 @@ class GenerationEngine:
         if sequence.finished:  # aborted while the step ran, or ended while a worker ran ahead
             return
         if token is None:
-            token = request.sampler(logits, sequence.prompt, sequence.generated)
+            token = request.sample(logits, sequence.generated)
         sequence.generated.append(token)
         now = time.perf_counter()
         if len(sequence.generated) == 1:
@@ -441,15 +414,15 @@ class GenerationEngine:
             self.stats.inter_token.observe(now - request.last_token)
         request.last_token = now
         self.stats.generated_tokens += 1
-        reason = self._finish_reason(request, token, len(sequence.generated))
-        by_token = reason == FINISH_STOP  # an eos or stop token: not part of the output
+        reason = request.finish_reason(token, len(sequence.generated))
+        by_token = reason is FinishReason.STOP  # an eos or stop token: not part of the output
         visible = sequence.generated[:-1] if by_token else sequence.generated
         text = request.text.push(visible, reason is not None)
         if request.text.stopped:
-            reason = FINISH_STOP
+            reason = FinishReason.STOP
         if reason is not None:
             self.scheduler.finish(sequence, reason)
-            self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+            self._count_finished(reason)
             self.stats.request_seconds.observe(now - request.submitted)
         chosen = [] if by_token else [token]
         scored = [self._logprob(logits, token, request.params.logprobs)] if chosen and (
@@ -463,18 +436,6 @@ class GenerationEngine:
     def token_name(self, token: int) -> str:
         return self.codec.token_text(token) if self.codec is not None else f"token_id:{token}"
 
-    def _finish_reason(self, request: _Request, token: int, generated: int) -> str | None:
-        """Why the sequence ends at `token`, its `generated`-th (stop strings aside: its text decides)."""
-        sequence, params = request.sequence, request.params
-        eos = token in self.settings.eos_token_ids and not params.ignore_eos
-        if eos or token in params.stop_token_ids:
-            return FINISH_STOP
-        if generated >= sequence.max_tokens:
-            return FINISH_LENGTH
-        if len(sequence.prompt) + generated >= self.settings.max_sequence_length:
-            return FINISH_LENGTH
-        return None
-
     def _drop_finished_rows(self) -> None:
         keep = [i for i, r in enumerate(self.rows) if not r.sequence.finished]
         if len(keep) == len(self.rows):
@@ -484,7 +445,7 @@ class GenerationEngine:
 
     def _fail(self, sequences: list[Sequence], error: Exception) -> None:
         for sequence in sequences:
-            self.scheduler.finish(sequence, FINISH_ABORT)
+            self.scheduler.finish(sequence, FinishReason.ABORT)
             request = self._requests.get(sequence.id)
             if request is not None:
                 request.events.fail(error)

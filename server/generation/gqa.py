@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from server.generation.decoder import _ORT_FLOAT, _PAST, DecoderGraphError, _layer_order
+from server.generation.graph import ORT_FLOAT, DecoderGraphError, past_names
 from server.generation.kv_cache import GROWTH
 
 
@@ -114,7 +114,7 @@ def _copy_rows(batches: list[RightPaddedKV], slab: list[np.ndarray], start: int)
 
 
 class GqaDecoder:
-    """The `Decoder` interface (prefill, decode, score) for onnxruntime-genai's graphs."""
+    """The `TokenDecoder` of onnxruntime-genai's graphs: the cache right-padded (`RightPaddedKV`)."""
 
     kernels = None  # the cache stays on the host
     scores_prompts = True  # the graph returns every position's logits
@@ -126,7 +126,7 @@ class GqaDecoder:
         self.session = session
         self.slots = slots
         inputs = {node.name: node for node in session.get_inputs()}
-        self.past_names = sorted((n for n in inputs if _PAST.match(n)), key=_layer_order)
+        self.past_names = past_names(inputs)
         unknown = sorted(set(inputs) - {"input_ids", "attention_mask", *self.past_names})
         if unknown or not self.past_names or "attention_mask" not in inputs:
             raise DecoderGraphError(
@@ -141,11 +141,11 @@ class GqaDecoder:
                 raise DecoderGraphError("the graph's past inputs leave the head size symbolic; set the "
                                         "config parameter 'kv_head_dim' (genai_config.json's head_size)")
             self.head_dim = head_dim
-        self.past_dtype = _ORT_FLOAT.get(first.type, np.float32)
+        self.past_dtype = ORT_FLOAT.get(first.type, np.float32)
         self.id_dtype = np.int64 if inputs["input_ids"].type == "tensor(int64)" else np.int32
         logits = next(o for o in session.get_outputs() if o.name == "logits")
         self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
-        self.logits_dtype = _ORT_FLOAT.get(logits.type, np.float32)
+        self.logits_dtype = ORT_FLOAT.get(logits.type, np.float32)
         self._bound = None  # (the cache's slab, its rows, the binding that holds them)
         self._decode_logits = None  # the buffer bound to the logits of the cached binding
 
@@ -258,9 +258,3 @@ def _right(lengths: np.ndarray, width: int) -> np.ndarray:
     """[rows, width]: 1 over each row's first `length` columns."""
     return (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
 
-
-def is_gqa_graph(session) -> bool:
-    """A decoder without position ids whose attention is GroupQueryAttention (onnxruntime-genai's)."""
-    names = {node.name for node in session.get_inputs()}
-    return "position_ids" not in names and "attention_mask" in names and any(
-        _PAST.match(name) for name in names)

@@ -15,7 +15,8 @@ import onnx
 import onnxruntime as ort
 from google.protobuf import text_format
 
-from server.generation.decoder import DecoderGraphError, make_decoder
+from server.generation.decoder import make_decoder
+from server.generation.graph import DecoderGraphError
 from server.generation.interface import GENERATION_INTERFACE, generation_parameters
 from server.protocol import ModelConfig
 

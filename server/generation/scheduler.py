@@ -10,8 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from server.core.errors import Unavailable
-
-FINISH_LENGTH, FINISH_STOP, FINISH_ABORT = "length", "stop", "abort"
+from server.core.types import FinishReason
 
 
 @dataclass
@@ -20,7 +19,7 @@ class Sequence:
     prompt: list[int]
     max_tokens: int
     generated: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
 
     @property
     def budget(self) -> int:
@@ -86,7 +85,7 @@ class Scheduler:
             cache += candidate.budget
         return Plan(prefill, decode)
 
-    def finish(self, sequence: Sequence, reason: str) -> None:
+    def finish(self, sequence: Sequence, reason: FinishReason) -> None:
         """Marks it finished; a running one leaves the batch at the next `schedule`."""
         sequence.finish_reason = sequence.finish_reason or reason
         if sequence in self.waiting:
@@ -95,7 +94,7 @@ class Scheduler:
     def abort_all(self) -> list[Sequence]:
         every = [*self.running, *self.waiting]
         for sequence in every:
-            self.finish(sequence, FINISH_ABORT)
+            self.finish(sequence, FinishReason.ABORT)
         self.running = []
         return every
 

@@ -1,15 +1,13 @@
 """config.pbtxt: Triton's text-format ModelConfig, read, completed from the ONNX graph and checked."""
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from google.protobuf import json_format, text_format
-from google.protobuf.descriptor import FieldDescriptor
 
 from server.core import datatypes
-from server.core.types import TensorSpec
+from server.core.types import GraphTensor, TensorSpec
 from server.protocol import ModelConfig, enum
+from server.protocol.model_config import ConfigError, data_type_name
 
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MODEL_FILENAME = "model.onnx"
@@ -17,19 +15,6 @@ DEFAULT_MAX_BATCH_SIZE = 4
 ONNX_PLATFORM = "onnxruntime_onnx"
 ONNX_BACKEND = "onnxruntime"
 _DATA_TYPE = enum("DataType")
-
-
-class ConfigError(Exception):
-    """The configuration cannot describe a servable model; the message says why."""
-
-
-@dataclass(frozen=True)
-class GraphTensor:
-    """An input or output as the ONNX graph declares it (None for a dynamic dimension)."""
-
-    name: str
-    datatype: str | None
-    shape: tuple[int | None, ...]
 
 
 def read_config(model_dir: Path) -> ModelConfig:
@@ -175,18 +160,6 @@ def _dims_fit(dims: list[int], graph_dims) -> bool:
     return all(g is None or d == g for d, g in zip(dims, graph_dims))
 
 
-def read_data_file(path: Path, dtype, shape, what: str) -> np.ndarray:
-    """A raw little-endian tensor file under the model directory (warmup data, initial states)."""
-    try:
-        return np.fromfile(path, dtype=dtype).reshape(shape)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{what} '{path.name}': {error}") from None
-
-
-def data_type_name(number: int) -> str:
-    return _DATA_TYPE.values_by_number[number].name
-
-
 def tensor_specs(config: ModelConfig, tensors) -> list[TensorSpec]:
     """The shapes clients send and receive: the batch dimension (-1) first when batching."""
     batch = (-1,) if config.max_batch_size > 0 else ()
@@ -200,32 +173,3 @@ def tensor_specs(config: ModelConfig, tensors) -> list[TensorSpec]:
     ]
 
 
-def parameter(config: ModelConfig, key: str, default: str | None = None) -> str | None:
-    return config.parameters[key].string_value if key in config.parameters else default
-
-
-def to_json(config: ModelConfig) -> dict:
-    """ModelConfig as Triton's HTTP API returns it: proto field names, integers as numbers."""
-    return _numbers(config, json_format.MessageToDict(config, preserving_proto_field_name=True))
-
-
-_INT64_TYPES = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64}
-
-
-def _numbers(message, as_dict: dict) -> dict:
-    for field, value in message.ListFields():
-        if field.name not in as_dict:
-            continue
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            value_field = field.message_type.fields_by_name["value"]
-            if value_field.message_type is not None:
-                for key, item in value.items():
-                    _numbers(item, as_dict[field.name][str(key)])
-        elif field.message_type is not None:
-            items = value if field.is_repeated else [value]
-            targets = as_dict[field.name] if field.is_repeated else [as_dict[field.name]]
-            for item, target in zip(items, targets):
-                _numbers(item, target)
-        elif field.type in _INT64_TYPES:
-            as_dict[field.name] = [int(v) for v in value] if field.is_repeated else int(value)
-    return as_dict

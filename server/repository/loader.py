@@ -15,12 +15,13 @@ from server.core import datatypes
 from server.core.validation import InputLimits
 from server.encoding.encoder import TextService
 from server.encoding.settings import TextSettings
-from server.generation.decoder import DecoderGraphError, make_decoder
+from server.generation.decoder import make_decoder
 from server.generation.engine import GenerationSettings
+from server.generation.graph import DecoderGraphError
 from server.generation.interface import GENERATION_INTERFACE
-from server.protocol import ModelConfig, enum
+from server.protocol import ModelConfig, enum, model_config
+from server.protocol.model_config import ConfigError
 from server.repository import config as cfg
-from server.repository.config import ConfigError
 from server.repository.model import ModelVersion
 from server.runtime.executor import DEFAULT_INLINE_EXECUTION_US, InstancePool
 from server.runtime.session import OrtSession, SessionSettings, gpu_available
@@ -209,7 +210,7 @@ def _limits(config: ModelConfig) -> InputLimits:
 
 def _busy_settings(config: ModelConfig, instances: list[SessionSettings]) -> list[SessionSettings]:
     """busy_intra_op_thread_count: each instance's second session, run while other executions run."""
-    value = cfg.parameter(config, "busy_intra_op_thread_count", "")
+    value = model_config.parameter(config, "busy_intra_op_thread_count", "")
     if not value:
         return []
     if not value.isdigit() or int(value) < 1:
@@ -222,7 +223,7 @@ def _busy_settings(config: ModelConfig, instances: list[SessionSettings]) -> lis
 
 def _inline_execution_us(config: ModelConfig) -> int:
     """inline_execution_us: executions shorter than this run on the event loop's thread (0: never)."""
-    value = cfg.parameter(config, "inline_execution_us", str(DEFAULT_INLINE_EXECUTION_US))
+    value = model_config.parameter(config, "inline_execution_us", str(DEFAULT_INLINE_EXECUTION_US))
     if not value.isdigit():
         raise ConfigError(f"parameter inline_execution_us must be an integer >= 0 (0: never), got '{value}'")
     return int(value)
@@ -232,10 +233,10 @@ def _instance_settings(config: ModelConfig) -> list[SessionSettings]:
     """One SessionSettings per instance; threads are split so N instances do not oversubscribe."""
     total = sum(group.count or 1 for group in config.instance_group) or 1
     default_threads = 0 if total == 1 else max(1, (os.cpu_count() or 1) // total)
-    intra = int(cfg.parameter(config, "intra_op_thread_count", str(default_threads)))
-    inter = int(cfg.parameter(config, "inter_op_thread_count", "0"))
-    mode = cfg.parameter(config, "execution_mode", "0")
-    spinning = cfg.parameter(config, "allow_spinning", "0") in ("1", "true")
+    intra = int(model_config.parameter(config, "intra_op_thread_count", str(default_threads)))
+    inter = int(model_config.parameter(config, "inter_op_thread_count", "0"))
+    mode = model_config.parameter(config, "execution_mode", "0")
+    spinning = model_config.parameter(config, "allow_spinning", "0") in ("1", "true")
     algo_search = _cudnn_conv_algo_search(config)
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     tensorrt = any(acc.name == "tensorrt" for acc in accelerators)
@@ -264,7 +265,7 @@ def _instance_settings(config: ModelConfig) -> list[SessionSettings]:
 
 def _cudnn_conv_algo_search(config: ModelConfig) -> str:
     """Triton's parameter: 0 exhaustive (the default), 1 heuristic, 2 the default algorithm."""
-    value = cfg.parameter(config, "cudnn_conv_algo_search", "0")
+    value = model_config.parameter(config, "cudnn_conv_algo_search", "0")
     if value not in CUDNN_CONV_ALGO_SEARCH:
         raise ConfigError(f"parameter cudnn_conv_algo_search must be 0 (exhaustive), 1 (heuristic) or 2 "
                           f"(default algorithm), got '{value}'")
@@ -288,7 +289,7 @@ def _warm_up(model_dir: Path, model: ModelVersion) -> None:
     for warmup in model.config.model_warmup:
         feeds = {}
         for name, spec in warmup.inputs.items():
-            datatype = datatypes.from_config(cfg.data_type_name(spec.data_type))
+            datatype = datatypes.from_config(model_config.data_type_name(spec.data_type))
             shape = ((warmup.batch_size or 1),) if model.batching else ()
             shape += tuple(spec.dims)
             feeds[name] = _warmup_data(model_dir, spec, datatype, shape)
@@ -311,5 +312,5 @@ def _warmup_data(model_dir: Path, spec, datatype: str, shape: tuple[int, ...]) -
         return np.random.default_rng(0).integers(0, 2, size=shape).astype(dtype)
     if source == "input_data_file":
         path = model_dir / "warmup" / spec.input_data_file
-        return cfg.read_data_file(path, dtype, shape, "warmup data file")
+        return model_config.read_data_file(path, dtype, shape, "warmup data file")
     return np.zeros(shape, dtype=dtype)

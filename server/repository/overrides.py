@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from server.core.errors import InvalidArgument
-
-FILE_PREFIX = "file:"
+from server.core.types import LOAD_FILE_PREFIX as FILE_PREFIX
 
 
 @dataclass(frozen=True)

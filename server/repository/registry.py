@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.core.errors import InvalidArgument, NotFound, Unavailable
-from server.core.types import ModelIndexEntry
+from server.core.types import CONTROL_MODES, ModelIndexEntry
 from server.repository.config import CONFIG_FILE
 from server.repository.loader import load_model
 from server.repository.model import ModelVersion
@@ -16,7 +16,6 @@ from server.repository.overrides import Override, file_path, write_files
 log = logging.getLogger(__name__)
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
-CONTROL_MODES = ("none", "explicit", "poll")
 
 
 @dataclass

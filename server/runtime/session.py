@@ -11,7 +11,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtIn
 
 from server.core import datatypes
 from server.core.errors import InvalidArgument
-from server.repository.config import GraphTensor
+from server.core.types import GraphTensor
 
 log = logging.getLogger(__name__)
 

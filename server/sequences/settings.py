@@ -7,7 +7,7 @@ import numpy as np
 
 from server.core import datatypes
 from server.protocol import ModelConfig, enum
-from server.repository.config import ConfigError, data_type_name, parameter, read_data_file
+from server.protocol.model_config import ConfigError, data_type_name, parameter, read_data_file
 
 DEFAULT_IDLE_US = 1_000_000  # Triton's default max_sequence_idle_microseconds
 DEFAULT_CANDIDATES = 64  # oldest strategy without max_candidate_sequences

@@ -14,10 +14,8 @@ from server.api.grpc import codec
 from server.api.grpc.errors import STATUS
 from server.api.restrictions import NO_RESTRICTIONS, Restrictions, grpc_group
 from server.core.errors import InvalidArgument, ServerError
-from server.core.service import InferenceService
-from server.ports import PortUnavailable
 from server.protocol import SERVICE_NAME, message
-from server.repository.overrides import FILE_PREFIX
+from server.service.services import Service
 
 log = logging.getLogger(__name__)
 
@@ -25,58 +23,51 @@ STREAM_IN_FLIGHT = 64  # requests of one stream running at once; the stream wait
 
 
 class GrpcInferenceService:
-    def __init__(self, service: InferenceService):
+    """One method per RPC of `inference.GRPCInferenceService`, each taking its parsed request message."""
+
+    def __init__(self, service: Service):
         self.service = service
 
     async def ServerLive(self, request, context):
-        return message("ServerLiveResponse")(live=self.service.live)
+        return message("ServerLiveResponse")(live=self.service.health.live)
 
     async def ServerReady(self, request, context):
-        return message("ServerReadyResponse")(ready=self.service.ready())
+        return message("ServerReadyResponse")(ready=self.service.health.ready())
 
     async def ModelReady(self, request, context):
-        ready = self.service.model_ready(request.name, request.version)
+        ready = self.service.repository.model_ready(request.name, request.version)
         return message("ModelReadyResponse")(ready=ready)
 
     async def ServerMetadata(self, request, context):
-        return json_format.ParseDict(self.service.server_metadata(), message("ServerMetadataResponse")())
+        metadata = self.service.health.server_metadata()
+        return json_format.ParseDict(metadata, message("ServerMetadataResponse")())
 
     async def ModelMetadata(self, request, context):
-        metadata = self.service.model_metadata(request.name, request.version)
+        metadata = self.service.repository.model_metadata(request.name, request.version)
         return json_format.ParseDict(metadata, message("ModelMetadataResponse")())
 
     async def ModelConfig(self, request, context):
-        config = self.service.model_config(request.name, request.version)
+        config = self.service.repository.model_config(request.name, request.version)
         return message("ModelConfigResponse")(config=config)
 
     async def ModelStatistics(self, request, context):
-        stats = {"model_stats": self.service.statistics(request.name, request.version)}
+        stats = {"model_stats": self.service.statistics.statistics(request.name, request.version)}
         return json_format.ParseDict(stats, message("ModelStatisticsResponse")())
 
     async def RepositoryIndex(self, request, context):
         response = message("RepositoryIndexResponse")()
-        for entry in self.service.repository_index(request.ready):
+        for entry in self.service.repository.index(request.ready):
             response.models.add(
                 name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
             )
         return response
 
     async def RepositoryModelLoad(self, request, context):
-        options = codec.parameters(request.parameters)
-        config = options.get("config")
-        if config is not None and not isinstance(config, str):
-            raise InvalidArgument("load parameter 'config' must be a string holding a model config")
-        files = {}
-        for key, value in options.items():
-            if key.startswith(FILE_PREFIX):
-                if not isinstance(value, bytes):
-                    raise InvalidArgument(f"load parameter '{key}' must be bytes_param holding the file")
-                files[key] = value
-        await self.service.load(request.model_name, config, files)
+        await self.service.repository.load(request.model_name, codec.parameters(request.parameters))
         return message("RepositoryModelLoadResponse")()
 
     async def RepositoryModelUnload(self, request, context):
-        await self.service.unload(request.model_name)
+        await self.service.repository.unload(request.model_name)
         return message("RepositoryModelUnloadResponse")()
 
     async def SystemSharedMemoryStatus(self, request, context):
@@ -115,7 +106,7 @@ class GrpcInferenceService:
         return message("CudaSharedMemoryUnregisterResponse")()
 
     async def ModelInfer(self, request, context):
-        return codec.encode_infer(await self.service.infer(codec.decode_infer(request)))
+        return codec.encode_infer(await self.service.inference.infer(codec.decode_infer(request)))
 
     async def ModelStreamInfer(self, requests, context):
         """Each request runs as it arrives; responses (or error messages) go back as they finish, one
@@ -126,7 +117,7 @@ class GrpcInferenceService:
 
         async def answer(request):
             try:
-                async for result in self.service.infer_stream(codec.decode_infer(request)):
+                async for result in self.service.inference.infer_stream(codec.decode_infer(request)):
                     await responses.put(stream_response(infer_response=codec.encode_infer(result)))
             except ServerError as error:
                 await responses.put(stream_response(error_message=error.message))
@@ -264,37 +255,26 @@ class _Restricted(grpc.aio.ServerInterceptor):
 class _Health(health_pb2_grpc.HealthServicer):
     """grpc.health.v1: SERVING while the server is ready, for "" and the inference service."""
 
-    def __init__(self, service: InferenceService):
+    def __init__(self, service: Service):
         self.service = service
 
     async def Check(self, request, context):
         if request.service not in ("", SERVICE_NAME):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
         serving = health_pb2.HealthCheckResponse.SERVING
-        status = serving if self.service.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = serving if self.service.health.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
 
 
 def create_server(
-    service: InferenceService,
-    address: str,
+    service: Service,
     options,
     access_log: bool = True,
     restrictions: Restrictions = NO_RESTRICTIONS,
-    credentials: grpc.ServerCredentials | None = None,
 ) -> grpc.aio.Server:
-    """A grpc.aio server with the inference and the standard health services; not yet started."""
+    """A grpc.aio server with the inference and the standard health services; no port yet."""
     interceptors = [_Restricted(restrictions)] if restrictions.rules else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     server.add_generic_rpc_handlers((handlers(GrpcInferenceService(service), access_log),))
     health_pb2_grpc.add_HealthServicer_to_server(_Health(service), server)
-    try:
-        if credentials is None:
-            bound = server.add_insecure_port(address)
-        else:
-            bound = server.add_secure_port(address, credentials)
-    except RuntimeError:  # grpcio raises where older releases returned 0
-        bound = 0
-    if not bound:
-        raise PortUnavailable(f"cannot listen for gRPC on {address}")
     return server

@@ -1,9 +1,10 @@
-"""The one table from core error codes to HTTP status codes, as Triton uses them."""
+"""The one table from core error codes to HTTP status codes, as Triton uses them, and the route class
+that answers a router's errors in its own protocol's shape (OpenAI's, TEI's)."""
 
-import functools
 from collections.abc import Callable
 
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 
 from server.core.errors import ErrorCode, ServerError
 
@@ -20,18 +21,20 @@ def error_response(error: ServerError) -> JSONResponse:
     return JSONResponse({"error": error.message}, status_code=STATUS[error.code])
 
 
-def responding(to_response: Callable[[ServerError], Response]) -> Callable:
-    """A route decorator: the route's errors (its own checks' and the core's) answered by
-    `to_response`, for front ends with an error shape of their own (OpenAI's, TEI's)."""
+def answering_errors(to_response: Callable[[ServerError], Response]) -> type[APIRoute]:
+    """A route class for an `APIRouter`: every error of its routes (their request values' checks and the
+    service's) answered by `to_response`."""
 
-    def decorate(route: Callable) -> Callable:
-        @functools.wraps(route)
-        async def wrapped(*args, **kwargs):
-            try:
-                return await route(*args, **kwargs)
-            except ServerError as error:
-                return to_response(error)
+    class ErrorShapedRoute(APIRoute):
+        def get_route_handler(self):
+            handle = super().get_route_handler()
 
-        return wrapped
+            async def handler(request):
+                try:
+                    return await handle(request)
+                except ServerError as error:
+                    return to_response(error)
 
-    return decorate
+            return handler
+
+    return ErrorShapedRoute

@@ -15,15 +15,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.api.http import codec
 from server.api.http.body import read_body
 from server.api.http.errors import error_response
-from server.core.errors import InvalidArgument, ServerError
-from server.core.service import InferenceService
+from server.core.errors import ServerError
+from server.core.fields import boolean
+from server.service.services import Service
 
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
 class InferRoute:
-    def __init__(self, app: ASGIApp, service: InferenceService, max_request_bytes: int):
-        self.app, self.service, self.limit = app, service, max_request_bytes
+    def __init__(self, app: ASGIApp, service: Service, max_request_bytes: int):
+        self.app, self.inference, self.limit = app, service.inference, max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = scope["type"] == "http" and INFER_PATH.fullmatch(scope["path"])
@@ -44,10 +45,9 @@ class InferRoute:
     async def _infer(self, request: Request, model: str, version: str) -> Response:
         header_length = request.headers.get(codec.HEADER_LENGTH)
         decoded = codec.decode_infer(await read_body(request, self.limit), header_length, model, version)
-        binary_default = decoded.parameters.get("binary_data_output", decoded.raw_input is not None)
-        if not isinstance(binary_default, bool):
-            raise InvalidArgument(f"'binary_data_output' must be true or false, got {binary_default!r}")
-        content, json_length = codec.encode_infer(await self.service.infer(decoded), binary_default)
+        binary_default = boolean(decoded.parameters.get("binary_data_output"), "'binary_data_output'",
+                                 decoded.raw_input is not None)
+        content, json_length = codec.encode_infer(await self.inference.infer(decoded), binary_default)
         headers = {}
         if json_length is not None:
             headers[codec.HEADER_LENGTH] = str(json_length)

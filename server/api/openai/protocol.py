@@ -1,0 +1,194 @@
+"""OpenAI's request bodies, each parsed and checked once: the fields ortserve serves, their defaults, and
+the sampling parameters the generation engine takes."""
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from server.api.http.context import json_of
+from server.core.errors import InvalidArgument
+from server.core.fields import boolean, integer
+from server.core.types import TextRequest
+
+SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty",
+            "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty", "logit_bias"}
+COMPLETION_SAMPLING = SAMPLING | {"logprobs"}
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+COMPLETION_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "best_of", "echo", "user"}
+CHAT_FIELDS = {"model", "messages", "stream", "stream_options", "n", "user", "max_completion_tokens",
+               "logprobs", "top_logprobs"}
+EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
+ENCODING_FORMATS = ("float", "base64")
+# parameters ortserve does not implement, accepted only at the value that changes nothing (clients send them)
+COMPLETION_NEUTRAL = {"suffix": None}
+CHAT_NEUTRAL = {"tools": [], "tool_choice": "none", "parallel_tool_calls": False}
+MAX_CHOICES = 16
+
+
+@dataclass
+class _Generation:
+    """What completions and chat share: the model, `n` choices, streaming and its usage chunk, and the
+    sampling parameters."""
+
+    model: str
+    n: int
+    stream: bool
+    include_usage: bool
+    sampling: dict
+
+    def choice_parameters(self, index: int) -> dict:
+        """A seeded request's later choices take the next seeds, so that they differ and repeat."""
+        if index and self.sampling.get("seed") is not None:
+            return {**self.sampling, "seed": self.sampling["seed"] + index}
+        return self.sampling
+
+    @staticmethod
+    def common(payload: dict) -> dict:
+        stream = boolean(payload.get("stream"), "'stream'", False)
+        options = payload.get("stream_options") or {}
+        if not isinstance(options, dict):
+            raise InvalidArgument("'stream_options' must be a JSON object")
+        n = integer(payload.get("n"), "'n'", 1, MAX_CHOICES, default=1)
+        return {"model": _model(payload), "n": n, "stream": stream,
+                "include_usage": bool(options.get("include_usage"))}
+
+
+@dataclass
+class CompletionRequest(_Generation):
+    prompts: list  # strings or lists of token ids
+    echo: bool
+    best_of: int
+    shown_logprobs: int | None  # `logprobs`: how many alternatives the answer shows, None: no logprobs
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "CompletionRequest":
+        common = cls.common(payload)
+        prompt = payload.get("prompt")
+        if isinstance(prompt, str) or _token_ids(prompt):
+            prompts = [prompt]
+        elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or _token_ids(p) for p in prompt):
+            prompts = prompt
+        else:
+            raise InvalidArgument("'prompt' must be a string, a list of strings, a list of token ids "
+                                  "or a list of such lists")
+        _refuse_unsupported(payload, COMPLETION_SAMPLING | COMPLETION_FIELDS, COMPLETION_NEUTRAL,
+                            "/v1/completions")
+        sampling = {k: v for k, v in payload.items() if k in COMPLETION_SAMPLING and v is not None}
+        sampling.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+        n, best_of = common["n"], payload.get("best_of")
+        if best_of is not None:
+            expected = f"an integer from n ({n}) to {MAX_CHOICES}"
+            integer(best_of, "'best_of'", n, MAX_CHOICES, expected=expected)
+            if best_of > n and common["stream"]:
+                raise InvalidArgument("'best_of' greater than 'n' cannot be streamed: the best choices are "
+                                      "known only when all are finished")
+        best_of = n if best_of is None else best_of
+        shown = sampling.get("logprobs")
+        if best_of > n:  # choices are ranked by their tokens' mean log-probability
+            sampling["logprobs"] = shown or 0
+        echo = boolean(payload.get("echo"), "'echo'", False)
+        return cls(**common, sampling=sampling, prompts=prompts, echo=echo, best_of=best_of,
+                   shown_logprobs=shown)
+
+    @classmethod
+    async def from_http(cls, request: Request) -> "CompletionRequest":
+        return cls.from_json(await json_of(request))
+
+    @property
+    def generates(self) -> bool:
+        """False where only the prompt is wanted back (`echo` with `max_tokens` 0)."""
+        return not (self.echo and self.sampling.get("max_tokens") == 0)
+
+
+@dataclass
+class ChatRequest(_Generation):
+    messages: list
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "ChatRequest":
+        common = cls.common(payload)
+        _refuse_unsupported(payload, SAMPLING | CHAT_FIELDS, CHAT_NEUTRAL, "/v1/chat/completions")
+        sampling = {k: v for k, v in payload.items() if k in SAMPLING}
+        wanted, top = boolean(payload.get("logprobs"), "'logprobs'", False), payload.get("top_logprobs")
+        if top is not None and not wanted:
+            raise InvalidArgument("'top_logprobs' needs 'logprobs': true")
+        if wanted:
+            sampling["logprobs"] = 0 if top is None else top
+        if payload.get("max_completion_tokens") is not None:
+            sampling["max_tokens"] = payload["max_completion_tokens"]
+        if sampling.get("max_tokens", 0) is None:
+            del sampling["max_tokens"]
+        return cls(**common, sampling=sampling, messages=payload.get("messages"))
+
+    @classmethod
+    async def from_http(cls, request: Request) -> "ChatRequest":
+        return cls.from_json(await json_of(request))
+
+
+@dataclass
+class EmbeddingRequest:
+    text: TextRequest
+    encoding: str  # "float" or "base64"
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "EmbeddingRequest":
+        unknown = sorted(set(payload) - EMBEDDING_FIELDS)
+        if unknown:
+            raise InvalidArgument(
+                f"parameter {', '.join(map(repr, unknown))} is not supported by ortserve's /v1/embeddings"
+            )
+        model = _model(payload)
+        encoding = payload.get("encoding_format") or "float"
+        if encoding not in ENCODING_FORMATS:
+            raise InvalidArgument(f"'encoding_format' must be float or base64, got {encoding!r}")
+        dimensions = payload.get("dimensions")
+        if dimensions is not None:
+            integer(dimensions, "'dimensions'", 1, expected="a positive integer")
+        inputs = text_inputs(payload.get("input"), "input")
+        return cls(TextRequest(model, "embed", inputs, dimensions=dimensions, protocol="http"), encoding)
+
+    @classmethod
+    async def from_http(cls, request: Request) -> "EmbeddingRequest":
+        return cls.from_json(await json_of(request))
+
+
+def text_inputs(value, field: str) -> list:
+    """A string, a list of strings, a list of token ids, or a list of such lists: a list of inputs."""
+    if isinstance(value, str):
+        value = [value]
+    elif isinstance(value, list) and value and all(type(i) is int for i in value):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise InvalidArgument(
+            f"'{field}' must be a string, a list of strings, a list of token ids or a list of such lists"
+        )
+    for index, item in enumerate(value):
+        if isinstance(item, str) and not item:
+            raise InvalidArgument(f"'{field}' item {index} is an empty string")
+        if not isinstance(item, str | list):
+            raise InvalidArgument(
+                f"'{field}' item {index} must be a string or a list of token ids, got {type(item).__name__}"
+            )
+    if len({isinstance(item, str) for item in value}) > 1:
+        raise InvalidArgument(f"'{field}' mixes strings and token id lists; send one kind per request")
+    return value
+
+
+def _model(payload: dict) -> str:
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidArgument("'model' must name a model (see GET /v1/models)")
+    return model
+
+
+def _token_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(i) is int for i in value)
+
+
+def _refuse_unsupported(payload: dict, known: set, neutral: dict, route: str) -> None:
+    """A parameter ortserve does not implement is refused, unless sent at the value that changes nothing."""
+    unsupported = sorted(key for key, value in payload.items()
+                         if key not in known and not (key in neutral and value in (None, neutral[key])))
+    if unsupported:
+        names = ", ".join(map(repr, unsupported))
+        raise InvalidArgument(f"parameter {names} is not supported by ortserve's {route}")

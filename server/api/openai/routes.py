@@ -1,0 +1,191 @@
+"""The OpenAI routes: each parses its body into its request value, calls the service, and answers in
+OpenAI's shapes (errors included, through `OpenAIRoute`)."""
+
+import base64
+import dataclasses
+import json
+import time
+import uuid
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+
+from server.api.http.context import Served
+from server.api.http.streams import SSE_HEADERS, collect, usage
+from server.api.openai.errors import OpenAIRoute
+from server.api.openai.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
+from server.api.openai.streaming import (
+    chat_choices,
+    chat_logprobs,
+    chunks,
+    completion_choices,
+    completion_logprobs,
+)
+from server.core.errors import NotFound, ServerError
+from server.core.types import FinishReason, GenerateRequest, TokenEvent
+
+router = APIRouter(route_class=OpenAIRoute)
+Completion = Annotated[CompletionRequest, Depends(CompletionRequest.from_http)]
+Chat = Annotated[ChatRequest, Depends(ChatRequest.from_http)]
+Embedding = Annotated[EmbeddingRequest, Depends(EmbeddingRequest.from_http)]
+
+
+@router.get("/v1/models")
+async def models(service: Served):
+    return {"object": "list", "data": [_model(name) for name in service.generation.model_names()]}
+
+
+@router.get("/v1/models/{model}")
+async def model(service: Served, model: str):
+    if model not in service.generation.model_names():
+        raise NotFound(f"The model '{model}' does not exist (see GET /v1/models)")
+    return _model(model)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, service: Served, body: Completion):
+    groups = []
+    try:
+        for prompt in body.prompts:
+            groups.append(await _prompt_choices(service, body, prompt))
+    except ServerError:
+        for group in groups:
+            await group.aclose()
+        raise
+    completion = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                  "created": int(time.time()), "model": body.model}
+    if body.stream:
+        streams = [stream for group in groups for stream in group.echoed_streams()]
+        answer = chunks(streams, completion, body.include_usage, body.n, completion_choices)
+        return StreamingResponse(answer, media_type="text/event-stream", headers=SSE_HEADERS)
+    wholes = await collect(request, [stream for group in groups for stream in group.streams])
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for group in groups:
+        generated, wholes = wholes[:len(group.streams)], wholes[len(group.streams):]
+        for whole in group.best(generated, body.n, body.shown_logprobs is not None):
+            choices.append({"index": len(choices), "text": whole.text, "logprobs": completion_logprobs(whole),
+                            "finish_reason": whole.finish_reason})
+        prompt_tokens += (group.echoed or generated[0]).prompt_tokens
+        completion_tokens += sum(whole.generated_tokens for whole in generated)
+    return {**completion, "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
+
+
+async def _prompt_choices(service, body: CompletionRequest, prompt) -> "_Choices":
+    """One prompt's echo (where asked) and its `best_of` generations."""
+    text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
+    echoed = None
+    if body.echo:  # tokenized once: the echo's ids are the prompt generated from
+        echoed = await service.generation.echo(
+            GenerateRequest(body.model, text=text, input_ids=ids, protocol="http"), body.shown_logprobs)
+        text, ids = None, echoed.token_ids
+    streams = [service.generation.generate(GenerateRequest(
+        body.model, text=text, input_ids=ids, protocol="http", parameters=body.choice_parameters(index)))
+        for index in range(body.best_of if body.generates else 0)]
+    return _Choices(echoed, streams)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, service: Served, body: Chat):
+    streams = []
+    try:
+        for index in range(body.n):
+            choice = GenerateRequest(body.model, parameters=body.choice_parameters(index), protocol="http",
+                                       messages=body.messages)
+            streams.append(service.generation.generate(choice))
+    except ServerError:
+        for tokens in streams:
+            await tokens.aclose()
+        raise
+    completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                  "created": int(time.time()), "model": body.model}
+    if body.stream:
+        chunk = {**completion, "object": "chat.completion.chunk"}
+        answer = chunks(streams, chunk, body.include_usage, len(streams), chat_choices)
+        return StreamingResponse(answer, media_type="text/event-stream", headers=SSE_HEADERS)
+    wholes = await collect(request, streams)
+    choices = [{"index": index, "message": {"role": "assistant", "content": whole.text},
+                "logprobs": chat_logprobs(whole), "finish_reason": whole.finish_reason}
+               for index, whole in enumerate(wholes)]
+    return {**completion, "choices": choices,
+            "usage": usage(wholes[0].prompt_tokens, sum(whole.generated_tokens for whole in wholes))}
+
+
+@router.post("/v1/embeddings")
+async def embeddings(service: Served, body: Embedding):
+    result = await service.text.encode(body.text)
+    return json_response({
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": _encoded(v, body.encoding)}
+                 for i, v in enumerate(result.vectors)],
+        "model": result.model_name,
+        "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+    })
+
+
+def json_response(document) -> Response:
+    """Plain `json.dumps`: FastAPI's encoder walks every float of a vector in Python first."""
+    return Response(json.dumps(document), media_type="application/json")
+
+
+def _encoded(vector: np.ndarray, encoding: str):
+    if encoding == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+    return vector.tolist()
+
+
+def _model(name: str) -> dict:
+    return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "ortserve"}
+
+
+class _Choices:
+    """One prompt's choices: its generated streams (`best_of` of them, none for `max_tokens` 0) and,
+    with OpenAI's `echo`, the prompt's own text and log-probabilities put before each."""
+
+    def __init__(self, echoed: TokenEvent | None, streams: list):
+        self.echoed, self.streams = echoed, streams
+
+    def best(self, wholes: list[TokenEvent], n: int, show_logprobs: bool) -> list[TokenEvent]:
+        """The `n` choices whose tokens have the highest mean log-probability (all of them when there
+        are `n`), each after its echoed prompt."""
+        if not wholes:
+            return [self._prompt_only()]
+        if len(wholes) > n:
+            wholes = sorted(wholes, key=_mean_logprob, reverse=True)[:n]
+            if not show_logprobs:
+                wholes = [dataclasses.replace(whole, logprobs=[]) for whole in wholes]
+        return [self.echoed.then(whole) if self.echoed else whole for whole in wholes]
+
+    def echoed_streams(self) -> list:
+        if self.echoed is None:
+            return self.streams
+        return [_Echoed(self.echoed, stream) for stream in self.streams] or [_Echoed(self._prompt_only())]
+
+    def _prompt_only(self) -> TokenEvent:
+        return dataclasses.replace(self.echoed, finish_reason=FinishReason.LENGTH)
+
+    async def aclose(self) -> None:
+        for stream in self.streams:
+            await stream.aclose()
+
+
+class _Echoed:
+    """A streamed choice that starts with its echoed prompt."""
+
+    def __init__(self, echoed: TokenEvent, tokens=None):
+        self.echoed, self.tokens = echoed, tokens
+
+    async def __aiter__(self):
+        yield self.echoed
+        if self.tokens is not None:
+            async for event in self.tokens:
+                yield event
+
+    async def aclose(self) -> None:
+        if self.tokens is not None:
+            await self.tokens.aclose()
+
+
+def _mean_logprob(whole: TokenEvent) -> float:
+    return sum(t.logprob for t in whole.logprobs) / max(len(whole.logprobs), 1)

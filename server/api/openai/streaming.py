@@ -1,0 +1,79 @@
+"""OpenAI's streamed chunks and log-probability shapes, for completions and chat."""
+
+from collections.abc import Callable
+
+from server.api.http.streams import sse, usage
+from server.api.openai.errors import error_body
+from server.core.errors import ServerError
+from server.core.types import TokenEvent
+
+
+async def chunks(streams, chunk: dict, include_usage: bool, n: int, choices: Callable):
+    """Choices stream one after another, each event as the chunks `choices(index, event)` makes (and
+    `choices(index, None)` before a choice's first), then the usage where asked and `data: [DONE]`.
+    Choice i*n+j is prompt i's j-th; each prompt's tokens count once in the usage."""
+    prompt_tokens = completion_tokens = 0
+    try:
+        for index, tokens in enumerate(streams):
+            for choice in choices(index, None):
+                yield sse({**chunk, "choices": [choice]})
+            async for event in tokens:
+                for choice in choices(index, event):
+                    yield sse({**chunk, "choices": [choice]})
+                if event.finish_reason is not None:
+                    prompt_tokens += event.prompt_tokens if index % n == 0 else 0
+                    completion_tokens += event.generated_tokens
+        if include_usage:
+            yield sse({**chunk, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+        yield "data: [DONE]\n\n"
+    except ServerError as error:
+        yield sse(error_body(error))
+    finally:
+        for tokens in streams:
+            await tokens.aclose()
+
+
+def chat_choices(index: int, event: TokenEvent | None) -> list[dict]:
+    """A chat choice's chunks: its role first, then content pieces, then its finish reason."""
+    if event is None:
+        return [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                 "finish_reason": None}]
+    choices = []
+    if event.text or event.logprobs:
+        choices.append({"index": index, "delta": {"content": event.text}, "logprobs": chat_logprobs(event),
+                        "finish_reason": None})
+    if event.finish_reason is not None:
+        choices.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": event.finish_reason})
+    return choices
+
+
+def completion_choices(index: int, event: TokenEvent | None) -> list[dict]:
+    if event is None:
+        return []
+    return [{"index": index, "text": event.text, "logprobs": completion_logprobs(event),
+             "finish_reason": event.finish_reason}]
+
+
+def chat_logprobs(event: TokenEvent) -> dict | None:
+    """OpenAI's chat logprobs: each token with its bytes and the most likely alternatives."""
+    if not event.logprobs:
+        return None
+
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(*top) for top in t.top]}
+                        for t in event.logprobs]}
+
+
+def completion_logprobs(event: TokenEvent) -> dict | None:
+    """OpenAI's legacy completion logprobs: parallel lists, with each token's offset in the text."""
+    if not event.logprobs:
+        return None
+    offsets, position = [], 0
+    for token in event.logprobs:
+        offsets.append(position)
+        position += len(token.token)
+    tokens = event.logprobs
+    return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [None if t.top is None else dict(t.top) for t in tokens], "text_offset": offsets}

@@ -1,0 +1,167 @@
+"""Generation: a prompt (text, token ids or a chat) in, the model's tokens out as a stream; prompts
+scored (OpenAI's `echo`); and an infer request to a decoupled model read as a generation request."""
+
+import time
+
+import numpy as np
+
+from server.core import jsontext
+from server.core.errors import InvalidArgument, failure_reason
+from server.core.stats import Timing
+from server.core.types import (
+    FinishReason,
+    GenerateRequest,
+    InferRequest,
+    InferResponse,
+    Tensor,
+    TokenEvent,
+    TokenLogprob,
+)
+from server.generation.engine import TokenStream
+from server.repository.model import ModelVersion
+from server.repository.registry import ModelRegistry
+
+GENERATION_INPUTS = ("text_input", "input_ids", "sampling_parameters")
+GENERATION_OUTPUTS = ("text_output", "output_ids")
+
+
+class GenerationService:
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+
+    def model_names(self, text_models: bool = True) -> list[str]:
+        """The ready models the OpenAI routes serve: generation models (and encoders, `text_models`)."""
+        return sorted({m.name for m in self.registry.ready_models()
+                       if m.engine is not None or (text_models and m.text is not None)})
+
+    def is_generation_model(self, name: str, version: str = "") -> bool:
+        return self.registry.get(name, version).engine is not None
+
+    def generate(self, request: GenerateRequest) -> TokenStream:
+        """Admits the request, raising any error before the first token, and returns its tokens."""
+        start = time.perf_counter_ns()
+        model = self._model(request)
+        try:
+            prompt, params = model.engine.prepare(
+                request.text, request.input_ids, request.parameters, request.messages
+            )
+            tokens = model.engine.submit(prompt, params, _recorder(model, start, request.protocol))
+            tokens.model_version = str(model.version)
+            return tokens
+        except BaseException as error:
+            elapsed = time.perf_counter_ns() - start
+            model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
+            raise
+
+    async def echo(self, request: GenerateRequest, logprobs: int | None) -> TokenEvent:
+        """The prompt as the model reads it: its token ids and text, and with `logprobs` each token's
+        log-probability given those before it and that many most likely tokens (OpenAI's `echo`; the
+        first token has none)."""
+        model = self._model(request)
+        engine = model.engine
+        try:
+            prompt = engine.prompt(request.text, request.input_ids)
+            scored = [] if logprobs is None else await engine.score(prompt, logprobs)
+        except BaseException as error:
+            model.stats.record_failure(0, failure_reason(error), request.protocol)
+            raise
+        text = request.text if request.text is not None else engine.token_text(prompt)
+        first = [] if logprobs is None else [TokenLogprob(engine.token_name(prompt[0]), None, None)]
+        return TokenEvent(prompt, text, None, len(prompt), 0, first + scored)
+
+    async def infer_stream(self, request: InferRequest):
+        """An infer request to a generation model: one response per step's new tokens."""
+        model = self.registry.get(request.model_name, request.model_version)
+        tokens = self.generate(_generate_request(request, model))
+        try:
+            async for event in tokens:
+                yield _generation_response(model, request.id, event)
+        finally:
+            await tokens.aclose()
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """An infer request to a generation model: the whole generation as one response."""
+        model = self.registry.get(request.model_name, request.model_version)
+        whole = await self.generate(_generate_request(request, model)).collect()
+        return _generation_response(model, request.id, whole)
+
+    def _model(self, request: GenerateRequest) -> ModelVersion:
+        model = self.registry.get(request.model_name, request.model_version)
+        if model.engine is None:
+            raise InvalidArgument(
+                f"model '{model.name}' is not a generation model (its config has no "
+                "model_transaction_policy {{ decoupled: true }}); use its infer endpoint"
+            )
+        return model
+
+
+def _recorder(model: ModelVersion, start: int, protocol: str):
+    """Counts a generation request once, as a success or a failure, when its stream ends."""
+
+    def record(outcome: str) -> None:
+        elapsed = time.perf_counter_ns() - start
+        if outcome == "success":
+            model.stats.inference_count += 1
+            model.stats.record_success(elapsed, Timing(infer_ns=elapsed), protocol)
+        else:
+            model.stats.record_failure(elapsed, outcome, protocol)
+
+    return record
+
+
+def _generate_request(request: InferRequest, model: ModelVersion) -> GenerateRequest:
+    """An infer request to a generation model: text_input or input_ids, and sampling parameters
+    from the request's parameters and/or a sampling_parameters JSON input."""
+    inputs = {tensor.name: tensor for tensor in request.inputs}
+    unknown = [name for name in inputs if name not in GENERATION_INPUTS]
+    if unknown:
+        raise InvalidArgument(
+            f"unexpected input {', '.join(map(repr, unknown))} for generation model '{model.name}'; "
+            f"expected {', '.join(GENERATION_INPUTS)}"
+        )
+    unknown = [output.name for output in request.outputs if output.name not in GENERATION_OUTPUTS]
+    if unknown:
+        raise InvalidArgument(
+            f"unexpected output {', '.join(map(repr, unknown))} for generation model '{model.name}'; "
+            f"expected {', '.join(GENERATION_OUTPUTS)}"
+        )
+    parameters = dict(request.parameters)
+    if "sampling_parameters" in inputs:
+        parameters.update(_json_input(inputs["sampling_parameters"]))
+    text = ids = None
+    if "text_input" in inputs:
+        text = one_string(inputs["text_input"])
+    if "input_ids" in inputs:
+        ids = [int(i) for i in inputs["input_ids"].data.reshape(-1)]
+    return GenerateRequest(model.name, str(model.version), text, ids, parameters, request.protocol)
+
+
+def one_string(tensor: Tensor) -> str:
+    if tensor.datatype != "BYTES" or tensor.data.size != 1:
+        raise InvalidArgument(
+            f"input '{tensor.name}' must be BYTES holding one string, "
+            f"got {tensor.datatype} {list(tensor.shape)}"
+        )
+    value = tensor.data.reshape(-1)[0]
+    try:
+        return value.decode() if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"input '{tensor.name}' is not valid UTF-8") from None
+
+
+def _json_input(tensor: Tensor) -> dict:
+    value = jsontext.loads(one_string(tensor), "input 'sampling_parameters'")
+    if not isinstance(value, dict):
+        raise InvalidArgument("input 'sampling_parameters' must be a JSON object")
+    return value
+
+
+def _generation_response(model: ModelVersion, request_id: str, event: TokenEvent) -> InferResponse:
+    outputs = [
+        Tensor("text_output", "BYTES", np.array([event.text.encode()], dtype=object)),
+        Tensor("output_ids", "INT64", np.array(event.token_ids, dtype=np.int64)),
+    ]
+    parameters = {}
+    if event.finish_reason is not None:
+        parameters = {"finish_reason": FinishReason(event.finish_reason).value, "triton_final_response": True}
+    return InferResponse(model.name, str(model.version), request_id, outputs, {}, parameters)

@@ -1,0 +1,109 @@
+"""Inference: an infer request validated against its model, its inputs gathered (raw body, shared
+memory, text), run through the model's scheduler, and its outputs placed (response, shared memory,
+classification). Generation models answer through the generation service."""
+
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from server.core import tensors
+from server.core.errors import Internal, ServerError, failure_reason
+from server.core.fields import integer
+from server.core.shared_memory import RegionUse, SharedMemory
+from server.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from server.core.validation import check_inputs, check_outputs, raw_input
+from server.repository.model import ModelVersion
+from server.repository.registry import ModelRegistry
+from server.sequences.scheduler import SequenceControl
+from server.service.classification import classify
+from server.service.generation import GenerationService
+from server.service.text import EncodingService
+
+
+class InferenceService:
+    def __init__(self, registry: ModelRegistry, shared_memory: SharedMemory, generation: GenerationService):
+        self.registry = registry
+        self.shared_memory = shared_memory
+        self.generation = generation
+
+    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """One response for a plain model; for a generation model one per step's new tokens."""
+        if self.generation.is_generation_model(request.model_name, request.model_version):
+            async for response in self.generation.infer_stream(request):
+                yield response
+            return
+        yield await self.infer(request)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        start = time.perf_counter_ns()
+        model = self.registry.get(request.model_name, request.model_version)
+        if model.engine is not None:
+            return await self.generation.infer(request)
+        try:
+            self._gather_inputs(request, model)
+            if EncodingService.takes_text_inputs(model, request):
+                await EncodingService.tokenize_inputs(request, model)
+            feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
+            model.limits.check(feeds, model.name)
+            names = check_outputs(request, model.outputs)
+            priority, timeout = _scheduling(request.parameters)
+            sequence = SequenceControl.from_parameters(request.parameters)
+            arrays, timing = await model.infer(feeds, names, priority, timeout, sequence)
+            requested = {output.name: output for output in request.outputs}
+            outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
+            shm_outputs = self._to_shared_memory(outputs, requested)
+        except BaseException as error:
+            elapsed = time.perf_counter_ns() - start
+            model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
+            if isinstance(error, ServerError) or not isinstance(error, Exception):
+                raise
+            raise Internal(f"model '{model.name}' failed to run: {error}") from error
+        model.stats.record_success(time.perf_counter_ns() - start, timing, request.protocol)
+        return InferResponse(
+            model_name=model.name,
+            model_version=str(model.version),
+            id=request.id,
+            outputs=outputs,
+            requested=requested,
+            shm_outputs=shm_outputs,
+        )
+
+    def _gather_inputs(self, request: InferRequest, model: ModelVersion) -> None:
+        """A raw binary body and inputs in shared memory become tensors like the others."""
+        if request.raw_input is not None:
+            request.inputs = [raw_input(request, model.inputs, model.batching)]
+        for name, datatype, shape, use in request.shm_inputs:
+            data = tensors.from_raw(name, datatype, shape, self.shared_memory.read(use))
+            request.inputs.append(Tensor(name, datatype, data))
+
+    def _to_shared_memory(self, outputs: list[Tensor], requested: dict[str, RequestedOutput]
+                          ) -> dict[str, dict]:
+        """Writes the outputs a request placed in shared memory; returns their response parameters."""
+        placed = {}
+        for tensor in outputs:
+            wanted = requested.get(tensor.name)
+            use = RegionUse.from_parameters(tensor.name, wanted.parameters) if wanted else None
+            if use is None:
+                continue
+            data = tensors.to_raw(tensor.data)
+            self.shared_memory.write(use, data)
+            placed[tensor.name] = {"shared_memory_region": use.name, "shared_memory_byte_size": len(data)}
+            if use.offset:
+                placed[tensor.name]["shared_memory_offset"] = use.offset
+        return placed
+
+
+def _scheduling(parameters: dict) -> tuple[int, int]:
+    """The `priority` and `timeout` (microseconds) request parameters of Triton's protocol."""
+    priority = integer(parameters.get("priority"), "request parameter 'priority'", default=0)
+    timeout = integer(parameters.get("timeout"), "request parameter 'timeout'", default=0)
+    return priority, timeout
+
+
+def _output(model: ModelVersion, name: str, array: np.ndarray, requested: RequestedOutput | None) -> Tensor:
+    datatype = next(spec.datatype for spec in model.outputs if spec.name == name)
+    if requested is not None and requested.class_count:
+        labels = model.labels.get(name, [])
+        return Tensor(name, "BYTES", classify(array, requested.class_count, labels, model.batching))
+    return Tensor(name, datatype, array)

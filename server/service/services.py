@@ -1,0 +1,36 @@
+"""`Service`: the application services over one model registry, as the front ends receive them."""
+
+from dataclasses import dataclass
+
+from server.core.shared_memory import SharedMemory
+from server.repository.registry import ModelRegistry
+from server.service.generation import GenerationService
+from server.service.health import HealthService
+from server.service.inference import InferenceService
+from server.service.repository import RepositoryService
+from server.service.statistics import StatisticsService
+from server.service.text import EncodingService
+
+
+@dataclass
+class Service:
+    health: HealthService
+    inference: InferenceService
+    generation: GenerationService
+    text: EncodingService
+    repository: RepositoryService
+    statistics: StatisticsService
+    shared_memory: SharedMemory
+
+    @classmethod
+    def over(cls, registry: ModelRegistry, strict_readiness: bool = True) -> "Service":
+        shared_memory, generation = SharedMemory(), GenerationService(registry)
+        return cls(
+            health=HealthService(registry, strict_readiness),
+            inference=InferenceService(registry, shared_memory, generation),
+            generation=generation,
+            text=EncodingService(registry),
+            repository=RepositoryService(registry),
+            statistics=StatisticsService(registry),
+            shared_memory=shared_memory,
+        )
