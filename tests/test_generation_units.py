@@ -7,9 +7,11 @@ import pytest
 
 from server.core.errors import InvalidArgument, Unavailable
 from server.core.types import FinishReason, TokenEvent
+from server.generation.decode_run import DecodeRun
 from server.generation.device_cache import CacheKernels, DeviceKVBatch, DeviceRunner, append_graph
 from server.generation.engine import GenerationSettings, Mailbox
 from server.generation.kv_cache import GROWTH, KVBatch
+from server.generation.protocols import KVCache
 from server.generation.sampling import Sampler, SamplingParams, sampling_params
 from server.generation.scheduler import Scheduler, SchedulerLimits, Sequence
 from server.generation.text import TextStream
@@ -121,6 +123,7 @@ def test_device_kv_batch_keeps_the_same_keys_and_values_as_the_host_batch():
         return [value.numpy() for value in batch.past]
 
     host, device = both(3, 5, 2)
+    assert isinstance(host, KVCache) and isinstance(device, KVCache)
     for step in range(4):  # the graph's present: the new column alone, or the past followed by it
         present = [rng.standard_normal((3, 2, 1, 3)).astype(np.float32) for _ in range(2)]
         if step % 2:
@@ -267,3 +270,62 @@ def test_openai_penalties_and_logit_bias_move_greedy_choices():
                       ({"logit_bias": {"1": 101}}, "logit_bias"), ({"logit_bias": [1]}, "logit_bias")):
         with pytest.raises(InvalidArgument, match=name):
             sampling_params(bad, 8, 8)
+
+
+class _CountingDecoder:
+    """Logits whose argmax is the last token + 1; `starting` called as a real graph would call it."""
+
+    def __init__(self, on_step=None):
+        self.steps, self.on_step = 0, on_step
+
+    def decode(self, last_tokens, cache, starting=None):
+        if starting is not None:
+            starting()
+        self.steps += 1
+        if self.on_step is not None:
+            self.on_step(self.steps)
+        logits = np.zeros((len(last_tokens), 100), np.float32)
+        logits[np.arange(len(last_tokens)), np.asarray(last_tokens) + 1] = 1
+        return logits
+
+
+class _Row:
+    logprobs = False
+
+    def __init__(self, ends_after: int):
+        self.ends_after = ends_after
+
+    def sample(self, logits, generated):
+        return int(np.argmax(logits))
+
+    def may_end(self, token, generated):
+        return generated >= self.ends_after
+
+
+def _run_decode(decoder, rows, generated, turn_at=None):
+    """Runs a DecodeRun on a worker thread as the engine does; the steps it delivered, in order."""
+    delivered = []
+
+    async def main():
+        run = DecodeRun(decoder, object(), rows, generated, delivered.append)
+        if turn_at is not None:
+            decoder.on_step = lambda step: run.yield_turn() if step == turn_at else None
+        await asyncio.get_running_loop().run_in_executor(None, run, None)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    return delivered
+
+
+def test_decode_run_hands_over_every_step_in_order_and_returns_where_a_row_may_end():
+    generated = [[5], [10, 11]]
+    delivered = _run_decode(_CountingDecoder(), [_Row(ends_after=4), _Row(ends_after=9)], generated)
+    assert [step.tokens for step in delivered] == [[6, 12], [7, 13], [8, 14]]  # the first row's 4th token
+    assert all(step.logits is None and step.elapsed_ns > 0 for step in delivered)
+    assert generated == [[5], [10, 11]]  # the loop's own lists are the loop's to extend
+
+
+def test_decode_run_returns_after_the_step_during_which_the_loop_asked_for_its_turn():
+    decoder = _CountingDecoder()
+    delivered = _run_decode(decoder, [_Row(ends_after=1000)], [[0]], turn_at=3)
+    assert decoder.steps == 3 and [step.tokens for step in delivered] == [[1], [2], [3]]

@@ -87,8 +87,10 @@ def test_the_genai_cache_is_written_in_place_while_rows_join_and_leave(genai_mod
     """Rows joining and leaving a running batch keep each row's greedy tokens equal to its prompt run
     alone; decode steps and joins within the reserved slots and columns keep the same buffers."""
     from server.generation.gqa import RightPaddedKV
+    from server.generation.protocols import KVCache, TokenDecoder
 
     decoder = genai_decoder(genai_models[0]["fp32"], slots=4)
+    assert isinstance(decoder, TokenDecoder) and isinstance(decoder.empty(1), KVCache)
 
     def alone(prompt, steps):
         logits, cache = decoder.prefill([prompt], reach=len(prompt) + steps)

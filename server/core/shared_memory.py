@@ -10,6 +10,7 @@ from pathlib import Path
 
 from server.core.cuda_ipc import CudaRuntime, CudaUnavailable
 from server.core.errors import InvalidArgument, NotFound
+from server.core.fields import integer
 
 SHM_ROOT = Path("/dev/shm")
 CUDA_IPC_HANDLE_BYTES = 64
@@ -73,8 +74,7 @@ class RegionUse:
             return None
         size, offset = parameters.get("shared_memory_byte_size"), parameters.get("shared_memory_offset", 0)
         for key, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidArgument(f"'{tensor}': parameter '{key}' must be an integer >= 0, got {value!r}")
+            integer(value, f"'{tensor}': parameter '{key}'")
         if not isinstance(name, str):
             raise InvalidArgument(f"'{tensor}': parameter 'shared_memory_region' must be a string")
         return cls(name, size, offset)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from server.core.errors import InvalidArgument
+from server.core.fields import boolean, integer
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,9 @@ class RequestedOutput:
 
     @classmethod
     def from_parameters(cls, name: str, parameters: dict[str, Any]) -> "RequestedOutput":
-        class_count = parameters.get("classification", 0)
-        if not isinstance(class_count, int) or isinstance(class_count, bool) or class_count < 0:
-            raise InvalidArgument(
-                f"output '{name}': 'classification' must be an integer >= 0, got {class_count!r}"
-            )
-        binary = parameters.get("binary_data")
-        if binary is not None and not isinstance(binary, bool):
-            raise InvalidArgument(f"output '{name}': 'binary_data' must be true or false, got {binary!r}")
+        what = f"output '{name}': "
+        class_count = integer(parameters.get("classification"), what + "'classification'", default=0)
+        binary = boolean(parameters.get("binary_data"), what + "'binary_data'")
         return cls(name, class_count, binary, parameters)
 
 

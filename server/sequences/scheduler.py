@@ -17,6 +17,7 @@ import numpy as np
 
 from server.batching.loop import BatchLoop
 from server.core.errors import Internal, InvalidArgument, ServerError, Unavailable
+from server.core.fields import boolean
 from server.core.stats import SequenceStats, Timing
 from server.sequences.settings import CORRID, END, READY, START, SequenceSettings, control_array
 
@@ -38,10 +39,8 @@ class SequenceControl:
         if not parameters:  # most requests: nothing to read
             return None
         sequence_id = parameters.get("sequence_id", 0)
-        flags = {key: parameters.get(key, False) for key in ("sequence_start", "sequence_end")}
-        for key, value in flags.items():
-            if not isinstance(value, bool):
-                raise InvalidArgument(f"request parameter '{key}' must be a boolean, got {value!r}")
+        flags = {key: boolean(parameters.get(key), f"request parameter '{key}'", False)
+                 for key in ("sequence_start", "sequence_end")}
         if isinstance(sequence_id, bool) or not isinstance(sequence_id, int | str) or (
             isinstance(sequence_id, int) and sequence_id < 0
         ):

@@ -8,6 +8,7 @@ import orjson
 
 from server.core import jsontext, tensors
 from server.core.errors import InvalidArgument
+from server.core.fields import integer
 from server.core.shared_memory import RegionUse
 from server.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -116,8 +117,7 @@ def _decode_input(item, binary: memoryview, offset: int) -> tuple[Tensor, int]:
     parameters = _field(item, "parameters", dict, {})
     size = parameters.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidArgument(f"input '{name}': binary_data_size must be an integer >= 0")
+        integer(size, f"input '{name}': binary_data_size")
         if offset + size > len(binary):
             raise InvalidArgument(
                 f"input '{name}' claims {size} bytes of binary data at offset {offset}, "
