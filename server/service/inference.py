@@ -42,7 +42,7 @@ class InferenceService:
             return await self.generation.infer(request)
         try:
             self._gather_inputs(request, model)
-            if EncodingService.takes_text_inputs(model, request):
+            if model.text is not None and EncodingService.takes_text_inputs(request):
                 await EncodingService.tokenize_inputs(request, model)
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
             model.limits.check(feeds, model.name)
@@ -96,6 +96,8 @@ class InferenceService:
 
 def _scheduling(parameters: dict) -> tuple[int, int]:
     """The `priority` and `timeout` (microseconds) request parameters of Triton's protocol."""
+    if not parameters:  # most requests
+        return 0, 0
     priority = integer(parameters.get("priority"), "request parameter 'priority'", default=0)
     timeout = integer(parameters.get("timeout"), "request parameter 'timeout'", default=0)
     return priority, timeout

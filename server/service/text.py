@@ -46,8 +46,9 @@ class EncodingService:
         return [tokenizer.tokens(text, special_tokens) for text in texts]
 
     @staticmethod
-    def takes_text_inputs(model: ModelVersion, request: InferRequest) -> bool:
-        return model.text is not None and any(t.name in TEXT_INPUTS for t in request.inputs)
+    def takes_text_inputs(request: InferRequest) -> bool:
+        """Whether an infer request to a text model sends texts for the server to tokenize."""
+        return any(t.name in TEXT_INPUTS for t in request.inputs)
 
     @staticmethod
     async def tokenize_inputs(request: InferRequest, model: ModelVersion) -> None:
