@@ -50,7 +50,7 @@ async def serve(settings: Settings) -> None:
     """Claims every port first (a port in use raises PortUnavailable before anything starts), loads the
     models, then serves until SIGINT/SIGTERM."""
     registry = ModelRegistry(settings.model_repository, settings.model_control_mode, settings.load_models)
-    service = Service.over(registry, strict_readiness=settings.strict_readiness)
+    service = Service.over(registry, settings.strict_readiness, settings.min_ready_models)
     sockets, grpc_server = _claim_ports(settings), None
     if settings.allow_grpc:
         options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)

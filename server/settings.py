@@ -58,6 +58,7 @@ class Settings:
     load_models: list[str] = field(default_factory=list)
     repository_poll_secs: float = 15.0
     strict_readiness: bool = True
+    min_ready_models: int = 0
     max_request_bytes: int = 64 * 1024 * 1024
     grpc_keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)
     exit_timeout_secs: float = 30.0
@@ -97,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repository-poll-secs", type=float, default=Settings.repository_poll_secs)
     parser.add_argument("--strict-readiness", type=_bool, default=True)
+    parser.add_argument("--min-ready-models", type=int, default=0,
+                        help="not ready until this many models are ready (0: Triton's readiness alone)")
     parser.add_argument(
         "--max-request-bytes",
         type=int,
@@ -152,6 +155,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         load_models=args.load_models,
         repository_poll_secs=args.repository_poll_secs,
         strict_readiness=args.strict_readiness,
+        min_ready_models=args.min_ready_models,
         max_request_bytes=args.max_request_bytes,
         grpc_keepalive=GrpcKeepalive(
             time_ms=args.grpc_keepalive_time,

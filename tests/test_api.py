@@ -193,6 +193,13 @@ def test_compression(api, server):
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
 
 
+@pytest.mark.parametrize("shape", [[1, 0], [3, 0]])
+def test_zero_element_tensors_are_served(api, shape):
+    """Triton takes a tensor with a 0 dimension and answers zero-element outputs of the model's shape."""
+    result = api.client.infer("relu", [api.input("x", np.zeros(shape, np.float32))])
+    assert result.as_numpy("y").shape == tuple(shape)
+
+
 def _assert_compressed_answers(server) -> None:
     """tritonclient decompresses only a response that says Content-Encoding: the server must say it, and
     the bytes must be that encoding's."""

@@ -131,10 +131,13 @@ def test_readiness_without_strictness(repository, tmp_path):
         assert stop_server(server) == 0
 
 
-@pytest.mark.parametrize("strict, ready", [("true", False), ("false", True)])
-def test_a_server_with_no_model_is_ready_only_without_strictness(good_repository, tmp_path, strict, ready):
-    server = start_server(good_repository, tmp_path / "log", "--model-control-mode", "explicit",
-                          "--strict-readiness", strict)
+@pytest.mark.parametrize("flags, ready", [
+    (("--strict-readiness", "true"), True),  # Triton's: every model it serves is ready, with none too
+    (("--strict-readiness", "false"), True),
+    (("--min-ready-models", "1"), False),  # ortserve's, for probes that must wait for a model
+])
+def test_a_server_with_no_model_is_ready_unless_it_must_have_some(good_repository, tmp_path, flags, ready):
+    server = start_server(good_repository, tmp_path / "log", "--model-control-mode", "explicit", *flags)
     try:
         http = httpclient.InferenceServerClient(server.http_url)
         assert http.is_server_live()

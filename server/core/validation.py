@@ -16,7 +16,7 @@ class InputLimits:
     writes them), so that such input is refused before ONNX Runtime sees it:
       input_max_lengths: "input_ids:512,attention_mask:512"   most positions on axis 1
       input_ranges:      "input_ids:0:30521,token_type_ids:0:1"   smallest and largest value
-    Every input must hold at least one element."""
+    An input with either limit must hold at least one element; others may hold none, as in Triton."""
 
     max_lengths: dict[str, int] = field(default_factory=dict)
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -35,7 +35,7 @@ class InputLimits:
 
     def check(self, feeds: dict[str, np.ndarray], model: str) -> None:
         for name, array in feeds.items():
-            if array.size == 0:
+            if array.size == 0 and (name in self.max_lengths or name in self.ranges):
                 raise InvalidArgument(
                     f"input '{name}' of model '{model}' is empty (shape {list(array.shape)}); "
                     "send at least one element"

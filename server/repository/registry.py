@@ -80,8 +80,11 @@ class ModelRegistry:
         return True
 
     def all_ready(self) -> bool:
-        """Every model known is ready, and there is at least one: an empty repository serves nothing."""
-        return bool(self._models) and all(entry.state == READY for entry in self._models.values())
+        """Every model known is ready (none known: Triton's strict readiness holds, nothing failed)."""
+        return all(entry.state == READY for entry in self._models.values())
+
+    def ready_count(self) -> int:
+        return sum(entry.state == READY for entry in self._models.values())
 
     def ready_models(self) -> list[ModelVersion]:
         return [

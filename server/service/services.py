@@ -23,10 +23,11 @@ class Service:
     shared_memory: SharedMemory
 
     @classmethod
-    def over(cls, registry: ModelRegistry, strict_readiness: bool = True) -> "Service":
+    def over(cls, registry: ModelRegistry, strict_readiness: bool = True, min_ready_models: int = 0
+             ) -> "Service":
         shared_memory, generation = SharedMemory(), GenerationService(registry)
         return cls(
-            health=HealthService(registry, strict_readiness),
+            health=HealthService(registry, strict_readiness, min_ready_models),
             inference=InferenceService(registry, shared_memory, generation),
             generation=generation,
             text=EncodingService(registry),
