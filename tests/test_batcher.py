@@ -66,6 +66,20 @@ def test_full_batch_goes_at_once():
     run(scenario())
 
 
+def test_a_batch_the_next_request_cannot_join_goes_at_once():
+    """As Triton's dynamic batcher: when the next request would pass max_batch_size, waiting out the
+    delay would not let the batch grow."""
+    async def scenario():
+        runner = FakeRunner()
+        batcher = await started(runner, max_batch_size=8, max_queue_delay_us=60_000_000)
+        requests = [rows(0, n=3), rows(1, n=3), rows(2, n=3), rows(3, n=5)]
+        await asyncio.wait_for(asyncio.gather(*(batcher.submit(r, ["y"]) for r in requests)), 5)
+        assert runner.sizes == [6, 8]  # 3 + 3 (3 more would pass 8), then 3 + 5 (full)
+        await batcher.stop()
+
+    run(scenario())
+
+
 def test_partial_batch_goes_after_the_delay():
     async def scenario():
         runner = FakeRunner()

@@ -219,10 +219,10 @@ class Batcher(BatchLoop):
 
     def _take(self, now: int) -> tuple[list[Pending] | None, int | None]:
         wake_at = self._expire(now)
-        candidates = self._candidates()
+        candidates, overflow = self._candidates()
         if not candidates:
             return None, wake_at
-        chosen, ready_at = self._choose(candidates, now)
+        chosen, ready_at = self._choose(candidates, overflow, now)
         if chosen:
             for pending in chosen:
                 self._queues[pending.level].remove(pending)
@@ -253,18 +253,23 @@ class Batcher(BatchLoop):
                     next_deadline = min(next_deadline or pending.deadline_ns, pending.deadline_ns)
         return next_deadline
 
-    def _candidates(self) -> list[Pending]:
-        """The oldest request of the highest priority and those that can join its batch."""
+    def _candidates(self) -> tuple[list[Pending], bool]:
+        """The oldest request of the highest priority and those that can join its batch; and whether a
+        request that could run with them waits because the batch has no room for it."""
         head = next((queue[0] for queue in self._queues if queue), None)
         if head is None or not self.policy.max_batch_size:
-            return [head] if head else []
-        chosen, total, capacity = [], 0, self._capacity(head)
+            return ([head] if head else []), False
+        chosen, total, capacity, overflow = [], 0, self._capacity(head), False
         for queue in self._queues:
             for pending in queue:
-                if pending.key == head.key and (total + pending.rows <= capacity or not chosen):
+                if pending.key != head.key:
+                    continue
+                if total + pending.rows <= capacity or not chosen:
                     chosen.append(pending)
                     total += pending.rows
-        return chosen
+                else:
+                    overflow = True
+        return chosen, overflow
 
     def _capacity(self, head: Pending) -> int:
         """Rows that fit one execution with `head`: max_batch_size, and the token budget at its bucket."""
@@ -273,13 +278,15 @@ class Batcher(BatchLoop):
         per_row = self.padding.bucket(head.length)
         return max(1, min(self.policy.max_batch_size, self.policy.max_execution_tokens // per_row))
 
-    def _choose(self, candidates: list[Pending], now: int) -> tuple[list[Pending], int]:
-        """The batch to send now (empty to wait), and when the oldest candidate stops waiting."""
+    def _choose(self, candidates: list[Pending], overflow: bool, now: int) -> tuple[list[Pending], int]:
+        """The batch to send now (empty to wait), and when the oldest candidate stops waiting. A batch that
+        cannot grow (`overflow`: the next request would pass max_batch_size) goes at once, as Triton's."""
         ready_at = candidates[0].enqueued_ns + self.policy.max_queue_delay_us * 1000
         total = sum(p.rows for p in candidates)
         alone = self.policy.dispatch_lone_requests and len(candidates) == 1 and self.queued == 1
         full = total >= self._capacity(candidates[0])
-        if not self.policy.max_batch_size or alone or full or now >= ready_at or not self._accepting:
+        waited = now >= ready_at or not self._accepting
+        if not self.policy.max_batch_size or alone or full or overflow or waited:
             return candidates, ready_at
         preferred = [size for size in self.policy.preferred_batch_sizes if size <= total]
         if preferred:
