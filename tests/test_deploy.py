@@ -118,6 +118,7 @@ def test_autoscaling_on_queue_time():
 def test_server_flags_follow_values():
     args = container(render(VALUE_SETS["init-container"]))["args"]
     assert "--model-control-mode=explicit" in args
+    assert "--min-ready-models=1" in args  # an empty volume never joins the Service
     assert args.count("--load-model=simple") == 1 and "--load-model=minilm" in args
     pod = render(VALUE_SETS["init-container"])["Deployment"]["spec"]["template"]["spec"]
     assert pod["initContainers"][0]["volumeMounts"][0]["mountPath"] == "/models"
