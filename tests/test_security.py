@@ -64,13 +64,16 @@ def test_each_restricted_group_needs_its_header(restricted_server, protocol, gro
     if group == "health" and protocol == "http":
         assert call(client, module, {})  # not restricted on HTTP in this server
         return
-    for headers in ({}, {key: "wrong"}):
+    header = key if protocol == "http" else f"triton-grpc-protocol-{key}"  # Triton prefixes gRPC's
+    unprefixed = [{key: value}] if protocol == "grpc" else []
+    for headers in [{}, {header: "wrong"}, *unprefixed]:
         with pytest.raises(InferenceServerException) as refused:
             call(client, module, headers)
-        expected = "403" if protocol == "http" else "StatusCode.PERMISSION_DENIED"
+        expected = "403" if protocol == "http" else "StatusCode.UNAVAILABLE"
         assert refused.value.status() == expected, refused.value
-        assert f"expecting header '{key}'" in refused.value.message()
-    assert call(client, module, {key: value}) is not None
+        what = "API" if protocol == "http" else "protocol"
+        assert f"This {what} is restricted, expecting header '{header}'" in refused.value.message()
+    assert call(client, module, {header: value}) is not None
     client.close()
 
 

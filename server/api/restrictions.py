@@ -1,8 +1,8 @@
 """Triton's restricted APIs: groups of endpoints that answer only requests carrying a given header.
 
-`--http-restricted-api model-repository,statistics:admin-key=secret` (and `--grpc-restricted-protocol`,
-the same for gRPC) makes those groups refuse, with 403 / PERMISSION_DENIED, requests without the header
-`admin-key: secret`.
+`--http-restricted-api model-repository,statistics:admin-key=secret` makes those groups refuse, with 403,
+HTTP requests without the header `admin-key: secret`. `--grpc-restricted-protocol` does the same for gRPC
+as Triton does: the metadata key is `triton-grpc-protocol-admin-key`, a call without it UNAVAILABLE.
 """
 
 import re
@@ -13,12 +13,16 @@ GROUPS = ("health", "metadata", "inference", "shared-memory", "model-config", "m
           "statistics", "trace", "logging")
 
 
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
+
+
 @dataclass(frozen=True)
 class Restrictions:
     rules: dict[str, tuple[str, str]] = field(default_factory=dict)  # group -> (header, value)
+    what: str = "API"  # Triton's word in the refusal: "API" over HTTP, "protocol" over gRPC
 
     @classmethod
-    def parse(cls, specs: list[str], flag: str) -> "Restrictions":
+    def parse(cls, specs: list[str], flag: str, grpc: bool = False) -> "Restrictions":
         """From Triton's `<group>[,<group>...]:<key>=<value>` specs; ValueError says what is wrong."""
         rules = {}
         for spec in specs:
@@ -31,15 +35,16 @@ class Restrictions:
                     raise ValueError(f"{flag}: unknown API '{group}'; the APIs are {', '.join(GROUPS)}")
                 if group in rules:
                     raise ValueError(f"{flag}: API '{group}' is restricted twice")
-                rules[group] = (key.strip().lower(), value)
-        return cls(rules)
+                prefix = GRPC_HEADER_PREFIX if grpc else ""
+                rules[group] = (prefix + key.strip().lower(), value)
+        return cls(rules, "protocol" if grpc else "API")
 
     def refusal(self, group: str, headers: Mapping[str, str]) -> str | None:
         """None when the request may pass, else why not (the headers' keys in lower case)."""
         rule = self.rules.get(group)
         if rule is None or headers.get(rule[0]) == rule[1]:
             return None
-        return f"This API is restricted, expecting header '{rule[0]}'"
+        return f"This {self.what} is restricted, expecting header '{rule[0]}'"
 
 
 NO_RESTRICTIONS = Restrictions()

@@ -226,7 +226,7 @@ def channel_options(max_message_bytes: int, keepalive) -> list[tuple[str, int]]:
 
 
 class _Restricted(grpc.aio.ServerInterceptor):
-    """Restricted API groups on gRPC: a call without the group's metadata gets PERMISSION_DENIED."""
+    """Restricted API groups on gRPC: a call without the group's metadata gets UNAVAILABLE, as Triton's."""
 
     def __init__(self, restrictions: Restrictions):
         self.restrictions = restrictions
@@ -242,7 +242,7 @@ class _Restricted(grpc.aio.ServerInterceptor):
             return handler
 
         async def deny(_, context):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
 
         kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
                     if getattr(handler, k) is not None)
