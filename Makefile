@@ -62,6 +62,7 @@ loadtest: install models
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Regenerates the protocol's descriptor set from proto/ (tests check it is up to date).
 proto: install
