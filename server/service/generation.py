@@ -9,7 +9,6 @@ from server.core import jsontext
 from server.core.errors import InvalidArgument, failure_reason
 from server.core.stats import Timing
 from server.core.types import (
-    FinishReason,
     GenerateRequest,
     InferRequest,
     InferResponse,
@@ -29,13 +28,10 @@ class GenerationService:
     def __init__(self, registry: ModelRegistry):
         self.registry = registry
 
-    def model_names(self, text_models: bool = True) -> list[str]:
-        """The ready models the OpenAI routes serve: generation models (and encoders, `text_models`)."""
-        return sorted({m.name for m in self.registry.ready_models()
-                       if m.engine is not None or (text_models and m.text is not None)})
-
-    def is_generation_model(self, name: str, version: str = "") -> bool:
-        return self.registry.get(name, version).engine is not None
+    def model_names(self) -> list[str]:
+        """The ready models the OpenAI routes serve: generation models and encoders."""
+        models = self.registry.ready_models()
+        return sorted({m.name for m in models if m.engine is not None or m.text is not None})
 
     def generate(self, request: GenerateRequest) -> TokenStream:
         """Admits the request, raising any error before the first token, and returns its tokens."""
@@ -130,13 +126,13 @@ def _generate_request(request: InferRequest, model: ModelVersion) -> GenerateReq
         parameters.update(_json_input(inputs["sampling_parameters"]))
     text = ids = None
     if "text_input" in inputs:
-        text = one_string(inputs["text_input"])
+        text = _one_string(inputs["text_input"])
     if "input_ids" in inputs:
         ids = [int(i) for i in inputs["input_ids"].data.reshape(-1)]
     return GenerateRequest(model.name, str(model.version), text, ids, parameters, request.protocol)
 
 
-def one_string(tensor: Tensor) -> str:
+def _one_string(tensor: Tensor) -> str:
     if tensor.datatype != "BYTES" or tensor.data.size != 1:
         raise InvalidArgument(
             f"input '{tensor.name}' must be BYTES holding one string, "
@@ -150,7 +146,7 @@ def one_string(tensor: Tensor) -> str:
 
 
 def _json_input(tensor: Tensor) -> dict:
-    value = jsontext.loads(one_string(tensor), "input 'sampling_parameters'")
+    value = jsontext.loads(_one_string(tensor), "input 'sampling_parameters'")
     if not isinstance(value, dict):
         raise InvalidArgument("input 'sampling_parameters' must be a JSON object")
     return value
@@ -163,5 +159,5 @@ def _generation_response(model: ModelVersion, request_id: str, event: TokenEvent
     ]
     parameters = {}
     if event.finish_reason is not None:
-        parameters = {"finish_reason": FinishReason(event.finish_reason).value, "triton_final_response": True}
+        parameters = {"finish_reason": event.finish_reason.value, "triton_final_response": True}
     return InferResponse(model.name, str(model.version), request_id, outputs, {}, parameters)

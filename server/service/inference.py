@@ -18,7 +18,7 @@ from server.repository.registry import ModelRegistry
 from server.sequences.scheduler import SequenceControl
 from server.service.classification import classify
 from server.service.generation import GenerationService
-from server.service.text import EncodingService
+from server.service.text import sends_texts, tokenize_inputs
 
 
 class InferenceService:
@@ -29,7 +29,7 @@ class InferenceService:
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """One response for a plain model; for a generation model one per step's new tokens."""
-        if self.generation.is_generation_model(request.model_name, request.model_version):
+        if self.registry.get(request.model_name, request.model_version).engine is not None:
             async for response in self.generation.infer_stream(request):
                 yield response
             return
@@ -42,8 +42,8 @@ class InferenceService:
             return await self.generation.infer(request)
         try:
             self._gather_inputs(request, model)
-            if model.text is not None and EncodingService.takes_text_inputs(request):
-                await EncodingService.tokenize_inputs(request, model)
+            if model.text is not None and sends_texts(request):
+                await tokenize_inputs(request, model)
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
             model.limits.check(feeds, model.name)
             names = check_outputs(request, model.outputs)

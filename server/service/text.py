@@ -1,5 +1,6 @@
 """Encoder text services: embeddings and scores for texts, the models' text settings (TEI's /info), their
-tokens (/tokenize), and BYTES text inputs of an infer request tokenized into the model's token inputs."""
+tokens (/tokenize), and BYTES text inputs of an infer request tokenized into the model's token inputs
+(`sends_texts`, `tokenize_inputs`: a step of inference, not a request of its own)."""
 
 import time
 
@@ -45,37 +46,35 @@ class EncodingService:
         tokenizer = _text_service(self.registry.get(name)).tokenizer
         return [tokenizer.tokens(text, special_tokens) for text in texts]
 
-    @staticmethod
-    def takes_text_inputs(request: InferRequest) -> bool:
-        """Whether an infer request to a text model sends texts for the server to tokenize."""
-        return any(t.name in TEXT_INPUTS for t in request.inputs)
 
-    @staticmethod
-    async def tokenize_inputs(request: InferRequest, model: ModelVersion) -> None:
-        """BYTES text_input (and text_pair) rows become the token inputs, padded to the longest row."""
-        inputs = {tensor.name: tensor for tensor in request.inputs}
-        unexpected = [name for name in inputs if name not in TEXT_INPUTS]
-        if unexpected:
-            raise InvalidArgument(
-                f"input {', '.join(map(repr, unexpected))} cannot be sent with text_input: the server "
-                "tokenizes text_input into the token inputs"
-            )
-        if "text_input" not in inputs:
-            raise InvalidArgument("input 'text_pair' needs 'text_input', the first text of each pair")
-        texts = _strings(inputs["text_input"])
-        pairs = _strings(inputs["text_pair"]) if "text_pair" in inputs else None
-        if pairs is not None and len(pairs) != len(texts):
-            raise InvalidArgument(
-                f"text_pair holds {len(pairs)} texts, text_input {len(texts)}: one pair each"
-            )
-        truncate = boolean(request.parameters.get("truncate"), "request parameter 'truncate'", False)
-        text = model.text
-        encoded = await text.tokenize(TextRequest(model.name, text.settings.task, texts, pairs, truncate))
-        feeds = text.feeds(encoded.encoded)
-        specs = {spec.name: spec.datatype for spec in model.inputs}
-        if not model.batching:
-            feeds = {name: array[0] for name, array in feeds.items()} if len(texts) == 1 else feeds
-        request.inputs = [Tensor(name, specs[name], array) for name, array in feeds.items()]
+def sends_texts(request: InferRequest) -> bool:
+    """Whether an infer request to a text model sends texts for the server to tokenize."""
+    return any(t.name in TEXT_INPUTS for t in request.inputs)
+
+
+async def tokenize_inputs(request: InferRequest, model: ModelVersion) -> None:
+    """BYTES text_input (and text_pair) rows become the token inputs, padded to the longest row."""
+    inputs = {tensor.name: tensor for tensor in request.inputs}
+    unexpected = [name for name in inputs if name not in TEXT_INPUTS]
+    if unexpected:
+        raise InvalidArgument(
+            f"input {', '.join(map(repr, unexpected))} cannot be sent with text_input: the server "
+            "tokenizes text_input into the token inputs"
+        )
+    if "text_input" not in inputs:
+        raise InvalidArgument("input 'text_pair' needs 'text_input', the first text of each pair")
+    texts = _strings(inputs["text_input"])
+    pairs = _strings(inputs["text_pair"]) if "text_pair" in inputs else None
+    if pairs is not None and len(pairs) != len(texts):
+        raise InvalidArgument(f"text_pair holds {len(pairs)} texts, text_input {len(texts)}: one pair each")
+    truncate = boolean(request.parameters.get("truncate"), "request parameter 'truncate'", False)
+    text = model.text
+    encoded = await text.tokenize(TextRequest(model.name, text.settings.task, texts, pairs, truncate))
+    feeds = text.feeds(encoded.encoded)
+    specs = {spec.name: spec.datatype for spec in model.inputs}
+    if not model.batching:
+        feeds = {name: array[0] for name, array in feeds.items()} if len(texts) == 1 else feeds
+    request.inputs = [Tensor(name, specs[name], array) for name, array in feeds.items()]
 
 
 def _text_service(model: ModelVersion) -> TextService:

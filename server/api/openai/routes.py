@@ -25,6 +25,7 @@ from server.api.openai.streaming import (
 )
 from server.core.errors import NotFound, ServerError
 from server.core.types import FinishReason, GenerateRequest, TokenEvent
+from server.service.services import Service
 
 router = APIRouter(route_class=OpenAIRoute)
 Completion = Annotated[CompletionRequest, Depends(CompletionRequest.from_http)]
@@ -72,7 +73,7 @@ async def completions(request: Request, service: Served, body: Completion):
     return {**completion, "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
 
 
-async def _prompt_choices(service, body: CompletionRequest, prompt) -> "_Choices":
+async def _prompt_choices(service: Service, body: CompletionRequest, prompt) -> "_Choices":
     """One prompt's echo (where asked) and its `best_of` generations."""
     text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
     echoed = None
