@@ -102,6 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="not ready until this many models are ready (0: Triton's readiness alone)")
     parser.add_argument(
         "--max-request-bytes",
+        "--http-max-input-size",  # Triton's name
+        dest="max_request_bytes",
         type=int,
         default=Settings.max_request_bytes,
         help="largest request body (after decompression) or gRPC message accepted",

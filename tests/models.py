@@ -22,21 +22,21 @@ def _info(name, elem_type, shape):
     return helper.make_tensor_value_info(name, elem_type, shape)
 
 
-def string_model() -> onnx.ModelProto:
-    """INPUT0 BYTES[-1,4] -> OUTPUT0 (the same strings)."""
+def string_model(width: int = 4) -> onnx.ModelProto:
+    """INPUT0 BYTES[-1,width] -> OUTPUT0 (the same strings)."""
     return _model(
         [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
-        [_info("INPUT0", TensorProto.STRING, ["batch", 4])],
-        [_info("OUTPUT0", TensorProto.STRING, ["batch", 4])],
+        [_info("INPUT0", TensorProto.STRING, ["batch", width])],
+        [_info("OUTPUT0", TensorProto.STRING, ["batch", width])],
     )
 
 
-def relu_model() -> onnx.ModelProto:
+def relu_model(dims: tuple[str, ...] = ("batch", "n")) -> onnx.ModelProto:
     """x FP32[batch, n] -> y = relu(x); no config.pbtxt, so every setting comes from the graph."""
     return _model(
         [helper.make_node("Relu", ["x"], ["y"])],
-        [_info("x", TensorProto.FLOAT, ["batch", "n"])],
-        [_info("y", TensorProto.FLOAT, ["batch", "n"])],
+        [_info("x", TensorProto.FLOAT, list(dims))],
+        [_info("y", TensorProto.FLOAT, list(dims))],
     )
 
 
@@ -152,7 +152,9 @@ input [ { name: "INPUT0", data_type: TYPE_STRING, dims: [ 4 ] } ]
 output [ { name: "OUTPUT0", data_type: TYPE_STRING, dims: [ 4 ] } ]
 """,
     )
+    publish(root, "string_one", string_model(1), None)
     publish(root, "relu", relu_model(), None)
+    publish(root, "relu_grid", relu_model(("batch", "h", "w")), None)
     model_dir = publish(
         root,
         "classifier",
@@ -176,6 +178,10 @@ input [ { name: "s", data_type: TYPE_FP32, dims: [ 1 ] } ]
 output [ { name: "doubled", data_type: TYPE_FP32, dims: [ 1 ] } ]
 """)
     publish(root, "scalar_bare", scalar_model(), None)
+    publish(root, "scalar_square", scalar_model(), """
+input [ { name: "s", data_type: TYPE_FP32, dims: [ 1, 1 ] } ]
+output [ { name: "doubled", data_type: TYPE_FP32, dims: [ 1, 1 ] } ]
+""")
     publish(
         root,
         "limited",

@@ -281,7 +281,19 @@ def test_broken_model_is_unavailable_with_reason(api):
     assert "model.onnx" in rows["broken"]["reason"] or "protobuf" in rows["broken"]["reason"].lower()
     assert rows["simple"]["state"] == "READY"
     x = np.zeros((1, 1), dtype=np.int64)
-    api.assert_error(infer_error(api, "broken", [api.input("x", x)]), "UNAVAILABLE", "broken")
+    failed = infer_error(api, "broken", [api.input("x", x)])  # Triton's words, then the reason
+    api.assert_error(failed, "NOT_FOUND", "Request for unknown model: 'broken' has no available versions",
+                     "model.onnx" if "model.onnx" in rows["broken"]["reason"] else "rotobuf")
+    one = infer_error(api, "broken", [api.input("x", x)], model_version="1")
+    api.assert_error(one, "UNAVAILABLE",
+                     "Request for unknown model: 'broken' version 1 is not at ready state")
+
+
+def test_statistics_of_a_version_not_ready_as_triton_words_it(api):
+    with pytest.raises(InferenceServerException) as error:
+        api.client.get_inference_statistics("simple", "7")
+    api.assert_error(error.value, "INVALID_ARGUMENT",
+                     "requested model version is not available for model 'simple'")
 
 
 def test_load_and_unload(api):
@@ -291,7 +303,7 @@ def test_load_and_unload(api):
     assert rows["relu"]["state"] == "UNAVAILABLE"
     x = np.ones((1, 2), dtype=np.float32)
     unloaded = infer_error(api, "relu", [api.input("x", x)])
-    api.assert_error(unloaded, "NOT_FOUND", "unknown model: 'relu' is not loaded")  # as Triton
+    api.assert_error(unloaded, "NOT_FOUND", "Request for unknown model: 'relu' is not found")
     api.client.load_model("relu")
     assert api.client.is_model_ready("relu")
     np.testing.assert_array_equal(api.client.infer("relu", [api.input("x", x)]).as_numpy("y"), x)
@@ -314,13 +326,14 @@ def test_load_with_config_override(api):
 def test_load_unknown_model(api):
     with pytest.raises(InferenceServerException) as error:
         api.client.load_model("no_such_model")
-    api.assert_error(error.value, "NOT_FOUND", "no_such_model")
+    api.assert_error(error.value, "NOT_FOUND",
+                     "failed to load 'no_such_model', failed to poll from model repository")
 
 
 def test_load_broken_model_names_the_reason(api):
     with pytest.raises(InferenceServerException) as error:
         api.client.load_model("broken")
-    api.assert_error(error.value, "INVALID_ARGUMENT", "broken")
+    api.assert_error(error.value, "INVALID_ARGUMENT", "load failed for model 'broken'")
 
 
 # --- gRPC streaming and the asyncio client ----------------------------------------------------
@@ -383,9 +396,9 @@ def test_grpc_aio_client(server):
     asyncio.run(run())
 
 
-@pytest.mark.parametrize("model", ["scalar", "scalar_bare"])
-def test_scalar_inputs_and_outputs_travel_as_one_element(api, model):
-    result = api.client.infer(model, [api.input("s", np.array([21.0], np.float32))])
-    assert result.as_numpy("doubled").tolist() == [42.0]
+@pytest.mark.parametrize("model, dims", [("scalar", [1]), ("scalar_bare", [1]), ("scalar_square", [1, 1])])
+def test_scalar_inputs_and_outputs_travel_as_one_element(api, model, dims):
+    result = api.client.infer(model, [api.input("s", np.full(dims, 21.0, np.float32))])
+    assert result.as_numpy("doubled").tolist() == np.full(dims, 42.0).tolist()
     config = api.config(model)
-    assert [int(d) for d in config["input"][0]["dims"]] == [1] and "reshape" in config["input"][0]
+    assert [int(d) for d in config["input"][0]["dims"]] == dims and "reshape" in config["input"][0]

@@ -2,11 +2,14 @@
 
 from pathlib import Path
 
+import onnx
 import pytest
 
+from exporters.demo import SIMPLE_CONFIG, simple_model
 from server.core.types import GraphTensor
 from server.protocol.model_config import ConfigError, to_json
 from server.repository.config import complete, config_from_json, parse_config, tensor_specs
+from server.repository.loader import load_model
 
 BATCHED = [GraphTensor("x", "FP32", (None, 3))], [GraphTensor("y", "FP32", (None, 2))]
 FIXED = [GraphTensor("x", "FP32", (1, 3))], [GraphTensor("y", "FP32", (1, 2))]
@@ -106,3 +109,17 @@ def test_json_override_and_json_form():
     assert as_json["input"][0]["dims"] == [3]  # int64 as numbers, as Triton writes them
     with pytest.raises(ConfigError, match="valid model config"):
         config_from_json('{"max_batch": 2}', _dir("m"))
+
+
+def test_the_clone_holds_the_simple_config_that_make_run_writes_and_it_loads(tmp_path):
+    committed = Path(__file__).parent.parent / "model_repository" / "simple" / "config.pbtxt"
+    assert committed.read_text() == SIMPLE_CONFIG
+    (tmp_path / "simple" / "1").mkdir(parents=True)
+    (tmp_path / "simple" / "config.pbtxt").write_text(committed.read_text())
+    onnx.save(simple_model(), tmp_path / "simple" / "1" / "model.onnx")
+    [model] = load_model(tmp_path / "simple")
+    try:
+        assert [spec.name for spec in model.inputs] == ["INPUT0", "INPUT1"]
+        assert model.config.dynamic_batching.max_queue_delay_microseconds == 100
+    finally:
+        model.pool.close()

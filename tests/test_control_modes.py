@@ -45,6 +45,8 @@ def test_mode_none_serves_all_and_refuses_load(good_repository, tmp_path):
                 with pytest.raises(InferenceServerException) as error:
                     action("relu")
                 assert error.value.status() == status
+                refusal = "explicit model load / unload is not allowed if polling is enabled"
+                assert refusal in error.value.message()
                 assert "--model-control-mode explicit" in error.value.message()
         assert http.is_model_ready("relu")
     finally:
@@ -171,20 +173,21 @@ def test_access_log_lines(server):
     """The session server logs one JSON line per request, for both front ends."""
     import json
 
+    def entries(protocol: str, target: str) -> list[dict]:
+        lines = [line.split("ortserve.access: ", 1)[1] for line in server.output().splitlines()
+                 if "ortserve.access: " in line]
+        return [e for e in map(json.loads, lines) if e["protocol"] == protocol and e["target"] == target]
+
+    infer_target = "/v2/models/simple/infer"
+    earlier = len(entries("http", infer_target))  # the session's other tests' requests
     httpclient.InferenceServerClient(server.http_url).is_model_ready("simple")
     grpcclient.InferenceServerClient(server.grpc_url).is_model_ready("simple")
-    httpx.post(f"http://{server.http_url}/v2/models/simple/infer", content=b"{")  # the lean route too
+    httpx.post(f"http://{server.http_url}{infer_target}", content=b"{")  # the lean route too
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        lines = [
-            line.split("ortserve.access: ", 1)[1]
-            for line in server.output().splitlines()
-            if "ortserve.access: " in line
-        ]
-        entries = [json.loads(line) for line in lines]
-        http = [e for e in entries if e["protocol"] == "http" and e["target"] == "/v2/models/simple/ready"]
-        grpc = [e for e in entries if e["protocol"] == "grpc" and e["target"] == "ModelReady"]
-        infer = [e for e in entries if e["protocol"] == "http" and e["target"] == "/v2/models/simple/infer"]
+        http = entries("http", "/v2/models/simple/ready")
+        grpc = entries("grpc", "ModelReady")
+        infer = entries("http", infer_target)[earlier:]
         if http and grpc and infer:
             assert http[-1]["status"] == "200" and grpc[-1]["status"] == "OK" and infer[-1]["status"] == "400"
             assert http[-1]["ms"] >= 0

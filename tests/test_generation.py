@@ -253,7 +253,8 @@ def test_a_client_that_leaves_a_whole_generation_aborts_it(generation, path, bod
         ({"text_input": "x", "ignore_eos": "false"}, "'ignore_eos' must be true or false, got 'false'"),
         ({"text_input": "x", "max_token": 4}, "unknown generation parameter 'max_token'"),
         ({"text_input": "x", "parameters": {"temprature": 0}}, "unknown generation parameter 'temprature'"),
-        ({"text_input": "x", "stop": json.loads("[" * 101 + "]" * 101)}, "nested more than 100 levels deep"),
+        ({"text_input": "x", "stop": json.loads("[" * 101 + "]" * 101)},
+         "JSON nesting depth exceeds maximum allowed limit (100)"),
     ],
 )
 def test_limits_and_bad_values_are_refused_with_the_reason(generation, body, fragment):

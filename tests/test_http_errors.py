@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 import struct
 
 import httpx
@@ -193,13 +194,18 @@ def test_bytes_in_json(http):
 def test_body_over_the_limit(http):
     # the test server runs with --max-request-bytes 1048576
     response = http.post("/v2/models/simple/infer", content=b" " * (2 * 1024 * 1024))
-    assert_error(response, 413, "limit")
+    assert_error(response, 400, "Request JSON size of 2097152 bytes exceeds the maximum allowed value of "
+                 "1048576 bytes. Use --http-max-input-size to increase the limit.")
+    raw = http.post("/v2/models/simple/infer", content=b"\0" * (2 * 1024 * 1024),
+                    headers={"Inference-Header-Content-Length": "0"})
+    assert_error(raw, 400, "Request size of 2097152 bytes exceeds the maximum allowed value")
 
 
 def test_compressed_body_over_the_limit(http):
     bomb = gzip.compress(b" " * (4 * 1024 * 1024))
     response = http.post("/v2/models/simple/infer", content=bomb, headers={"Content-Encoding": "gzip"})
-    assert_error(response, 413, "decompressed")
+    assert_error(response, 400, "Request JSON size once decompressed (gzip) exceeds the maximum allowed "
+                 "value of 1048576 bytes")
 
 
 def test_unsupported_and_corrupt_encoding(http):
@@ -245,7 +251,8 @@ def test_json_nested_too_deep_is_refused_on_every_route(http, depth):
         ("/v2/repository/index", f'{{"ready": {deep}}}'),
         ("/v2/repository/models/simple/load", f'{{"parameters": {{"config": {deep}}}}}'),
     ):
-        assert_error(http.post(path, content=body.encode()), 400, "nested more than 100 levels deep")
+        response = http.post(path, content=body.encode())
+        assert_error(response, 400, "JSON nesting depth exceeds maximum allowed limit (100)")
 
 
 def test_json_nested_within_the_limit_is_parsed(http):
@@ -260,7 +267,8 @@ def test_json_nested_within_the_limit_is_parsed(http):
 def test_json_with_more_brackets_than_the_limit_each_shallow_is_parsed():
     shallow = [[i] for i in range(300)]  # 301 opening brackets, 2 levels
     assert jsontext.loads(json.dumps(shallow).encode()) == shallow
-    with pytest.raises(InvalidArgument, match="nested more than 100 levels deep"):
+    too_deep = re.escape("JSON nesting depth exceeds maximum allowed limit (100)")
+    with pytest.raises(InvalidArgument, match=too_deep):
         jsontext.loads(json.dumps([shallow, json.loads(_nested(100))]))
 
 
@@ -305,16 +313,53 @@ def test_raw_binary_request_takes_the_one_input_with_the_batch_from_the_byte_cou
     assert _binary_output(chunked)[1] == data
     zipped = _raw(http, "classifier", gzip.compress(scores.tobytes()), **{"Content-Encoding": "gzip"})
     assert _binary_output(zipped)[1] == data
-    strings = b"".join(struct.pack("<I", len(s)) + s for s in [b"a", "é".encode(), b"", b"dd"])
-    header, data = _binary_output(_raw(http, "simple_string", strings))
-    assert header["outputs"][0]["shape"] == [1, 4]
+
+
+def test_raw_binary_request_deduces_the_one_variable_dim_and_takes_bytes_whole(http):
+    values = np.array([-1, 2, -3, 4, 5], dtype="<f4")
+    header, data = _binary_output(_raw(http, "relu", values.tobytes()))  # x: FP32 [batch, n]
+    assert header["outputs"][0]["shape"] == [1, 5]
+    assert np.frombuffer(data, dtype="<f4").tolist() == [0, 2, 0, 4, 5]
+    text = "é, with its length prefix the server's to add".encode()
+    header, data = _binary_output(_raw(http, "string_one", text))  # INPUT0: BYTES [batch, 1]
+    assert header["outputs"][0]["shape"] == [1, 1]
+    assert data == struct.pack("<I", len(text)) + text
 
 
 @pytest.mark.parametrize("model, body, fragment", [
-    ("simple", b"\0" * 128, "needs a model with one input; model 'simple' has 2: INPUT0, INPUT1"),
-    ("relu", b"\0" * 16, "cannot tell the shape of input 'x'"),
+    ("simple", b"\0" * 128, "Raw request must only have 1 input (found 1) to be deduced but got 2 inputs in "
+                             "'simple' model configuration"),
+    ("relu_grid", b"\0" * 16, "The shape of the raw input 'x' can not be deduced because there are more "
+                              "than one variable-sized dimension"),
+    ("simple_string", b"abcd", "For BYTE datatype raw input 'INPUT0', the model must have input shape [1]"),
+    ("relu", b"\0" * 6, "6 bytes does not hold whole items of input 'x' of model 'relu' (FP32 [-1] each)"),
     ("classifier", b"\0" * 36, "36 bytes does not hold whole items of input 'scores' of model 'classifier'"),
     ("classifier", b"", "0 bytes does not hold whole items"),
 ])
 def test_raw_binary_request_that_does_not_fit(http, model, body, fragment):
     assert_error(_raw(http, model, body), 400, fragment)
+
+
+def test_every_refusal_has_a_json_error_body(http):
+    big = {"parameters": {"config": "{}", "file:1/model.onnx": "A" * (2 * 1024 * 1024)}}
+    for response in (
+        http.post("/v2/repository/models/simple/load", json=big),
+        http.post("/v2/repository/models/simple/load", content=b"{" * 10),
+        http.get("/v2/no/such/route"),
+        http.put("/v2/models/simple/infer", json={}),
+        http.post("/v2/models/simple/infer", content=b"\xff\xfe"),
+        http.post("/v2/models/simple/infer", content=b"x" * 2048,
+                  headers={"Inference-Header-Content-Length": "9"}),
+    ):
+        assert 400 <= response.status_code < 500, response.text
+        assert isinstance(response.json()["error"], str), response.text
+
+
+def test_binary_bytes_input_with_the_wrong_element_count_is_refused_in_tritons_words(http):
+    data = b"".join(struct.pack("<I", 1) + c for c in (b"a", b"b", b"c"))
+    header = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [1, 4],
+                                     "parameters": {"binary_data_size": len(data)}}]}).encode()
+    response = http.post("/v2/models/simple_string/infer", content=header + data,
+                         headers={"Inference-Header-Content-Length": str(len(header))})
+    assert_error(response, 400, "expected 4 string elements for inference input 'INPUT0' for model "
+                                "'simple_string', got 3")

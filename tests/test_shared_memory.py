@@ -65,7 +65,13 @@ def test_offsets_and_sizes_are_checked_against_the_region(api, regions):
     api.assert_error(twice.value, "INVALID_ARGUMENT", "already registered")
     with pytest.raises(InferenceServerException) as missing:
         api.client.register_system_shared_memory("nokey", "/ortserve_no_such_key", SIZE)
-    api.assert_error(missing.value, "INVALID_ARGUMENT", "cannot open shared memory key")
+    api.assert_error(missing.value, "INVALID_ARGUMENT",
+                     "Unable to open shared memory region: '/ortserve_no_such_key'")
+    with pytest.raises(InferenceServerException) as too_big:
+        key = f"/ortserve_test_{names['in']}"
+        api.client.register_system_shared_memory("past_end", key, SIZE, offset=64 * SIZE)
+    api.assert_error(too_big.value, "INVALID_ARGUMENT",
+                     "failed to register shared memory region 'past_end': invalid args")
     api.client.unregister_system_shared_memory(names["in"])
     inputs, outputs = shm_request(api, names)
     with pytest.raises(InferenceServerException) as gone:

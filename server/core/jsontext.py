@@ -22,7 +22,7 @@ def loads(data: bytes | str, what: str = "request body"):
             "JSON must be UTF-8"
         ) from None
     if too_deep(raw):
-        raise InvalidArgument(f"{what} is nested more than {MAX_DEPTH} levels deep, the most JSON may be")
+        raise InvalidArgument(f"JSON nesting depth exceeds maximum allowed limit ({MAX_DEPTH}) in {what}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:

@@ -126,13 +126,15 @@ class SystemSharedMemory(Regions):
         try:
             descriptor = os.open(path, os.O_RDWR)
         except OSError as error:
-            raise InvalidArgument(f"cannot open shared memory key '{key}': {error.strerror}") from None
+            raise InvalidArgument(  # Triton's words (its status is 500; a client's key is a 400 here)
+                f"Unable to open shared memory region: '{key}' ({error.strerror})"
+            ) from None
         try:
             size = os.fstat(descriptor).st_size
             if byte_size == 0 or offset + byte_size > size:
                 raise InvalidArgument(
-                    f"shared memory region '{name}': offset {offset} + byte_size {byte_size} does not fit "
-                    f"in key '{key}' of {size} bytes"
+                    f"failed to register shared memory region '{name}': invalid args (offset {offset} + "
+                    f"byte_size {byte_size} does not fit in key '{key}' of {size} bytes)"
                 )
             memory = mmap.mmap(descriptor, size)
         finally:

@@ -11,10 +11,11 @@ from server.core.errors import InvalidArgument
 _LENGTH = struct.Struct("<I")
 
 
-def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview, model: str = ""
+             ) -> np.ndarray:
     count = _element_count(name, shape)
     if datatype == "BYTES":
-        return _bytes_from_raw(name, shape, count, raw)
+        return _bytes_from_raw(name, shape, count, raw, model)
     dtype = datatypes.numpy_dtype(datatype)
     expected = count * dtype.itemsize
     if len(raw) != expected:
@@ -29,11 +30,14 @@ def bytes_element_count(name: str, raw: bytes | memoryview) -> int:
     return len(_bytes_items(name, raw))
 
 
-def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes | memoryview) -> np.ndarray:
+def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes | memoryview, model: str
+                    ) -> np.ndarray:
     items = _bytes_items(name, raw)
     if len(items) != count:
-        raise InvalidArgument(
-            f"input '{name}' with shape {shape} needs {count} BYTES elements, got {len(items)}"
+        for_model = f" for model '{model}'" if model else ""
+        raise InvalidArgument(  # Triton's words, then the shape
+            f"expected {count} string elements for inference input '{name}'{for_model}, got {len(items)} "
+            f"(shape {shape})"
         )
     return _object_array(items, shape)
 

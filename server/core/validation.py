@@ -68,34 +68,48 @@ def _parsed_int(key: str, text: str) -> int:
 
 
 def raw_input(request: InferRequest, specs: list[TensorSpec], batching: bool) -> Tensor:
-    """The one input of a raw binary request, its shape taken from the model and the byte count."""
+    """The one input of a raw binary request (Inference-Header-Content-Length: 0), its shape deduced as
+    Triton deduces it: the model's dims, a batch of one, one variable dim from the byte count; BYTES
+    only for dims [1], the body being that one element. Fixed dims may also come several items to a
+    batch (ortserve's addition)."""
     raw, model = request.raw_input, request.model_name
     if len(specs) != 1:
         raise InvalidArgument(
-            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; "
-            f"model '{model}' has {len(specs)}: {', '.join(spec.name for spec in specs)}"
+            f"Raw request must only have 1 input (found 1) to be deduced but got {len(specs)} inputs in "
+            f"'{model}' model configuration"
         )
     spec = specs[0]
-    item = spec.shape[1:] if batching else spec.shape
-    if any(dim < 0 for dim in item):
+    item = list(spec.shape[1:] if batching else spec.shape)
+    variable = [axis for axis, dim in enumerate(item) if dim < 0]
+    if len(variable) > 1:
         raise InvalidArgument(
-            f"a raw binary request cannot tell the shape of input '{spec.name}' of model '{model}': "
-            f"its dims {list(item)} vary; send a JSON header with the shape"
+            f"The shape of the raw input '{spec.name}' can not be deduced because there are more than one "
+            "variable-sized dimension"
         )
-    per_item = math.prod(item)
+    batch = [1] if batching else []
     if spec.datatype == "BYTES":
-        count = tensors.bytes_element_count(spec.name, raw)
+        if variable or math.prod(item) != 1:
+            raise InvalidArgument(
+                f"For BYTE datatype raw input '{spec.name}', the model must have input shape [1]"
+            )
+        data = np.empty(1, dtype=object)
+        data[0] = bytes(raw)
+        return Tensor(spec.name, "BYTES", data.reshape(batch + item))
+    itemsize = datatypes.numpy_dtype(spec.datatype).itemsize
+    per_item = math.prod(dim for dim in item if dim >= 0) * itemsize
+    count = len(raw) // per_item if per_item and len(raw) % per_item == 0 else 0
+    if variable:
+        item[variable[0]] = count
+        rows = 1 if count else 0
     else:
-        itemsize = datatypes.numpy_dtype(spec.datatype).itemsize
-        count = len(raw) // itemsize if len(raw) % itemsize == 0 else -1
-    rows = count // per_item if per_item and count > 0 and count % per_item == 0 else 0
+        rows = count
     if rows == 0 or (not batching and rows != 1):
         raise InvalidArgument(
             f"a raw binary request of {len(raw)} bytes does not hold whole items of input '{spec.name}' "
-            f"of model '{model}' ({spec.datatype} {list(item)} each)"
+            f"of model '{model}' ({spec.datatype} {list(spec.shape[1:] if batching else spec.shape)} each)"
         )
-    shape = [rows, *item] if batching else list(item)
-    return Tensor(spec.name, spec.datatype, tensors.from_raw(spec.name, spec.datatype, shape, raw))
+    shape = [rows, *item] if batching else item
+    return Tensor(spec.name, spec.datatype, tensors.from_raw(spec.name, spec.datatype, shape, raw, model))
 
 
 def check_inputs(request: InferRequest, specs: list[TensorSpec], max_batch_size: int) -> dict:
@@ -111,7 +125,7 @@ def check_inputs(request: InferRequest, specs: list[TensorSpec], max_batch_size:
                 f"expected inputs: {', '.join(expected)}"
             )
         if tensor.name in feeds:
-            raise InvalidArgument(f"input '{tensor.name}' appears more than once")
+            raise InvalidArgument(f"input '{tensor.name}' already exists in request")
         if tensor.datatype != spec.datatype:
             raise InvalidArgument(
                 f"inference input '{tensor.name}' data-type is '{tensor.datatype}', "
@@ -146,12 +160,20 @@ def check_outputs(request: InferRequest, specs: list[TensorSpec]) -> list[str]:
                 f"unexpected inference output '{output.name}' for model '{request.model_name}', "
                 f"expected outputs: {', '.join(known)}"
             )
-        if output.class_count and spec.datatype == "BYTES":
-            raise InvalidArgument(f"output '{output.name}' is BYTES and cannot be classified")
+        if output.class_count and not _classifiable(spec.datatype):
+            raise InvalidArgument(  # Triton's words; ortserve names the output after them
+                f"class result not available for output due to unsupported type '{spec.datatype}' "
+                f"(output '{output.name}')"
+            )
         if output.name in names:
-            raise InvalidArgument(f"output '{output.name}' is requested more than once")
+            raise InvalidArgument(f"output '{output.name}' already exists in request")
         names.append(output.name)
     return names
+
+
+def _classifiable(datatype: str) -> bool:
+    """Triton classifies integer, FP32 and FP64 outputs."""
+    return datatype in ("FP32", "FP64") or datatype.startswith(("INT", "UINT"))
 
 
 def _as_text(tensor) -> np.ndarray:

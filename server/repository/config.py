@@ -135,9 +135,10 @@ def _complete_tensor(config, tensor, graph: GraphTensor, kind: str) -> None:
         )
     if not tensor.dims:
         tensor.dims.extend(-1 if dim is None else dim for dim in graph_dims)
-    if graph_dims == () and list(tensor.dims) in ([], [1]) and not tensor.HasField("reshape"):
-        # a scalar: clients send and receive [1], as Triton's ONNX Runtime backend allows (reshape: [])
-        tensor.dims[:] = [1]
+    if graph_dims == () and all(dim == 1 for dim in tensor.dims) and not tensor.HasField("reshape"):
+        # a scalar: clients send and receive [1] (or the config's [1, 1]...), as Triton's ONNX Runtime
+        # backend allows (reshape: [])
+        tensor.dims[:] = list(tensor.dims) or [1]
         tensor.reshape.SetInParent()
     model_dims = list(tensor.reshape.shape if tensor.HasField("reshape") else tensor.dims)
     if not _dims_fit(model_dims, graph_dims):

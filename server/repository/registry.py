@@ -52,24 +52,27 @@ class ModelRegistry:
         return sorted(p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def get(self, name: str, version: str = "") -> ModelVersion:
+        """The ready model version asked for, else NotFound / Unavailable in Triton's words (ortserve's
+        explanation after them)."""
+        unknown = f"Request for unknown model: '{name}'"
         entry = self._models.get(name)
         if entry is None:
             if self._in_repository(name):  # as Triton: a model that is not loaded is unknown to the server
-                raise NotFound(f"Request for unknown model: '{name}' is not loaded")
-            raise NotFound(f"Request for unknown model: '{name}' is not found")
+                raise NotFound(f"{unknown} is not found (it is in the repository but not loaded)")
+            raise NotFound(f"{unknown} is not found")
+        if version and not version.isdigit():
+            raise InvalidArgument(f"model version must be a positive integer, got '{version}'")
         if entry.state != READY:
-            raise Unavailable(f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})")
+            if version:
+                raise Unavailable(f"{unknown} version {version} is not at ready state "
+                                  f"({entry.state.lower()}: {entry.reason})")
+            raise NotFound(f"{unknown} has no available versions ({entry.state.lower()}: {entry.reason})")
         if not version:
             return entry.versions[max(entry.versions)]
-        if not version.isdigit():
-            raise InvalidArgument(f"model version must be a positive integer, got '{version}'")
         model = entry.versions.get(int(version))
         if model is None:
             ready = ", ".join(map(str, sorted(entry.versions)))
-            raise NotFound(
-                f"Request for unknown model: '{name}' version {version} is not found "
-                f"(ready versions: {ready})"
-            )
+            raise NotFound(f"{unknown} version {version} is not found (ready versions: {ready})")
         return model
 
     def is_ready(self, name: str, version: str = "") -> bool:
@@ -118,7 +121,8 @@ class ModelRegistry:
         for key in files or {}:
             file_path(key)
         if not files and not self._in_repository(name):
-            raise NotFound(f"failed to load '{name}': no model directory '{name}' in the repository")
+            raise NotFound(f"failed to load '{name}', failed to poll from model repository (no model "
+                           f"directory '{name}' in it)")
         override = None
         if files:
             override = Override(config_json, await asyncio.to_thread(write_files, name, files))
@@ -129,7 +133,7 @@ class ModelRegistry:
         reason = await self._load(name, override)
         if reason is not None:
             kept = " (the versions loaded before keep serving)" if self._models[name].state == READY else ""
-            raise InvalidArgument(f"failed to load '{name}': {reason}{kept}")
+            raise InvalidArgument(f"load failed for model '{name}': {reason}{kept}")
 
     async def unload(self, name: str) -> None:
         self._require_explicit("unload")
@@ -144,8 +148,8 @@ class ModelRegistry:
     def _require_explicit(self, action: str) -> None:
         if self.control_mode != "explicit":
             raise Unavailable(  # Triton's answer to load/unload outside explicit mode
-                f"explicit model {action} is not allowed in model control mode "
-                f"'{self.control_mode}'; start the server with --model-control-mode explicit"
+                f"explicit model load / unload is not allowed if polling is enabled (model control mode "
+                f"'{self.control_mode}'; start the server with --model-control-mode explicit to {action})"
             )
 
     async def poll(self) -> None:

@@ -74,7 +74,7 @@ class InferenceService:
         if request.raw_input is not None:
             request.inputs = [raw_input(request, model.inputs, model.batching)]
         for name, datatype, shape, use in request.shm_inputs:
-            data = tensors.from_raw(name, datatype, shape, self.shared_memory.read(use))
+            data = tensors.from_raw(name, datatype, shape, self.shared_memory.read(use), request.model_name)
             request.inputs.append(Tensor(name, datatype, data))
 
     def _to_shared_memory(self, outputs: list[Tensor], requested: dict[str, RequestedOutput]

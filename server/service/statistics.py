@@ -1,5 +1,6 @@
 """Triton's statistics extension, and the served models the metrics endpoint reads."""
 
+from server.core.errors import InvalidArgument
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
 
@@ -13,6 +14,9 @@ class StatisticsService:
     def statistics(self, name: str = "", version: str = "") -> list[dict]:
         """One `ModelStatistics` (as a dict) per model version: every ready one, a model's, or one."""
         if name and version:
+            if not self.registry.is_ready(name, version):
+                self.registry.get(name)  # an unknown model is refused as such
+                raise InvalidArgument(f"requested model version is not available for model '{name}'")
             models = [self.registry.get(name, version)]
         elif name:
             self.registry.get(name)

@@ -53,7 +53,7 @@ def decode_infer(request) -> InferRequest:
         if raw:
             if item.HasField("contents"):
                 raise InvalidArgument(f"input '{item.name}' has both contents and raw_input_contents")
-            data = tensors.from_raw(item.name, item.datatype, shape, raw[index])
+            data = tensors.from_raw(item.name, item.datatype, shape, raw[index], request.model_name)
         else:
             data = tensors.from_list(item.name, item.datatype, shape, _typed(item))
         inputs.append(Tensor(item.name, item.datatype, data))

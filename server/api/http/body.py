@@ -1,25 +1,28 @@
-"""Request bodies: size limit and Content-Encoding."""
+"""Request bodies: size limit and Content-Encoding, refused with Triton's status (400) and words."""
 
 import zlib
 
 from starlette.requests import Request
 
-from server.core.errors import InvalidArgument, TooLarge
+from server.core.errors import InvalidArgument
 
 _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_RAISE_IT = "Use --http-max-input-size to increase the limit."
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, decompressed, refused once it passes `limit` bytes."""
+async def read_body(request: Request, limit: int, what: str = "Request JSON") -> bytes:
+    """The request body, decompressed, refused once it passes `limit` bytes. `what` names the body in
+    the refusal as Triton does: "Request JSON", or "Request" for raw and binary bodies."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"request body is {declared} bytes, the limit is {limit}")
+        raise _too_large(what, int(declared), limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:  # read to the end (not kept), so the refusal names the size and the connection lives
+        raise _too_large(what, size, limit)
     data = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):
@@ -32,5 +35,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     except zlib.error as error:
         raise InvalidArgument(f"request body is not valid {encoding} data: {error}") from None
     if len(data) > limit or decompressor.unconsumed_tail:
-        raise TooLarge(f"decompressed request body is over the limit of {limit} bytes")
+        raise InvalidArgument(
+            f"{what} size once decompressed ({encoding}) exceeds the maximum allowed value of {limit} "
+            f"bytes. {_RAISE_IT}"
+        )
     return data
+
+
+def _too_large(what: str, size: int, limit: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"{what} size of {size} bytes exceeds the maximum allowed value of {limit} bytes. {_RAISE_IT}"
+    )

@@ -39,7 +39,7 @@ def decode_infer(body: bytes, header_length: str | None, model: str, version: st
         if use is not None:
             shared.append(use)
             continue
-        tensor, used = _decode_input(item, binary, offset)
+        tensor, used = _decode_input(item, binary, offset, model)
         decoded.append(tensor)
         offset += used
     if offset != len(binary):
@@ -108,7 +108,7 @@ def _json_type(value) -> str:
     )
 
 
-def _decode_input(item, binary: memoryview, offset: int) -> tuple[Tensor, int]:
+def _decode_input(item, binary: memoryview, offset: int, model: str) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise InvalidArgument("each entry of 'inputs' must be a JSON object")
     name = _field(item, "name", str)
@@ -123,7 +123,7 @@ def _decode_input(item, binary: memoryview, offset: int) -> tuple[Tensor, int]:
                 f"input '{name}' claims {size} bytes of binary data at offset {offset}, "
                 f"but only {len(binary) - offset} remain"
             )
-        data = tensors.from_raw(name, datatype, shape, binary[offset : offset + size])
+        data = tensors.from_raw(name, datatype, shape, binary[offset : offset + size], model)
         return Tensor(name, datatype, data), size
     if "data" not in item:
         raise InvalidArgument(f"input '{name}' has neither 'data' nor binary_data_size")

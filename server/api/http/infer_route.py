@@ -44,7 +44,8 @@ class InferRoute:
 
     async def _infer(self, request: Request, model: str, version: str) -> Response:
         header_length = request.headers.get(codec.HEADER_LENGTH)
-        decoded = codec.decode_infer(await read_body(request, self.limit), header_length, model, version)
+        body = await read_body(request, self.limit, "Request JSON" if header_length is None else "Request")
+        decoded = codec.decode_infer(body, header_length, model, version)
         binary_default = boolean(decoded.parameters.get("binary_data_output"), "'binary_data_output'",
                                  decoded.raw_input is not None)
         content, json_length = codec.encode_infer(await self.inference.infer(decoded), binary_default)
