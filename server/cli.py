@@ -2,10 +2,8 @@
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
-import time
 
 from server import settings as settings_module
 from server.ports import PortUnavailable
@@ -58,16 +56,13 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"ortserve: {error}", file=sys.stderr)
         return 2
-    handler = logging.StreamHandler()
-    handler.setFormatter(_formatter(settings.log_format))
-    logging.basicConfig(level=logging.DEBUG if settings.log_verbose > 1 else logging.INFO, handlers=[handler])
-    if settings.log_verbose == 1:
-        logging.getLogger("server").setLevel(logging.DEBUG)
-        logging.getLogger("ortserve").setLevel(logging.DEBUG)
     from server.main import serve as run_server
+    from server.service.logs import LogService
 
+    logs = LogService(settings.log_verbose, settings.log_format)
+    logs.install()
     try:
-        _event_loop_runner()(run_server(settings))
+        _event_loop_runner()(run_server(settings, logs))
     except FileNotFoundError as error:
         logging.getLogger("ortserve").error("%s", error)
         return 2
@@ -75,30 +70,6 @@ def serve(args: argparse.Namespace) -> int:
         logging.getLogger("ortserve").error("%s", error)
         return 1
     return 0
-
-
-def _formatter(log_format: str) -> logging.Formatter:
-    """default: local time; ISO8601 (Triton's name): UTC in ISO 8601; json: one object per line."""
-    if log_format == "json":
-        return _JsonFormatter()
-    if log_format == "ISO8601":
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
-        formatter.converter = time.gmtime
-        return formatter
-    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
-        if record.name == "ortserve.access":  # already JSON: its fields, not a string of them
-            entry["access"] = json.loads(entry.pop("message"))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-    converter = time.gmtime
 
 
 def _event_loop_runner():

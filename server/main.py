@@ -16,8 +16,11 @@ from server.api.http_app import create_app
 from server.metrics import create_metrics_app
 from server.ports import PortUnavailable, claim
 from server.repository.registry import ModelRegistry
+from server.service.logs import LogService
 from server.service.services import Service
 from server.settings import Settings, Tls
+from server.tracing.settings import TraceSettings
+from server.tracing.spans import Tracer
 
 log = logging.getLogger("ortserve")
 
@@ -46,11 +49,12 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, logs: LogService | None = None) -> None:
     """Claims every port first (a port in use raises PortUnavailable before anything starts), loads the
-    models, then serves until SIGINT/SIGTERM."""
+    models, then serves until SIGINT/SIGTERM. `logs`: the logging the command line installed."""
     registry = ModelRegistry(settings.model_repository, settings.model_control_mode, settings.load_models)
-    service = Service.over(registry, settings.strict_readiness, settings.min_ready_models)
+    tracer = Tracer(TraceSettings(settings.trace), settings.trace_export)
+    service = Service.over(registry, settings.strict_readiness, settings.min_ready_models, tracer, logs)
     sockets, grpc_server = _claim_ports(settings), None
     if settings.allow_grpc:
         options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)
@@ -118,6 +122,7 @@ async def serve(settings: Settings) -> None:
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await registry.close()
+    await asyncio.to_thread(tracer.shutdown)  # the spans still batched go out
     if failed:
         raise failed[0].exception()
 

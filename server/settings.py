@@ -6,6 +6,8 @@ from pathlib import Path
 
 from server.api.restrictions import GROUPS, NO_RESTRICTIONS, Restrictions
 from server.core.types import CONTROL_MODES
+from server.tracing.settings import TraceSetting, setting_from_config
+from server.tracing.spans import OtlpExport
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Settings:
     grpc_restrictions: Restrictions = NO_RESTRICTIONS
     http_tls: Tls | None = None
     grpc_tls: Tls | None = None
+    trace: TraceSetting = field(default_factory=TraceSetting)
+    trace_export: OtlpExport = field(default_factory=OtlpExport)
 
 
 def _bool(text: str) -> bool:
@@ -129,6 +133,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("default", "ISO8601", "json"), default="default",
                         help="json: one JSON object per line (time, level, logger, message)")
     parser.add_argument("--access-log", type=_bool, default=True, help="one JSON log line per request")
+    parser.add_argument("--trace-config", action="append", default=[],
+                        help="Triton's: level=TIMESTAMPS, rate=N, count=N, mode=opentelemetry, "
+                             "opentelemetry,url=<OTLP/HTTP endpoint>, opentelemetry,resource=<key>=<value>, "
+                             "opentelemetry,bsp_schedule_delay=<ms> (repeat)")
     restricted = "<api>[,<api>...]:<header>=<value>; APIs: " + ", ".join(GROUPS)
     parser.add_argument("--http-restricted-api", action="append", default=[], help=restricted)
     parser.add_argument("--grpc-restricted-protocol", action="append", default=[], help=restricted)
@@ -144,7 +152,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_arguments(args: argparse.Namespace) -> Settings:
+    trace, otlp = setting_from_config(args.trace_config)
     return Settings(
+        trace=trace,
+        trace_export=OtlpExport.from_options(otlp),
         model_repository=args.model_repository,
         host=args.host,
         http_port=args.http_port,

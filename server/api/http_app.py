@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
 from server.api.access_log import HttpAccessLog
-from server.api.http import generate, repository, shared_memory, v2
+from server.api.http import generate, repository, shared_memory, trace_logging, v2
 from server.api.http.errors import error_response
 from server.api.http.infer_route import InferRoute
 from server.api.http.restricted import RestrictedApi
@@ -19,7 +19,8 @@ from server.api.tei import routes as tei
 from server.core.errors import ServerError
 from server.service.services import Service
 
-ROUTERS = (v2.router, repository.router, shared_memory.router, generate.router, openai.router, tei.router)
+ROUTERS = (v2.router, repository.router, shared_memory.router, trace_logging.router, generate.router,
+           openai.router, tei.router)
 
 
 def create_app(

@@ -163,3 +163,4 @@ class Timing:
     input_ns: int = 0
     infer_ns: int = 0
     output_ns: int = 0
+    batch_size: int = 0  # the rows of the execution it ran in (0: not known)

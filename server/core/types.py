@@ -63,6 +63,7 @@ class InferRequest:
     raw_input: bytes | memoryview | None = None  # a raw binary request: the one input's bytes, no header
     shm_inputs: list[tuple[str, str, list[int], Any]] = field(default_factory=list)  # (name, datatype,
     # shape, RegionUse): inputs whose data lie in a registered shared memory region
+    traceparent: str = ""  # W3C trace context the client sent, continued by the request's trace
 
 
 @dataclass
@@ -99,6 +100,7 @@ class GenerateRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     protocol: str = ""
     messages: list | None = None  # a chat: rendered with the model's chat template in place of `text`
+    traceparent: str = ""  # W3C trace context the client sent, continued by the request's trace
 
 
 @dataclass

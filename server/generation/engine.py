@@ -156,13 +156,15 @@ class _Request:
 
 
 class TokenStream:
-    """One request's events; `on_close` hears once how it ended: "success", "CANCELED" (closed
-    early, the sequence aborted) or the failure reason of the error it raised."""
+    """One request's events; `on_close` hears once how it ended ("success", "CANCELED": closed
+    early, the sequence aborted, or the failure reason of the error it raised) and the stream itself."""
 
     def __init__(self, engine: "GenerationEngine", request: _Request, on_close=None):
         self._engine, self._request, self._on_close = engine, request, on_close
         self._outcome: str | None = None
         self.model_version = ""  # the serving model version, for answers that name it
+        self.first_token_ns: int | None = None  # when the first token reached the reader (perf_counter)
+        self.last: TokenEvent | None = None
 
     def __aiter__(self) -> "TokenStream":
         return self
@@ -174,6 +176,9 @@ class TokenStream:
         if isinstance(event, Exception):
             self._close(failure_reason(event))
             raise event
+        if self.first_token_ns is None:
+            self.first_token_ns = time.perf_counter_ns()
+        self.last = event
         if event.finish_reason is not None:
             self._close("success")
         return event
@@ -196,7 +201,7 @@ class TokenStream:
             self._outcome = outcome
             self._engine.abort(self._request)
             if self._on_close is not None:
-                self._on_close(outcome)
+                self._on_close(outcome, self)
 
 
 class GenerationEngine:
@@ -267,7 +272,8 @@ class GenerationEngine:
         return prompt, params
 
     def submit(
-        self, prompt: list[int], params: SamplingParams, on_close: Callable[[str], None] | None = None
+        self, prompt: list[int], params: SamplingParams,
+        on_close: Callable[[str, "TokenStream"], None] | None = None,
     ) -> "TokenStream":
         """Queues the sequence (or refuses it at once when too many wait) and returns its tokens as
         they come; closing the stream before the end (a client gone) aborts the sequence."""

@@ -105,7 +105,8 @@ class ModelVersion:
         batch = rows or (next(iter(feeds.values())).shape[0] if self.batching and feeds else 1)
         outputs = {name: self._client_shape(name, a, batch) for name, a in zip(output_names, arrays)}
         timing = Timing(
-            input_ns=ready - start, infer_ns=done - ready, output_ns=time.perf_counter_ns() - done
+            input_ns=ready - start, infer_ns=done - ready, output_ns=time.perf_counter_ns() - done,
+            batch_size=batch,
         )
         self.stats.record_execution(batch, timing)
         return outputs, timing

@@ -75,6 +75,10 @@ class ModelRegistry:
             raise NotFound(f"{unknown} version {version} is not found (ready versions: {ready})")
         return model
 
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a model of the repository or loaded (ready or not)."""
+        return name in self._models or self._in_repository(name)
+
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
             self.get(name, version)

@@ -19,14 +19,16 @@ from server.core.types import (
 from server.generation.engine import TokenStream
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
+from server.tracing.spans import RequestTrace, Tracer
 
 GENERATION_INPUTS = ("text_input", "input_ids", "sampling_parameters")
 GENERATION_OUTPUTS = ("text_output", "output_ids")
 
 
 class GenerationService:
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, tracer: Tracer):
         self.registry = registry
+        self.tracer = tracer
 
     def model_names(self) -> list[str]:
         """The ready models the OpenAI routes serve: generation models and encoders."""
@@ -37,16 +39,19 @@ class GenerationService:
         """Admits the request, raising any error before the first token, and returns its tokens."""
         start = time.perf_counter_ns()
         model = self._model(request)
+        trace = self.tracer.start(model.name, request.protocol, request.traceparent, "GenerateRequest")
         try:
             prompt, params = model.engine.prepare(
                 request.text, request.input_ids, request.parameters, request.messages
             )
-            tokens = model.engine.submit(prompt, params, _recorder(model, start, request.protocol))
+            tokens = model.engine.submit(prompt, params, _recorder(model, start, request.protocol, trace))
             tokens.model_version = str(model.version)
             return tokens
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
+            if trace is not None:
+                trace.end(str(model.version), error=error)
             raise
 
     async def echo(self, request: GenerateRequest, logprobs: int | None) -> TokenEvent:
@@ -91,18 +96,34 @@ class GenerationService:
         return model
 
 
-def _recorder(model: ModelVersion, start: int, protocol: str):
-    """Counts a generation request once, as a success or a failure, when its stream ends."""
+def _recorder(model: ModelVersion, start: int, protocol: str, trace: RequestTrace | None):
+    """Counts a generation request once, as a success or a failure, when its stream ends, and ends its
+    trace: FIRST_TOKEN among its events, its token counts and time to first token as attributes."""
 
-    def record(outcome: str) -> None:
+    def record(outcome: str, stream: TokenStream) -> None:
         elapsed = time.perf_counter_ns() - start
         if outcome == "success":
             model.stats.inference_count += 1
             model.stats.record_success(elapsed, Timing(infer_ns=elapsed), protocol)
         else:
             model.stats.record_failure(elapsed, outcome, protocol)
+        if trace is not None:
+            _end_trace(trace, model, outcome, stream)
 
     return record
+
+
+def _end_trace(trace: RequestTrace, model: ModelVersion, outcome: str, stream: TokenStream) -> None:
+    first, last = stream.first_token_ns, stream.last
+    if first is not None:
+        trace.events.append(("FIRST_TOKEN", first))
+    trace.end(
+        str(model.version), outcome=outcome,
+        time_to_first_token_ms=None if first is None else (first - trace.start_ns) / 1e6,
+        prompt_tokens=last.prompt_tokens if last else None,
+        generated_tokens=last.generated_tokens if last else None,
+        finish_reason=last.finish_reason.value if last and last.finish_reason else None,
+    )
 
 
 def _generate_request(request: InferRequest, model: ModelVersion) -> GenerateRequest:

@@ -14,6 +14,8 @@ EXTENSIONS = (
     "sequence",
     "system_shared_memory",
     "cuda_shared_memory",
+    "trace",
+    "logging",
 )
 
 

@@ -19,13 +19,16 @@ from server.sequences.scheduler import SequenceControl
 from server.service.classification import classify
 from server.service.generation import GenerationService
 from server.service.text import sends_texts, tokenize_inputs
+from server.tracing.spans import Tracer
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, shared_memory: SharedMemory, generation: GenerationService):
+    def __init__(self, registry: ModelRegistry, shared_memory: SharedMemory, generation: GenerationService,
+                 tracer: Tracer):
         self.registry = registry
         self.shared_memory = shared_memory
         self.generation = generation
+        self.tracer = tracer
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """One response for a plain model; for a generation model one per step's new tokens."""
@@ -40,6 +43,7 @@ class InferenceService:
         model = self.registry.get(request.model_name, request.model_version)
         if model.engine is not None:
             return await self.generation.infer(request)
+        trace = self.tracer.start(model.name, request.protocol, request.traceparent)
         try:
             self._gather_inputs(request, model)
             if model.text is not None and sends_texts(request):
@@ -49,6 +53,8 @@ class InferenceService:
             names = check_outputs(request, model.outputs)
             priority, timeout = _scheduling(request.parameters)
             sequence = SequenceControl.from_parameters(request.parameters)
+            if trace is not None:
+                trace.mark("QUEUE_START")
             arrays, timing = await model.infer(feeds, names, priority, timeout, sequence)
             requested = {output.name: output for output in request.outputs}
             outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
@@ -56,10 +62,14 @@ class InferenceService:
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
+            if trace is not None:
+                trace.end(str(model.version), error=error, request_id=request.id or None)
             if isinstance(error, ServerError) or not isinstance(error, Exception):
                 raise
             raise Internal(f"model '{model.name}' failed to run: {error}") from error
         model.stats.record_success(time.perf_counter_ns() - start, timing, request.protocol)
+        if trace is not None:
+            trace.end(str(model.version), timing, request_id=request.id or None)
         return InferResponse(
             model_name=model.name,
             model_version=str(model.version),

@@ -7,9 +7,13 @@ from server.repository.registry import ModelRegistry
 from server.service.generation import GenerationService
 from server.service.health import HealthService
 from server.service.inference import InferenceService
+from server.service.logs import LogService
 from server.service.repository import RepositoryService
 from server.service.statistics import StatisticsService
 from server.service.text import EncodingService
+from server.service.tracing import TraceService
+from server.tracing.settings import TraceSetting, TraceSettings
+from server.tracing.spans import Tracer
 
 
 @dataclass
@@ -21,17 +25,22 @@ class Service:
     repository: RepositoryService
     statistics: StatisticsService
     shared_memory: SharedMemory
+    tracing: TraceService
+    logs: LogService
 
     @classmethod
-    def over(cls, registry: ModelRegistry, strict_readiness: bool = True, min_ready_models: int = 0
-             ) -> "Service":
-        shared_memory, generation = SharedMemory(), GenerationService(registry)
+    def over(cls, registry: ModelRegistry, strict_readiness: bool = True, min_ready_models: int = 0,
+             tracer: Tracer | None = None, logs: LogService | None = None) -> "Service":
+        tracer = tracer or Tracer(TraceSettings(TraceSetting()))
+        shared_memory, generation = SharedMemory(), GenerationService(registry, tracer)
         return cls(
             health=HealthService(registry, strict_readiness, min_ready_models),
-            inference=InferenceService(registry, shared_memory, generation),
+            inference=InferenceService(registry, shared_memory, generation, tracer),
             generation=generation,
             text=EncodingService(registry),
             repository=RepositoryService(registry),
             statistics=StatisticsService(registry),
             shared_memory=shared_memory,
+            tracing=TraceService(registry, tracer),
+            logs=logs or LogService(),
         )

@@ -14,11 +14,13 @@ from server.api.grpc import codec
 from server.api.grpc.errors import STATUS
 from server.api.restrictions import NO_RESTRICTIONS, Restrictions, grpc_group
 from server.core.errors import InvalidArgument, ServerError
+from server.core.types import InferRequest
 from server.protocol import SERVICE_NAME, message
 from server.service.services import Service
 
 log = logging.getLogger(__name__)
 
+_LOG_SETTING_FIELD = {bool: "bool_param", int: "uint32_param", str: "string_param"}
 STREAM_IN_FLIGHT = 64  # requests of one stream running at once; the stream waits beyond that
 
 
@@ -105,8 +107,32 @@ class GrpcInferenceService:
         self.service.shared_memory.cuda.unregister(request.name)
         return message("CudaSharedMemoryUnregisterResponse")()
 
+    async def TraceSetting(self, request, context):
+        changes = {key: list(value.value) for key, value in request.settings.items()}
+        tracing = self.service.tracing
+        settings = tracing.update(request.model_name, changes) if changes else tracing.get(request.model_name)
+        response = message("TraceSettingResponse")()
+        for key, value in settings.items():
+            response.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return response
+
+    async def LogSettings(self, request, context):
+        changes = {key: getattr(value, value.WhichOneof("parameter_choice"))
+                   for key, value in request.settings.items() if value.WhichOneof("parameter_choice")}
+        settings = self.service.logs.update(changes) if changes else self.service.logs.get()
+        response = message("LogSettingsResponse")()
+        for key, value in settings.items():
+            setattr(response.settings[key], _LOG_SETTING_FIELD[type(value)], value)
+        return response
+
     async def ModelInfer(self, request, context):
-        return codec.encode_infer(await self.service.inference.infer(codec.decode_infer(request)))
+        return codec.encode_infer(await self.service.inference.infer(self._decoded(request, context)))
+
+    def _decoded(self, request, context) -> InferRequest:
+        decoded = codec.decode_infer(request)
+        if self.service.tracing.on:  # the one check an untraced server pays
+            decoded.traceparent = dict(context.invocation_metadata() or ()).get("traceparent", "")
+        return decoded
 
     async def ModelStreamInfer(self, requests, context):
         """Each request runs as it arrives; responses (or error messages) go back as they finish, one
@@ -117,7 +143,7 @@ class GrpcInferenceService:
 
         async def answer(request):
             try:
-                async for result in self.service.inference.infer_stream(codec.decode_infer(request)):
+                async for result in self.service.inference.infer_stream(self._decoded(request, context)):
                     await responses.put(stream_response(infer_response=codec.encode_infer(result)))
             except ServerError as error:
                 await responses.put(stream_response(error_message=error.message))
@@ -203,6 +229,8 @@ def handlers(service: GrpcInferenceService, access_log: bool = True) -> grpc.Gen
         "CudaSharedMemoryStatus": "CudaSharedMemoryStatusRequest",
         "CudaSharedMemoryRegister": "CudaSharedMemoryRegisterRequest",
         "CudaSharedMemoryUnregister": "CudaSharedMemoryUnregisterRequest",
+        "TraceSetting": "TraceSettingRequest",
+        "LogSettings": "LogSettingsRequest",
     }
     methods = {name: _unary(getattr(service, name), request, access_log) for name, request in unary.items()}
     methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(

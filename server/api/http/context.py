@@ -14,6 +14,11 @@ def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
+def trace_context(request: Request) -> str:
+    """The W3C `traceparent` a client sent, read only while tracing is on."""
+    return request.headers.get("traceparent", "") if service_of(request).tracing.on else ""
+
+
 async def body_of(request: Request) -> bytes:
     return await read_body(request, request.app.state.max_request_bytes)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from server.api.http.context import Served, json_of
+from server.api.http.context import Served, json_of, trace_context
 from server.api.http.streams import SSE_HEADERS, collect, events, usage
 from server.core.errors import InvalidArgument
 from server.core.types import GenerateRequest, TokenEvent
@@ -38,8 +38,9 @@ class TritonGenerateRequest:
             raise InvalidArgument(f"'input_ids' must be a list of token ids, got {type(ids).__name__}")
         return cls(text, ids, parameters)
 
-    def to_core(self, model: str, version: str) -> GenerateRequest:
-        return GenerateRequest(model, version, self.text, self.input_ids, self.parameters, protocol="http")
+    def to_core(self, model: str, version: str, request: Request) -> GenerateRequest:
+        return GenerateRequest(model, version, self.text, self.input_ids, self.parameters, protocol="http",
+                               traceparent=trace_context(request))
 
 
 Body = Annotated[TritonGenerateRequest, Depends(TritonGenerateRequest.from_http)]
@@ -48,15 +49,15 @@ Body = Annotated[TritonGenerateRequest, Depends(TritonGenerateRequest.from_http)
 @router.post("/v2/models/{model}/generate")
 @router.post("/v2/models/{model}/versions/{version}/generate")
 async def generate(request: Request, service: Served, body: Body, model: str, version: str = ""):
-    tokens = service.generation.generate(body.to_core(model, version))
+    tokens = service.generation.generate(body.to_core(model, version, request))
     (whole,) = await collect(request, [tokens])
     return _answer(model, tokens.model_version, whole)
 
 
 @router.post("/v2/models/{model}/generate_stream")
 @router.post("/v2/models/{model}/versions/{version}/generate_stream")
-async def generate_stream(service: Served, body: Body, model: str, version: str = ""):
-    tokens = service.generation.generate(body.to_core(model, version))
+async def generate_stream(request: Request, service: Served, body: Body, model: str, version: str = ""):
+    tokens = service.generation.generate(body.to_core(model, version, request))
     stream = events(tokens, lambda event: _answer(model, tokens.model_version, event))
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 

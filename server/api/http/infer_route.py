@@ -25,6 +25,7 @@ INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 class InferRoute:
     def __init__(self, app: ASGIApp, service: Service, max_request_bytes: int):
         self.app, self.inference, self.limit = app, service.inference, max_request_bytes
+        self.tracing = service.tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = scope["type"] == "http" and INFER_PATH.fullmatch(scope["path"])
@@ -46,6 +47,8 @@ class InferRoute:
         header_length = request.headers.get(codec.HEADER_LENGTH)
         body = await read_body(request, self.limit, "Request JSON" if header_length is None else "Request")
         decoded = codec.decode_infer(body, header_length, model, version)
+        if self.tracing.on:  # the one check an untraced server pays
+            decoded.traceparent = request.headers.get("traceparent", "")
         binary_default = boolean(decoded.parameters.get("binary_data_output"), "'binary_data_output'",
                                  decoded.raw_input is not None)
         content, json_length = codec.encode_infer(await self.inference.infer(decoded), binary_default)

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from server.api.http.context import Served
+from server.api.http.context import Served, trace_context
 from server.api.http.streams import SSE_HEADERS, collect, usage
 from server.api.openai.errors import OpenAIRoute
 from server.api.openai.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
@@ -50,7 +50,7 @@ async def completions(request: Request, service: Served, body: Completion):
     groups = []
     try:
         for prompt in body.prompts:
-            groups.append(await _prompt_choices(service, body, prompt))
+            groups.append(await _prompt_choices(service, body, prompt, trace_context(request)))
     except ServerError:
         for group in groups:
             await group.aclose()
@@ -73,7 +73,7 @@ async def completions(request: Request, service: Served, body: Completion):
     return {**completion, "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
 
 
-async def _prompt_choices(service: Service, body: CompletionRequest, prompt) -> "_Choices":
+async def _prompt_choices(service: Service, body: CompletionRequest, prompt, traceparent: str) -> "_Choices":
     """One prompt's echo (where asked) and its `best_of` generations."""
     text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
     echoed = None
@@ -82,7 +82,8 @@ async def _prompt_choices(service: Service, body: CompletionRequest, prompt) -> 
             GenerateRequest(body.model, text=text, input_ids=ids, protocol="http"), body.shown_logprobs)
         text, ids = None, echoed.token_ids
     streams = [service.generation.generate(GenerateRequest(
-        body.model, text=text, input_ids=ids, protocol="http", parameters=body.choice_parameters(index)))
+        body.model, text=text, input_ids=ids, protocol="http", parameters=body.choice_parameters(index),
+        traceparent=traceparent))
         for index in range(body.best_of if body.generates else 0)]
     return _Choices(echoed, streams)
 
@@ -93,7 +94,7 @@ async def chat_completions(request: Request, service: Served, body: Chat):
     try:
         for index in range(body.n):
             choice = GenerateRequest(body.model, parameters=body.choice_parameters(index), protocol="http",
-                                       messages=body.messages)
+                                     messages=body.messages, traceparent=trace_context(request))
             streams.append(service.generation.generate(choice))
     except ServerError:
         for tokens in streams:
