@@ -93,6 +93,7 @@ class ServerCollector:
         yield from self._histograms(models)
         yield from self._gauges(models)
         yield from self._generation([m for m in models if m.engine is not None])
+        yield from self._inference_gateway([m for m in models if m.engine is not None])
         yield from self._sequences([m for m in models if m.sequences is not None and m.scheduler])
         yield from self._text([m for m in models if m.text is not None])
         yield from self._system()
@@ -175,6 +176,29 @@ class ServerCollector:
             for reason in FinishReason:
                 finished.add_metric(labels + [reason.value], stats.finished.get(reason, 0))
         yield from (*counters, *gauges, finished)
+
+    def _inference_gateway(self, models):
+        """The gauges Kubernetes' inference gateway (its endpoint picker) reads, under the names it reads
+        for vLLM by default, per model (its newest served version)."""
+        labels = ["model_name"]
+        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Requests waiting to start", labels=labels)
+        running = GaugeMetricFamily("vllm:num_requests_running", "Requests running", labels=labels)
+        share_of_capacity = "Share of the engine's token capacity in use (1: full)"
+        usage = [GaugeMetricFamily(name, share_of_capacity, labels=labels)  # the name, and its older one
+                 for name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")]
+        info = GaugeMetricFamily("vllm:cache_config_info", "The KV cache's configuration, in its labels",
+                                 labels=labels + ["block_size", "num_gpu_blocks"])
+        newest = {model.name: model for model in sorted(models, key=lambda m: m.version)}
+        for name, model in newest.items():
+            stats = model.stats.generation
+            waiting.add_metric([name], stats.waiting)
+            running.add_metric([name], stats.running)
+            share = stats.context_tokens / stats.token_capacity if stats.token_capacity else 0.0
+            for family in usage:
+                family.add_metric([name], share)
+            blocks = stats.token_capacity // stats.block_size
+            info.add_metric([name, str(stats.block_size), str(blocks)], 1)
+        yield from (waiting, running, *usage, info)
 
     def _sequences(self, models):
         counters = [_Counter(name, text, labels=LABELS) for name, _, text in SEQUENCE_COUNTERS]

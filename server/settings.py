@@ -49,6 +49,7 @@ class Tls:
 @dataclass(frozen=True)
 class Settings:
     model_repository: Path
+    model_name: str | None = None  # the name of the one model a --model-repository of one model holds
     host: str = "0.0.0.0"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -84,7 +85,10 @@ def _bool(text: str) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-repository", "--model-store", required=True, type=Path)
+    parser.add_argument("--model-repository", "--model-store", required=True, type=Path,
+                        help="a Triton model repository, or one model (a model.onnx, or a model directory)")
+    parser.add_argument("--model-name", help="the name to serve one model under when --model-repository "
+                                             "holds one model (default: its directory's name)")
     parser.add_argument("--host", default=Settings.host, help="address to listen on")
     parser.add_argument("--http-port", type=int, default=Settings.http_port)
     parser.add_argument("--grpc-port", type=int, default=Settings.grpc_port)
@@ -157,6 +161,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         trace=trace,
         trace_export=OtlpExport.from_options(otlp),
         model_repository=args.model_repository,
+        model_name=args.model_name,
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,

@@ -7,11 +7,18 @@ import sys
 from pathlib import Path
 
 import helm_python as helm
+import jsonschema
 import kubernetes_validate
+import numpy as np
+import onnx
 import pytest
+import tritonclient.http as httpclient
 import yaml
 
+from exporters.demo import SIMPLE_CONFIG, publish, simple_model
 from loadtest.run_locust import run_locust
+from loadtest.server_process import start_server, stop_server
+from tests.kubernetes_kinds import CUSTOM_KINDS, validate_custom
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "ortserve"
@@ -29,6 +36,8 @@ VALUE_SETS = {
         "modelRepository": {"initContainer": {"enabled": True}},
         "server": {"modelControlMode": "explicit", "loadModels": ["simple", "minilm"]},
     },
+    "kserve-runtime": {"kserve": {"runtime": {"enabled": True}}},
+    "inference-pool": {"inferencePool": {"enabled": True, "endpointPicker": {"name": "ortserve-epp"}}},
 }
 
 
@@ -55,6 +64,9 @@ def test_rendered_manifests_are_valid_kubernetes(name):
     for document in documents.values():
         if document["apiVersion"].startswith("monitoring.coreos.com"):
             assert document["spec"]["endpoints"][0]["port"] == "metrics"  # a CRD: no schema to check against
+            continue
+        if document["kind"] in CUSTOM_KINDS:
+            validate_custom(document)
             continue
         kubernetes_validate.validate(document, KUBERNETES, strict=True)
     assert {"Deployment", "Service"} <= set(documents)
@@ -268,3 +280,82 @@ def test_the_load_test_runs_from_a_wheel_in_a_fresh_environment_against_a_server
     assert set(ours) == {"http json infer", "http binary infer", "grpc infer"}, done.stdout
     assert ours == {name: theirs[name] for name in ours}, (ours, theirs)
     assert f"locust's report: {(work / 'loadtest-results' / 'locust.html').as_uri()}" in done.stdout
+
+
+KSERVE = ROOT / "deploy" / "kserve"
+
+
+def test_kserve_manifests_have_the_fields_kserve_publishes_and_the_chart_renders_the_same_runtime():
+    runtime = yaml.safe_load((KSERVE / "ortserve-runtime.yaml").read_text())
+    service = yaml.safe_load((KSERVE / "inferenceservice.yaml").read_text())
+    for document in (runtime, service):
+        validate_custom(document)
+    rendered = render(VALUE_SETS["kserve-runtime"])["ClusterServingRuntime"]
+    rendered["metadata"].pop("labels")
+    assert rendered == runtime  # deploy/kserve/ is what the chart renders
+    spec = runtime["spec"]
+    formats = {(f["name"], f["version"]) for f in spec["supportedModelFormats"]}
+    assert formats == {("onnx", "1"), ("triton", "2")}
+    assert spec["protocolVersions"] == ["v2", "grpc-v2"]
+    assert spec["annotations"] == {"prometheus.kserve.io/port": "8002",
+                                   "prometheus.kserve.io/path": "/metrics"}
+    args = spec["containers"][0]["args"]
+    assert "--model-repository=/mnt/models" in args and "--model-name={{.Name}}" in args
+    assert service["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
+
+
+def test_a_manifest_with_a_field_its_kind_lacks_is_refused():
+    runtime = yaml.safe_load((KSERVE / "ortserve-runtime.yaml").read_text())
+    runtime["spec"]["supportedModelFormat"] = runtime["spec"].pop("supportedModelFormats")  # a typo
+    with pytest.raises(jsonschema.ValidationError, match="supportedModelFormat"):
+        validate_custom(runtime)
+    pool = render(VALUE_SETS["inference-pool"])["InferencePool"]
+    pool["spec"]["endpointPickerRef"]["port"] = 9002  # v1 wants {"number": 9002}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_custom(pool)
+    runtime = yaml.safe_load((KSERVE / "ortserve-runtime.yaml").read_text())
+    runtime["spec"]["containers"][0]["ports"][0]["containerPort"] = "8080"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_custom(runtime)
+
+
+def test_the_inference_pool_selects_the_charts_pods_on_the_http_port():
+    documents = render(VALUE_SETS["inference-pool"])
+    pool = documents["InferencePool"]["spec"]
+    assert pool["selector"]["matchLabels"] == documents["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert pool["targetPorts"] == [{"number": 8000}]
+    assert pool["endpointPickerRef"] == {"name": "ortserve-epp", "port": {"number": 9002},
+                                         "failureMode": "FailClose"}
+    assert "InferencePool" not in render({}) and "ClusterServingRuntime" not in render({})
+    with pytest.raises(Exception, match="the endpoint picker's Service"):
+        render({"inferencePool": {"enabled": True}})
+
+
+@pytest.mark.parametrize("shape", ["model.onnx", "model directory", "repository"])
+def test_the_kserve_runtimes_command_serves_what_kserve_mounts_at_mnt_models(tmp_path, shape):
+    """The runtime container's own arguments, with /mnt/models a directory shaped as KServe fills it and
+    {{.Name}} an InferenceService's name; only the ports are the test's."""
+    runtime = yaml.safe_load((KSERVE / "ortserve-runtime.yaml").read_text())
+    args = runtime["spec"]["containers"][0]["args"]
+    assert args[0] == "serve"
+    mnt = tmp_path / "mnt" / "models"
+    if shape == "model.onnx":
+        mnt.mkdir(parents=True)
+        onnx.save(simple_model(), mnt / "model.onnx")
+    elif shape == "model directory":
+        publish(mnt.parent, "models", simple_model(), SIMPLE_CONFIG.replace('name: "simple"\n', ""))
+    else:
+        publish(mnt, "adder", simple_model(), SIMPLE_CONFIG.replace('name: "simple"\n', ""))
+    own = [arg.replace("/mnt/models", str(mnt)).replace("{{.Name}}", "adder") for arg in args[1:]
+           if not arg.startswith(("--http-port", "--grpc-port", "--metrics-port"))]
+    server = start_server(mnt, tmp_path / "server.log", *own, ready_model="adder")
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        inputs = [httpclient.InferInput(name, [1, 16], "INT32") for name in ("INPUT0", "INPUT1")]
+        for tensor in inputs:
+            tensor.set_data_from_numpy(np.arange(16, dtype=np.int32).reshape(1, 16))
+        result = client.infer("adder", inputs)
+        assert result.as_numpy("OUTPUT0").tolist() == [[2 * i for i in range(16)]]
+        assert [model["name"] for model in client.get_model_repository_index()] == ["adder"]
+    finally:
+        assert stop_server(server) == 0, server.output()

@@ -7,6 +7,7 @@ import queue
 import shutil
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import httpx
@@ -239,6 +240,46 @@ def test_a_client_that_leaves_a_whole_generation_aborts_it(generation, path, bod
             assert time.monotonic() < deadline, "the sequence never ran"
             time.sleep(0.01)
     assert_one_abort(server, model, aborts, aborted)
+
+
+def test_the_inference_gateways_gauges_follow_a_generation_load(generation):
+    """vllm:* gauges, as Kubernetes' inference gateway reads them: gpt_limited runs one sequence at a time
+    (max_running_sequences 1), so a second request waits; its context fills the token capacity (one
+    sequence of the whole context) as it grows, and all falls back to 0 when the load ends."""
+    server, _ = generation
+    gauge = partial(metric, server, model_name="gpt_limited")
+    config = httpx.get(f"http://{server.http_url}/v2/models/gpt_limited/config").json()
+    capacity = min(16 * 1024, int(config["parameters"]["max_sequence_length"]["string_value"]))
+    assert metric(server, "vllm:cache_config_info", model_name="gpt_limited", block_size="16",
+                  num_gpu_blocks=str(capacity // 16)) == 1
+    long = {"input_ids": [1, 2, 3], "parameters": {"max_tokens": 4000, "temperature": 0, "ignore_eos": True}}
+    waiter = ThreadPoolExecutor(1)
+    with httpx.Client(timeout=60) as client, connect_sse(
+            client, "POST", f"http://{server.http_url}/v2/models/gpt_limited/generate_stream", json=long
+    ) as source:
+        events = source.iter_sse()
+        for _ in range(5):
+            next(events)
+        early = gauge("vllm:kv_cache_usage_perc")
+        assert gauge("vllm:num_requests_running") == 1 and 0 < early < 1
+        waiting = waiter.submit(post, server, "/v2/models/gpt_limited/generate", greedy([4], 2))
+        deadline = time.monotonic() + 30
+        while gauge("vllm:num_requests_waiting") < 1:
+            assert time.monotonic() < deadline, "the second request never waited"
+            time.sleep(0.01)
+        for _ in range(200):
+            next(events)
+        scraped = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
+        later = {sample.name: sample.value for family in text_string_to_metric_families(scraped)
+                 for sample in family.samples if sample.labels.get("model_name") == "gpt_limited"}
+        assert later["vllm:kv_cache_usage_perc"] > early
+        assert later["vllm:kv_cache_usage_perc"] == later["vllm:gpu_cache_usage_perc"]  # the older name
+    assert waiting.result().status_code == 200  # it ran once the first was closed
+    deadline = time.monotonic() + 30
+    while gauge("vllm:num_requests_running") or gauge("vllm:kv_cache_usage_perc"):
+        assert time.monotonic() < deadline, "the gauges stayed up after the load"
+        time.sleep(0.05)
+    assert gauge("vllm:num_requests_waiting") == 0
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,9 @@ class GenerationStats:
     running: int = 0
     waiting: int = 0
     cache_tokens: int = 0
+    context_tokens: int = 0  # the running sequences' prompt and generated tokens
+    token_capacity: int = 0  # the most context tokens the engine runs at once (set at start)
+    block_size: int = 16  # the prefix cache's block, the unit the inference gateway hashes prompts by
     prefix_hits: int = 0  # prompts that reused cached blocks of an earlier prompt's keys and values
     prefix_misses: int = 0
     prefix_tokens_reused: int = 0

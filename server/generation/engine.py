@@ -210,6 +210,9 @@ class GenerationEngine:
         self.settings = settings
         self.model_stats = model_stats
         self.stats = model_stats.generation
+        self.stats.token_capacity = min(settings.limits.max_cache_tokens,
+                                        settings.limits.max_running * settings.max_sequence_length)
+        self.stats.block_size = PREFIX_BLOCK
         self.decoder = make_decoder(pool.sessions[0].session, settings.io_binding, settings.kv_head_dim,
                                     settings.limits.max_running)
         self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
@@ -340,6 +343,8 @@ class GenerationEngine:
             self.stats.running = len(self.rows)
             self.stats.waiting = len(self.scheduler.waiting)
             self.stats.cache_tokens = self.cache_tokens
+            self.stats.context_tokens = sum(len(r.sequence.prompt) + len(r.sequence.generated)
+                                            for r in self.rows if not r.sequence.finished)
 
     async def _iterate(self, plan: Plan) -> None:
         if plan.prefill:
