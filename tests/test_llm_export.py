@@ -38,7 +38,7 @@ FAMILIES = {
 PROMPTS = [[5, 9, 17], list(range(20, 61)), [7], list(range(100, 112))]
 
 
-def tiny_decoder(kind: str):
+def tiny_decoder(kind: str, positions: int = 128):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if kind == "gpt2":
@@ -47,7 +47,7 @@ def tiny_decoder(kind: str):
     else:
         config = AutoConfig.for_model(
             kind, vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, head_dim=16, max_position_embeddings=128, initializer_range=0.3,
+            num_attention_heads=4, head_dim=16, max_position_embeddings=positions, initializer_range=0.3,
             eos_token_id=None, bos_token_id=None, pad_token_id=None, **FAMILIES[kind],
         )
     torch.manual_seed(0)
@@ -187,8 +187,9 @@ def trained_tokenizer(chat_template: str | None = CHATML):
                                    chat_template=chat_template)
 
 
-def checkpoint_with_tokenizer(target: Path, kind: str, chat_template: str | None = CHATML) -> Path:
-    tiny_decoder(kind).save_pretrained(str(target))
+def checkpoint_with_tokenizer(target: Path, kind: str, chat_template: str | None = CHATML,
+                              positions: int = 128) -> Path:
+    tiny_decoder(kind, positions).save_pretrained(str(target))
     trained_tokenizer(chat_template).save_pretrained(str(target))
     return target
 

@@ -77,6 +77,9 @@ class InferResponse:
     shm_outputs: dict[str, dict] = field(default_factory=dict)  # output -> its shared memory parameters
 
 
+# request parameters that constrain a generation's output, as vLLM's (generation/structured.py)
+STRUCTURED_OUTPUT_KEYS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                          "guided_grammar")
 CONTROL_MODES = ("none", "explicit", "poll")  # tritonserver's --model-control-mode
 LOAD_FILE_PREFIX = "file:"  # Triton's load parameters `file:<path>`: a model file sent with the load
 

@@ -21,6 +21,7 @@ from server.generation.prefix_cache import PrefixCache
 from server.generation.protocols import KVCache
 from server.generation.sampling import Sampler, SamplingParams, logprobs, sampling_params
 from server.generation.scheduler import Plan, Scheduler, SchedulerLimits, Sequence
+from server.generation.structured import Grammars, RowConstraint
 from server.generation.text import TextCodec, TextStream, prompt_ids
 from server.runtime.executor import InstancePool
 from server.text.chat import ChatTemplate
@@ -132,19 +133,30 @@ class _Request:
     events: Mailbox = field(default_factory=Mailbox)
     submitted: float = field(default_factory=time.perf_counter)
     last_token: float = 0.0
+    constraint: RowConstraint | None = None  # the grammar its output follows (structured outputs)
 
     @property
     def logprobs(self) -> bool:
         return self.params.logprobs is not None
 
     def sample(self, logits: np.ndarray, generated: list[int]) -> int:
-        return self.sampler(logits, self.sequence.prompt, generated)
+        if self.constraint is None:
+            return self.sampler(logits, self.sequence.prompt, generated)
+        token = self.sampler(self.constraint.mask(logits), self.sequence.prompt, generated)
+        self.constraint.accept(token)
+        return token
+
+    def ends_by_token(self, token: int) -> bool:
+        """An eos or stop token: it ends the sequence and is not part of the output."""
+        eos = token in self.settings.eos_token_ids and not self.params.ignore_eos
+        return eos or token in self.params.stop_token_ids
 
     def finish_reason(self, token: int, generated: int) -> FinishReason | None:
         """Why the sequence ends at `token`, its `generated`-th (stop strings aside: its text decides)."""
-        eos = token in self.settings.eos_token_ids and not self.params.ignore_eos
-        if eos or token in self.params.stop_token_ids:
+        if self.ends_by_token(token):
             return FinishReason.STOP
+        if self.constraint is not None and self.constraint.completes_at(generated):
+            return FinishReason.STOP  # the grammar's last token, part of the output
         if generated >= self.sequence.max_tokens:
             return FinishReason.LENGTH
         if len(self.sequence.prompt) + generated >= self.settings.max_sequence_length:
@@ -216,6 +228,7 @@ class GenerationEngine:
         self.decoder = make_decoder(pool.sessions[0].session, settings.io_binding, settings.kv_head_dim,
                                     settings.limits.max_running)
         self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
+        self.grammars = Grammars(settings.tokenizer_file, settings.eos_token_ids, self.decoder.vocab_size)
         self.scheduler = Scheduler(settings.limits)
         # reused blocks are fed from the host: not where the cache lives on a GPU
         self.prefix_cache = PrefixCache(settings.prefix_cache_tokens, self.stats) if (
@@ -280,9 +293,10 @@ class GenerationEngine:
     ) -> "TokenStream":
         """Queues the sequence (or refuses it at once when too many wait) and returns its tokens as
         they come; closing the stream before the end (a client gone) aborts the sequence."""
+        constraint = self.grammars.constraint(params.structured) if params.structured else None
         sequence = Sequence(next(self._ids), prompt, params.max_tokens)
         text = TextStream(self.codec, params.stop)
-        request = _Request(sequence, params, Sampler(params), text, self.settings)
+        request = _Request(sequence, params, Sampler(params), text, self.settings, constraint=constraint)
         self.scheduler.add(sequence)
         self._requests[sequence.id] = request
         self.stats.prompt_tokens += len(prompt)
@@ -426,7 +440,7 @@ class GenerationEngine:
         request.last_token = now
         self.stats.generated_tokens += 1
         reason = request.finish_reason(token, len(sequence.generated))
-        by_token = reason is FinishReason.STOP  # an eos or stop token: not part of the output
+        by_token = reason is FinishReason.STOP and request.ends_by_token(token)
         visible = sequence.generated[:-1] if by_token else sequence.generated
         text = request.text.push(visible, reason is not None)
         if request.text.stopped:

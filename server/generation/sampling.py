@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from server.core.errors import InvalidArgument
+from server.generation.structured import STRUCTURED_KEYS, structured_spec
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
     frequency_penalty: float = 0.0  # and this times the number of times it was generated
     logit_bias: tuple[tuple[int, float], ...] = ()  # added to the logits of these token ids
+    structured: tuple[str, str] | None = None  # a grammar the output must follow (structured.py)
 
     @property
     def greedy(self) -> bool:
@@ -79,11 +81,11 @@ def sampling_params(
 ) -> SamplingParams:
     """From a request's parameters (Triton's generate extension, OpenAI's completions, gRPC); a key that
     is none of them is refused rather than ignored."""
-    unknown = sorted(set(parameters) - set(SAMPLING_KEYS) - PROTOCOL_KEYS)
+    unknown = sorted(set(parameters) - set(SAMPLING_KEYS) - set(STRUCTURED_KEYS) - PROTOCOL_KEYS)
     if unknown:
         raise InvalidArgument(
             f"unknown generation parameter {', '.join(map(repr, unknown))}; the parameters are "
-            f"{', '.join(SAMPLING_KEYS)}"
+            f"{', '.join(SAMPLING_KEYS + STRUCTURED_KEYS)}"
         )
     ignore_eos = parameters.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
@@ -102,6 +104,7 @@ def sampling_params(
         presence_penalty=float(_number(parameters, "presence_penalty", 0.0, -2.0, 2.0)),
         frequency_penalty=float(_number(parameters, "frequency_penalty", 0.0, -2.0, 2.0)),
         logit_bias=_logit_bias(parameters.get("logit_bias")),
+        structured=structured_spec(parameters),
     )
 
 

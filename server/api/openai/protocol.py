@@ -8,15 +8,17 @@ from fastapi import Request
 from server.api.http.context import json_of
 from server.core.errors import InvalidArgument
 from server.core.fields import boolean, integer
-from server.core.types import TextRequest
+from server.core.types import STRUCTURED_OUTPUT_KEYS, TextRequest
 
 SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty",
-            "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty", "logit_bias"}
+            "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty", "logit_bias",
+            *STRUCTURED_OUTPUT_KEYS}
 COMPLETION_SAMPLING = SAMPLING | {"logprobs"}
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
-COMPLETION_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "best_of", "echo", "user"}
+COMPLETION_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "best_of", "echo", "user",
+                     "response_format", "metadata"}
 CHAT_FIELDS = {"model", "messages", "stream", "stream_options", "n", "user", "max_completion_tokens",
-               "logprobs", "top_logprobs"}
+               "logprobs", "top_logprobs", "response_format", "metadata", "store"}
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
 ENCODING_FORMATS = ("float", "base64")
 # parameters ortserve does not implement, accepted only at the value that changes nothing (clients send them)
@@ -52,6 +54,18 @@ class _Generation:
         return {"model": _model(payload), "n": n, "stream": stream,
                 "include_usage": bool(options.get("include_usage"))}
 
+    @staticmethod
+    def sampling_of(payload: dict, keys: set) -> dict:
+        """The sampling parameters sent, with OpenAI's `response_format` as the grammar it asks for."""
+        sampling = {k: v for k, v in payload.items() if k in keys and v is not None}
+        structured = _response_format(payload.get("response_format"))
+        if structured is not None:
+            if any(key in sampling for key in STRUCTURED_OUTPUT_KEYS):
+                raise InvalidArgument("'response_format' and vLLM's structured outputs both constrain the "
+                                      "output: send one")
+            sampling["structured_outputs"] = structured
+        return sampling
+
 
 @dataclass
 class CompletionRequest(_Generation):
@@ -73,7 +87,7 @@ class CompletionRequest(_Generation):
                                   "or a list of such lists")
         _refuse_unsupported(payload, COMPLETION_SAMPLING | COMPLETION_FIELDS, COMPLETION_NEUTRAL,
                             "/v1/completions")
-        sampling = {k: v for k, v in payload.items() if k in COMPLETION_SAMPLING and v is not None}
+        sampling = cls.sampling_of(payload, COMPLETION_SAMPLING)
         sampling.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
         n, best_of = common["n"], payload.get("best_of")
         if best_of is not None:
@@ -108,7 +122,7 @@ class ChatRequest(_Generation):
     def from_json(cls, payload: dict) -> "ChatRequest":
         common = cls.common(payload)
         _refuse_unsupported(payload, SAMPLING | CHAT_FIELDS, CHAT_NEUTRAL, "/v1/chat/completions")
-        sampling = {k: v for k, v in payload.items() if k in SAMPLING}
+        sampling = cls.sampling_of(payload, SAMPLING)
         wanted, top = boolean(payload.get("logprobs"), "'logprobs'", False), payload.get("top_logprobs")
         if top is not None and not wanted:
             raise InvalidArgument("'top_logprobs' needs 'logprobs': true")
@@ -150,6 +164,28 @@ class EmbeddingRequest:
     @classmethod
     async def from_http(cls, request: Request) -> "EmbeddingRequest":
         return cls.from_json(await json_of(request))
+
+
+def _response_format(value) -> dict | None:
+    """OpenAI's `response_format` as vLLM's `structured_outputs` (None: free text)."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise InvalidArgument("'response_format' of type json_schema needs 'json_schema': "
+                                  "{\"name\": ..., \"schema\": {...}}")
+        schema = spec.get("schema", {"type": "object"})
+        if not isinstance(schema, dict):
+            raise InvalidArgument("'response_format.json_schema.schema' must be a JSON object (a schema)")
+        return {"json": schema}
+    raise InvalidArgument(f"'response_format' must be {{\"type\": \"text\" | \"json_object\" | "
+                          f"\"json_schema\"}}, got {value!r}")
 
 
 def text_inputs(value, field: str) -> list:

@@ -1,0 +1,155 @@
+"""Structured outputs: a grammar that every sampled token must keep valid, enforced while decoding with
+llguidance. Before a constrained row samples, the grammar's token bitmask sets every token it forbids to
+-inf in that row's logits, so constrained and free rows share a decode step; the row ends when the
+grammar is complete. Grammars compile once per spec (cached) and each request takes a copy.
+
+A spec is vLLM's `structured_outputs` ({"json": schema} | {"json_object": true} | {"regex": r} |
+{"choice": [...]} | {"grammar": lark or GBNF}) or its older `guided_json` / `guided_regex` /
+`guided_choice` / `guided_grammar` parameters; the OpenAI front end turns `response_format` into one."""
+
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from server.core.errors import InvalidArgument
+from server.core.types import STRUCTURED_OUTPUT_KEYS
+
+KINDS = ("json", "json_object", "regex", "choice", "grammar")
+LEGACY = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+          "guided_grammar": "grammar"}
+STRUCTURED_KEYS = STRUCTURED_OUTPUT_KEYS
+_CACHED = 256
+_JSON_OPTIONS = {"whitespace_flexible": False}  # compact JSON, as OpenAI's answers
+
+
+def structured_spec(parameters: dict) -> tuple[str, str] | None:
+    """The request's constraint as (kind, canonical text), or None; InvalidArgument names what is wrong."""
+    given = {key: parameters[key] for key in STRUCTURED_KEYS if parameters.get(key) is not None}
+    if not given:
+        return None
+    if len(given) > 1:
+        names = ", ".join(map(repr, given))
+        raise InvalidArgument(f"parameters {names} each constrain the output: send one")
+    key, value = next(iter(given.items()))
+    if key != "structured_outputs":
+        value = {LEGACY[key]: value}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"parameter 'structured_outputs' must be a JSON object, got {value!r}")
+    chosen = {kind: v for kind, v in value.items() if v is not None and v is not False}
+    if set(value) - set(KINDS) or len(chosen) != 1:
+        raise InvalidArgument(
+            f"parameter 'structured_outputs' takes one of {', '.join(KINDS)}, got {value!r}"
+        )
+    kind, text = next(iter(chosen.items()))
+    return kind, _canonical(kind, text)
+
+
+def _canonical(kind: str, value) -> str:
+    if kind == "json":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise InvalidArgument(f"the JSON schema does not parse: {error}") from None
+        if not isinstance(value, dict | bool):
+            raise InvalidArgument(f"a JSON schema must be a JSON object, got {type(value).__name__}")
+        return json.dumps(value, sort_keys=True)
+    if kind == "json_object":
+        return "{}"
+    if kind == "choice":
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise InvalidArgument(f"'choice' must be a list of non-empty strings, got {value!r}")
+        return json.dumps(value)
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"'{kind}' must be a non-empty string, got {value!r}")
+    return value
+
+
+class Grammars:
+    """One generation model's compiled grammars, over its tokenizer."""
+
+    def __init__(self, tokenizer_file: Path | None, eos_token_ids: frozenset[int], vocab_size: int | None):
+        self.tokenizer_file, self.eos_token_ids, self.vocab_size = tokenizer_file, eos_token_ids, vocab_size
+        self._tokenizer = None
+        self._templates: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def constraint(self, spec: tuple[str, str]) -> "RowConstraint":
+        """A fresh constraint for one request (InvalidArgument where the grammar does not compile)."""
+        with self._lock:
+            template = self._templates.get(spec)
+            if template is None:
+                template = self._compile(spec)
+                self._templates[spec] = template
+                if len(self._templates) > _CACHED:
+                    self._templates.popitem(last=False)
+            self._templates.move_to_end(spec)
+            return RowConstraint(template.deep_copy(), self._tokenizer.vocab_size)
+
+    def _compile(self, spec: tuple[str, str]):
+        import llguidance
+
+        if self.tokenizer_file is None:
+            raise InvalidArgument("structured outputs need the model's tokenizer (tokenizer_file), and this "
+                                  "model has none")
+        if self._tokenizer is None:
+            eos = min(self.eos_token_ids, default=(self.vocab_size or 1) - 1)  # the grammar's own end
+            self._tokenizer = llguidance.LLTokenizer(Path(self.tokenizer_file).read_text(), eos_token=eos)
+        kind, text = spec
+        matcher = llguidance.LLMatcher(self._tokenizer, _grammar(llguidance, kind, text), log_level=0)
+        if matcher.is_error():
+            raise InvalidArgument(f"the {_NAMES[kind]} cannot be compiled: {matcher.get_error()}")
+        return matcher
+
+
+_NAMES = {"json": "JSON schema", "json_object": "JSON object grammar", "regex": "regular expression",
+          "choice": "choice", "grammar": "grammar"}
+
+
+def _grammar(llguidance, kind: str, text: str) -> str:
+    matcher = llguidance.LLMatcher
+    try:
+        if kind in ("json", "json_object"):
+            schema = json.loads(text) if kind == "json" else {"type": "object"}
+            return matcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+        if kind == "regex":
+            return matcher.grammar_from_regex(text)
+        if kind == "choice":
+            return matcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in json.loads(text)))
+        lark = llguidance.gbnf_to_lark(text) if "::=" in text else text  # GBNF (llama.cpp's) or Lark
+        return matcher.grammar_from_lark(lark)
+    except (ValueError, TypeError) as error:
+        raise InvalidArgument(f"the {_NAMES[kind]} cannot be compiled: {error}") from None
+
+
+class RowConstraint:
+    """One request's grammar state: masks its logits before it samples, follows its tokens after."""
+
+    def __init__(self, matcher, vocab_size: int):
+        self.matcher, self.vocab_size = matcher, vocab_size
+        self.accepted = 0
+        self.complete_at: int | None = None  # the count of tokens with which the grammar completed
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        """`logits` (one row) with the tokens the grammar forbids at -inf (in place where it may be)."""
+        if not logits.flags.writeable:
+            logits = logits.copy()
+        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        allowed = np.unpackbits(bits, bitorder="little")[: min(self.vocab_size, logits.shape[-1])]
+        logits[: allowed.size][allowed == 0] = -np.inf
+        logits[allowed.size:] = -np.inf
+        return logits
+
+    def accept(self, token: int) -> None:
+        self.matcher.consume_token(token)
+        self.accepted += 1
+        if self.complete_at is None and self.matcher.is_stopped():
+            self.complete_at = self.accepted
+
+    def completes_at(self, generated: int) -> bool:
+        """Whether the row's `generated`-th token completed the grammar (nothing more may follow). Asked
+        by count, not of the matcher's state: a decode run samples ahead of the tokens it delivers."""
+        return self.complete_at == generated

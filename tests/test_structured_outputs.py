@@ -1,0 +1,187 @@
+"""Structured outputs and tool calls through the OpenAI API, against a real server process serving a small
+random Qwen2-architecture chat model with its own tokenizer and a Hermes-style chat template (tools in
+<tools>, calls in <tool_call>), called with the `openai` package. A random model writes nonsense: the tests
+judge that what it writes is valid and constrained, not that it is clever."""
+
+import json
+import random
+import subprocess
+import sys
+from typing import Literal
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from loadtest.server_process import start_server, stop_server
+from tests.test_llm_export import checkpoint_with_tokenizer
+
+HERMES = (
+    "{%- if tools %}<|im_start|>system\n"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+    "{% else %}You are helpful.{% endif %}\n\n"
+    "# Tools\n\nYou may call one or more functions. Their signatures, within <tools></tools>:\n<tools>"
+    "{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools>\n\n"
+    "For each call, return a JSON object with the function's name and arguments within "
+    "<tool_call></tool_call>:"
+    "\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n"
+    "{% elif messages[0]['role'] == 'system' %}<|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message.role == 'user' or (message.role == 'system' and not loop.first) or "
+    "(message.role == 'assistant' and not message.tool_calls) %}"
+    "<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n"
+    "{% elif message.role == 'assistant' %}<|im_start|>assistant\n"
+    "{% if message.content %}{{ message.content }}"
+    "{% endif %}{% for tool_call in message.tool_calls %}{% if tool_call.function is defined %}"
+    "{% set tool_call = tool_call.function %}{% endif %}\n<tool_call>\n{\"name\": \"{{ tool_call.name }}\", "
+    "\"arguments\": {{ tool_call.arguments | tojson }}}\n</tool_call>{% endfor %}<|im_end|>\n"
+    "{% elif message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}\n"
+    "</tool_response><|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+ASK = [{"role": "user", "content": "Describe a file as JSON."}]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("structured")
+    checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2", HERMES, positions=2048)
+    repository = root / "repository"
+    subprocess.run([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
+                    "--repository", str(repository), "--name", "tiny"], check=True, capture_output=True,
+                   timeout=600)
+    server = start_server(repository, root / "server.log", ready_model="tiny")
+    yield server
+    assert stop_server(server) == 0, server.output()
+
+
+@pytest.fixture
+def client(served):
+    return openai.OpenAI(base_url=f"http://{served.http_url}/v1", api_key="unused", max_retries=0)
+
+
+def varied_schemas(count: int, seed: int = 0) -> list[dict]:
+    """Nested objects, arrays, enums, booleans, bounded integers and strings, required fields: every leaf
+    bounded, so that a valid document is always finite."""
+    rng = random.Random(seed)
+
+    def leaf():
+        kind = rng.choice(["integer", "string", "enum", "boolean", "const"])
+        if kind == "integer":
+            low = rng.randint(-50, 50)
+            return {"type": "integer", "minimum": low, "maximum": low + rng.randint(0, 500)}
+        if kind == "string":
+            return {"type": "string", "maxLength": rng.randint(1, 8)}
+        if kind == "enum":
+            return {"enum": rng.sample(["red", "green", "blue", "cyan", 3, True, None], rng.randint(1, 4))}
+        if kind == "const":
+            return {"const": rng.choice(["v1", 7, False])}
+        return {"type": "boolean"}
+
+    def value(depth):
+        roll = rng.random()
+        if depth < 3 and roll < 0.25:
+            return node(depth + 1)
+        if depth < 3 and roll < 0.4:
+            return {"type": "array", "items": value(depth + 1), "minItems": rng.randint(0, 1),
+                    "maxItems": rng.randint(1, 3)}
+        return leaf()
+
+    def node(depth):
+        fields = ["id", "name", "size", "kind", "tags", "owner", "meta", "ok", "mode"]
+        names = rng.sample(fields, rng.randint(1, 4))
+        properties = {name: value(depth) for name in names}
+        required = [name for name in names if rng.random() < 0.7]
+        return {"type": "object", "properties": properties, "required": required,
+                "additionalProperties": False}
+
+    return [node(0) for _ in range(count)]
+
+
+def test_json_schema_answers_parse_and_validate_over_varied_schemas(client):
+    schemas = varied_schemas(200)
+    for index, schema in enumerate(schemas):
+        answer = client.chat.completions.create(
+            model="tiny", messages=ASK, max_tokens=300, seed=index, temperature=1.0,
+            response_format={"type": "json_schema", "json_schema": {"name": f"s{index}", "schema": schema}})
+        choice = answer.choices[0]
+        assert choice.finish_reason == "stop", (schema, choice.message.content)
+        jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+class Verdict(BaseModel):
+    verdict: Literal["yes", "no"]
+    score: int = Field(ge=0, le=9)
+    label: str = Field(max_length=6)
+
+
+def test_the_openai_client_parses_the_answer_into_a_pydantic_model_streamed_or_not(client):
+    parsed = client.chat.completions.parse(model="tiny", messages=ASK, response_format=Verdict,
+                                           max_tokens=100)
+    verdict = parsed.choices[0].message.parsed
+    assert isinstance(verdict, Verdict) and 0 <= verdict.score <= 9
+    with client.chat.completions.stream(model="tiny", messages=ASK, response_format=Verdict,
+                                        max_tokens=100) as stream:
+        final = stream.get_final_completion()
+    assert isinstance(final.choices[0].message.parsed, Verdict)
+
+
+def test_json_object_regex_and_choice_as_vllm_takes_them(client):
+    anything = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=200, seed=3,
+                                              response_format={"type": "json_object"})
+    if anything.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(anything.choices[0].message.content), dict)
+    else:  # cut by max_tokens: says so, and is a prefix of an object
+        assert anything.choices[0].finish_reason == "length"
+        assert anything.choices[0].message.content.startswith("{")
+    regex = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=20,
+                                           extra_body={"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"}})
+    assert regex.choices[0].finish_reason == "stop"
+    assert len(regex.choices[0].message.content) == 6 and regex.choices[0].message.content[3] == "-"
+    choice = client.completions.create(model="tiny", prompt="Pick:", max_tokens=20,
+                                       extra_body={"guided_choice": ["left", "right", "up"]})
+    assert choice.choices[0].text in ("left", "right", "up") and choice.choices[0].finish_reason == "stop"
+
+
+def test_a_cut_answer_says_length_and_bad_formats_are_refused_naming_the_problem(client, served):
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 50}}, "required": ["a"]}
+    cut = client.chat.completions.create(
+        model="tiny", messages=ASK, max_tokens=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    assert cut.choices[0].finish_reason == "length" and cut.choices[0].message.content.startswith('{"')
+    url = f"http://{served.http_url}/v1/chat/completions"
+    for response_format, fragment in (
+        ({"type": "json_schema", "json_schema": {"name": "a", "schema": {"$ref": "#/nowhere"}}},
+         "the JSON schema cannot be compiled"),
+        ({"type": "json_schema", "json_schema": {"schema": schema}}, "needs 'json_schema': {\"name\""),
+        ({"type": "yaml"}, "'response_format' must be"),
+    ):
+        refused = httpx.post(url, json={"model": "tiny", "messages": ASK, "response_format": response_format})
+        assert refused.status_code == 400 and fragment in refused.json()["error"]["message"], refused.text
+    both = httpx.post(url, json={"model": "tiny", "messages": ASK, "guided_regex": "a+",
+                                 "response_format": {"type": "json_object"}})
+    assert both.status_code == 400 and "both constrain the output" in both.json()["error"]["message"]
+
+
+def test_constrained_and_free_rows_share_decode_steps_without_touching_each_other(client):
+    """A greedy free answer is the same alone and beside constrained ones running in the same batch."""
+    import concurrent.futures
+
+    def free():
+        return client.chat.completions.create(model="tiny", messages=ASK, max_tokens=24, temperature=0,
+                                              extra_body={"ignore_eos": True}).choices[0].message.content
+
+    def constrained(seed):
+        return client.chat.completions.create(
+            model="tiny", messages=ASK, max_tokens=24, seed=seed,
+            extra_body={"structured_outputs": {"regex": "[a-c]{24}"}}).choices[0].message.content
+
+    alone = free()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = [pool.submit(constrained, seed) for seed in range(6)] + [pool.submit(free)]
+        answers = [future.result() for future in together]
+    assert answers[-1] == alone
+    assert all(len(a) == 24 and set(a) <= set("abc") for a in answers[:-1])
