@@ -185,3 +185,108 @@ def test_constrained_and_free_rows_share_decode_steps_without_touching_each_othe
         answers = [future.result() for future in together]
     assert answers[-1] == alone
     assert all(len(a) == 24 and set(a) <= set("abc") for a in answers[:-1])
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                                    "unit": {"enum": ["c", "f"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}},
+                                       "required": ["zone"], "additionalProperties": False}}}
+TOOLS = [WEATHER, TIME]
+SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
+
+
+def assert_valid_calls(calls, names=tuple(SCHEMAS)):
+    assert calls
+    for call in calls:
+        assert call.type == "function" and call.id.startswith("call_") and call.function.name in names
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def test_a_required_tool_call_always_parses_streamed_or_not(client):
+    for seed in range(5):
+        answer = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS,
+                                                tool_choice="required", parallel_tool_calls=False,
+                                                max_tokens=200, seed=seed)
+        choice = answer.choices[0]
+        assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+        assert_valid_calls(choice.message.tool_calls)
+    named = client.chat.completions.create(
+        model="tiny", messages=ASK, tools=TOOLS, max_tokens=200,
+        tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert_valid_calls(named.choices[0].message.tool_calls, ("get_time",))
+    stream = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required",
+                                            max_tokens=300, stream=True, seed=7)
+    deltas, finish = [], None
+    for chunk in stream:
+        for choice in chunk.choices:
+            deltas += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls" and [d.index for d in deltas] == list(range(len(deltas)))
+    assert_valid_calls(deltas)
+
+
+def test_a_tool_call_round_trip_with_the_result_sent_back(client):
+    first = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required",
+                                           parallel_tool_calls=False, max_tokens=200)
+    call = first.choices[0].message.tool_calls[0]
+    messages = [*ASK, first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'}]
+    second = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS, max_tokens=8,
+                                            extra_body={"ignore_eos": True})
+    assert second.choices[0].finish_reason == "length"  # auto: the model may answer in text
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens  # the call and its result were read
+
+
+def test_langchain_binds_tools_and_asks_for_structured_output(served):
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(model="tiny", base_url=f"http://{served.http_url}/v1", api_key="unused", max_tokens=200,
+                      max_retries=0)
+    called = chat.bind_tools(TOOLS, tool_choice="get_weather").invoke("Weather in Paris?")
+    assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather"
+    jsonschema.validate(called.tool_calls[0]["args"], SCHEMAS["get_weather"])
+    streamed = None
+    for piece in chat.bind_tools(TOOLS, tool_choice="required").stream("Time?"):
+        streamed = piece if streamed is None else streamed + piece
+    assert streamed.tool_calls and streamed.tool_calls[0]["name"] in SCHEMAS
+    verdict = chat.with_structured_output(Verdict, method="json_schema").invoke("Yes or no?")
+    assert isinstance(verdict, Verdict)
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0] must be"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "'tool_choice' must name one of the tools (get_weather, get_time)"),
+    ({"tool_choice": "required"}, "'tool_choice' needs 'tools'"),
+    ({"tools": TOOLS, "tool_choice": "required", "guided_regex": "a"}, "both constrain the output"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}]},
+     "arguments of 'f' are not JSON"),
+])
+def test_bad_tool_requests_are_refused_naming_the_problem(served, body, fragment):
+    answer = httpx.post(f"http://{served.http_url}/v1/chat/completions",
+                        json={"model": "tiny", "messages": ASK, **body})
+    assert answer.status_code == 400 and fragment in answer.json()["error"]["message"], answer.text
+
+
+def test_tool_calls_read_in_the_hermes_and_llama_formats_and_templates_without_tools_refuse_them():
+    from server.core.errors import InvalidArgument
+    from server.text.chat import ChatTemplate
+    from server.text.tools import parse, template_format
+    from tests.test_llm_export import CHATML
+
+    content, calls = parse('Let me look.\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>',
+                           "hermes", {"f"})
+    assert content == "Let me look."
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"x": 1})]
+    assert parse('<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>', "hermes", {"f"}) == (
+        '<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>', [])  # an unknown tool stays text
+    assert parse("<tool_call>\n{\"name\": \"f\"", "hermes", {"f"})[1] == []  # cut short: text
+    content, calls = parse('<|python_tag|>{"name": "f", "parameters": {"y": "z"}}', "llama", {"f"})
+    assert content is None and json.loads(calls[0].arguments) == {"y": "z"}
+    assert template_format(HERMES) == "hermes" and template_format(CHATML) is None
+    with pytest.raises(InvalidArgument, match="takes no tools"):
+        ChatTemplate(CHATML, {}).render(ASK, tools=TOOLS)

@@ -92,6 +92,26 @@ class ModelIndexEntry:
     reason: str
 
 
+@dataclass(frozen=True)
+class ToolUse:
+    """A chat's tools, OpenAI's function definitions, and how it may use them."""
+
+    tools: list[dict]  # [{"type": "function", "function": {"name", "description", "parameters"}}]
+    choice: str = "auto"  # "auto", "required" (some call), or the name of the one function to call
+    parallel: bool = True  # several calls in one answer
+
+    @property
+    def functions(self) -> list[dict]:
+        return [tool["function"] for tool in self.tools]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON object, as OpenAI's API carries it
+
+
 @dataclass
 class GenerateRequest:
     """A prompt as text or token ids, with sampling parameters, for a generation model."""
@@ -103,6 +123,7 @@ class GenerateRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     protocol: str = ""
     messages: list | None = None  # a chat: rendered with the model's chat template in place of `text`
+    tools: ToolUse | None = None  # tools the chat may call (rendered by the template with it)
     traceparent: str = ""  # W3C trace context the client sent, continued by the request's trace
 
 

@@ -13,7 +13,14 @@ import numpy as np
 
 from server.core.errors import Internal, InvalidArgument, Unavailable, failure_reason
 from server.core.stats import ModelStats
-from server.core.types import FinishReason, TokenEvent, TokenLogprob
+from server.core.types import (
+    STRUCTURED_OUTPUT_KEYS,
+    FinishReason,
+    TokenEvent,
+    TokenLogprob,
+    ToolCall,
+    ToolUse,
+)
 from server.generation.decode_run import DecodedStep, DecodeRun
 from server.generation.decoder import make_decoder
 from server.generation.prefix_cache import BLOCK as PREFIX_BLOCK
@@ -25,6 +32,8 @@ from server.generation.structured import Grammars, RowConstraint
 from server.generation.text import TextCodec, TextStream, prompt_ids
 from server.runtime.executor import InstancePool
 from server.text.chat import ChatTemplate
+from server.text.tools import grammar as tool_grammar
+from server.text.tools import parse as parse_tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -254,20 +263,25 @@ class GenerationEngine:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def prompt(self, text: str | None, ids: list[int] | None, messages: list | None = None) -> list[int]:
+    def prompt(self, text: str | None, ids: list[int] | None, messages: list | None = None,
+               tools: ToolUse | None = None) -> list[int]:
         """The prompt's token ids (of a chat rendered with the model's template, when `messages`)."""
         if messages is not None:
             if self.settings.chat is None:
                 raise InvalidArgument("this model has no chat template (its tokenizer files define none); "
                                       "use /v1/completions with a prompt")
-            text, ids = self.settings.chat.render(messages), None
+            text, ids = self.settings.chat.render(messages, tools=tools.tools if tools else None), None
         return prompt_ids(self.codec, text, ids, self.decoder.vocab_size, special_tokens=messages is None)
 
     def prepare(
-        self, text: str | None, ids: list[int] | None, parameters: dict, messages: list | None = None
+        self, text: str | None, ids: list[int] | None, parameters: dict, messages: list | None = None,
+        tools: ToolUse | None = None,
     ) -> tuple[list[int], SamplingParams]:
-        """The prompt's token ids and the sampling parameters, or a clear error about either."""
-        prompt = self.prompt(text, ids, messages)
+        """The prompt's token ids and the sampling parameters, or a clear error about either. A chat that
+        must call a tool gets the grammar of its calls."""
+        prompt = self.prompt(text, ids, messages, tools)
+        if tools is not None and tools.choice != "auto":
+            parameters = self._calling(parameters, tools)
         limit = self.settings.max_sequence_length
         if len(prompt) >= limit:
             raise InvalidArgument(
@@ -286,6 +300,18 @@ class GenerationEngine:
                 f"tokens and the model's context is {limit}, so at most {room} can be generated"
             )
         return prompt, params
+
+    def _calling(self, parameters: dict, tools: ToolUse) -> dict:
+        if any(parameters.get(key) is not None for key in STRUCTURED_OUTPUT_KEYS):
+            raise InvalidArgument("a required tool call and structured outputs both constrain the output: "
+                                  "send one")
+        functions = [f for f in tools.functions if tools.choice in ("required", f["name"])]
+        calls = tool_grammar(functions, self.settings.chat.tool_format, tools.parallel)
+        return {**parameters, "structured_outputs": {"grammar": calls}}
+
+    def tool_calls(self, text: str, tools: ToolUse) -> tuple[str | None, list[ToolCall]]:
+        """The answer's content and the calls it makes, read in the format the chat template asks for."""
+        return parse_tool_calls(text, self.settings.chat.tool_format, {f["name"] for f in tools.functions})
 
     def submit(
         self, prompt: list[int], params: SamplingParams,

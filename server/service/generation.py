@@ -15,6 +15,7 @@ from server.core.types import (
     Tensor,
     TokenEvent,
     TokenLogprob,
+    ToolCall,
 )
 from server.generation.engine import TokenStream
 from server.repository.model import ModelVersion
@@ -42,7 +43,7 @@ class GenerationService:
         trace = self.tracer.start(model.name, request.protocol, request.traceparent, "GenerateRequest")
         try:
             prompt, params = model.engine.prepare(
-                request.text, request.input_ids, request.parameters, request.messages
+                request.text, request.input_ids, request.parameters, request.messages, request.tools
             )
             tokens = model.engine.submit(prompt, params, _recorder(model, start, request.protocol, trace))
             tokens.model_version = str(model.version)
@@ -53,6 +54,12 @@ class GenerationService:
             if trace is not None:
                 trace.end(str(model.version), error=error)
             raise
+
+    def tool_calls(self, request: GenerateRequest, text: str) -> tuple[str | None, list[ToolCall]]:
+        """A chat answer's content and the tool calls it makes (none where the request gave no tools)."""
+        if request.tools is None:
+            return text, []
+        return self._model(request).engine.tool_calls(text, request.tools)
 
     async def echo(self, request: GenerateRequest, logprobs: int | None) -> TokenEvent:
         """The prompt as the model reads it: its token ids and text, and with `logprobs` each token's

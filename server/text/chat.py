@@ -6,8 +6,9 @@ from datetime import datetime
 from pathlib import Path
 
 from server.core.errors import InvalidArgument
+from server.text.tools import template_format
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
@@ -30,6 +31,7 @@ class ChatTemplate:
         environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self.template = environment.from_string(source)
         self.special_tokens = special_tokens
+        self.tool_format = template_format(source)  # None: the template takes no tools
 
     @classmethod
     def from_model_dir(cls, model_dir: Path) -> "ChatTemplate | None":
@@ -44,9 +46,15 @@ class ChatTemplate:
             return None
         return cls(source, {key: _content(config[key]) for key in SPECIAL_TOKENS if config.get(key)})
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None
+               ) -> str:
+        """As transformers' `apply_chat_template(messages, tools=...)`: tools in OpenAI's form."""
+        if tools and self.tool_format is None:
+            raise InvalidArgument("this model's chat template takes no tools, so it cannot call them; send "
+                                  "the request without 'tools'")
+        context = {**self.special_tokens, **({"tools": tools} if tools else {})}
         return self.template.render(messages=check_messages(messages),
-                                    add_generation_prompt=add_generation_prompt, **self.special_tokens)
+                                    add_generation_prompt=add_generation_prompt, **context)
 
 
 def _content(token) -> str:
@@ -54,27 +62,59 @@ def _content(token) -> str:
 
 
 def check_messages(messages) -> list[dict]:
-    """OpenAI's messages with text content (a string, or a list of text parts joined)."""
+    """OpenAI's messages with text content (a string, or a list of text parts joined), assistant messages
+    with `tool_calls` (their arguments as objects, as chat templates write them) and `tool` results."""
     if not isinstance(messages, list) or not messages:
         raise InvalidArgument("'messages' must be a non-empty list of {role, content} objects")
-    checked = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidArgument(f"messages[{index}] must be an object with 'role' and 'content'")
-        unknown = sorted(set(message) - {"role", "content", "name"})
-        if unknown:
-            fields = ", ".join(map(repr, unknown))
-            raise InvalidArgument(f"messages[{index}]: field {fields} is not supported")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise InvalidArgument(f"messages[{index}].role must be one of {', '.join(ROLES)}, got {role!r}")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise InvalidArgument(f"messages[{index}].content parts must be text parts "
-                                      "({\"type\": \"text\", \"text\": ...}); ortserve serves text models")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise InvalidArgument(f"messages[{index}].content must be a string or a list of text parts")
-        checked.append({**message, "content": content})
-    return checked
+    return [_checked(index, message) for index, message in enumerate(messages)]
+
+
+_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id"}
+
+
+def _checked(index: int, message) -> dict:
+    if not isinstance(message, dict):
+        raise InvalidArgument(f"messages[{index}] must be an object with 'role' and 'content'")
+    unknown = sorted(set(message) - _FIELDS)
+    if unknown:
+        fields = ", ".join(map(repr, unknown))
+        raise InvalidArgument(f"messages[{index}]: field {fields} is not supported")
+    role, content = message.get("role"), message.get("content")
+    if role not in ROLES:
+        raise InvalidArgument(f"messages[{index}].role must be one of {', '.join(ROLES)}, got {role!r}")
+    checked = dict(message)
+    if message.get("tool_calls") is not None:
+        if role != "assistant":
+            raise InvalidArgument(f"messages[{index}]: only assistant messages carry 'tool_calls'")
+        checked["tool_calls"] = [_tool_call(index, call) for call in _list(index, message["tool_calls"])]
+        content = content or ""
+    if isinstance(content, list):
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                   for p in content):
+            raise InvalidArgument(f"messages[{index}].content parts must be text parts "
+                                  "({\"type\": \"text\", \"text\": ...}); ortserve serves text models")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise InvalidArgument(f"messages[{index}].content must be a string or a list of text parts")
+    return {**checked, "content": content}
+
+
+def _list(index: int, value) -> list:
+    if not isinstance(value, list):
+        raise InvalidArgument(f"messages[{index}].tool_calls must be a list")
+    return value
+
+
+def _tool_call(index: int, call) -> dict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidArgument(f"messages[{index}].tool_calls: each is {{\"id\", \"type\": \"function\", "
+                              "\"function\": {\"name\", \"arguments\"}}")
+    arguments = function.get("arguments") or {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as error:
+            raise InvalidArgument(f"messages[{index}].tool_calls: arguments of '{function['name']}' are not "
+                                  f"JSON: {error}") from None
+    return {**call, "type": "function", "function": {"name": function["name"], "arguments": arguments}}

@@ -1,6 +1,7 @@
 """OpenAI's request bodies, each parsed and checked once: the fields ortserve serves, their defaults, and
 the sampling parameters the generation engine takes."""
 
+import re
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -8,7 +9,7 @@ from fastapi import Request
 from server.api.http.context import json_of
 from server.core.errors import InvalidArgument
 from server.core.fields import boolean, integer
-from server.core.types import STRUCTURED_OUTPUT_KEYS, TextRequest
+from server.core.types import STRUCTURED_OUTPUT_KEYS, TextRequest, ToolUse
 
 SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty",
             "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty", "logit_bias",
@@ -18,12 +19,13 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 COMPLETION_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "best_of", "echo", "user",
                      "response_format", "metadata"}
 CHAT_FIELDS = {"model", "messages", "stream", "stream_options", "n", "user", "max_completion_tokens",
-               "logprobs", "top_logprobs", "response_format", "metadata", "store"}
+               "logprobs", "top_logprobs", "response_format", "metadata", "store", "tools", "tool_choice",
+               "parallel_tool_calls"}
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
 ENCODING_FORMATS = ("float", "base64")
 # parameters ortserve does not implement, accepted only at the value that changes nothing (clients send them)
 COMPLETION_NEUTRAL = {"suffix": None}
-CHAT_NEUTRAL = {"tools": [], "tool_choice": "none", "parallel_tool_calls": False}
+CHAT_NEUTRAL: dict = {}
 MAX_CHOICES = 16
 
 
@@ -117,6 +119,7 @@ class CompletionRequest(_Generation):
 @dataclass
 class ChatRequest(_Generation):
     messages: list
+    tools: ToolUse | None  # None: no tools, or tool_choice "none"
 
     @classmethod
     def from_json(cls, payload: dict) -> "ChatRequest":
@@ -132,7 +135,7 @@ class ChatRequest(_Generation):
             sampling["max_tokens"] = payload["max_completion_tokens"]
         if sampling.get("max_tokens", 0) is None:
             del sampling["max_tokens"]
-        return cls(**common, sampling=sampling, messages=payload.get("messages"))
+        return cls(**common, sampling=sampling, messages=payload.get("messages"), tools=_tool_use(payload))
 
     @classmethod
     async def from_http(cls, request: Request) -> "ChatRequest":
@@ -164,6 +167,46 @@ class EmbeddingRequest:
     @classmethod
     async def from_http(cls, request: Request) -> "EmbeddingRequest":
         return cls.from_json(await json_of(request))
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _tool_use(payload: dict) -> ToolUse | None:
+    """OpenAI's `tools`, `tool_choice` and `parallel_tool_calls`, checked."""
+    tools, choice = payload.get("tools") or [], payload.get("tool_choice")
+    if not isinstance(tools, list):
+        raise InvalidArgument("'tools' must be a list of {\"type\": \"function\", \"function\": {...}}")
+    names = [_function_name(index, tool) for index, tool in enumerate(tools)]
+    parallel = boolean(payload.get("parallel_tool_calls"), "'parallel_tool_calls'", True)
+    if isinstance(choice, dict):
+        function = choice.get("function") if choice.get("type") == "function" else None
+        choice = function.get("name") if isinstance(function, dict) else None
+        if choice not in names:
+            known = ", ".join(names) or "none sent"
+            raise InvalidArgument(f"'tool_choice' must name one of the tools ({known}) as "
+                                  "{\"type\": \"function\", \"function\": {\"name\": ...}}")
+    elif choice not in (None, "none", "auto", "required"):
+        raise InvalidArgument(
+            f"'tool_choice' must be none, auto, required or a named function, got {choice!r}"
+        )
+    if choice not in (None, "none") and not tools:
+        raise InvalidArgument("'tool_choice' needs 'tools'")
+    if not tools or choice == "none":
+        return None
+    return ToolUse(tools, choice or "auto", parallel)
+
+
+def _function_name(index: int, tool) -> str:
+    function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        raise InvalidArgument(f"tools[{index}] must be {{\"type\": \"function\", \"function\": {{\"name\": "
+                              "letters, digits, _ or -, at most 64}}}}")
+    parameters = function.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidArgument(f"tools[{index}].function.parameters must be a JSON schema (an object)")
+    return name
 
 
 def _response_format(value) -> dict | None:

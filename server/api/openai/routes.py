@@ -6,6 +6,7 @@ import dataclasses
 import json
 import time
 import uuid
+from functools import partial
 from typing import Annotated
 
 import numpy as np
@@ -17,8 +18,10 @@ from server.api.http.streams import SSE_HEADERS, collect, usage
 from server.api.openai.errors import OpenAIRoute
 from server.api.openai.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
 from server.api.openai.streaming import (
+    ToolCallChoices,
     chat_choices,
     chat_logprobs,
+    chat_message,
     chunks,
     completion_choices,
     completion_logprobs,
@@ -90,25 +93,28 @@ async def _prompt_choices(service: Service, body: CompletionRequest, prompt, tra
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, service: Served, body: Chat):
-    streams = []
+    streams, asked = [], []
     try:
         for index in range(body.n):
             choice = GenerateRequest(body.model, parameters=body.choice_parameters(index), protocol="http",
-                                     messages=body.messages, traceparent=trace_context(request))
+                                     messages=body.messages, tools=body.tools,
+                                     traceparent=trace_context(request))
             streams.append(service.generation.generate(choice))
+            asked.append(choice)
     except ServerError:
         for tokens in streams:
             await tokens.aclose()
         raise
     completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                   "created": int(time.time()), "model": body.model}
+    calls = partial(service.generation.tool_calls, asked[0])
     if body.stream:
         chunk = {**completion, "object": "chat.completion.chunk"}
-        answer = chunks(streams, chunk, body.include_usage, len(streams), chat_choices)
+        shape = ToolCallChoices(calls) if body.tools else chat_choices
+        answer = chunks(streams, chunk, body.include_usage, len(streams), shape)
         return StreamingResponse(answer, media_type="text/event-stream", headers=SSE_HEADERS)
     wholes = await collect(request, streams)
-    choices = [{"index": index, "message": {"role": "assistant", "content": whole.text},
-                "logprobs": chat_logprobs(whole), "finish_reason": whole.finish_reason}
+    choices = [{"index": index, **chat_message(whole, *calls(whole.text)), "logprobs": chat_logprobs(whole)}
                for index, whole in enumerate(wholes)]
     return {**completion, "choices": choices,
             "usage": usage(wholes[0].prompt_tokens, sum(whole.generated_tokens for whole in wholes))}

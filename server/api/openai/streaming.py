@@ -5,7 +5,7 @@ from collections.abc import Callable
 from server.api.http.streams import sse, usage
 from server.api.openai.errors import error_body
 from server.core.errors import ServerError
-from server.core.types import TokenEvent
+from server.core.types import FinishReason, TokenEvent, ToolCall
 
 
 async def chunks(streams, chunk: dict, include_usage: bool, n: int, choices: Callable):
@@ -45,6 +45,48 @@ def chat_choices(index: int, event: TokenEvent | None) -> list[dict]:
     if event.finish_reason is not None:
         choices.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": event.finish_reason})
     return choices
+
+
+def chat_message(whole: TokenEvent, content: str | None, calls: list[ToolCall]) -> dict:
+    """A whole chat choice's message and finish reason: with the tool calls it makes, "tool_calls"."""
+    message = {"role": "assistant", "content": content}
+    if not calls:
+        return {"message": message, "finish_reason": whole.finish_reason}
+    reason = "tool_calls" if whole.finish_reason == FinishReason.STOP else whole.finish_reason
+    return {"message": {**message, "tool_calls": [_call(call) for call in calls]}, "finish_reason": reason}
+
+
+def _call(call: ToolCall, index: int | None = None) -> dict:
+    entry = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    return entry if index is None else {"index": index, **entry}
+
+
+class ToolCallChoices:
+    """Chat chunks where the chat may call tools: a choice's text is held until it ends (only then is it
+    known to be calls or content), then comes as its content and its calls, as OpenAI streams them."""
+
+    def __init__(self, read_calls: Callable[[str], tuple[str | None, list[ToolCall]]]):
+        self.read_calls, self.texts = read_calls, {}
+
+    def __call__(self, index: int, event: TokenEvent | None) -> list[dict]:
+        if event is None:
+            return chat_choices(index, None)
+        self.texts[index] = self.texts.get(index, "") + event.text
+        if event.finish_reason is None:
+            return []
+        content, calls = self.read_calls(self.texts.pop(index))
+        whole = chat_message(event, content, calls)
+        choices = []
+        if content:
+            choices.append({"index": index, "delta": {"content": content}, "logprobs": None,
+                            "finish_reason": None})
+        if calls:
+            deltas = [_call(call, position) for position, call in enumerate(calls)]
+            choices.append({"index": index, "delta": {"tool_calls": deltas}, "logprobs": None,
+                            "finish_reason": None})
+        finish = whole["finish_reason"]
+        choices.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": finish})
+        return choices
 
 
 def completion_choices(index: int, event: TokenEvent | None) -> list[dict]:

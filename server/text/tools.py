@@ -1,0 +1,75 @@
+"""Tool calls in the formats of the model families ortserve serves: how a chat template asks for them, the
+grammar that makes a required call always parse, and the calls read back out of the generated text.
+
+- hermes: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, one block per call (Qwen2.5,
+  Hermes, SmolLM3 and most ChatML templates with tools);
+- llama: a bare JSON object `{"name": ..., "parameters": {...}}` (Llama 3.1 / 3.2 templates)."""
+
+import json
+import re
+import uuid
+
+from server.core.types import ToolCall
+
+FORMATS = ("hermes", "llama")
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_COMPACT = {"whitespace_flexible": False}
+
+
+def template_format(source: str) -> str | None:
+    """The format a chat template asks for, or None when it takes no tools."""
+    if "tools" not in source:
+        return None
+    return "hermes" if "<tool_call>" in source else "llama"
+
+
+def grammar(tools: list[dict], format_: str, parallel: bool) -> str:
+    """A Lark grammar (llguidance's, with %json) whose every sentence is one call (or several, where
+    `parallel`) of one of `tools`, its arguments valid against the tool's parameters."""
+    key = "arguments" if format_ == "hermes" else "parameters"
+    calls = {"anyOf": [{
+        "type": "object",
+        "properties": {"name": {"const": tool["name"]}, key: tool.get("parameters") or {"type": "object"}},
+        "required": ["name", key], "additionalProperties": False,
+    } for tool in tools], "x-guidance": _COMPACT}
+    if format_ == "llama":
+        return f"start: %json {json.dumps(calls)}"
+    repeat = "+" if parallel else ""
+    return (f'start: call{repeat}\ncall: "<tool_call>\\n" body "\\n</tool_call>" "\\n"?\n'
+            f"body: %json {json.dumps(calls)}")
+
+
+def parse(text: str, format_: str, tool_names: set[str]) -> tuple[str | None, list[ToolCall]]:
+    """The text's content (before any call; None when empty) and its calls of known tools. Text that does
+    not hold a whole, well-formed call stays content."""
+    if format_ == "hermes":
+        blocks = _HERMES.findall(text)
+        content = text.split("<tool_call>", 1)[0].strip() if blocks else text
+    else:
+        stripped = text.strip().removeprefix("<|python_tag|>").strip()
+        blocks, content = ([stripped], "") if stripped.startswith("{") else ([], text)
+    calls = []
+    for block in blocks:
+        call = _call(block, "arguments" if format_ == "hermes" else "parameters", tool_names)
+        if call is None:
+            return text, []
+        calls.append(call)
+    return (content or None) if calls else text, calls
+
+
+def _call(block: str, key: str, tool_names: set[str]) -> ToolCall | None:
+    try:
+        value = json.loads(block)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or value.get("name") not in tool_names:
+        return None
+    arguments = value.get(key, value.get("arguments", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    return ToolCall(f"call_{uuid.uuid4().hex[:24]}", value["name"], json.dumps(arguments))
