@@ -142,6 +142,7 @@ class TextRequest:
     raw_scores: bool = False
     model_version: str = ""
     protocol: str = ""
+    max_inputs: int = 0  # more texts than the model takes at once (OpenAI's 2048), run in waves; 0: refused
 
 
 @dataclass

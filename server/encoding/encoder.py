@@ -67,16 +67,17 @@ class TextService:
         count = len(request.inputs)
         if count == 0:
             raise InvalidArgument("the request holds no input texts")
-        if count > self.settings.max_client_batch_size:
+        if count > (request.max_inputs or self.settings.max_client_batch_size):
+            rule = "" if request.max_inputs else " (max_client_batch_size)"
             raise TooLarge(
                 f"the request holds {count} inputs; model '{self.model_name}' takes at most "
-                f"{self.settings.max_client_batch_size} per request (max_client_batch_size)"
+                f"{request.max_inputs or self.settings.max_client_batch_size} per request{rule}"
             )
         start = time.perf_counter_ns()
         texts = await asyncio.to_thread(self._encode, request)
         self.stats.record(len(texts.encoded), texts.tokens, sum(e.truncated for e in texts.encoded),
                           time.perf_counter_ns() - start)
-        if texts.tokens > self.settings.max_batch_tokens:
+        if texts.tokens > self.settings.max_batch_tokens and not request.max_inputs:
             raise TooLarge(
                 f"the request holds {texts.tokens} tokens; model '{self.model_name}' takes at most "
                 f"{self.settings.max_batch_tokens} per request (max_batch_tokens)"
@@ -120,11 +121,24 @@ class TextService:
         return feeds
 
     async def run(self, request: TextRequest, texts: Texts, infer: Infer) -> list[np.ndarray]:
-        """Each text through `infer` (the model's scheduler); its pooled vector or scores."""
-        results = await asyncio.gather(
-            *(infer(self.feeds([e]), [self.settings.output]) for e in texts.encoded)
-        )
+        """Each text through `infer` (the model's scheduler); its pooled vector or scores. Texts go in
+        waves of at most max_client_batch_size texts and max_batch_tokens tokens, one after another, so
+        that a request of many (OpenAI's up to 2048) takes its turns instead of filling the model's queue."""
+        results = []
+        for wave in self._waves(texts.encoded):
+            results += await asyncio.gather(*(infer(self.feeds([e]), [self.settings.output]) for e in wave))
         return [self._result(request, outputs[self.settings.output][0]) for outputs, _ in results]
+
+    def _waves(self, encoded: list[Encoded]) -> list[list[Encoded]]:
+        waves, tokens = [[]], 0
+        for item in encoded:
+            full = len(waves[-1]) == self.settings.max_client_batch_size
+            if waves[-1] and (full or tokens + len(item.ids) > self.settings.max_batch_tokens):
+                waves.append([])
+                tokens = 0
+            waves[-1].append(item)
+            tokens += len(item.ids)
+        return waves
 
     def _result(self, request: TextRequest, output: np.ndarray) -> np.ndarray:
         if self.settings.task == "classify":

@@ -27,6 +27,7 @@ ENCODING_FORMATS = ("float", "base64")
 COMPLETION_NEUTRAL = {"suffix": None}
 CHAT_NEUTRAL: dict = {}
 MAX_CHOICES = 16
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per /v1/embeddings request
 
 
 @dataclass
@@ -162,7 +163,8 @@ class EmbeddingRequest:
         if dimensions is not None:
             integer(dimensions, "'dimensions'", 1, expected="a positive integer")
         inputs = text_inputs(payload.get("input"), "input")
-        return cls(TextRequest(model, "embed", inputs, dimensions=dimensions, protocol="http"), encoding)
+        return cls(TextRequest(model, "embed", inputs, dimensions=dimensions, protocol="http",
+                               max_inputs=MAX_EMBEDDING_INPUTS), encoding)
 
     @classmethod
     async def from_http(cls, request: Request) -> "EmbeddingRequest":
