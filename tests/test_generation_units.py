@@ -295,7 +295,7 @@ class _Row:
     def __init__(self, ends_after: int):
         self.ends_after = ends_after
 
-    def sample(self, logits, generated):
+    def sample(self, logits, generated, masked=False):
         return int(np.argmax(logits))
 
     def may_end(self, token, generated):

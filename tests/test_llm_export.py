@@ -275,7 +275,9 @@ def test_chat_completions_equal_transformers_and_stream_the_same_text(chat_serve
 @pytest.mark.parametrize("body, fragment", [
     ({"model": "ids_only", "messages": CHAT}, "this model has no chat template"),
     ({"model": "tiny", "messages": CHAT, "top_logprobs": 2}, "'top_logprobs' needs 'logprobs': true"),
-    ({"model": "tiny", "messages": CHAT, "tools": [{"type": "function"}]}, "'tools' is not supported"),
+    ({"model": "tiny", "messages": CHAT, "tools": [{"type": "function"}]}, "tools[0] must be"),
+    ({"model": "tiny", "messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]},
+     "this model's chat template takes no tools"),
     ({"model": "tiny", "messages": CHAT, "presence_penalty": 3}, "'presence_penalty' must be a number >= -2"),
     ({"model": "tiny", "messages": []}, "'messages' must be a non-empty list"),
     ({"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role must be one of"),

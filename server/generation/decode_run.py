@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from server.generation.protocols import KVCache, TokenDecoder
+from server.generation.structured import StepMasks
 
 
 class DecodingRow(Protocol):
@@ -22,7 +23,7 @@ class DecodingRow(Protocol):
 
     logprobs: bool
 
-    def sample(self, logits: np.ndarray, generated: list[int]) -> int: ...
+    def sample(self, logits: np.ndarray, generated: list[int], masked: bool = False) -> int: ...
 
     def may_end(self, token: int, generated: int) -> bool: ...
 
@@ -52,12 +53,13 @@ class DecodeRun:
 
     def __call__(self, _session) -> None:
         """The steps, on the worker thread: each step's tokens are handed over as the next one starts."""
-        last, step = [tokens[-1] for tokens in self.history], None
+        last, step, masks = [tokens[-1] for tokens in self.history], None, StepMasks(self.rows)
         while True:
             started = time.perf_counter_ns()
             logits = self.decoder.decode(last, self.cache, self._starting(step))
             elapsed = time.perf_counter_ns() - started
-            last = [row.sample(row_logits, tokens)
+            logits = masks.apply(logits)  # the constrained rows', all at once
+            last = [row.sample(row_logits, tokens, masked=True)
                     for row, row_logits, tokens in zip(self.rows, logits, self.history)]
             step = DecodedStep(last, logits.copy() if self.scored else None, elapsed)  # `logits` is reused
             for tokens, token in zip(self.history, last):

@@ -148,10 +148,13 @@ class _Request:
     def logprobs(self) -> bool:
         return self.params.logprobs is not None
 
-    def sample(self, logits: np.ndarray, generated: list[int]) -> int:
+    def sample(self, logits: np.ndarray, generated: list[int], masked: bool = False) -> int:
+        """The next token; a constrained row's `logits` masked here unless they already are (`masked`: a
+        decode run masks its rows at once)."""
         if self.constraint is None:
             return self.sampler(logits, self.sequence.prompt, generated)
-        token = self.sampler(self.constraint.mask(logits), self.sequence.prompt, generated)
+        token = self.sampler(logits if masked else self.constraint.mask(logits), self.sequence.prompt,
+                             generated)
         self.constraint.accept(token)
         return token
 
@@ -319,7 +322,8 @@ class GenerationEngine:
     ) -> "TokenStream":
         """Queues the sequence (or refuses it at once when too many wait) and returns its tokens as
         they come; closing the stream before the end (a client gone) aborts the sequence."""
-        constraint = self.grammars.constraint(params.structured) if params.structured else None
+        structured, ignore_eos = params.structured, params.ignore_eos
+        constraint = self.grammars.constraint(structured, ignore_eos) if structured else None
         sequence = Sequence(next(self._ids), prompt, params.max_tokens)
         text = TextStream(self.codec, params.stop)
         request = _Request(sequence, params, Sampler(params), text, self.settings, constraint=constraint)

@@ -77,8 +77,9 @@ class Grammars:
         self._templates: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def constraint(self, spec: tuple[str, str]) -> "RowConstraint":
-        """A fresh constraint for one request (InvalidArgument where the grammar does not compile)."""
+    def constraint(self, spec: tuple[str, str], ignore_eos: bool = False) -> "RowConstraint":
+        """A fresh constraint for one request (InvalidArgument where the grammar does not compile). With
+        `ignore_eos` the model's end tokens stay forbidden while the grammar may go on."""
         with self._lock:
             template = self._templates.get(spec)
             if template is None:
@@ -87,7 +88,8 @@ class Grammars:
                 if len(self._templates) > _CACHED:
                     self._templates.popitem(last=False)
             self._templates.move_to_end(spec)
-            return RowConstraint(template.deep_copy(), self._tokenizer.vocab_size)
+            ends = tuple(self.eos_token_ids) if ignore_eos else ()
+            return RowConstraint(template.deep_copy(), self._tokenizer.vocab_size, ends)
 
     def _compile(self, spec: tuple[str, str]):
         import llguidance
@@ -128,8 +130,8 @@ def _grammar(llguidance, kind: str, text: str) -> str:
 class RowConstraint:
     """One request's grammar state: masks its logits before it samples, follows its tokens after."""
 
-    def __init__(self, matcher, vocab_size: int):
-        self.matcher, self.vocab_size = matcher, vocab_size
+    def __init__(self, matcher, vocab_size: int, forbidden: tuple[int, ...] = ()):
+        self.matcher, self.vocab_size, self.forbidden = matcher, vocab_size, list(forbidden)
         self.accepted = 0
         self.complete_at: int | None = None  # the count of tokens with which the grammar completed
 
@@ -141,6 +143,8 @@ class RowConstraint:
         allowed = np.unpackbits(bits, bitorder="little")[: min(self.vocab_size, logits.shape[-1])]
         logits[: allowed.size][allowed == 0] = -np.inf
         logits[allowed.size:] = -np.inf
+        if self.forbidden:
+            logits[self.forbidden] = -np.inf
         return logits
 
     def accept(self, token: int) -> None:
@@ -153,3 +157,45 @@ class RowConstraint:
         """Whether the row's `generated`-th token completed the grammar (nothing more may follow). Asked
         by count, not of the matcher's state: a decode run samples ahead of the tokens it delivers."""
         return self.complete_at == generated
+
+
+class StepMasks:
+    """The masks of a decode run's constrained rows for each step, computed at once by llguidance's
+    executor (in parallel, without the GIL) into one array and applied to every constrained row together:
+    a mask per row after each step would cost more than the row's sampling."""
+
+    _executor = None
+
+    def __init__(self, rows: list):
+        self.rows = [(index, row.constraint) for index, row in enumerate(rows)
+                     if getattr(row, "constraint", None) is not None]
+        self.vocab = self.rows[0][1].vocab_size if self.rows else 0
+        self.bits = np.zeros((len(self.rows), (self.vocab + 31) // 32), np.int32)
+        self.every_row = [index for index, _ in self.rows] == list(range(len(rows)))
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        """`logits` ([rows, vocab]) with each constrained row's forbidden tokens at -inf."""
+        if not self.rows:
+            return logits
+        if StepMasks._executor is None:
+            import llguidance
+
+            StepMasks._executor = llguidance.LLExecutor()
+        matchers = [(constraint.matcher, k) for k, (_, constraint) in enumerate(self.rows)]
+        StepMasks._executor.unsafe_compute_mask_ptr(matchers, self.bits.ctypes.data, self.bits.shape[1] * 4,
+                                                    len(self.rows))
+        if not logits.flags.writeable:
+            logits = logits.copy()
+        width = min(self.vocab, logits.shape[1])
+        forbidden = np.unpackbits(self.bits.view(np.uint8), axis=1, count=width, bitorder="little") == 0
+        if self.every_row:
+            np.copyto(logits[:, :width], -np.inf, where=forbidden)
+            logits[:, width:] = -np.inf
+        else:
+            for k, (row, _) in enumerate(self.rows):
+                np.copyto(logits[row, :width], -np.inf, where=forbidden[k])
+                logits[row, width:] = -np.inf
+        for row, constraint in self.rows:
+            if constraint.forbidden:
+                logits[row, constraint.forbidden] = -np.inf
+        return logits

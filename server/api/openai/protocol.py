@@ -204,7 +204,7 @@ def _function_name(index: int, tool) -> str:
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
         raise InvalidArgument(f"tools[{index}] must be {{\"type\": \"function\", \"function\": {{\"name\": "
-                              "letters, digits, _ or -, at most 64}}}}")
+                              "letters, digits, _ or -, at most 64}}")
     parameters = function.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise InvalidArgument(f"tools[{index}].function.parameters must be a JSON schema (an object)")
