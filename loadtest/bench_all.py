@@ -23,6 +23,7 @@ def steps(repository: Path, soak_seconds: float) -> list[list[str]]:
         ["loadtest.bench_exporters", "--repository", str(repository)],
         ["loadtest.bench_generation", "--repository", str(repository)],
         ["loadtest.bench_structured", "--repository", str(repository)],
+        ["loadtest.bench_clients", "--repository", str(repository)],
         ["loadtest.bench_sequences"],
         ["loadtest.bench_shared_memory"],
         ["loadtest.bench_gpu"],
