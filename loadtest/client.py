@@ -150,7 +150,8 @@ async def http_load(port: int, path: str, bodies: list[tuple[bytes, dict]], conc
 
 
 async def grpc_load(address, messages: list[bytes], concurrency, seconds) -> Result:
-    async with grpc.aio.insecure_channel(address) as channel:
+    unbounded = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    async with grpc.aio.insecure_channel(address, options=unbounded) as channel:  # tensor-sized answers
         call = channel.unary_unary(f"/{SERVICE_NAME}/ModelInfer")
 
         async def send(_, message):
