@@ -27,9 +27,9 @@ EDGES = {
 
 def _answer(tensor: Tensor) -> dict:
     response = InferResponse("m", "1", "", [tensor], {})
-    body, json_length = codec.encode_infer(response, binary_default=False)
-    assert json_length is None
-    return json.loads(body)["outputs"][0]
+    parts, json_length = codec.encode_infer(response, binary_default=False)
+    assert json_length is None and len(parts) == 1
+    return json.loads(parts[0])["outputs"][0]
 
 
 @pytest.mark.parametrize("datatype", sorted(EDGES))

@@ -57,7 +57,7 @@ class CudaRuntime:
         self._copy(device_id, host.ctypes.data, pointer, size, "cudaMemcpyDeviceToHost")
         return host.data
 
-    def to_device(self, device_id: int, pointer: int, data: bytes) -> None:
+    def to_device(self, device_id: int, pointer: int, data: bytes | memoryview) -> None:
         host = np.frombuffer(data, np.uint8)
         self._copy(device_id, pointer, host.ctypes.data, host.size, "cudaMemcpyHostToDevice")
 

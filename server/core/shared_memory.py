@@ -30,7 +30,7 @@ class SystemRegion:
     def read(self, start: int, size: int) -> bytes:
         return self.memory[self.offset + start : self.offset + start + size]
 
-    def write(self, start: int, data: bytes) -> None:
+    def write(self, start: int, data: bytes | memoryview) -> None:
         self.memory[self.offset + start : self.offset + start + len(data)] = data
 
     def release(self) -> None:
@@ -51,7 +51,7 @@ class CudaRegion:
     def read(self, start: int, size: int) -> bytes:
         return self.runtime.to_host(self.device_id, self.pointer + start, size)
 
-    def write(self, start: int, data: bytes) -> None:
+    def write(self, start: int, data: bytes | memoryview) -> None:
         self.runtime.to_device(self.device_id, self.pointer + start, data)
 
     def release(self) -> None:
@@ -203,7 +203,7 @@ class SharedMemory:
     def read(self, use: RegionUse) -> bytes:
         return self._span(use).read(use.offset, use.byte_size)
 
-    def write(self, use: RegionUse, data: bytes) -> None:
+    def write(self, use: RegionUse, data: bytes | memoryview) -> None:
         if len(data) > use.byte_size:
             raise InvalidArgument(
                 f"output needs {len(data)} bytes but shared memory region '{use.name}' was given "

@@ -67,6 +67,15 @@ def to_raw(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
+def raw_view(array: np.ndarray) -> memoryview:
+    """The raw bytes of `array`, without a copy where its memory already holds them (contiguous,
+    little-endian)."""
+    if array.dtype.kind in "OSU":
+        return memoryview(to_raw(array))
+    ordered = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return memoryview(ordered.reshape(-1)).cast("B")
+
+
 def as_bytes(item) -> bytes:
     return item.encode() if isinstance(item, str) else bytes(item)
 

@@ -96,7 +96,7 @@ class InferenceService:
             use = RegionUse.from_parameters(tensor.name, wanted.parameters) if wanted else None
             if use is None:
                 continue
-            data = tensors.to_raw(tensor.data)
+            data = tensors.raw_view(tensor.data)  # copied once, into the region
             self.shared_memory.write(use, data)
             placed[tensor.name] = {"shared_memory_region": use.name, "shared_memory_byte_size": len(data)}
             if use.offset:

@@ -32,8 +32,9 @@ def parameters(entries) -> dict:
     }
 
 
-def decode_infer(request) -> InferRequest:
-    """Raw contents, where sent, come one per input that is not in shared memory, in order."""
+def decode_infer(request, raw_views: list | None = None) -> InferRequest:
+    """Raw contents, where sent, come one per input that is not in shared memory, in order: `raw_views`
+    (views of the received message, `wire.split_raw_inputs`) in place of the message's own."""
     shared, plain = [], []
     for item in request.inputs:
         if "shared_memory_region" in item.parameters:
@@ -41,7 +42,7 @@ def decode_infer(request) -> InferRequest:
             shared.append((item.name, item.datatype, list(item.shape), use))
         else:
             plain.append(item)
-    raw = request.raw_input_contents
+    raw = request.raw_input_contents if raw_views is None else raw_views
     if raw and len(raw) != len(plain):
         raise InvalidArgument(
             f"raw_input_contents has {len(raw)} entries but the request has {len(plain)} inputs outside "
@@ -83,7 +84,9 @@ def _typed(item) -> list:
     return list(getattr(item.contents, field))
 
 
-def encode_infer(response: InferResponse):
+def encode_infer(response: InferResponse, raw_outputs: list | None = None):
+    """The response message; with `raw_outputs` (a list to fill) the outputs' raw bytes go there, as
+    views, for `wire.with_raw_outputs`, instead of into the message."""
     encoded = ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
@@ -94,7 +97,10 @@ def encode_infer(response: InferResponse):
             for key, value in shared.items():
                 kind = "string_param" if isinstance(value, str) else "int64_param"
                 setattr(output.parameters[key], kind, value)
-        encoded.raw_output_contents.append(b"" if shared is not None else tensors.to_raw(tensor.data))
+        if raw_outputs is not None:
+            raw_outputs.append(b"" if shared is not None else tensors.raw_view(tensor.data))
+        else:
+            encoded.raw_output_contents.append(b"" if shared is not None else tensors.to_raw(tensor.data))
     for key, value in response.parameters.items():
         field = "string_param"
         if isinstance(value, bool | int):

@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.api import access_log as access
-from server.api.grpc import codec
+from server.api.grpc import codec, wire
 from server.api.grpc.errors import STATUS
 from server.api.restrictions import NO_RESTRICTIONS, Restrictions, grpc_group
 from server.core.errors import InvalidArgument, ServerError
@@ -125,11 +125,17 @@ class GrpcInferenceService:
             setattr(response.settings[key], _LOG_SETTING_FIELD[type(value)], value)
         return response
 
-    async def ModelInfer(self, request, context):
-        return codec.encode_infer(await self.service.inference.infer(self._decoded(request, context)))
+    async def ModelInfer(self, received, context):
+        """`received`: the message and views of its raw contents (`wire.split_raw_inputs`). The answer is
+        serialized here, each output written once into it."""
+        request, raw = received
+        response = await self.service.inference.infer(self._decoded(request, context, raw))
+        raw_outputs: list = []
+        rest = codec.encode_infer(response, raw_outputs).SerializeToString()
+        return wire.with_raw_outputs(rest, raw_outputs)
 
-    def _decoded(self, request, context) -> InferRequest:
-        decoded = codec.decode_infer(request)
+    def _decoded(self, request, context, raw: list | None = None) -> InferRequest:
+        decoded = codec.decode_infer(request, raw)
         if self.service.tracing.on:  # the one check an untraced server pays
             decoded.traceparent = dict(context.invocation_metadata() or ()).get("traceparent", "")
         return decoded
@@ -186,14 +192,20 @@ def _parse(message_type, data: bytes):
         raise InvalidArgument(f"malformed {name} protobuf: {error}") from None
 
 
-def _unary(method, request_type: str, access_log: bool):
+def _parse_infer(message_type, data: bytes):
+    """A ModelInferRequest without its raw contents, and views of them in the received bytes."""
+    rest, raw = wire.split_raw_inputs(data)
+    return _parse(message_type, rest), raw
+
+
+def _unary(method, request_type: str, access_log: bool, parse=_parse):
     message_type = message(request_type)
     name = request_type.removesuffix("Request")
 
     async def handle(data: bytes, context):
         started, status = time.perf_counter(), "OK"
         try:
-            return await method(_parse(message_type, data), context)
+            return await method(parse(message_type, data), context)
         except ServerError as error:
             status = STATUS[error.code].name
             await context.abort(STATUS[error.code], error.message)
@@ -205,9 +217,12 @@ def _unary(method, request_type: str, access_log: bool):
             if access_log:
                 access.record("grpc", "rpc", name, status, started, context.peer())
 
-    return grpc.unary_unary_rpc_method_handler(
-        handle, request_deserializer=None, response_serializer=lambda m: m.SerializeToString()
-    )
+    return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=None,
+                                               response_serializer=_serialized)
+
+
+def _serialized(answer) -> bytes:
+    return answer if isinstance(answer, bytes) else answer.SerializeToString()
 
 
 def handlers(service: GrpcInferenceService, access_log: bool = True) -> grpc.GenericRpcHandler:
@@ -217,7 +232,6 @@ def handlers(service: GrpcInferenceService, access_log: bool = True) -> grpc.Gen
         "ModelReady": "ModelReadyRequest",
         "ServerMetadata": "ServerMetadataRequest",
         "ModelMetadata": "ModelMetadataRequest",
-        "ModelInfer": "ModelInferRequest",
         "ModelConfig": "ModelConfigRequest",
         "ModelStatistics": "ModelStatisticsRequest",
         "RepositoryIndex": "RepositoryIndexRequest",
@@ -233,6 +247,7 @@ def handlers(service: GrpcInferenceService, access_log: bool = True) -> grpc.Gen
         "LogSettings": "LogSettingsRequest",
     }
     methods = {name: _unary(getattr(service, name), request, access_log) for name, request in unary.items()}
+    methods["ModelInfer"] = _unary(service.ModelInfer, "ModelInferRequest", access_log, _parse_infer)
     methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
         service.ModelStreamInfer, response_serializer=lambda m: m.SerializeToString()
     )

@@ -136,8 +136,10 @@ def _decode_output(item) -> RequestedOutput:
     return RequestedOutput.from_parameters(_field(item, "name", str), _field(item, "parameters", dict, {}))
 
 
-def encode_infer(response: InferResponse, binary_default: bool) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, the JSON header's length."""
+def encode_infer(response: InferResponse, binary_default: bool) -> tuple[list, int | None]:
+    """The response body as parts to send one after another (the JSON header, then each binary output as a
+    view of its array: no copy of a tensor is made to answer it) and, when any output is binary, the JSON
+    header's length."""
     outputs = []
     chunks = []
     for tensor in response.outputs:
@@ -147,8 +149,8 @@ def encode_infer(response: InferResponse, binary_default: bool) -> tuple[bytes, 
         if tensor.name in response.shm_outputs:
             entry["parameters"] = response.shm_outputs[tensor.name]
         elif binary:
-            raw = tensors.to_raw(tensor.data)
-            entry["parameters"] = {"binary_data_size": len(raw)}
+            raw = tensors.raw_view(tensor.data)
+            entry["parameters"] = {"binary_data_size": raw.nbytes}
             chunks.append(raw)
         else:
             entry["data"] = _json_data(tensor.data)
@@ -160,9 +162,7 @@ def encode_infer(response: InferResponse, binary_default: bool) -> tuple[bytes, 
         document["parameters"] = response.parameters
     document["outputs"] = outputs
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not chunks:
-        return header, None
-    return b"".join([header, *chunks]), len(header)
+    return [header, *chunks], len(header) if chunks else None
 
 
 def _json_data(array: np.ndarray) -> list | np.ndarray:

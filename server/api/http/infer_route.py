@@ -51,16 +51,35 @@ class InferRoute:
             decoded.traceparent = request.headers.get("traceparent", "")
         binary_default = boolean(decoded.parameters.get("binary_data_output"), "'binary_data_output'",
                                  decoded.raw_input is not None)
-        content, json_length = codec.encode_infer(await self.inference.infer(decoded), binary_default)
+        parts, json_length = codec.encode_infer(await self.inference.infer(decoded), binary_default)
         headers = {}
         if json_length is not None:
             headers[codec.HEADER_LENGTH] = str(json_length)
         media_type = "application/json" if json_length is None else "application/octet-stream"
         encoding = _accepted_encoding(request.headers.get("accept-encoding", ""))
         if encoding:
+            content = b"".join(parts)
             content = gzip.compress(content) if encoding == "gzip" else zlib.compress(content)
-            headers["Content-Encoding"] = encoding
-        return Response(content, headers=headers, media_type=media_type)
+            return Response(content, headers={**headers, "Content-Encoding": encoding}, media_type=media_type)
+        if len(parts) == 1:
+            return Response(parts[0], headers=headers, media_type=media_type)
+        return PartsResponse(parts, headers, media_type)
+
+
+class PartsResponse(Response):
+    """A body sent as its parts (the JSON header, then views of the output arrays): the transport writes
+    each as it is, where joining them would copy every tensor once more."""
+
+    def __init__(self, parts: list, headers: dict, media_type: str):
+        length = sum(memoryview(part).nbytes for part in parts)
+        super().__init__(None, headers={**headers, "content-length": str(length)}, media_type=media_type)
+        self.parts = parts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = len(self.parts) - 1
+        for index, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": index < last})
 
 
 def _accepted_encoding(accept: str) -> str | None:

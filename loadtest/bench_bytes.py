@@ -1,0 +1,134 @@
+"""Where large tensors cost the server CPU: an identity model (FP32 [1, n] in, the same out) fed tensors from
+16 KB to 16 MB over HTTP binary, HTTP JSON (up to 1 MB), gRPC raw_input_contents and system shared memory
+(input and output in regions), one client at a time, interleaved rounds. Reports the server's CPU per
+request and per MB moved in (the same MB come back out), and the middle round's. Writes the "bytes"
+section of BENCHMARKS.md.
+
+    python -m loadtest.bench_bytes [--seconds 2] [--rounds 3]
+"""
+
+import argparse
+import asyncio
+import json
+import tempfile
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from loadtest import client, report
+from loadtest.server_process import cpu_seconds, start_server, stop_server
+
+SIZES = (16 << 10, 256 << 10, 4 << 20, 16 << 20)
+JSON_UP_TO = 1 << 20
+KEY = "ortserve_bench_bytes"
+
+
+def identity_model() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n"])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def loads(values: np.ndarray, region_size: int) -> dict[str, object]:
+    """Each transport's request for `values`: (body, headers) for HTTP, serialized bytes for gRPC."""
+    shape = [1, int(values.size)]
+    binary = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape,
+                          "parameters": {"binary_data_size": values.nbytes}}],
+              "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+    def region(name: str) -> dict:
+        return {"shared_memory_region": name, "shared_memory_byte_size": values.nbytes}
+
+    shm = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "parameters": region("in")}],
+           "outputs": [{"name": "y", "parameters": region("out")}]}
+    header = json.dumps(binary).encode()
+    chosen = {
+        "HTTP binary": (header + values.tobytes(), {"Inference-Header-Content-Length": str(len(header))}),
+        "gRPC": client.grpc_message("identity", {"x": values.reshape(shape)}),
+        "shared memory": (json.dumps(shm).encode(), {}),
+    }
+    if values.nbytes <= JSON_UP_TO:
+        document = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": values.tolist()}]}
+        chosen["HTTP JSON"] = (json.dumps(document).encode(), {"Content-Type": "application/json"})
+    return chosen
+
+
+async def one_load(server, body, seconds: float) -> client.Result:
+    if isinstance(body, bytes):
+        return await client.grpc_load(server.grpc_url, [body], 1, seconds)
+    return await client.http_load(server.http_port, "/v2/models/identity/infer", [body], 1, seconds)
+
+
+def run(seconds: float, rounds: int) -> tuple[list[list], str]:
+    largest = max(SIZES)
+    regions = {name: shared_memory.SharedMemory(name=f"{KEY}_{name}", create=True, size=largest)
+               for name in ("in", "out")}
+    rng = np.random.default_rng(0)
+    measured: dict[tuple[int, str], list[tuple[client.Result, float]]] = {}
+    with tempfile.TemporaryDirectory() as work:
+        root = Path(work) / "repository"
+        (root / "identity" / "1").mkdir(parents=True)
+        onnx.save(identity_model(), root / "identity" / "1" / "model.onnx")
+        (root / "identity" / "config.pbtxt").write_text("max_batch_size: 0\n")
+        server = start_server(root, Path(work) / "server.log", "--access-log", "false",
+                              "--max-request-bytes", str(4 * largest), ready_model="identity")
+        try:
+            for name, region in regions.items():
+                httpx.post(f"http://{server.http_url}/v2/systemsharedmemory/region/{name}/register",
+                           json={"key": region.name, "offset": 0, "byte_size": largest}).raise_for_status()
+            for size in SIZES:
+                values = rng.standard_normal(size // 4).astype(np.float32)
+                np.ndarray(values.shape, np.float32, buffer=regions["in"].buf)[:] = values
+                for _ in range(rounds):
+                    for transport, body in loads(values, largest).items():
+                        before = cpu_seconds(server.process.pid)
+                        result = asyncio.run(one_load(server, body, seconds))
+                        cpu = cpu_seconds(server.process.pid) - before
+                        if result.failures:
+                            raise RuntimeError(f"{transport} {size}: {result.failures} failed\n"
+                                               f"{server.output()[-2000:]}")
+                        served = result.requests_per_s * (seconds + client.WARMUP)
+                        measured.setdefault((size, transport), []).append((result, cpu / max(served, 1)))
+        finally:
+            stop_server(server)
+            for region in regions.values():
+                region.close()
+                region.unlink()
+    rows = []
+    for (size, transport), results in measured.items():
+        result, cpu = report.middle(results, key=lambda pair: pair[1])
+        mb = size / (1 << 20)
+        every = ", ".join(f"{c * 1000 / mb:.3f}" for _, c in results)
+        rows.append([_size(size), transport, f"{result.requests_per_s:.0f}", f"{result.percentile(50):.2f}",
+                     f"{cpu * 1000:.3f}", f"{cpu * 1000 / mb:.3f}", every])
+    command = f"python -m loadtest.bench_bytes --seconds {seconds:g} --rounds {rounds}"
+    return rows, (f"{report.machine()}. `{command}`: an identity model, FP32 [1, n] in and out, one client; "
+                  "server CPU is the server process's user + system time over a load divided by the requests "
+                  "it served; per MB of the input (the same MB come back); the middle round's, every round's "
+                  "per-MB figure after it.")
+
+
+def _size(size: int) -> str:
+    return f"{size >> 20} MB" if size >= 1 << 20 else f"{size >> 10} KB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rows, intro = run(args.seconds, args.rounds)
+    table = report.table(["tensor", "transport", "requests/s", "p50 ms", "server CPU ms / request",
+                          "server CPU ms / MB", "ms / MB by round"], rows)
+    body = f"## Bytes\n\n{intro}\n\n{table}\n"
+    report.write_section("bytes", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
