@@ -3,7 +3,7 @@ varied JSON schemas parse and validate, and the decode speed of 16 constrained s
 ones in interleaved rounds (the grammar's token mask is computed per row before it samples). Writes the
 "structured outputs" section of BENCHMARKS.md.
 
-    python -m loadtest.bench_structured --repository model_repository [--rounds 5] [--tokens 128]
+    python -m loadtest.bench_structured --repository model_repository [--rounds 9] [--tokens 128]
 """
 
 import argparse
@@ -79,7 +79,7 @@ async def measure(url: str, rounds: int, tokens: int, schemas: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--schemas", type=int, default=200)
     args = parser.parse_args()

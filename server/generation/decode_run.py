@@ -56,9 +56,10 @@ class DecodeRun:
         last, step, masks = [tokens[-1] for tokens in self.history], None, StepMasks(self.rows)
         while True:
             started = time.perf_counter_ns()
+            masks.compute()  # the constrained rows' masks for this step, all at once
             logits = self.decoder.decode(last, self.cache, self._starting(step))
             elapsed = time.perf_counter_ns() - started
-            logits = masks.apply(logits)  # the constrained rows', all at once
+            logits = masks.apply(logits)
             last = [row.sample(row_logits, tokens, masked=True)
                     for row, row_logits, tokens in zip(self.rows, logits, self.history)]
             step = DecodedStep(last, logits.copy() if self.scored else None, elapsed)  # `logits` is reused

@@ -160,11 +160,10 @@ class RowConstraint:
 
 
 class StepMasks:
-    """The masks of a decode run's constrained rows for each step, computed at once by llguidance's
-    executor (in parallel, without the GIL) into one array and applied to every constrained row together:
-    a mask per row after each step would cost more than the row's sampling."""
-
-    _executor = None
+    """The masks of a decode run's constrained rows for each step, computed into one array on the decoding
+    thread and applied to every constrained row together: masking each row's logits on its own would cost
+    more than the row's sampling. (llguidance's parallel executor measured slower here: handing the work
+    to its threads costs more than a mask of these rows.)"""
 
     def __init__(self, rows: list):
         self.rows = [(index, row.constraint) for index, row in enumerate(rows)
@@ -173,17 +172,17 @@ class StepMasks:
         self.bits = np.zeros((len(self.rows), (self.vocab + 31) // 32), np.int32)
         self.every_row = [index for index, _ in self.rows] == list(range(len(rows)))
 
+    def compute(self) -> None:
+        """The rows' masks for their next tokens. Called before the step's graph runs: the executor lets go
+        of the GIL, and the event loop has nothing to take it for until the previous step is handed over."""
+        size = self.bits.shape[1] * 4
+        for k, (_, constraint) in enumerate(self.rows):
+            constraint.matcher.unsafe_compute_mask_ptr(self.bits[k].ctypes.data, size)
+
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """`logits` ([rows, vocab]) with each constrained row's forbidden tokens at -inf."""
         if not self.rows:
             return logits
-        if StepMasks._executor is None:
-            import llguidance
-
-            StepMasks._executor = llguidance.LLExecutor()
-        matchers = [(constraint.matcher, k) for k, (_, constraint) in enumerate(self.rows)]
-        StepMasks._executor.unsafe_compute_mask_ptr(matchers, self.bits.ctypes.data, self.bits.shape[1] * 4,
-                                                    len(self.rows))
         if not logits.flags.writeable:
             logits = logits.copy()
         width = min(self.vocab, logits.shape[1])
