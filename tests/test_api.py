@@ -402,3 +402,13 @@ def test_scalar_inputs_and_outputs_travel_as_one_element(api, model, dims):
     assert result.as_numpy("doubled").tolist() == np.full(dims, 42.0).tolist()
     config = api.config(model)
     assert [int(d) for d in config["input"][0]["dims"]] == dims and "reshape" in config["input"][0]
+
+
+def test_large_tensors_come_back_whole_through_the_in_place_paths(api):
+    """Past 64 KB a binary answer leaves as views of its arrays (HTTP) and gRPC reads and writes raw
+    contents in place: the values must still be exactly the model's."""
+    x = np.random.default_rng(3).standard_normal((2, 30_000)).astype(np.float32)  # 240 KB
+    outputs = [api.module.InferRequestedOutput("y", binary_data=True) if api.name == "http"
+               else api.module.InferRequestedOutput("y")]
+    result = api.client.infer("relu", [api.input("x", x)], outputs=outputs)
+    np.testing.assert_array_equal(result.as_numpy("y"), np.maximum(x, 0))

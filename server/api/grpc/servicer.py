@@ -130,6 +130,8 @@ class GrpcInferenceService:
         serialized here, each output written once into it."""
         request, raw = received
         response = await self.service.inference.infer(self._decoded(request, context, raw))
+        if sum(tensor.data.nbytes for tensor in response.outputs) < wire.IN_PLACE_FROM:
+            return codec.encode_infer(response)
         raw_outputs: list = []
         rest = codec.encode_infer(response, raw_outputs).SerializeToString()
         return wire.with_raw_outputs(rest, raw_outputs)
@@ -193,7 +195,10 @@ def _parse(message_type, data: bytes):
 
 
 def _parse_infer(message_type, data: bytes):
-    """A ModelInferRequest without its raw contents, and views of them in the received bytes."""
+    """A ModelInferRequest without its raw contents, and views of them in the received bytes (a small
+    one whole, and None)."""
+    if len(data) < wire.IN_PLACE_FROM:
+        return _parse(message_type, data), None
     rest, raw = wire.split_raw_inputs(data)
     return _parse(message_type, rest), raw
 

@@ -6,6 +6,7 @@ to serialize."""
 
 from server.core.errors import InvalidArgument
 
+IN_PLACE_FROM = 64 << 10  # smaller messages go through protobuf whole: a copy costs less than scanning them
 RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents
 RAW_OUTPUT_CONTENTS = 6  # ModelInferResponse.raw_output_contents
 _LENGTH_DELIMITED = 2

@@ -19,6 +19,7 @@ from server.core.errors import ServerError
 from server.core.fields import boolean
 from server.service.services import Service
 
+PARTS_FROM = 64 << 10  # a smaller body is joined and sent at once: one send costs less than a copy of it
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
@@ -61,8 +62,8 @@ class InferRoute:
             content = b"".join(parts)
             content = gzip.compress(content) if encoding == "gzip" else zlib.compress(content)
             return Response(content, headers={**headers, "Content-Encoding": encoding}, media_type=media_type)
-        if len(parts) == 1:
-            return Response(parts[0], headers=headers, media_type=media_type)
+        if sum(memoryview(part).nbytes for part in parts) < PARTS_FROM:
+            return Response(b"".join(parts), headers=headers, media_type=media_type)
         return PartsResponse(parts, headers, media_type)
 
 
