@@ -103,9 +103,11 @@ def test_json_object_regex_and_choice_as_vllm_takes_them(client):
                                            extra_body={"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"}})
     assert regex.choices[0].finish_reason == "stop"
     assert len(regex.choices[0].message.content) == 6 and regex.choices[0].message.content[3] == "-"
-    choice = client.completions.create(model="tiny", prompt="Pick:", max_tokens=20,
-                                       extra_body={"guided_choice": ["left", "right", "up"]})
-    assert choice.choices[0].text in ("left", "right", "up") and choice.choices[0].finish_reason == "stop"
+    choices = ["left", "right", "up", "naïve \"quoted\""]
+    for seed in range(4):
+        choice = client.completions.create(model="tiny", prompt="Pick:", max_tokens=20, seed=seed,
+                                           extra_body={"guided_choice": choices})
+        assert choice.choices[0].text in choices and choice.choices[0].finish_reason == "stop"
 
 
 def test_a_cut_answer_says_length_and_bad_formats_are_refused_naming_the_problem(client, served):

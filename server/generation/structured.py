@@ -120,7 +120,8 @@ def _grammar(llguidance, kind: str, text: str) -> str:
         if kind == "regex":
             return matcher.grammar_from_regex(text)
         if kind == "choice":
-            return matcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in json.loads(text)))
+            choices = " | ".join(json.dumps(c, ensure_ascii=False) for c in json.loads(text))
+            return matcher.grammar_from_lark("start: " + choices)
         lark = llguidance.gbnf_to_lark(text) if "::=" in text else text  # GBNF (llama.cpp's) or Lark
         return matcher.grammar_from_lark(lark)
     except (ValueError, TypeError) as error:
