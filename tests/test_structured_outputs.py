@@ -193,6 +193,20 @@ def test_a_required_tool_call_always_parses_streamed_or_not(client):
     assert_valid_calls(deltas)
 
 
+def test_with_tools_offered_a_text_answer_still_streams_as_it_is_generated(client):
+    asked = dict(model="tiny", messages=ASK, tools=TOOLS, max_tokens=64, temperature=0,
+                 extra_body={"ignore_eos": True})
+    whole = client.chat.completions.create(**asked).choices[0]
+    pieces, finish = [], None
+    for chunk in client.chat.completions.create(**asked, stream=True):
+        for choice in chunk.choices:
+            pieces += [choice.delta.content] if choice.delta.content else []
+            finish = choice.finish_reason or finish
+    assert "<tool_call>" not in whole.message.content and whole.message.tool_calls is None
+    # in pieces as they come (a client slower than the server gets them merged), not one piece at the end
+    assert len(pieces) >= 2 and "".join(pieces) == whole.message.content and finish == "length"
+
+
 def test_a_tool_call_round_trip_with_the_result_sent_back(client):
     first = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required",
                                            parallel_tool_calls=False, max_tokens=200)
@@ -239,7 +253,7 @@ def test_bad_tool_requests_are_refused_naming_the_problem(served, body, fragment
 def test_tool_calls_read_in_the_hermes_and_llama_formats_and_templates_without_tools_refuse_them():
     from server.core.errors import InvalidArgument
     from server.text.chat import ChatTemplate
-    from server.text.tools import parse, template_format
+    from server.text.tools import parse, streamable, template_format
     from tests.test_llm_export import CHATML
 
     content, calls = parse('Let me look.\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>',
@@ -252,5 +266,9 @@ def test_tool_calls_read_in_the_hermes_and_llama_formats_and_templates_without_t
     content, calls = parse('<|python_tag|>{"name": "f", "parameters": {"y": "z"}}', "llama", {"f"})
     assert content is None and json.loads(calls[0].arguments) == {"y": "z"}
     assert template_format(HERMES) == "hermes" and template_format(CHATML) is None
+    # what may stream as content before the answer ends: never a call, nor the half of its marker
+    hermes = ("Hi there", "Hi <tool", "Hi <tool_call>{", "<")
+    assert [streamable(text, "hermes") for text in hermes] == [8, 3, 3, 0]
+    assert [streamable(text, "llama") for text in ("Sure.", "  {", "<|python", "")] == [5, 0, 0, 0]
     with pytest.raises(InvalidArgument, match="takes no tools"):
         ChatTemplate(CHATML, {}).render(ASK, tools=TOOLS)

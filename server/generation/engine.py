@@ -34,6 +34,7 @@ from server.runtime.executor import InstancePool
 from server.text.chat import ChatTemplate
 from server.text.tools import grammar as tool_grammar
 from server.text.tools import parse as parse_tool_calls
+from server.text.tools import streamable as tool_text_streamable
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,10 @@ class GenerationEngine:
     def tool_calls(self, text: str, tools: ToolUse) -> tuple[str | None, list[ToolCall]]:
         """The answer's content and the calls it makes, read in the format the chat template asks for."""
         return parse_tool_calls(text, self.settings.chat.tool_format, {f["name"] for f in tools.functions})
+
+    def streamable(self, text: str) -> int:
+        """How much of an answer so far may be streamed as content: none of a call that may be starting."""
+        return tool_text_streamable(text, self.settings.chat.tool_format)
 
     def submit(
         self, prompt: list[int], params: SamplingParams,

@@ -61,6 +61,12 @@ class GenerationService:
             return text, []
         return self._model(request).engine.tool_calls(text, request.tools)
 
+    def streamable(self, request: GenerateRequest, text: str) -> int:
+        """How much of a chat answer so far is surely content (all of it where the request gave no tools)."""
+        if request.tools is None:
+            return len(text)
+        return self._model(request).engine.streamable(text)
+
     async def echo(self, request: GenerateRequest, logprobs: int | None) -> TokenEvent:
         """The prompt as the model reads it: its token ids and text, and with `logprobs` each token's
         log-probability given those before it and that many most likely tokens (OpenAI's `echo`; the

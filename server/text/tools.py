@@ -13,6 +13,7 @@ from server.core.types import ToolCall
 
 FORMATS = ("hermes", "llama")
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_CALL, _PYTHON_TAG = "<tool_call>", "<|python_tag|>"
 _COMPACT = {"whitespace_flexible": False}
 
 
@@ -39,14 +40,30 @@ def grammar(tools: list[dict], format_: str, parallel: bool) -> str:
             f"body: %json {json.dumps(calls)}")
 
 
+def streamable(text: str, format_: str) -> int:
+    """How much of an answer so far is surely content, not the start of a call: what may be streamed."""
+    if format_ == "hermes":
+        start = text.find(_CALL)
+        if start >= 0:
+            return start
+        for length in range(min(len(_CALL) - 1, len(text)), 0, -1):
+            if text.endswith(_CALL[:length]):  # the text may end in the first half of a call's marker
+                return len(text) - length
+        return len(text)
+    stripped = text.lstrip()
+    if not stripped or stripped.startswith(("{", _PYTHON_TAG)) or _PYTHON_TAG.startswith(stripped):
+        return 0  # a llama-format call is the whole answer, and this one may be it
+    return len(text)
+
+
 def parse(text: str, format_: str, tool_names: set[str]) -> tuple[str | None, list[ToolCall]]:
     """The text's content (before any call; None when empty) and its calls of known tools. Text that does
     not hold a whole, well-formed call stays content."""
     if format_ == "hermes":
         blocks = _HERMES.findall(text)
-        content = text.split("<tool_call>", 1)[0].strip() if blocks else text
+        content = text.split(_CALL, 1)[0].strip() if blocks else text
     else:
-        stripped = text.strip().removeprefix("<|python_tag|>").strip()
+        stripped = text.strip().removeprefix(_PYTHON_TAG).strip()
         blocks, content = ([stripped], "") if stripped.startswith("{") else ([], text)
     calls = []
     for block in blocks:

@@ -110,7 +110,8 @@ async def chat_completions(request: Request, service: Served, body: Chat):
     calls = partial(service.generation.tool_calls, asked[0])
     if body.stream:
         chunk = {**completion, "object": "chat.completion.chunk"}
-        shape = ToolCallChoices(calls) if body.tools else chat_choices
+        streamable = partial(service.generation.streamable, asked[0])
+        shape = ToolCallChoices(calls, streamable) if body.tools else chat_choices
         answer = chunks(streams, chunk, body.include_usage, len(streams), shape)
         return StreamingResponse(answer, media_type="text/event-stream", headers=SSE_HEADERS)
     wholes = await collect(request, streams)

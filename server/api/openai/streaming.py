@@ -62,31 +62,39 @@ def _call(call: ToolCall, index: int | None = None) -> dict:
 
 
 class ToolCallChoices:
-    """Chat chunks where the chat may call tools: a choice's text is held until it ends (only then is it
-    known to be calls or content), then comes as its content and its calls, as OpenAI streams them."""
+    """Chat chunks where the chat may call tools: a choice's text streams as content while it surely is
+    content; from where a call may be starting it is held, and when the choice ends the rest comes as
+    content or as its calls (whole, with their ids), as OpenAI streams them."""
 
-    def __init__(self, read_calls: Callable[[str], tuple[str | None, list[ToolCall]]]):
-        self.read_calls, self.texts = read_calls, {}
+    def __init__(self, read_calls: Callable[[str], tuple[str | None, list[ToolCall]]],
+                 streamable: Callable[[str], int]):
+        self.read_calls, self.streamable = read_calls, streamable
+        self.texts: dict[int, str] = {}
+        self.sent: dict[int, int] = {}  # characters of each choice's text already streamed
 
     def __call__(self, index: int, event: TokenEvent | None) -> list[dict]:
         if event is None:
             return chat_choices(index, None)
-        self.texts[index] = self.texts.get(index, "") + event.text
+        text = self.texts[index] = self.texts.get(index, "") + event.text
         if event.finish_reason is None:
-            return []
-        content, calls = self.read_calls(self.texts.pop(index))
-        whole = chat_message(event, content, calls)
-        choices = []
-        if content:
-            choices.append({"index": index, "delta": {"content": content}, "logprobs": None,
-                            "finish_reason": None})
+            return self._content(index, text, self.streamable(text))
+        content, calls = self.read_calls(text)
+        choices = self._content(index, text, self.streamable(text) if calls else len(text))
         if calls:
             deltas = [_call(call, position) for position, call in enumerate(calls)]
             choices.append({"index": index, "delta": {"tool_calls": deltas}, "logprobs": None,
                             "finish_reason": None})
-        finish = whole["finish_reason"]
+        finish = chat_message(event, content, calls)["finish_reason"]
         choices.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": finish})
         return choices
+
+    def _content(self, index: int, text: str, end: int) -> list[dict]:
+        start = self.sent.get(index, 0)
+        if end <= start:
+            return []
+        self.sent[index] = end
+        delta = {"content": text[start:end]}
+        return [{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}]
 
 
 def completion_choices(index: int, event: TokenEvent | None) -> list[dict]:
