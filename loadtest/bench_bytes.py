@@ -35,7 +35,7 @@ def identity_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def loads(values: np.ndarray, region_size: int) -> dict[str, object]:
+def loads(values: np.ndarray) -> dict[str, object]:
     """Each transport's request for `values`: (body, headers) for HTTP, serialized bytes for gRPC."""
     shape = [1, int(values.size)]
     binary = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape,
@@ -85,7 +85,7 @@ def run(seconds: float, rounds: int) -> tuple[list[list], str]:
                 values = rng.standard_normal(size // 4).astype(np.float32)
                 np.ndarray(values.shape, np.float32, buffer=regions["in"].buf)[:] = values
                 for _ in range(rounds):
-                    for transport, body in loads(values, largest).items():
+                    for transport, body in loads(values).items():
                         before = cpu_seconds(server.process.pid)
                         result = asyncio.run(one_load(server, body, seconds))
                         cpu = cpu_seconds(server.process.pid) - before

@@ -9,8 +9,7 @@ import tempfile
 from pathlib import Path
 
 from server.repository.config import CONFIG_FILE
-
-MODEL_FILE = "model.onnx"
+from server.repository.config import DEFAULT_MODEL_FILENAME as MODEL_FILE
 
 
 def layout(path: Path) -> str:

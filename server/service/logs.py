@@ -7,6 +7,7 @@ import sys
 import time
 
 from server.core.errors import InvalidArgument
+from server.core.fields import boolean, integer
 
 FORMATS = ("default", "ISO8601", "json")
 _BOOLEANS = ("log_info", "log_warning", "log_error")
@@ -64,23 +65,20 @@ class LogService:
 
 
 def _checked(key: str, value):
+    what = f"log setting '{key}'"
+    if value is None:
+        raise InvalidArgument(f"{what} needs a value")
     if key in _BOOLEANS:
-        if not isinstance(value, bool):
-            raise InvalidArgument(f"log setting '{key}' must be true or false, got {value!r}")
-        return value
+        return boolean(value, what)
     if key == "log_verbose_level":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidArgument(f"log setting 'log_verbose_level' must be an integer >= 0, got {value!r}")
-        return value
+        return integer(value, what)
     if key == "log_format":
         if value not in FORMATS:
-            raise InvalidArgument(
-                f"log setting 'log_format' must be one of {', '.join(FORMATS)}, got {value!r}"
-            )
+            raise InvalidArgument(f"{what} must be one of {', '.join(FORMATS)}, got {value!r}")
         return value
     if key == "log_file":
         if not isinstance(value, str):
-            raise InvalidArgument(f"log setting 'log_file' must be a path (a string), got {value!r}")
+            raise InvalidArgument(f"{what} must be a path (a string), got {value!r}")
         return value
     raise InvalidArgument(f"unknown log setting '{key}'; the settings are log_file, {', '.join(_BOOLEANS)}, "
                           "log_verbose_level, log_format")

@@ -4,8 +4,10 @@ per model at run time, each scope sampling its own requests."""
 from dataclasses import dataclass, replace
 
 from server.core.errors import InvalidArgument
+from server.core.fields import integer
 
 MODES = ("opentelemetry",)
+_MINIMUM = {"trace_rate": 1, "trace_count": -1, "log_frequency": 0}
 KEYS = ("trace_level", "trace_rate", "trace_count", "log_frequency", "trace_file", "trace_mode")
 
 
@@ -161,17 +163,11 @@ def _level(values: list) -> str:
 
 
 def _number(key: str, value) -> int:
-    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
-    minimum = {"trace_rate": 1, "trace_count": -1, "log_frequency": 0}[key]
-    try:
-        number = int(text)
-    except ValueError:
-        number = minimum - 1
-    if number < minimum:
-        raise InvalidArgument(f"trace setting '{key}' must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)  # Triton's settings travel as strings
+    number = integer(value, f"trace setting '{key}'", _MINIMUM[key])
     if key == "log_frequency" and number:
         raise InvalidArgument("log_frequency applies to trace files; in trace mode 'opentelemetry' spans "
                               "are batched to the OTLP endpoint (--trace-config "
                               "opentelemetry,bsp_schedule_delay=<ms>)")
     return number
-
