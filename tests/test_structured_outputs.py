@@ -270,5 +270,7 @@ def test_tool_calls_read_in_the_hermes_and_llama_formats_and_templates_without_t
     hermes = ("Hi there", "Hi <tool", "Hi <tool_call>{", "<")
     assert [streamable(text, "hermes") for text in hermes] == [8, 3, 3, 0]
     assert [streamable(text, "llama") for text in ("Sure.", "  {", "<|python", "")] == [5, 0, 0, 0]
+    assert streamable("Hi there <tool_call>{", "hermes", sent=8) == 9  # looks only past what was sent
+    assert streamable("Sure. {", "llama", sent=5) == 7  # content already sent: the rest is content too
     with pytest.raises(InvalidArgument, match="takes no tools"):
         ChatTemplate(CHATML, {}).render(ASK, tools=TOOLS)

@@ -317,9 +317,9 @@ class GenerationEngine:
         """The answer's content and the calls it makes, read in the format the chat template asks for."""
         return parse_tool_calls(text, self.settings.chat.tool_format, {f["name"] for f in tools.functions})
 
-    def streamable(self, text: str) -> int:
+    def streamable(self, text: str, sent: int) -> int:
         """How much of an answer so far may be streamed as content: none of a call that may be starting."""
-        return tool_text_streamable(text, self.settings.chat.tool_format)
+        return tool_text_streamable(text, self.settings.chat.tool_format, sent)
 
     def submit(
         self, prompt: list[int], params: SamplingParams,

@@ -61,11 +61,12 @@ class GenerationService:
             return text, []
         return self._model(request).engine.tool_calls(text, request.tools)
 
-    def streamable(self, request: GenerateRequest, text: str) -> int:
-        """How much of a chat answer so far is surely content (all of it where the request gave no tools)."""
+    def streamable(self, request: GenerateRequest, text: str, sent: int = 0) -> int:
+        """How much of a chat answer so far is surely content (all of it where the request gave no tools);
+        `sent` of it already went out."""
         if request.tools is None:
             return len(text)
-        return self._model(request).engine.streamable(text)
+        return self._model(request).engine.streamable(text, sent)
 
     async def echo(self, request: GenerateRequest, logprobs: int | None) -> TokenEvent:
         """The prompt as the model reads it: its token ids and text, and with `logprobs` each token's

@@ -40,16 +40,19 @@ def grammar(tools: list[dict], format_: str, parallel: bool) -> str:
             f"body: %json {json.dumps(calls)}")
 
 
-def streamable(text: str, format_: str) -> int:
-    """How much of an answer so far is surely content, not the start of a call: what may be streamed."""
+def streamable(text: str, format_: str, sent: int = 0) -> int:
+    """How much of an answer so far is surely content, not the start of a call: what may be streamed.
+    `sent`: how much already was (a call cannot start before it), so each look reads only what is new."""
     if format_ == "hermes":
-        start = text.find(_CALL)
+        start = text.find(_CALL, sent)
         if start >= 0:
             return start
-        for length in range(min(len(_CALL) - 1, len(text)), 0, -1):
+        for length in range(min(len(_CALL) - 1, len(text) - sent), 0, -1):
             if text.endswith(_CALL[:length]):  # the text may end in the first half of a call's marker
                 return len(text) - length
         return len(text)
+    if sent:
+        return len(text)  # content went out: a llama-format call is the whole answer, so this is not one
     stripped = text.lstrip()
     if not stripped or stripped.startswith(("{", _PYTHON_TAG)) or _PYTHON_TAG.startswith(stripped):
         return 0  # a llama-format call is the whole answer, and this one may be it

@@ -62,6 +62,8 @@ class InferRoute:
             content = b"".join(parts)
             content = gzip.compress(content) if encoding == "gzip" else zlib.compress(content)
             return Response(content, headers={**headers, "Content-Encoding": encoding}, media_type=media_type)
+        if len(parts) == 1:  # JSON only: most answers
+            return Response(parts[0], headers=headers, media_type=media_type)
         if sum(memoryview(part).nbytes for part in parts) < PARTS_FROM:
             return Response(b"".join(parts), headers=headers, media_type=media_type)
         return PartsResponse(parts, headers, media_type)

@@ -67,7 +67,7 @@ class ToolCallChoices:
     content or as its calls (whole, with their ids), as OpenAI streams them."""
 
     def __init__(self, read_calls: Callable[[str], tuple[str | None, list[ToolCall]]],
-                 streamable: Callable[[str], int]):
+                 streamable: Callable[[str, int], int]):
         self.read_calls, self.streamable = read_calls, streamable
         self.texts: dict[int, str] = {}
         self.sent: dict[int, int] = {}  # characters of each choice's text already streamed
@@ -76,10 +76,11 @@ class ToolCallChoices:
         if event is None:
             return chat_choices(index, None)
         text = self.texts[index] = self.texts.get(index, "") + event.text
+        sent = self.sent.get(index, 0)
         if event.finish_reason is None:
-            return self._content(index, text, self.streamable(text))
+            return self._content(index, text, self.streamable(text, sent))
         content, calls = self.read_calls(text)
-        choices = self._content(index, text, self.streamable(text) if calls else len(text))
+        choices = self._content(index, text, self.streamable(text, sent) if calls else len(text))
         if calls:
             deltas = [_call(call, position) for position, call in enumerate(calls)]
             choices.append({"index": index, "delta": {"tool_calls": deltas}, "logprobs": None,
