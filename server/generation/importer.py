@@ -1,6 +1,8 @@
-"""`ortserve import-llm DIR --repository R --name N`: a decoder exported elsewhere, served as it is.
+"""`ortserve import-llm DIR|FILE.gguf --repository R --name N`: a decoder made elsewhere, served as it is.
 
-Two layouts are recognized from the files: onnxruntime-genai's model builder (`genai_config.json` naming
+A GGUF file (llama.cpp's) becomes a graph of ONNX Runtime's operators with the file's quantized blocks
+kept (`gguf_graph`), its tokenizer and chat template written beside it. Two directory layouts are
+recognized from the files: onnxruntime-genai's model builder (`genai_config.json` naming
 the graph, GroupQueryAttention inside) and Optimum / transformers.js (`model.onnx` or
 `decoder_model_merged.onnx`, at the top or under `onnx/`, beside `config.json`). The graph and its
 external data go into version 1, the tokenizer, its settings and chat template beside it, and a
@@ -32,6 +34,8 @@ class LayoutError(ValueError):
 
 def import_llm(source: Path, repository: Path, name: str) -> Path:
     source = Path(source)
+    if source.suffix == ".gguf":
+        return import_gguf(source, repository, name)
     genai = (source / "genai_config.json").exists()
     graph, context, eos, head_dim = _genai(source) if genai else (*_optimum(source), None)
     if not (source / "tokenizer.json").exists():
@@ -46,15 +50,53 @@ def import_llm(source: Path, repository: Path, name: str) -> Path:
     for file in TOKENIZER_FILES:
         if (source / file).exists():
             shutil.copyfile(source / file, target / file)
-    config = text_format.Parse('platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + GENERATION_INTERFACE,
-                               ModelConfig(name=name))
     parameters = generation_parameters(context, eos, "tokenizer.json")
     if head_dim:
         parameters["kv_head_dim"] = str(head_dim)
+    _write_config(target, name, parameters)
+    return target
+
+
+def import_gguf(source: Path, repository: Path, name: str) -> Path:
+    """The GGUF file's decoder, tokenizer and chat template as a generation model."""
+    from server.generation.gguf_file import GgufError, read
+    from server.generation.gguf_graph import build
+    from server.text.gguf_tokenizer import TokenizerError, write_tokenizer
+
+    target = Path(repository) / name
+    try:
+        model = read(source)
+        settings = model.settings()
+        graph = build(model)
+        (target / "1").mkdir(parents=True, exist_ok=True)
+        write_tokenizer(model.metadata, target)
+    except (GgufError, TokenizerError) as error:
+        raise LayoutError(str(error)) from None
+    onnx.save_model(graph, str(target / "1" / "model.onnx"), save_as_external_data=True,
+                    location="model.onnx.data", size_threshold=1024)
+    _write_config(target, name, generation_parameters(settings.context, _stop_ids(model.metadata),
+                                                      "tokenizer.json"))
+    return target
+
+
+END_OF_TURN = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>")
+
+
+def _stop_ids(metadata: dict) -> list[int]:
+    """The file's end-of-sequence / end-of-turn ids and, as llama.cpp does, the well-known end-of-turn
+    tokens its vocabulary has."""
+    ids = [metadata.get(f"tokenizer.ggml.{key}") for key in ("eos_token_id", "eot_token_id", "eom_token_id")]
+    tokens = metadata["tokenizer.ggml.tokens"]
+    ids += [index for index, token in enumerate(tokens) if token in END_OF_TURN]
+    return sorted({int(i) for i in ids if i is not None})
+
+
+def _write_config(target: Path, name: str, parameters: dict[str, str]) -> None:
+    config = text_format.Parse('platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + GENERATION_INTERFACE,
+                               ModelConfig(name=name))
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     (target / "config.pbtxt").write_text(text_format.MessageToString(config))
-    return target
 
 
 def _genai(source: Path) -> tuple[Path, int, list[int], int | None]:

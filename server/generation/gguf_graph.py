@@ -1,0 +1,251 @@
+"""A GGUF decoder as an ONNX graph of ONNX Runtime's own operators, in the layout onnxruntime-genai's
+builder writes (served by `gqa.GqaDecoder`): `input_ids`, `attention_mask`, `past_key_values.{i}.key|value`
+in, `logits` (every position) and `present.{i}.key|value` out.
+
+Each layer: SimplifiedLayerNormalization (the residual add fused into SkipSimplifiedLayerNormalization),
+one MatMulNBits for the query, key and value projections together, GroupQueryAttention (rotary positions
+inside, from cos/sin tables of the file's RoPE settings), MatMulNBits for the output projection, and the
+gated MLP with the gate and up projections in one MatMulNBits. Weights stay in the file's blocks
+(`gguf_weights`); the token embedding is gathered from its blocks where GatherBlockQuantized reads them."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from server.generation.gguf_file import DecoderSettings, GgufModel
+from server.generation.gguf_weights import Blocks, blocks, float_matrix
+
+OPSET = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+MS = "com.microsoft"
+INT8_COMPUTE = 4  # MatMulNBits' accuracy_level: activations quantized per block to int8, as llama.cpp does
+
+
+class Graph:
+    """Nodes and initializers, named in order."""
+
+    def __init__(self):
+        self.nodes, self.weights, self.count = [], [], 0
+
+    def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attrs) -> list[str]:
+        self.count += 1
+        names = [f"{op_type.lower()}_{self.count}_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, domain=domain, **attrs))
+        return names
+
+    def one(self, op_type: str, inputs: list[str], domain: str = "", **attrs) -> str:
+        return self.op(op_type, inputs, 1, domain, **attrs)[0]
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+
+def build(model: GgufModel, accuracy_level: int = INT8_COMPUTE) -> onnx.ModelProto:
+    settings = model.settings()
+    graph = Graph()
+    builder = _Decoder(model, settings, graph, accuracy_level)
+    return builder.model()
+
+
+class _Decoder:
+    def __init__(self, model: GgufModel, settings: DecoderSettings, graph: Graph, accuracy_level: int):
+        self.file, self.s, self.g, self.accuracy = model, settings, graph, accuracy_level
+        self.vocab = model.tensor("token_embd.weight").data.shape[0]
+        # llama's conversion stores query/key rows in interleaved rotary pairs; the others in halves
+        self.interleaved = int(settings.architecture == "llama")
+
+    def model(self) -> onnx.ModelProto:
+        s, g = self.s, self.g
+        hidden = self._embedding()
+        seqlens, total = self._lengths()
+        caches = {base: self._rotary(base) for base in {s.rope_base, s.local_rope_base} if base}
+        inputs, outputs = [], []
+        residual = None
+        for layer in range(s.layers):
+            normed, residual = self._norm(hidden, residual, f"blk.{layer}.attn_norm.weight")
+            past = [f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"]
+            present = [f"present.{layer}.key", f"present.{layer}.value"]
+            attended = self._attention(layer, normed, past, present, seqlens, total, caches)
+            attended = self._post_norm(attended, f"blk.{layer}.post_attention_norm.weight")
+            normed, residual = self._norm(attended, residual, f"blk.{layer}.ffn_norm.weight")
+            hidden = self._post_norm(self._mlp(layer, normed), f"blk.{layer}.post_ffw_norm.weight")
+            inputs += [self._past_info(name) for name in past]
+            outputs += [self._past_info(name, "total_sequence_length") for name in present]
+        normed, _ = self._norm(hidden, residual, "output_norm.weight")
+        head = "output.weight" if "output.weight" in self.file.tensors else "token_embd.weight"
+        g.nodes.append(helper.make_node("Identity", [self._linear(normed, [head], "lm_head")], ["logits"]))
+        ids = [helper.make_tensor_value_info("input_ids", TensorProto.INT64,
+                                             ["batch_size", "sequence_length"]),
+               helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                             ["batch_size", "total_sequence_length"])]
+        logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                               ["batch_size", "sequence_length", self.vocab])
+        body = helper.make_graph(g.nodes, "decoder", ids + inputs, [logits] + outputs, g.weights)
+        return helper.make_model(body, opset_imports=OPSET, producer_name="ortserve import-llm")
+
+    def _past_info(self, name: str, length: str = "past_sequence_length"):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                             ["batch_size", self.s.kv_heads, length, self.s.head_dim])
+
+    def _embedding(self) -> str:
+        g, tensor = self.g, self.file.tensor("token_embd.weight")
+        table = blocks(tensor.kind, tensor.data)
+        if isinstance(table, Blocks) and table.zero_points is None:
+            data = table.data.reshape(table.shape[0], -1)
+            hidden = g.one("GatherBlockQuantized", [g.weight("embedding.data", data), "input_ids",
+                                                    g.weight("embedding.scales", table.scales)],
+                           MS, gather_axis=0, quantize_axis=1, block_size=table.block, bits=table.bits)
+        else:
+            table = table.dequantized() if isinstance(table, Blocks) else table
+            hidden = g.one("Gather", [g.weight("embedding", table), "input_ids"])
+        if self.s.architecture == "gemma3":  # Gemma scales its embeddings by sqrt(hidden size)
+            scale = np.array(np.sqrt(self.s.hidden), np.float32)
+            hidden = g.one("Mul", [hidden, g.weight("embedding.scale", scale)])
+        return hidden
+
+    def _lengths(self) -> tuple[str, str]:
+        """GroupQueryAttention's per-row lengths (the mask's sum - 1) and the total length."""
+        g = self.g
+        axis = g.weight("axis_1", np.array([1], np.int64))
+        summed = g.one("ReduceSum", ["attention_mask", axis], keepdims=0)
+        seqlens = g.one("Cast", [g.one("Sub", [summed, g.weight("one", np.array(1, np.int64))])],
+                        to=TensorProto.INT32)
+        index = g.weight("index_1", np.array(1, np.int64))
+        width = g.one("Gather", [g.one("Shape", ["attention_mask"]), index])
+        return seqlens, g.one("Cast", [width], to=TensorProto.INT32)
+
+    def _rotary(self, base: float) -> tuple[str, str]:
+        s = self.s
+        dims = np.arange(0, s.rope_dim, 2, dtype=np.float64) / s.rope_dim
+        inverse = 1.0 / (base ** dims)
+        if base == s.rope_base and "rope_freqs.weight" in self.file.tensors:  # Llama 3's factors
+            inverse = inverse / self._floats("rope_freqs.weight")
+        angles = np.outer(np.arange(s.context, dtype=np.float64) / s.rope_scale, inverse)
+        tag = f"{base:g}"
+        return (self.g.weight(f"cos_cache_{tag}", np.cos(angles).astype(np.float32)),
+                self.g.weight(f"sin_cache_{tag}", np.sin(angles).astype(np.float32)))
+
+    def _norm(self, hidden: str, residual: str | None, weight: str) -> tuple[str, str]:
+        """RMS norm of hidden + residual (the sum is the next residual)."""
+        g, gamma = self.g, self._vector(weight)
+        if residual is None:
+            return g.one("SimplifiedLayerNormalization", [hidden, gamma], axis=-1, epsilon=self.s.epsilon,
+                         stash_type=1), hidden
+        out = g.op("SkipSimplifiedLayerNormalization", [hidden, residual, gamma], 4, MS,
+                   epsilon=self.s.epsilon)
+        return out[0], out[3]
+
+    def _post_norm(self, hidden: str, weight: str) -> str:
+        """Gemma 3's norms of the attention and MLP outputs before they join the residual."""
+        if weight not in self.file.tensors:
+            return hidden
+        return self.g.one("SimplifiedLayerNormalization", [hidden, self._vector(weight)], axis=-1,
+                          epsilon=self.s.epsilon, stash_type=1)
+
+    def _vector(self, name: str) -> str:
+        return self.g.weight(name, self._floats(name))
+
+    def _floats(self, name: str) -> np.ndarray:
+        return float_matrix(*_kind_data(self.file.tensor(name))).reshape(-1)
+
+    def _attention(self, layer, normed, past, present, seqlens, total, caches) -> str:
+        s, g = self.s, self.g
+        prefix = f"blk.{layer}.attn_"
+        qkv = self._linear(normed, [f"{prefix}{p}.weight" for p in "qkv"], f"{prefix}qkv",
+                           [f"{prefix}{p}.bias" for p in "qkv"])
+        local = bool(s.sliding_pattern) and (layer + 1) % s.sliding_pattern != 0
+        cos, sin = caches[s.local_rope_base if local else s.rope_base]
+        if f"{prefix}q_norm.weight" in self.file.tensors:  # qwen3, gemma3: RMS norm of each query/key head
+            sizes = [s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim]
+            query, key, value = g.op("Split", [qkv, g.weight(f"{prefix}split", np.array(sizes, np.int64))], 3,
+                                     axis=-1)
+            query = self._head_norm(query, s.heads, f"{prefix}q_norm.weight")
+            key = self._head_norm(key, s.kv_heads, f"{prefix}k_norm.weight")
+            qkv_inputs = [query, key, value]
+        else:
+            qkv_inputs = [qkv, "", ""]
+        attrs = dict(num_heads=s.heads, kv_num_heads=s.kv_heads, do_rotary=1,
+                     rotary_interleaved=self.interleaved)
+        if s.query_scale:
+            attrs["scale"] = s.query_scale
+        if local:
+            attrs["local_window_size"] = s.sliding_window
+        attended = g.one("GroupQueryAttention", [*qkv_inputs, *past, seqlens, total, cos, sin], MS, **attrs)
+        g.nodes[-1].output.extend(present)
+        return self._linear(attended, [f"{prefix}output.weight"], f"{prefix}output")
+
+    def _head_norm(self, x: str, heads: int, weight: str) -> str:
+        g = self.g
+        shaped = g.one("Reshape", [x, g.weight(f"{weight}.shape", np.array([0, 0, heads, self.s.head_dim],
+                                                                             np.int64))])
+        normed = g.one("SimplifiedLayerNormalization", [shaped, self._vector(weight)], axis=-1,
+                       epsilon=self.s.epsilon, stash_type=1)
+        return g.one("Reshape", [normed, g.weight(f"{weight}.flat", np.array([0, 0, -1], np.int64))])
+
+    def _mlp(self, layer: int, normed: str) -> str:
+        g, prefix = self.g, f"blk.{layer}.ffn_"
+        both = self._linear(normed, [f"{prefix}gate.weight", f"{prefix}up.weight"], f"{prefix}gate_up")
+        gate, up = g.op("Split", [both], 2, axis=-1, num_outputs=2)
+        if self.s.architecture == "gemma3":
+            active = g.one("Gelu", [gate], approximate="tanh")
+        else:
+            active = g.one("Mul", [gate, g.one("Sigmoid", [gate])])
+        return self._linear(g.one("Mul", [active, up]), [f"{prefix}down.weight"], f"{prefix}down")
+
+    def _linear(self, x: str, names: list[str], label: str, biases: list[str] = ()) -> str:
+        """x times the named [N, K] matrices side by side: one MatMulNBits where their blocks agree."""
+        matrices = [blocks(*_kind_data(self.file.tensor(name))) for name in names]
+        groups = _fusable(matrices)
+        parts = [self._matmul(x, group, f"{label}_{i}") for i, group in enumerate(groups)]
+        out = parts[0] if len(parts) == 1 else self.g.one("Concat", parts, axis=-1)
+        if biases and all(b in self.file.tensors for b in biases):
+            bias = np.concatenate([self._floats(b) for b in biases])
+            out = self.g.one("Add", [out, self.g.weight(f"{label}.bias", bias)])
+        return out
+
+    def _matmul(self, x: str, group: list, label: str) -> str:
+        g = self.g
+        if not isinstance(group[0], Blocks):
+            matrix = np.concatenate(group)
+            return g.one("MatMul", [x, g.weight(f"{label}.weight", matrix.T)])
+        joined = _joined(group)
+        n, k = joined.shape
+        inputs = [x, g.weight(f"{label}.data", joined.data),
+                  g.weight(f"{label}.scales", joined.scales.reshape(-1))]
+        if joined.zero_points is not None:
+            inputs.append(g.weight(f"{label}.zero_points", joined.zero_points.reshape(-1)))
+        return g.one("MatMulNBits", inputs, MS, K=k, N=n, bits=joined.bits, block_size=joined.block,
+                     accuracy_level=self.accuracy)
+
+
+def _kind_data(tensor) -> tuple:
+    return tensor.kind, tensor.data
+
+
+def _fusable(matrices: list) -> list[list]:
+    """Runs of consecutive matrices one operator can take together: float ones, or blocks of the same
+    bits and size."""
+    groups = []
+    for matrix in matrices:
+        if groups and _form(groups[-1][0]) == _form(matrix):
+            groups[-1].append(matrix)
+        else:
+            groups.append([matrix])
+    return groups
+
+
+def _form(matrix) -> tuple:
+    return ("float",) if not isinstance(matrix, Blocks) else (matrix.bits, matrix.block)
+
+
+def _joined(group: list[Blocks]) -> Blocks:
+    if len(group) == 1:
+        return group[0]
+    first = group[0]
+    if all(b.zero_points is None for b in group):
+        zero = None
+    else:  # the default zero point written out where one part has its own
+        zero = np.concatenate([b.zero_points if b.zero_points is not None
+                               else np.full(b.scales.shape, 2 ** (b.bits - 1), np.float32) for b in group])
+    return Blocks(np.concatenate([b.data for b in group]), np.concatenate([b.scales for b in group]), zero,
+                  first.bits, first.block)
