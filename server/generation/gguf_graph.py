@@ -6,7 +6,9 @@ Each layer: SimplifiedLayerNormalization (the residual add fused into SkipSimpli
 one MatMulNBits for the query, key and value projections together, GroupQueryAttention (rotary positions
 inside, from cos/sin tables of the file's RoPE settings), MatMulNBits for the output projection, and the
 gated MLP with the gate and up projections in one MatMulNBits. Weights stay in the file's blocks
-(`gguf_weights`); the token embedding is gathered from its blocks where GatherBlockQuantized reads them."""
+(`gguf_weights`); blocks with a minimum add their offsets' share as a small float MatMul over the sums of
+each block of the input. The token embedding is gathered from its blocks where GatherBlockQuantized reads
+them."""
 
 import numpy as np
 import onnx
@@ -24,7 +26,7 @@ class Graph:
     """Nodes and initializers, named in order."""
 
     def __init__(self):
-        self.nodes, self.weights, self.count = [], [], 0
+        self.nodes, self.weights, self.names, self.count = [], [], set(), 0
 
     def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attrs) -> list[str]:
         self.count += 1
@@ -36,7 +38,10 @@ class Graph:
         return self.op(op_type, inputs, 1, domain, **attrs)[0]
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        self.weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        """An initializer; a name given before is the same constant, added once."""
+        if name not in self.names:
+            self.names.add(name)
+            self.weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
 
@@ -53,6 +58,7 @@ class _Decoder:
         self.vocab = model.tensor("token_embd.weight").data.shape[0]
         # llama's conversion stores query/key rows in interleaved rotary pairs; the others in halves
         self.interleaved = int(settings.architecture == "llama")
+        self.block_sums = {}  # (input, block size): the sums of each block of the input's last axis
 
     def model(self) -> onnx.ModelProto:
         s, g = self.s, self.g
@@ -90,7 +96,7 @@ class _Decoder:
     def _embedding(self) -> str:
         g, tensor = self.g, self.file.tensor("token_embd.weight")
         table = blocks(tensor.kind, tensor.data)
-        if isinstance(table, Blocks) and table.zero_points is None:
+        if isinstance(table, Blocks) and table.offsets is None:
             data = table.data.reshape(table.shape[0], -1)
             hidden = g.one("GatherBlockQuantized", [g.weight("embedding.data", data), "input_ids",
                                                     g.weight("embedding.scales", table.scales)],
@@ -212,10 +218,22 @@ class _Decoder:
         n, k = joined.shape
         inputs = [x, g.weight(f"{label}.data", joined.data),
                   g.weight(f"{label}.scales", joined.scales.reshape(-1))]
-        if joined.zero_points is not None:
-            inputs.append(g.weight(f"{label}.zero_points", joined.zero_points.reshape(-1)))
-        return g.one("MatMulNBits", inputs, MS, K=k, N=n, bits=joined.bits, block_size=joined.block,
-                     accuracy_level=self.accuracy)
+        out = g.one("MatMulNBits", inputs, MS, K=k, N=n, bits=joined.bits, block_size=joined.block,
+                    accuracy_level=self.accuracy)
+        if joined.offsets is None:
+            return out
+        shares = g.one("MatMul", [self._block_sums(x, k, joined.block), g.weight(f"{label}.offsets",
+                                                                                  joined.offsets.T)])
+        return g.one("Add", [out, shares])
+
+    def _block_sums(self, x: str, k: int, block: int) -> str:
+        if (x, block) not in self.block_sums:
+            g = self.g
+            shape = g.weight(f"blocks_{k}_{block}", np.array([0, 0, k // block, block], np.int64))
+            self.block_sums[x, block] = g.one("ReduceSum", [g.one("Reshape", [x, shape]),
+                                                            g.weight("axis_last", np.array([-1], np.int64))],
+                                              keepdims=0)
+        return self.block_sums[x, block]
 
 
 def _kind_data(tensor) -> tuple:
@@ -242,10 +260,9 @@ def _joined(group: list[Blocks]) -> Blocks:
     if len(group) == 1:
         return group[0]
     first = group[0]
-    if all(b.zero_points is None for b in group):
-        zero = None
-    else:  # the default zero point written out where one part has its own
-        zero = np.concatenate([b.zero_points if b.zero_points is not None
-                               else np.full(b.scales.shape, 2 ** (b.bits - 1), np.float32) for b in group])
-    return Blocks(np.concatenate([b.data for b in group]), np.concatenate([b.scales for b in group]), zero,
+    offsets = None
+    if any(b.offsets is not None for b in group):
+        offsets = np.concatenate([b.offsets if b.offsets is not None else np.zeros_like(b.scales)
+                                  for b in group])
+    return Blocks(np.concatenate([b.data for b in group]), np.concatenate([b.scales for b in group]), offsets,
                   first.bits, first.block)

@@ -1,8 +1,12 @@
 """GGUF tensors as ONNX Runtime's `MatMulNBits` weights, kept in the blocks llama.cpp quantized them in.
 
-`MatMulNBits` computes (q - zero_point) x scale per block along K. Exact forms:
-- Q4_0 (blocks of 32: d, q): 4 bits, scale d, the operator's default zero point 8.
-- Q4_1 (blocks of 32: q x d + m): 4 bits, scale d, zero point -m / d as a float.
+`MatMulNBits` computes (q - zero_point) x scale per block along K. Its fast kernels (activations in int8,
+as llama.cpp's) take the default zero point 2^(bits - 1) only; a float zero point falls back to a kernel
+twenty times slower. So blocks with a minimum keep the default zero point and carry a per-block offset:
+q x d + m = (q - 8) x d + (8d + m), the offsets' share computed apart, exactly, as the sums of each block
+of the input times the offsets (a matrix 1/32 the size). Exact forms:
+- Q4_0 (blocks of 32: (q - 8) x d): 4 bits, scale d.
+- Q4_1 (blocks of 32: q x d + m): 4 bits, scale d, offset 8d + m.
 - Q4_K (super-blocks of 256: eight sub-blocks of 32, each q x d·sc - dmin·m): 4 bits, blocks of 32.
 - Q8_0 (blocks of 32: q x d, q signed): 8 bits, q + 128 with the default zero point 128.
 - Q6_K (sixteen blocks of 16: (q - 32) x d·sc): 8 bits, blocks of 16, q + 96.
@@ -22,13 +26,13 @@ FLOATS = (Q.F32, Q.F16, Q.BF16)
 
 @dataclass
 class Blocks:
-    """A [N, K] matrix as MatMulNBits takes it: `data` [N, K / block, block x bits / 8] uint8,
-    `scales` [N, K / block] float32, `zero_points` [N, K / block] float32 or None (the default,
-    2^(bits - 1))."""
+    """A [N, K] matrix as MatMulNBits takes it, `data` [N, K / block, block x bits / 8] uint8 and
+    `scales` [N, K / block] float32, plus `offsets` [N, K / block] float32 (or None): each value is
+    (q - 2^(bits - 1)) x scale + offset."""
 
     data: np.ndarray
     scales: np.ndarray
-    zero_points: np.ndarray | None
+    offsets: np.ndarray | None
     bits: int
     block: int
 
@@ -38,12 +42,10 @@ class Blocks:
 
     def dequantized(self) -> np.ndarray:
         q = _unpacked(self.data) if self.bits == 4 else self.data.astype(np.float32)
-        zero = self.zero_points[..., None] if self.zero_points is not None else 2 ** (self.bits - 1)
-        return ((q - zero) * self.scales[..., None]).reshape(self.shape).astype(np.float32)
-
-    def rows(self, start: int, stop: int) -> "Blocks":
-        zero = None if self.zero_points is None else self.zero_points[start:stop]
-        return Blocks(self.data[start:stop], self.scales[start:stop], zero, self.bits, self.block)
+        values = (q - 2 ** (self.bits - 1)) * self.scales[..., None]
+        if self.offsets is not None:
+            values += self.offsets[..., None]
+        return values.reshape(self.shape).astype(np.float32)
 
 
 def blocks(kind: GGMLQuantizationType, raw: np.ndarray) -> Blocks | np.ndarray:
@@ -110,27 +112,21 @@ def _q4_0(rows: np.ndarray) -> Blocks:
 
 
 def _q4_1(rows: np.ndarray) -> Blocks:
-    scale, low = _f16(rows, 0), _f16(rows, 2)
-    return _with_minimum(_nibbles(rows[..., 4:]), scale, low, 32)
+    return _with_minimum(_nibbles(rows[..., 4:]), _f16(rows, 0), _f16(rows, 2))
 
 
-def _with_minimum(q: np.ndarray, scale: np.ndarray, low: np.ndarray, block: int) -> Blocks:
-    """Blocks of q x scale + low as (q - zero) x scale, zero = -low / scale; a block whose scale is 0
-    (every value equal to `low`) becomes q = 1, scale = low, zero = 0."""
-    flat = scale == 0
-    q = np.where(flat[..., None], 1, q).reshape(q.shape[0], -1, block)
-    zero = np.where(flat, 0, -low / np.where(flat, 1, scale))
-    return Blocks(_packed(q), np.where(flat, low, scale).astype(np.float32).reshape(q.shape[:2]),
-                  zero.astype(np.float32).reshape(q.shape[:2]), 4, block)
+def _with_minimum(q: np.ndarray, scale: np.ndarray, low: np.ndarray) -> Blocks:
+    """Blocks [N, blocks, 32] of q x scale + low: (q - 8) x scale + (8 x scale + low)."""
+    return Blocks(_packed(q), scale, (8 * scale + low).astype(np.float32), 4, q.shape[-1])
 
 
 def _q4_k(rows: np.ndarray) -> Blocks:
+    n = rows.shape[0]
     d, dmin = _f16(rows, 0), _f16(rows, 2)
     sc, m = _k_scales(rows[..., 4:16])
     qs = rows[..., 16:144].reshape(*rows.shape[:2], 4, 32)  # four runs of 64 values
-    q = _nibbles(qs).reshape(*rows.shape[:2], 256)
-    return _with_minimum(q.reshape(rows.shape[0], -1, 32), (d[..., None] * sc).reshape(rows.shape[0], -1),
-                         -(dmin[..., None] * m).reshape(rows.shape[0], -1), 32)
+    q = _nibbles(qs).reshape(n, -1, 32)
+    return _with_minimum(q, (d[..., None] * sc).reshape(n, -1), -(dmin[..., None] * m).reshape(n, -1))
 
 
 def _k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
