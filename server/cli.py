@@ -25,13 +25,17 @@ def main(argv: list[str] | None = None) -> int:
         return export_cli.run(parser.parse_args(argv))
     commands.add_parser("export", help="export a model to ONNX into a repository (needs torch)")
     importing = commands.add_parser(
-        "import-llm", help="serve a decoder exported by onnxruntime-genai's builder or Optimum, as it is",
-        description="Writes a model directory (the graph, its tokenizer and a config.pbtxt) for a decoder "
+        "import-llm", help="serve a GGUF file or a decoder exported by onnxruntime-genai or Optimum",
+        description="Writes a model directory (the graph, its tokenizer and a config.pbtxt) for a GGUF file "
+                    "(llama.cpp's: its quantized blocks kept, its tokenizer and chat template), or a decoder "
                     "directory of onnxruntime-genai's builder (genai_config.json) or of Optimum / "
                     "transformers.js (model.onnx or decoder_model_merged.onnx, also under onnx/).")
-    importing.add_argument("source", help="the exported model's directory")
+    importing.add_argument("source", help="the GGUF file or the exported model's directory")
     importing.add_argument("--repository", required=True, help="the Triton model repository")
     importing.add_argument("--name", required=True, help="the model's name in the repository")
+    importing.add_argument("--float-activations", action="store_true",
+                           help="GGUF: multiply in float, exactly as the dequantized weights (slower); by "
+                                "default activations are quantized to int8 per block, as llama.cpp does")
     args = parser.parse_args(argv)
     if args.command == "import-llm":
         return import_llm(args)
@@ -42,7 +46,7 @@ def import_llm(args: argparse.Namespace) -> int:
     from server.generation.importer import LayoutError, import_llm
 
     try:
-        target = import_llm(args.source, args.repository, args.name)
+        target = import_llm(args.source, args.repository, args.name, args.float_activations)
     except (LayoutError, OSError, KeyError) as error:
         print(f"ortserve import-llm: {error}", file=sys.stderr)
         return 1

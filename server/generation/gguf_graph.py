@@ -14,12 +14,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from server.generation.gguf_file import DecoderSettings, GgufModel
+from server.generation.gguf_file import DecoderSettings, GgufError, GgufModel
 from server.generation.gguf_weights import Blocks, blocks, float_matrix
 
 OPSET = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
 MS = "com.microsoft"
 INT8_COMPUTE = 4  # MatMulNBits' accuracy_level: activations quantized per block to int8, as llama.cpp does
+FLOAT_COMPUTE = 0
 
 
 class Graph:
@@ -94,8 +95,7 @@ class _Decoder:
                                              ["batch_size", self.s.kv_heads, length, self.s.head_dim])
 
     def _embedding(self) -> str:
-        g, tensor = self.g, self.file.tensor("token_embd.weight")
-        table = blocks(tensor.kind, tensor.data)
+        g, table = self.g, self._blocks("token_embd.weight")
         if isinstance(table, Blocks) and table.offsets is None:
             data = table.data.reshape(table.shape[0], -1)
             hidden = g.one("GatherBlockQuantized", [g.weight("embedding.data", data), "input_ids",
@@ -152,7 +152,17 @@ class _Decoder:
         return self.g.weight(name, self._floats(name))
 
     def _floats(self, name: str) -> np.ndarray:
-        return float_matrix(*_kind_data(self.file.tensor(name))).reshape(-1)
+        return self._read(name, float_matrix).reshape(-1)
+
+    def _blocks(self, name: str) -> Blocks | np.ndarray:
+        return self._read(name, blocks)
+
+    def _read(self, name: str, form):
+        tensor = self.file.tensor(name)
+        try:
+            return form(tensor.kind, tensor.data)
+        except GgufError as error:
+            raise GgufError(f"tensor '{name}': {error}") from None
 
     def _attention(self, layer, normed, past, present, seqlens, total, caches) -> str:
         s, g = self.s, self.g
@@ -200,7 +210,7 @@ class _Decoder:
 
     def _linear(self, x: str, names: list[str], label: str, biases: list[str] = ()) -> str:
         """x times the named [N, K] matrices side by side: one MatMulNBits where their blocks agree."""
-        matrices = [blocks(*_kind_data(self.file.tensor(name))) for name in names]
+        matrices = [self._blocks(name) for name in names]
         groups = _fusable(matrices)
         parts = [self._matmul(x, group, f"{label}_{i}") for i, group in enumerate(groups)]
         out = parts[0] if len(parts) == 1 else self.g.one("Concat", parts, axis=-1)
@@ -234,10 +244,6 @@ class _Decoder:
                                                             g.weight("axis_last", np.array([-1], np.int64))],
                                               keepdims=0)
         return self.block_sums[x, block]
-
-
-def _kind_data(tensor) -> tuple:
-    return tensor.kind, tensor.data
 
 
 def _fusable(matrices: list) -> list[list]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
+from server.generation.gguf_file import GgufError
+
 Q = GGMLQuantizationType
 EXACT = (Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q8_0, Q.Q6_K)
 FLOATS = (Q.F32, Q.F16, Q.BF16)
@@ -66,14 +68,24 @@ def blocks(kind: GGMLQuantizationType, raw: np.ndarray) -> Blocks | np.ndarray:
             return _q8_0(rows)
         case Q.Q6_K:
             return _q6_k(rows)
-    return nearest(quants.dequantize(raw, kind))
+    return nearest(_dequantized(kind, raw))
 
 
 def float_matrix(kind: GGMLQuantizationType, raw: np.ndarray) -> np.ndarray:
     """Any tensor as float32 (quantized ones dequantized by the `gguf` package)."""
     if kind == Q.F32:
         return np.asarray(raw, np.float32)
-    return quants.dequantize(raw, kind).astype(np.float32)
+    return _dequantized(kind, raw)
+
+
+def _dequantized(kind: GGMLQuantizationType, raw: np.ndarray) -> np.ndarray:
+    try:
+        return quants.dequantize(raw, kind).astype(np.float32)
+    except NotImplementedError:
+        exact = ", ".join(k.name for k in EXACT)
+        raise GgufError(f"tensor type {kind.name} is not supported: the gguf package cannot read its blocks; "
+                        f"supported: F32, F16, BF16, {exact} (kept as they are) and the other types the "
+                        f"gguf package dequantizes (kept at 8 bits)") from None
 
 
 def nearest(matrix: np.ndarray, block: int = 32) -> Blocks:

