@@ -1,6 +1,8 @@
 """A GGUF decoder as an ONNX graph of ONNX Runtime's own operators, in the layout onnxruntime-genai's
 builder writes (served by `gqa.GqaDecoder`): `input_ids`, `attention_mask`, `past_key_values.{i}.key|value`
-in, `logits` (every position) and `present.{i}.key|value` out.
+in, `logits` and `present.{i}.key|value` out; plus `logit_positions` [batch, k]: the positions of each row
+whose logits are computed (a prefill needs each row's last only: the output projection over every
+position of a long prompt would cost more than the rest of the model).
 
 Each layer: SimplifiedLayerNormalization (the residual add fused into SkipSimplifiedLayerNormalization),
 one MatMulNBits for the query, key and value projections together, GroupQueryAttention (rotary positions
@@ -79,14 +81,15 @@ class _Decoder:
             inputs += [self._past_info(name) for name in past]
             outputs += [self._past_info(name, "total_sequence_length") for name in present]
         normed, _ = self._norm(hidden, residual, "output_norm.weight")
+        positions = g.one("Unsqueeze", ["logit_positions", g.weight("axis_last", np.array([-1], np.int64))])
+        normed = g.one("GatherND", [normed, positions], batch_dims=1)
         head = "output.weight" if "output.weight" in self.file.tensors else "token_embd.weight"
         g.nodes.append(helper.make_node("Identity", [self._linear(normed, [head], "lm_head")], ["logits"]))
-        ids = [helper.make_tensor_value_info("input_ids", TensorProto.INT64,
-                                             ["batch_size", "sequence_length"]),
-               helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                             ["batch_size", "total_sequence_length"])]
+        ids = [_int64("input_ids", ["batch_size", "sequence_length"]),
+               _int64("attention_mask", ["batch_size", "total_sequence_length"]),
+               _int64("logit_positions", ["batch_size", "positions"])]
         logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                               ["batch_size", "sequence_length", self.vocab])
+                                               ["batch_size", "positions", self.vocab])
         body = helper.make_graph(g.nodes, "decoder", ids + inputs, [logits] + outputs, g.weights)
         return helper.make_model(body, opset_imports=OPSET, producer_name="ortserve import-llm")
 
@@ -244,6 +247,10 @@ class _Decoder:
                                                             g.weight("axis_last", np.array([-1], np.int64))],
                                               keepdims=0)
         return self.block_sums[x, block]
+
+
+def _int64(name: str, dims: list[str]):
+    return helper.make_tensor_value_info(name, TensorProto.INT64, dims)
 
 
 def _fusable(matrices: list) -> list[list]:

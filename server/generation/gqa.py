@@ -1,6 +1,8 @@
 """Decoders built by onnxruntime-genai's model builder: GroupQueryAttention graphs with `input_ids`,
 `attention_mask` and `past_key_values.{i}.key|value` in (no position ids: the operator places rotary
-positions itself) and `logits` (every position) and `present.{i}.key|value` out.
+positions itself) and `logits` (every position) and `present.{i}.key|value` out. Graphs that `import-llm`
+builds from GGUF files also take `logit_positions` [rows, k] (the positions whose logits are computed:
+a prefill asks for each row's last).
 
 GroupQueryAttention reads each row's length from its attention mask (its sum), so the cache is padded
 on the right: a row's tokens sit at the start of its buffers. Each past input and its present output
@@ -127,7 +129,7 @@ class GqaDecoder:
         self.slots = slots
         inputs = {node.name: node for node in session.get_inputs()}
         self.past_names = past_names(inputs)
-        unknown = sorted(set(inputs) - {"input_ids", "attention_mask", *self.past_names})
+        unknown = sorted(set(inputs) - {"input_ids", "attention_mask", "logit_positions", *self.past_names})
         if unknown or not self.past_names or "attention_mask" not in inputs:
             raise DecoderGraphError(
                 f"a GroupQueryAttention decoder takes input_ids, attention_mask and "
@@ -143,6 +145,7 @@ class GqaDecoder:
             self.head_dim = head_dim
         self.past_dtype = ORT_FLOAT.get(first.type, np.float32)
         self.id_dtype = np.int64 if inputs["input_ids"].type == "tensor(int64)" else np.int32
+        self.positioned = "logit_positions" in inputs
         logits = next(o for o in session.get_outputs() if o.name == "logits")
         self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
         self.logits_dtype = ORT_FLOAT.get(logits.type, np.float32)
@@ -186,8 +189,9 @@ class GqaDecoder:
         ids = np.zeros((len(prompts), int((lengths - held).max())), self.id_dtype)
         for row, (prompt, start) in enumerate(zip(prompts, held)):
             ids[row, :len(prompt) - start] = prompt[start:]
-        logits = self._run(ids, _right(lengths, int(lengths.max())), cache)
-        return logits[np.arange(len(prompts)), lengths - held - 1]
+        last = (lengths - held - 1)[:, None]
+        logits = self._run(ids, _right(lengths, int(lengths.max())), cache, positions=last)
+        return logits[:, 0] if self.positioned else logits[np.arange(len(prompts)), last[:, 0]]
 
     @staticmethod
     def row_past(cache: RightPaddedKV, row: int) -> list[np.ndarray]:
@@ -200,22 +204,27 @@ class GqaDecoder:
         overlaps the run instead of delaying it)."""
         cache.reserve(1)
         ids, mask = np.asarray(last_tokens, self.id_dtype)[:, None], cache.attention_mask(1)
-        logits = self._run(ids, mask, cache, starting)
+        logits = self._run(ids, mask, cache, starting, np.zeros_like(ids, dtype=np.int64))
         cache.lengths = cache.lengths + 1
         return logits[:, -1]
 
     def score(self, prompt: list[int]) -> np.ndarray:
         """[len(prompt) - 1, vocab]: the logits that predicted each prompt token after the first."""
         ids = np.asarray([prompt], self.id_dtype)
-        return self._run(ids, np.ones_like(ids, dtype=np.int64), self.empty(1, ids.shape[1]))[0, :-1]
+        every = np.arange(ids.shape[1], dtype=np.int64)[None]
+        return self._run(ids, np.ones_like(ids, dtype=np.int64), self.empty(1, ids.shape[1]),
+                         positions=every)[0, :-1]
 
-    def _run(self, ids, mask, cache: RightPaddedKV, starting=None) -> np.ndarray:
+    def _run(self, ids, mask, cache: RightPaddedKV, starting=None, positions=None) -> np.ndarray:
         """One run with each past input and its present output bound to the cache's buffer: the new
-        tokens' keys and values are written in place. Returns the logits; a decode step's are in a
-        buffer the next decode step of the same rows writes again."""
+        tokens' keys and values are written in place. Returns the logits (of `positions` [rows, k]
+        where the graph takes them); a decode step's are in a buffer the next decode step of the same
+        rows writes again."""
         binding = self._binding(cache)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask.astype(self.id_dtype))
+        if self.positioned:
+            binding.bind_cpu_input("logit_positions", positions)
         logits = self._logits_bound(binding, ids.shape)
         if starting is not None:
             starting()
