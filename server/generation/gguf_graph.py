@@ -185,8 +185,6 @@ class _Decoder:
             qkv_inputs = [qkv, "", ""]
         attrs = dict(num_heads=s.heads, kv_num_heads=s.kv_heads, do_rotary=1,
                      rotary_interleaved=self.interleaved)
-        if s.query_scale:
-            attrs["scale"] = s.query_scale
         if local:
             attrs["local_window_size"] = s.sliding_window
         attended = g.one("GroupQueryAttention", [*qkv_inputs, *past, seqlens, total, cos, sin], MS, **attrs)

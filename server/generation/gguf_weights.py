@@ -10,9 +10,10 @@ of the input times the offsets (a matrix 1/32 the size). Exact forms:
 - Q4_K (super-blocks of 256: eight sub-blocks of 32, each q x d·sc - dmin·m): 4 bits, blocks of 32.
 - Q8_0 (blocks of 32: q x d, q signed): 8 bits, q + 128 with the default zero point 128.
 - Q6_K (sixteen blocks of 16: (q - 32) x d·sc): 8 bits, blocks of 16, q + 96.
-Every other quantized type (Q5_0, Q5_1, Q5_K, Q2_K, Q3_K, IQ*) is dequantized with the `gguf` package and
-kept at 8 bits in symmetric blocks of 32 (`NEAREST`: the nearest form the operator runs; its rounding is
-finer than the source's 5 bits or fewer). F32, F16 and BF16 matrices are kept as floats."""
+- Q5_0, Q5_1, Q5_K (5-bit q, as Q4_0, Q4_1, Q4_K with a fifth bit): 8 bits, q + 112, offsets as above.
+Every other quantized type (Q2_K, Q3_K, IQ*) is dequantized with the `gguf` package and kept at 8 bits in
+symmetric blocks of 32 (`nearest`: the nearest form the operator runs; its rounding is finer than the
+source's 3 bits or fewer). F32, F16 and BF16 matrices are kept as floats."""
 
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 from server.generation.gguf_file import GgufError
 
 Q = GGMLQuantizationType
-EXACT = (Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q8_0, Q.Q6_K)
+EXACT = (Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q8_0, Q.Q6_K)
 FLOATS = (Q.F32, Q.F16, Q.BF16)
 
 
@@ -68,6 +69,12 @@ def blocks(kind: GGMLQuantizationType, raw: np.ndarray) -> Blocks | np.ndarray:
             return _q8_0(rows)
         case Q.Q6_K:
             return _q6_k(rows)
+        case Q.Q5_0:
+            return _q5_0(rows)
+        case Q.Q5_1:
+            return _q5_1(rows)
+        case Q.Q5_K:
+            return _q5_k(rows)
     return nearest(_dequantized(kind, raw))
 
 
@@ -127,9 +134,38 @@ def _q4_1(rows: np.ndarray) -> Blocks:
     return _with_minimum(_nibbles(rows[..., 4:]), _f16(rows, 0), _f16(rows, 2))
 
 
-def _with_minimum(q: np.ndarray, scale: np.ndarray, low: np.ndarray) -> Blocks:
-    """Blocks [N, blocks, 32] of q x scale + low: (q - 8) x scale + (8 x scale + low)."""
-    return Blocks(_packed(q), scale, (8 * scale + low).astype(np.float32), 4, q.shape[-1])
+def _with_minimum(q: np.ndarray, scale: np.ndarray, low: np.ndarray, bits: int = 4) -> Blocks:
+    """Blocks [N, blocks, 32] of q x scale + low (q of `bits`, 4 or 5): (Q - zero) x scale +
+    (middle x scale + low), with Q the operator's form of q (5-bit values in 8 bits, centred)."""
+    if bits == 4:
+        return Blocks(_packed(q), scale, (8 * scale + low).astype(np.float32), 4, q.shape[-1])
+    return Blocks((q + 112).astype(np.uint8), scale, (16 * scale + low).astype(np.float32), 8, q.shape[-1])
+
+
+def _fifth_bits(high: np.ndarray, count: int) -> np.ndarray:
+    """Bit i of the little-endian bytes `high` [..., count / 8] for i < count, as [..., count]."""
+    return np.unpackbits(high, axis=-1, bitorder="little")[..., :count]
+
+
+def _q5_0(rows: np.ndarray) -> Blocks:
+    q = _nibbles(rows[..., 6:22]) | (_fifth_bits(rows[..., 2:6], 32) << 4)
+    return Blocks((q.astype(np.int16) + 112).astype(np.uint8), _f16(rows, 0), None, 8, 32)
+
+
+def _q5_1(rows: np.ndarray) -> Blocks:
+    q = _nibbles(rows[..., 8:24]) | (_fifth_bits(rows[..., 4:8], 32) << 4)
+    return _with_minimum(q, _f16(rows, 0), _f16(rows, 2), bits=5)
+
+
+def _q5_k(rows: np.ndarray) -> Blocks:
+    n = rows.shape[0]
+    d, dmin = _f16(rows, 0), _f16(rows, 2)
+    sc, m = _k_scales(rows[..., 4:16])
+    # sub-block s takes bit s of byte l as the fifth bit of its value l
+    high = _fifth_bits(rows[..., 16:48], 256).reshape(*rows.shape[:2], 32, 8).swapaxes(-1, -2)
+    low = _nibbles(rows[..., 48:176].reshape(*rows.shape[:2], 4, 32)).reshape(*rows.shape[:2], 8, 32)
+    q = (low | (high << 4)).reshape(n, -1, 32)
+    return _with_minimum(q, (d[..., None] * sc).reshape(n, -1), -(dmin[..., None] * m).reshape(n, -1), bits=5)
 
 
 def _q4_k(rows: np.ndarray) -> Blocks:

@@ -6,7 +6,11 @@ transformers' GGUF conversion builds them: tokens respelled in GPT-2's byte alph
 control tokens added whole as special tokens and user-defined ones as plain added tokens, and the text
 split as the pre-tokenizer the file names (`tokenizer.ggml.pre`) splits it. One choice differs on
 purpose: pre-tokenizers that llama.cpp splits into single digits first (`smollm`, the model's own
-tokenizer.json does the same) split digits here too, where transformers' conversion keeps digit runs."""
+tokenizer.json does the same) split digits here too, where transformers' conversion keeps digit runs.
+
+Gemma's SentencePiece vocabularies (`tokenizer.ggml.model` = llama in a gemma3 file) are built as
+transformers' GemmaTokenizer from the file: BPE with byte fallback, spaces as "▁", merges recovered from
+the vocabulary in the order the file lists its tokens."""
 
 import json
 from functools import cache
@@ -31,17 +35,23 @@ def write_tokenizer(metadata: dict, target: Path) -> None:
     """tokenizer.json and tokenizer_config.json (special tokens, whether BOS is added, the chat
     template) into `target`."""
     kind = metadata.get("tokenizer.ggml.model")
+    architecture = metadata.get("general.architecture")
     if "tokenizer.ggml.tokens" not in metadata:
         raise TokenizerError("the file has no tokenizer (no tokenizer.ggml.tokens); the server needs the "
                              "model's tokenizer to serve text")
-    if kind != "gpt2":
-        raise TokenizerError(f"tokenizer.ggml.model '{kind}' is not supported; supported: 'gpt2' (byte-level "
-                             f"BPE: Llama 3, SmolLM, Qwen)")
     tokens = metadata["tokenizer.ggml.tokens"]
+    types = metadata.get("tokenizer.ggml.token_type") or []
+    if kind == "gpt2":
+        tokenizer = _byte_level(tokens, metadata.get("tokenizer.ggml.merges", []), types,
+                                metadata.get("tokenizer.ggml.pre"))
+    elif kind == "llama" and architecture == "gemma3":
+        unknown = metadata.get("tokenizer.ggml.unknown_token_id")
+        tokenizer = _gemma(tokens, types, None if unknown is None else tokens[unknown])
+    else:
+        raise TokenizerError(f"tokenizer.ggml.model '{kind}' of a {architecture} file is not supported; "
+                             "supported: 'gpt2' (byte-level BPE: Llama 3, SmolLM, Qwen) and Gemma 3's "
+                             "'llama' (SentencePiece)")
     add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", False))
-    tokenizer = _byte_level(tokens, metadata.get("tokenizer.ggml.merges", []),
-                            metadata.get("tokenizer.ggml.token_type") or [],
-                            metadata.get("tokenizer.ggml.pre"))
     special = {name: tokens[metadata[f"tokenizer.ggml.{key}"]]
                for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                                  ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id"))
@@ -60,7 +70,7 @@ def write_tokenizer(metadata: dict, target: Path) -> None:
 
 
 def _byte_level(tokens: list[str], merges: list[str], types: list[int], pre: str | None):
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     spelling = _bytes_to_unicode()
     alphabet = set(spelling.values())
@@ -78,10 +88,36 @@ def _byte_level(tokens: list[str], merges: list[str], types: list[int], pre: str
     else:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    marked = list(zip(tokens, types))
     # a token marked control but spelled outside the byte alphabet is a mislabel (transformers skips it)
+    return _added(tokenizer, tokens, types, vocab, lambda token: set(token) <= alphabet)
+
+
+def _gemma(tokens: list[str], types: list[int], unknown: str | None):
+    """Gemma's SentencePiece vocabulary as transformers' GemmaTokenizer builds it from a GGUF file: runs
+    of spaces respelled with "▁", merges of every token split in two known halves, ranked by the order
+    of the tokens in the file (a token's own splits: the longer left half first)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tokens = ["▁" * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    merges = [(token[:i], token[i:]) for token in tokens for i in range(len(token) - 1, 0, -1)
+              if token[:i] in vocab and token[i:] in vocab]
+    tokenizer = Tokenizer(models.BPE(vocab, merges, fuse_unk=True, unk_token=unknown, dropout=None,
+                                     byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                           decoders.Fuse()])
+    tokenizer.normalizer = normalizers.Replace(" ", "▁")
+    return _added(tokenizer, tokens, types, vocab, lambda token: True)
+
+
+def _added(tokenizer, tokens: list[str], types: list[int], vocab: dict, spelled):
+    """Control tokens added whole as special tokens, user-defined ones as plain added tokens."""
+    from tokenizers import AddedToken
+
+    marked = list(zip(tokens, types))
     tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, kind in marked
-                                  if kind == CONTROL and set(t) <= alphabet])
+                                  if kind == CONTROL and spelled(t)])
     tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t, kind in marked
                           if kind == USER_DEFINED and t in vocab])
     return tokenizer
