@@ -104,15 +104,17 @@ async def streams(port: int, model: str, prompts: list[list[int]], tokens: int) 
             "ttft_ms": 1000 * statistics.median(r[0] for r in runs)}
 
 
-def measure(port: int, model: str, ids: list[int], offset: int) -> dict:
-    """One round on one server: prompts cut from the corpus at `offset` (new text each round)."""
-    def prompt(index, length):
-        start = offset + index * 97
+def measure(port: int, model: str, ids: list[int], index: int) -> dict:
+    """One round on one server: prompts cut from the corpus after the perplexity chunks, new text each
+    round (the long prompt from the corpus' end, so it shares no prefix with the others)."""
+    def prompt(number, length):
+        start = CONTEXT * 16 + index * 1800 + number * 97
         return ids[start:start + length]
 
     one = asyncio.run(streams(port, model, [prompt(0, 24)], NEW_TOKENS))
     many = asyncio.run(streams(port, model, [prompt(i + 1, 16 + 4 * i) for i in range(STREAMS)], NEW_TOKENS))
-    long = asyncio.run(streams(port, model, [ids[offset + 3000:offset + 3000 + PROMPT]], 1))
+    end = len(ids) - (index + 1) * (PROMPT + 64)
+    long = asyncio.run(streams(port, model, [ids[end:end + PROMPT]], 1))
     return {"one_tps": one["tokens_per_s"], "one_ttft": one["ttft_ms"], "many_tps": many["tokens_per_s"],
             "many_ttft": many["ttft_ms"], "prompt_tps": PROMPT / (long["ttft_ms"] / 1000),
             "complete": one["tokens"] == [NEW_TOKENS] and many["tokens"] == [NEW_TOKENS] * STREAMS}
@@ -196,9 +198,8 @@ def main(argv=None) -> int:
             perplexity = {"ortserve": served_perplexity(ortserve_port, "smollm2", chunks)}
             rounds = []
             for index in range(args.rounds):
-                offset = 6000 + index * 5000
-                rounds.append({"ortserve": measure(ortserve_port, "smollm2", ids, offset),
-                               "llama.cpp": measure(llama_port, "smollm2", ids, offset)})
+                rounds.append({"ortserve": measure(ortserve_port, "smollm2", ids, index),
+                               "llama.cpp": measure(llama_port, "smollm2", ids, index)})
                 print(json.dumps(rounds[-1]), flush=True)
         finally:
             stop_server(ortserve)

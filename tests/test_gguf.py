@@ -52,22 +52,27 @@ def random_blocks(kind, rows: int, columns: int, rng) -> np.ndarray:
     return raw.reshape(rows, -1)
 
 
-def write_tiny_llama(path: Path) -> Path:
-    """A Llama-architecture GGUF as llama.cpp's converter writes one, with the tokenizer trained here."""
+def write_tiny_llama(path: Path, architecture: str = "llama") -> Path:
+    """A Llama-architecture GGUF as llama.cpp's converter writes one, with the tokenizer trained here;
+    `qwen2` adds query/key/value biases, `qwen3` query/key norms (and heads of 128, wider than the hidden
+    size over the heads, as Qwen 3's are)."""
     rng = np.random.default_rng(7)
+    head = 128 if architecture == "qwen3" else HIDDEN // HEADS
     tokenizer = json.loads(trained_tokenizer().backend_tokenizer.to_str())
     vocab = tokenizer["model"]["vocab"]
     tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
     special = {added["content"] for added in tokenizer["added_tokens"]}
     merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_context_length(256)
     writer.add_embedding_length(HIDDEN)
     writer.add_block_count(LAYERS)
     writer.add_feed_forward_length(FFN)
     writer.add_head_count(HEADS)
     writer.add_head_count_kv(KV_HEADS)
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_rope_dimension_count(head)
+    writer.add_key_length(head)
+    writer.add_value_length(head)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(len(tokens))
@@ -89,15 +94,21 @@ def write_tiny_llama(path: Path) -> Path:
     tensor("token_embd.weight", Q.Q8_0, len(tokens), HIDDEN)
     tensor("output.weight", Q.Q6_K, len(tokens), HIDDEN)
     writer.add_tensor("output_norm.weight", (1 + rng.normal(0, 0.1, HIDDEN)).astype(np.float32))
-    kv = KV_HEADS * HIDDEN // HEADS
-    shapes = {"attn_q": (HIDDEN, HIDDEN), "attn_k": (kv, HIDDEN), "attn_v": (kv, HIDDEN),
-              "attn_output": (HIDDEN, HIDDEN), "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN),
+    kv = KV_HEADS * head
+    shapes = {"attn_q": (HEADS * head, HIDDEN), "attn_k": (kv, HIDDEN), "attn_v": (kv, HIDDEN),
+              "attn_output": (HIDDEN, HEADS * head), "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN),
               "ffn_down": (HIDDEN, FFN)}
     for layer, kinds in enumerate(LAYER_TYPES):
         for part, kind in kinds.items():
             tensor(f"blk.{layer}.{part}.weight", kind, *shapes[part])
         for norm in ("attn_norm", "ffn_norm"):
             norm_weight = (1 + rng.normal(0, 0.1, HIDDEN)).astype(np.float32)
+            writer.add_tensor(f"blk.{layer}.{norm}.weight", norm_weight)
+        for part in ("attn_q", "attn_k", "attn_v") if architecture == "qwen2" else ():
+            bias = rng.normal(0, 0.1, shapes[part][0]).astype(np.float32)
+            writer.add_tensor(f"blk.{layer}.{part}.bias", bias)
+        for norm in ("attn_q_norm", "attn_k_norm") if architecture == "qwen3" else ():
+            norm_weight = (1 + rng.normal(0, 0.1, head)).astype(np.float32)
             writer.add_tensor(f"blk.{layer}.{norm}.weight", norm_weight)
     return finish(writer, path)
 
@@ -125,6 +136,11 @@ def tiny(tmp_path_factory):
     repository = root / "repository"
     for name, flags in (("tiny_exact", ["--float-activations"]), ("tiny", [])):
         done = import_llm(source, repository, name, *flags)
+        assert done.returncode == 0, done.stderr
+    for architecture in ("qwen2", "qwen3"):
+        (root / architecture).mkdir()
+        written = write_tiny_llama(root / architecture / f"tiny-{architecture}.gguf", architecture)
+        done = import_llm(written, repository, f"tiny_{architecture}", "--float-activations")
         assert done.returncode == 0, done.stderr
     for name, source_file, flags in (("smollm2", smollm2_file(), []),
                                      ("gemma3", gemma3_file(), ["--float-activations"])):
@@ -187,6 +203,15 @@ def test_served_greedy_tokens_equal_transformers_on_the_dequantized_file(tiny):
     source, _, server = tiny
     for served, expected in greedy_pairs(server, "tiny_exact", *transformers_model(source), PROMPTS):
         assert served == expected
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "qwen3"])
+def test_qwen_files_serve_transformers_greedy_tokens(tiny, architecture):
+    """Qwen 2's query/key/value biases and Qwen 3's query/key norms, on the tiny model's weights."""
+    _, repository, server = tiny
+    source = repository.parent / architecture / f"tiny-{architecture}.gguf"
+    pairs = greedy_pairs(server, f"tiny_{architecture}", *transformers_model(source), PROMPTS)
+    assert all(served == expected for served, expected in pairs)
 
 
 def test_gemma3_serves_transformers_greedy_tokens_and_tokenizes_as_it_does(tiny):
