@@ -18,7 +18,7 @@ import torch
 from google.protobuf import text_format
 from torch import nn
 
-from exporters import llama, parity
+from exporters import corpus, llama, parity
 from exporters.attention import attention_bias
 from exporters.module import (
     VARIANTS,
@@ -208,20 +208,22 @@ def export(
     progress=None,
 ) -> list[ExportReport]:
     """Exports the causal LM; fp32 must reproduce transformers' greedy tokens exactly for a batch of
-    prompts of different lengths, fp16, int8 and int4 must keep the prefill logits' cosine tolerance."""
+    prompts of different lengths, fp16, int8 and int4 must keep the prefill logits' cosine tolerance
+    and, with a tokenizer, their perplexity on real text within `parity.PERPLEXITY_LIMITS` of fp32's."""
     chosen = check_variants(variants, DECODER_VARIANTS)
     model = model.eval()
     prompts = prompts or default_prompts(model.config.vocab_size)
     expected_tokens = greedy_torch(model, prompts, new_tokens)
+    text = text_chunks(tokenizer_file, llama.context_length(model.config)) if tokenizer_file else None
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         with step(f"{name}: exporting fp32 decoder with KV cache", progress):
             fp32 = export_decoder(model, work / "fp32.onnx")
         expected_logits = [[_torch_prefill(model, prompts)]]
-        built = []
+        built, reference = [], None
         for variant in chosen:
             with step(f"{name}: building and checking {variant}", progress):
-                path = build_variant(fp32, variant, work, "dynamic", None)
+                path = build_variant(fp32, variant, work, "blocks", None)
                 tokens = greedy_onnx(path, prompts, new_tokens)
                 report = parity.compare(variant, expected_logits, [[prefill_logits(path, prompts)]])
                 report.top1 = _token_agreement(expected_tokens, tokens)
@@ -234,9 +236,31 @@ def export(
                     max_abs=parity.TOLERANCES[variant].max_abs,
                     min_cosine=parity.TOLERANCES[variant].min_cosine,
                 ))
+                if text:
+                    reference = reference or parity.perplexity(scorer(fp32), text)
+                    own = reference if variant == "fp32" else parity.perplexity(scorer(path), text)
+                    report.perplexity = own
+                    parity.check_perplexity(report, reference)
             built.append((variant, path, report))
         return [_publish(path, repository, variant_name(name, variant), variant, report, model,
                          tokenizer_file) for variant, path, report in built]
+
+
+def text_chunks(tokenizer_file: Path, context: int, chunks: int = 4, length: int = 256) -> list[list[int]]:
+    """Real English text (the standard library's docstrings) in the checkpoint's tokens: `chunks` runs
+    of `length` tokens (at most the context)."""
+    from tokenizers import Tokenizer
+
+    text = "\n\n".join(corpus.paragraphs())
+    ids = Tokenizer.from_file(str(tokenizer_file)).encode(text, add_special_tokens=False).ids
+    length = min(length, context)
+    return [ids[i * length:(i + 1) * length] for i in range(chunks)]
+
+
+def scorer(path: Path):
+    """`score(chunk)` of the exported graph: the logits that predicted each token after the first."""
+    decoder = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+    return decoder.score
 
 
 def _publish(path, repository, name, variant, report, model, tokenizer_file) -> ExportReport:

@@ -137,6 +137,8 @@ def build_variant(fp32: Path, variant: str, work: Path, int8: str, calibration) 
         if calibration is None:
             raise ExportError("static int8 needs calibration inputs")
         return precision.to_int8_static(fp32, target, calibration)
+    if int8 == "blocks":
+        return precision.to_int8_blocks(fp32, target)
     if int8 != "dynamic":
         raise ExportError(f"unknown int8 method '{int8}'; choose from {', '.join(precision.INT8_METHODS)}")
     return precision.to_int8_dynamic(fp32, target)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exporters.corpus import paragraphs
 from loadtest import llama_cpp, report
-from loadtest.corpus import paragraphs
 from loadtest.server_process import free_port, start_server, stop_process, stop_server, wait_ready
 
 CONTEXT, NEW_TOKENS, STREAMS, PROMPT = 512, 128, 16, 512

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from loadtest import client, corpus, report
+from exporters import corpus
+from loadtest import client, report
 from loadtest.peer_servers import (
     FLOOR,
     PEER_STARTERS,

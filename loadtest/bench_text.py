@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest import client, corpus, report
+from exporters import corpus
+from loadtest import client, report
 from loadtest.peer_servers import environment
 from loadtest.server_process import free_port, start_server, stop_server
 

@@ -258,3 +258,28 @@ def test_cli_exports_the_streaming_form_of_an_lstm(tmp_path):
     assert [t.name for t in config.output] == ["output"]
     assert config.sequence_batching.HasField("oldest")
     assert (tmp_path / "repo" / "stream_int8" / "config.pbtxt").exists()
+
+
+def test_the_perplexity_gate_refuses_a_variant_that_loses_the_text_and_says_by_how_much():
+    from exporters.parity import ParityReport, check_perplexity, perplexity
+
+    uniform = perplexity(lambda chunk: np.zeros((len(chunk) - 1, 50)), [[1, 2, 3, 4]])
+    assert uniform == pytest.approx(50)  # no information: the vocabulary's size
+    kept = ParityReport("int4", 0.1, 0.99, None, perplexity=10.4)
+    check_perplexity(kept, 10.0)
+    assert kept.perplexity_change == pytest.approx(0.04)
+    lost = ParityReport("int4", 0.1, 0.99, None, perplexity=10.6)
+    with pytest.raises(ParityError, match=r"int4 export's perplexity on real text is 10.600, \+6.0% over"):
+        check_perplexity(lost, 10.0)
+
+
+def test_decoders_with_a_tokenizer_report_perplexity_on_real_text_per_variant(tmp_path):
+    from tests.test_llm_export import checkpoint_with_tokenizer
+
+    checkpoint = checkpoint_with_tokenizer(tmp_path / "checkpoint", "llama")
+    model, _ = gpt.load(checkpoint)
+    reports = gpt.export(model, tmp_path / "repository", "tiny", ("fp32", "int8", "int4"),
+                         tokenizer_file=checkpoint / "tokenizer.json")
+    changes = {report.variant: report.parity.perplexity_change for report in reports}
+    assert changes["fp32"] == 0 and all(abs(changes[v]) < 0.05 for v in ("int8", "int4"))
+    assert all(report.parity.perplexity > 1 and "perplexity" in report.summary() for report in reports)

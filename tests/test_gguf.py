@@ -189,7 +189,7 @@ def test_each_kept_block_type_holds_the_values_the_gguf_package_reads(kind):
 def test_the_tokenizer_encodes_as_transformers_conversion_of_the_file(tiny):
     from tokenizers import Tokenizer
 
-    from loadtest.corpus import sentences
+    from exporters.corpus import sentences
 
     source, repository, _ = tiny
     _, expected = transformers_model(source)

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporters import gpt
-from loadtest import corpus
+from exporters import corpus, gpt
 from tests.conftest import start_server, stop_server
 from tests.models import copy_model
 
@@ -103,17 +102,24 @@ def test_served_greedy_tokens_equal_transformers_generate(decoders, kind):
             assert served_greedy(server, f"{kind}_{variant}", [prompt]) == alone
 
 
-def test_int4_holds_its_matmul_weights_in_four_bits(decoders):
+def test_int4_holds_its_matmul_weights_in_four_bits_and_its_embedding_and_head_in_eight(decoders):
+    """As llama.cpp's Q4_1 with its embedding at 8 bits: the only float MatMul weights left are the
+    blocks' offsets, applied to block sums."""
     import onnx
 
     _, repository, _ = decoders
     graph = onnx.load(str(repository / "llama_int4" / "1" / "model.onnx")).graph
     weights = {initializer.name for initializer in graph.initializer}
-    matmuls = [node for node in graph.node if node.op_type in ("MatMul", "MatMulNBits")]
-    assert not [node.name for node in matmuls if node.op_type == "MatMul" and node.input[1] in weights]
-    quantized = [node for node in matmuls if node.op_type == "MatMulNBits"]
-    assert len(quantized) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the tied lm_head
-    assert {a.i for node in quantized for a in node.attribute if a.name == "bits"} == {4}
+    producers = {output: node for node in graph.node for output in node.output}
+    float_weighted = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+    assert float_weighted and all(producers[node.input[0]].op_type == "ReduceSum" for node in float_weighted)
+    quantized = [node for node in graph.node if node.op_type == "MatMulNBits"]
+    bits = [next(a.i for a in node.attribute if a.name == "bits") for node in quantized]
+    assert sorted(bits) == [4] * (2 * 7) + [8]  # q, k, v, o, gate, up, down per layer; the lm_head
+    head = next(node for node, width in zip(quantized, bits) if width == 8)
+    assert producers["logits"].input[0] == head.output[0]  # through an Identity named as before
+    gathers = [node.op_type for node in graph.node if "Gather" in node.op_type]
+    assert gathers.count("GatherBlockQuantized") == 1
 
 
 @pytest.mark.parametrize("kind", list(FAMILIES))

@@ -14,8 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from exporters import bert, demo
-from loadtest import corpus
+from exporters import bert, corpus, demo
 from server.repository.config import read_config
 from tests.conftest import start_server, stop_server
 

@@ -26,15 +26,16 @@ FLOAT_COMPUTE = 0
 
 
 class Graph:
-    """Nodes and initializers, named in order."""
+    """Nodes and initializers, named in order (after `prefix`, where they join a graph of others)."""
 
-    def __init__(self):
-        self.nodes, self.weights, self.names, self.count = [], [], set(), 0
+    def __init__(self, prefix: str = ""):
+        self.nodes, self.weights, self.names, self.count, self.prefix = [], [], set(), 0, prefix
+        self.block_sums = {}  # (input, block size): the sums of each block of the input's last axis
 
     def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attrs) -> list[str]:
         self.count += 1
-        names = [f"{op_type.lower()}_{self.count}_{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, domain=domain, **attrs))
+        names = [f"{self.prefix}{op_type.lower()}_{self.count}_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, domain=domain, name=names[0], **attrs))
         return names
 
     def one(self, op_type: str, inputs: list[str], domain: str = "", **attrs) -> str:
@@ -42,10 +43,32 @@ class Graph:
 
     def weight(self, name: str, array: np.ndarray) -> str:
         """An initializer; a name given before is the same constant, added once."""
+        name = self.prefix + name
         if name not in self.names:
             self.names.add(name)
             self.weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
+
+    def block_matmul(self, x: str, blocks: Blocks, label: str, accuracy_level: int) -> str:
+        """x [rows, tokens, K] times the blocks' [N, K] matrix, transposed: MatMulNBits, plus the offsets'
+        share where the blocks have offsets."""
+        n, k = blocks.shape
+        inputs = [x, self.weight(f"{label}.data", blocks.data),
+                  self.weight(f"{label}.scales", blocks.scales.reshape(-1))]
+        out = self.one("MatMulNBits", inputs, MS, K=k, N=n, bits=blocks.bits, block_size=blocks.block,
+                       accuracy_level=accuracy_level)
+        if blocks.offsets is None:
+            return out
+        offsets = self.weight(f"{label}.offsets", blocks.offsets.T)
+        return self.one("Add", [out, self.one("MatMul", [self._block_sums(x, k, blocks.block), offsets])])
+
+    def _block_sums(self, x: str, k: int, block: int) -> str:
+        if (x, block) not in self.block_sums:
+            shape = self.weight(f"blocks_{k}_{block}", np.array([0, 0, k // block, block], np.int64))
+            last = self.weight("axis_last", np.array([-1], np.int64))
+            grouped = self.one("Reshape", [x, shape])
+            self.block_sums[x, block] = self.one("ReduceSum", [grouped, last], keepdims=0)
+        return self.block_sums[x, block]
 
 
 def build(model: GgufModel, accuracy_level: int = INT8_COMPUTE) -> onnx.ModelProto:
@@ -61,7 +84,6 @@ class _Decoder:
         self.vocab = model.tensor("token_embd.weight").data.shape[0]
         # llama's conversion stores query/key rows in interleaved rotary pairs; the others in halves
         self.interleaved = int(settings.architecture == "llama")
-        self.block_sums = {}  # (input, block size): the sums of each block of the input's last axis
 
     def model(self) -> onnx.ModelProto:
         s, g = self.s, self.g
@@ -225,26 +247,7 @@ class _Decoder:
         if not isinstance(group[0], Blocks):
             matrix = np.concatenate(group)
             return g.one("MatMul", [x, g.weight(f"{label}.weight", matrix.T)])
-        joined = _joined(group)
-        n, k = joined.shape
-        inputs = [x, g.weight(f"{label}.data", joined.data),
-                  g.weight(f"{label}.scales", joined.scales.reshape(-1))]
-        out = g.one("MatMulNBits", inputs, MS, K=k, N=n, bits=joined.bits, block_size=joined.block,
-                    accuracy_level=self.accuracy)
-        if joined.offsets is None:
-            return out
-        shares = g.one("MatMul", [self._block_sums(x, k, joined.block), g.weight(f"{label}.offsets",
-                                                                                  joined.offsets.T)])
-        return g.one("Add", [out, shares])
-
-    def _block_sums(self, x: str, k: int, block: int) -> str:
-        if (x, block) not in self.block_sums:
-            g = self.g
-            shape = g.weight(f"blocks_{k}_{block}", np.array([0, 0, k // block, block], np.int64))
-            self.block_sums[x, block] = g.one("ReduceSum", [g.one("Reshape", [x, shape]),
-                                                            g.weight("axis_last", np.array([-1], np.int64))],
-                                              keepdims=0)
-        return self.block_sums[x, block]
+        return g.block_matmul(x, _joined(group), label, self.accuracy)
 
 
 def _int64(name: str, dims: list[str]):

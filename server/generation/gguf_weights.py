@@ -95,6 +95,17 @@ def _dequantized(kind: GGMLQuantizationType, raw: np.ndarray) -> np.ndarray:
                         f"gguf package dequantizes (kept at 8 bits)") from None
 
 
+def minimum_blocks(matrix: np.ndarray, block: int = 32) -> Blocks:
+    """[N, K] float weights in 4-bit blocks as llama.cpp's Q4_1 makes them: each block's range in 15
+    steps up from its minimum (q x d + m), the minimum kept as an offset."""
+    n, k = matrix.shape
+    grouped = matrix.reshape(n, k // block, block).astype(np.float32)
+    low, high = grouped.min(axis=-1), grouped.max(axis=-1)
+    scale = (high - low) / 15
+    steps = np.rint((grouped - low[..., None]) / np.where(scale == 0, 1, scale)[..., None])
+    return _with_minimum(np.clip(steps, 0, 15).astype(np.uint8), scale, low)
+
+
 def nearest(matrix: np.ndarray, block: int = 32) -> Blocks:
     """Symmetric 8-bit blocks: scale max|w| / 127 per block."""
     n, k = matrix.shape
