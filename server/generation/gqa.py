@@ -21,6 +21,8 @@ import onnxruntime as ort
 from server.generation.graph import ORT_FLOAT, DecoderGraphError, past_names
 from server.generation.kv_cache import GROWTH
 
+PADDING_TOLERATED = 4 / 3  # padded tokens a batched prefill may compute per token the prompts hold
+
 
 @dataclass
 class RightPaddedKV:
@@ -163,13 +165,16 @@ class GqaDecoder:
         how many of its first tokens already have keys and values (a prefix cache's [kv_heads, length,
         head_dim] tensors), written into the row's first columns so that only the rest runs; then the
         rows run one at a time (the operator takes several new tokens after a past for one row only).
+        Rows run one at a time too where padding them to the longest would compute a third more tokens
+        than they hold (16 prompts of 16 to 76 tokens: 0.57 s alone against 0.89 s padded).
         `reach`: the most positions any of these rows will hold (prompt and generated tokens), the
         columns reserved now so that decoding never copies the cache."""
         cached = cached or [(0, None)] * len(prompts)
         held = np.array([length for length, _ in cached], np.int64)
         lengths = np.array([len(p) for p in prompts], np.int64)
         cache = self.empty(len(prompts), max(reach, int(lengths.max()) + 1))
-        if not held.any():
+        padded = len(prompts) * int(lengths.max()) > PADDING_TOLERATED * int(lengths.sum())
+        if not held.any() and not padded:
             logits = self._fill(prompts, held, cache)
         else:
             rows = []
