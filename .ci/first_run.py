@@ -110,7 +110,8 @@ def main() -> int:
 
 def check_answers(http: str) -> dict[str, int]:
     """One call to each kind of default model, as the README shows them."""
-    chat = {"model": "chat", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    question = "What is the capital of France? Answer in one sentence."
+    chat = {"model": "chat", "messages": [{"role": "user", "content": question}],
             "max_tokens": 24}
     calls = {
         "simple": ("/v2/models/simple/infer", {"inputs": [

@@ -119,7 +119,7 @@ def _weight_only(source: Path, target: Path, form, block_size: int, accuracy_lev
         model = onnx.load(str(fold_constants(source, Path(work) / "folded.onnx")))
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
     logits = {output.name for output in model.graph.output}
-    graph, nodes = Graph(prefix="int4/"), []
+    graph, nodes = Graph(prefix="blocks/"), []
     for node in model.graph.node:
         matrix = _constant_matrix(node, weights, block_size)
         added = len(graph.nodes)

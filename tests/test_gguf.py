@@ -257,7 +257,8 @@ def test_the_real_smollm2_file_answers_a_chat_question_through_openai(tiny):
     assert "8192" in config  # the file's context length
     client = OpenAI(base_url=f"http://{server.http_url}/v1", api_key="none")
     answer = client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
         max_tokens=24, temperature=0)
     assert "Paris" in answer.choices[0].message.content
     assert answer.choices[0].finish_reason == "stop"  # <|im_end|>, the file's end of turn

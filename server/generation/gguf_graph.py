@@ -50,8 +50,8 @@ class Graph:
         return name
 
     def block_matmul(self, x: str, blocks: Blocks, label: str, accuracy_level: int) -> str:
-        """x [rows, tokens, K] times the blocks' [N, K] matrix, transposed: MatMulNBits, plus the offsets'
-        share where the blocks have offsets."""
+        """x [..., K] times the blocks' [N, K] matrix, transposed: MatMulNBits, plus the offsets' share
+        where the blocks have offsets."""
         n, k = blocks.shape
         inputs = [x, self.weight(f"{label}.data", blocks.data),
                   self.weight(f"{label}.scales", blocks.scales.reshape(-1))]
@@ -63,11 +63,10 @@ class Graph:
         return self.one("Add", [out, self.one("MatMul", [self._block_sums(x, k, blocks.block), offsets])])
 
     def _block_sums(self, x: str, k: int, block: int) -> str:
+        """x [..., K] times a [K, K / block] matrix of ones by block: each block's sum, any rank."""
         if (x, block) not in self.block_sums:
-            shape = self.weight(f"blocks_{k}_{block}", np.array([0, 0, k // block, block], np.int64))
-            last = self.weight("axis_last", np.array([-1], np.int64))
-            grouped = self.one("Reshape", [x, shape])
-            self.block_sums[x, block] = self.one("ReduceSum", [grouped, last], keepdims=0)
+            ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
+            self.block_sums[x, block] = self.one("MatMul", [x, self.weight(f"block_ones_{k}_{block}", ones)])
         return self.block_sums[x, block]
 
 
