@@ -83,6 +83,8 @@ def export(args: argparse.Namespace) -> list:
 def _export_decoder(args: argparse.Namespace, variants: list[str]) -> list:
     from exporters import gpt
 
+    if str(args.checkpoint).endswith(".gguf"):
+        return [_import_gguf(args, variants)]
     model, tokenizer = gpt.load(args.checkpoint)
     tokenizer_file = Path(args.checkpoint) / "tokenizer.json"
     if tokenizer_file.exists():
@@ -93,6 +95,22 @@ def _export_decoder(args: argparse.Namespace, variants: list[str]) -> list:
     with tempfile.TemporaryDirectory() as work:  # a hub id: the fast tokenizer's tokenizer.json
         tokenizer.save_pretrained(work)
         return gpt.export(model, args.repository, args.name, variants, Path(work) / "tokenizer.json")
+
+
+def _import_gguf(args: argparse.Namespace, variants: list[str]):
+    """A GGUF file is served as `ortserve import-llm` imports it: its quantized blocks as they are, so
+    there are no variants to choose."""
+    from exporters.module import ImportReport
+    from server.generation.importer import LayoutError, import_llm
+
+    if variants != ["fp32"]:
+        raise ExportError(f"'{args.checkpoint}' is a GGUF file, imported with its own quantized blocks; "
+                          "--variants does not apply (leave it out)")
+    try:
+        target = import_llm(Path(args.checkpoint), args.repository, args.name)
+    except LayoutError as error:
+        raise ExportError(str(error)) from None
+    return ImportReport(target / "1" / "model.onnx")
 
 
 def _export_cnn(args: argparse.Namespace, variants: list[str]) -> list:

@@ -44,6 +44,16 @@ class ExportReport:
         return f"{self.name} ({self.size_bytes / 1e6:.1f} MB) {self.parity.summary()}"
 
 
+@dataclass
+class ImportReport:
+    """A model imported as it is (a GGUF file): no parity to report."""
+
+    path: Path  # the graph, <repository>/<name>/1/model.onnx, as an ExportReport's
+
+    def summary(self) -> str:
+        return "imported from GGUF as it is: ready to serve"
+
+
 @contextmanager
 def step(message: str, progress: Callable[[str], None] | None):
     """Reports a long step with its duration."""

@@ -288,3 +288,15 @@ def test_files_that_cannot_be_imported_are_refused_naming_why(tmp_path, tiny):
     for file, message in cases.items():
         done = import_llm(tmp_path / file, tmp_path / "repository", "refused")
         assert done.returncode == 1 and message in done.stderr, (file, done.stderr)
+
+
+def test_export_gpt_given_a_gguf_file_imports_it_as_it_is(tmp_path, tiny):
+    source = tiny[0]
+    command = [ORTSERVE, "export", "gpt", "--checkpoint", str(source), "--repository", str(tmp_path),
+               "--name", "exported"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"{tmp_path / 'exported'}: imported from GGUF as it is" in done.stdout
+    assert (tmp_path / "exported" / "1" / "model.onnx").exists()
+    refused = subprocess.run([*command, "--variants", "fp32,int4"], capture_output=True, text=True)
+    assert refused.returncode == 1 and "--variants does not apply" in refused.stderr
