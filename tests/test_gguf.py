@@ -45,14 +45,14 @@ def random_blocks(kind, rows: int, columns: int, rng) -> np.ndarray:
     block, size = gguf.GGML_QUANT_SIZES[kind]
     raw = rng.integers(0, 256, (rows, columns // block, size)).astype(np.uint8)
     fields = {Q.Q4_K: [(0, 2e-4), (2, 1e-3)], Q.Q5_K: [(0, 1e-4), (2, 5e-4)], Q.Q6_K: [(208, 2e-5)],
-              Q.Q3_K: [(108, 2e-4)]}[kind]
+              Q.Q3_K: [(108, 2e-4)]}.get(kind, [])
     for offset, scale in fields:  # the blocks' float16 scales: small, so the values stay small
         halves = (rng.random(raw.shape[:2]) * scale).astype(np.float16)
         raw[..., offset:offset + 2] = halves.view(np.uint8).reshape(*raw.shape[:2], 2)
     return raw.reshape(rows, -1)
 
 
-def write_tiny_llama(path: Path, architecture: str = "llama") -> Path:
+def write_tiny_llama(path: Path, architecture: str = "llama", layer_types=LAYER_TYPES) -> Path:
     """A Llama-architecture GGUF as llama.cpp's converter writes one, with the tokenizer trained here;
     `qwen2` adds query/key/value biases, `qwen3` query/key norms (and heads of 128, wider than the hidden
     size over the heads, as Qwen 3's are)."""
@@ -98,7 +98,7 @@ def write_tiny_llama(path: Path, architecture: str = "llama") -> Path:
     shapes = {"attn_q": (HEADS * head, HIDDEN), "attn_k": (kv, HIDDEN), "attn_v": (kv, HIDDEN),
               "attn_output": (HIDDEN, HEADS * head), "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN),
               "ffn_down": (HIDDEN, FFN)}
-    for layer, kinds in enumerate(LAYER_TYPES):
+    for layer, kinds in enumerate(layer_types):
         for part, kind in kinds.items():
             tensor(f"blk.{layer}.{part}.weight", kind, *shapes[part])
         for norm in ("attn_norm", "ffn_norm"):
@@ -285,6 +285,9 @@ def test_files_that_cannot_be_imported_are_refused_naming_why(tmp_path, tiny):
         bare.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
     finish(bare, tmp_path / "bare.gguf")
     cases["bare.gguf"] = "the file has no tokenizer (no tokenizer.ggml.tokens)"
+    unreadable = [{**LAYER_TYPES[0], "attn_q": Q.Q8_1}, LAYER_TYPES[1]]  # the gguf package reads no Q8_1
+    write_tiny_llama(tmp_path / "q8_1.gguf", layer_types=unreadable)
+    cases["q8_1.gguf"] = "tensor 'blk.0.attn_q.weight': tensor type Q8_1 is not supported"
     for file, message in cases.items():
         done = import_llm(tmp_path / file, tmp_path / "repository", "refused")
         assert done.returncode == 1 and message in done.stderr, (file, done.stderr)
