@@ -104,8 +104,9 @@ class _Decoder:
         normed, _ = self._norm(hidden, residual, "output_norm.weight")
         positions = g.one("Unsqueeze", ["logit_positions", g.weight("axis_last", np.array([-1], np.int64))])
         normed = g.one("GatherND", [normed, positions], batch_dims=1)
-        head = "output.weight" if "output.weight" in self.file.tensors else "token_embd.weight"
-        g.nodes.append(helper.make_node("Identity", [self._linear(normed, [head], "lm_head")], ["logits"]))
+        head = "output" if "output.weight" in self.file.tensors else "token_embd"  # tied: the same blocks
+        projected = self._linear(normed, [f"{head}.weight"], head)
+        g.nodes.append(helper.make_node("Identity", [projected], ["logits"]))
         ids = [_int64("input_ids", ["batch_size", "sequence_length"]),
                _int64("attention_mask", ["batch_size", "total_sequence_length"]),
                _int64("logit_positions", ["batch_size", "positions"])]
@@ -121,10 +122,13 @@ class _Decoder:
     def _embedding(self) -> str:
         g, table = self.g, self._blocks("token_embd.weight")
         if isinstance(table, Blocks) and table.offsets is None:
-            data = table.data.reshape(table.shape[0], -1)
-            hidden = g.one("GatherBlockQuantized", [g.weight("embedding.data", data), "input_ids",
-                                                    g.weight("embedding.scales", table.scales)],
-                           MS, gather_axis=0, quantize_axis=1, block_size=table.block, bits=table.bits)
+            # [rows, blocks, block]: the initializer a tied output projection's MatMulNBits reads too
+            scales = g.weight("token_embd.gather_scales", table.scales[..., None])
+            data = g.weight("token_embd.data", table.data)
+            blocks = g.one("GatherBlockQuantized", [data, "input_ids", scales], MS, gather_axis=0,
+                           quantize_axis=2, block_size=table.block, bits=table.bits)
+            width = g.weight("hidden_shape", np.array([0, 0, -1], np.int64))
+            hidden = g.one("Reshape", [blocks, width])
         else:
             table = table.dequantized() if isinstance(table, Blocks) else table
             hidden = g.one("Gather", [g.weight("embedding", table), "input_ids"])
@@ -234,7 +238,8 @@ class _Decoder:
         """x times the named [N, K] matrices side by side: one MatMulNBits where their blocks agree."""
         matrices = [self._blocks(name) for name in names]
         groups = _fusable(matrices)
-        parts = [self._matmul(x, group, f"{label}_{i}") for i, group in enumerate(groups)]
+        labels = [label] if len(groups) == 1 else [f"{label}_{i}" for i in range(len(groups))]
+        parts = [self._matmul(x, group, name) for group, name in zip(groups, labels)]
         out = parts[0] if len(parts) == 1 else self.g.one("Concat", parts, axis=-1)
         if biases and all(b in self.file.tensors for b in biases):
             bias = np.concatenate([self._floats(b) for b in biases])
