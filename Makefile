@@ -45,7 +45,7 @@ run: install-run
 	@echo "ortserve: HTTP http://localhost:$(HTTP_PORT)  gRPC localhost:$(GRPC_PORT)  metrics http://localhost:$(METRICS_PORT)/metrics"
 	@echo "try: curl -s localhost:$(HTTP_PORT)/v2/models/simple/infer -d '{\"inputs\":[{\"name\":\"INPUT0\",\"datatype\":\"INT32\",\"shape\":[1,16],\"data\":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]},{\"name\":\"INPUT1\",\"datatype\":\"INT32\",\"shape\":[1,16],\"data\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}'"
 	@echo "     curl -s localhost:$(HTTP_PORT)/v1/embeddings -d '{\"model\":\"minilm\",\"input\":\"hello\"}'"
-	@echo "     curl -s localhost:$(HTTP_PORT)/v1/chat/completions -d '{\"model\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"What is the capital of France? Answer in one sentence.\"}]}'"
+	@echo "     curl -s localhost:$(HTTP_PORT)/v1/chat/completions -d '{\"model\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"What is the capital of France? Answer in one sentence.\"}],\"temperature\":0}'"
 	$(PY) -m exporters.demo $(REPOSITORY) --serve --host $(HOST) \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 

@@ -112,7 +112,7 @@ def check_answers(http: str) -> dict[str, int]:
     """One call to each kind of default model, as the README shows them."""
     question = "What is the capital of France? Answer in one sentence."
     chat = {"model": "chat", "messages": [{"role": "user", "content": question}],
-            "max_tokens": 24}
+            "max_tokens": 24, "temperature": 0}
     calls = {
         "simple": ("/v2/models/simple/infer", {"inputs": [
             {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": list(range(16))},
