@@ -12,6 +12,8 @@ gated MLP with the gate and up projections in one MatMulNBits. Weights stay in t
 each block of the input. The token embedding is gathered from its blocks where GatherBlockQuantized reads
 them."""
 
+from itertools import groupby
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -71,10 +73,7 @@ class Graph:
 
 
 def build(model: GgufModel, accuracy_level: int = INT8_COMPUTE) -> onnx.ModelProto:
-    settings = model.settings()
-    graph = Graph()
-    builder = _Decoder(model, settings, graph, accuracy_level)
-    return builder.model()
+    return _Decoder(model, model.settings(), Graph(), accuracy_level).model()
 
 
 class _Decoder:
@@ -161,20 +160,20 @@ class _Decoder:
 
     def _norm(self, hidden: str, residual: str | None, weight: str) -> tuple[str, str]:
         """RMS norm of hidden + residual (the sum is the next residual)."""
-        g, gamma = self.g, self._vector(weight)
         if residual is None:
-            return g.one("SimplifiedLayerNormalization", [hidden, gamma], axis=-1, epsilon=self.s.epsilon,
-                         stash_type=1), hidden
-        out = g.op("SkipSimplifiedLayerNormalization", [hidden, residual, gamma], 4, MS,
-                   epsilon=self.s.epsilon)
+            return self._rms(hidden, weight), hidden
+        out = self.g.op("SkipSimplifiedLayerNormalization", [hidden, residual, self._vector(weight)], 4, MS,
+                        epsilon=self.s.epsilon)
         return out[0], out[3]
+
+    def _rms(self, x: str, weight: str) -> str:
+        """RMS norm over the last axis, scaled by the named weight."""
+        return self.g.one("SimplifiedLayerNormalization", [x, self._vector(weight)], axis=-1,
+                          epsilon=self.s.epsilon, stash_type=1)
 
     def _post_norm(self, hidden: str, weight: str) -> str:
         """Gemma 3's norms of the attention and MLP outputs before they join the residual."""
-        if weight not in self.file.tensors:
-            return hidden
-        return self.g.one("SimplifiedLayerNormalization", [hidden, self._vector(weight)], axis=-1,
-                          epsilon=self.s.epsilon, stash_type=1)
+        return self._rms(hidden, weight) if weight in self.file.tensors else hidden
 
     def _vector(self, name: str) -> str:
         return self.g.weight(name, self._floats(name))
@@ -218,10 +217,8 @@ class _Decoder:
 
     def _head_norm(self, x: str, heads: int, weight: str) -> str:
         g = self.g
-        shaped = g.one("Reshape", [x, g.weight(f"{weight}.shape", np.array([0, 0, heads, self.s.head_dim],
-                                                                             np.int64))])
-        normed = g.one("SimplifiedLayerNormalization", [shaped, self._vector(weight)], axis=-1,
-                       epsilon=self.s.epsilon, stash_type=1)
+        heads_shape = g.weight(f"{weight}.shape", np.array([0, 0, heads, self.s.head_dim], np.int64))
+        normed = self._rms(g.one("Reshape", [x, heads_shape]), weight)
         return g.one("Reshape", [normed, g.weight(f"{weight}.flat", np.array([0, 0, -1], np.int64))])
 
     def _mlp(self, layer: int, normed: str) -> str:
@@ -237,7 +234,7 @@ class _Decoder:
     def _linear(self, x: str, names: list[str], label: str, biases: list[str] = ()) -> str:
         """x times the named [N, K] matrices side by side: one MatMulNBits where their blocks agree."""
         matrices = [self._blocks(name) for name in names]
-        groups = _fusable(matrices)
+        groups = [list(run) for _, run in groupby(matrices, key=_form)]  # one operator per run
         labels = [label] if len(groups) == 1 else [f"{label}_{i}" for i in range(len(groups))]
         parts = [self._matmul(x, group, name) for group, name in zip(groups, labels)]
         out = parts[0] if len(parts) == 1 else self.g.one("Concat", parts, axis=-1)
@@ -258,19 +255,8 @@ def _int64(name: str, dims: list[str]):
     return helper.make_tensor_value_info(name, TensorProto.INT64, dims)
 
 
-def _fusable(matrices: list) -> list[list]:
-    """Runs of consecutive matrices one operator can take together: float ones, or blocks of the same
-    bits and size."""
-    groups = []
-    for matrix in matrices:
-        if groups and _form(groups[-1][0]) == _form(matrix):
-            groups[-1].append(matrix)
-        else:
-            groups.append([matrix])
-    return groups
-
-
 def _form(matrix) -> tuple:
+    """What one operator needs its matrices to share: float, or blocks of the same bits and size."""
     return ("float",) if not isinstance(matrix, Blocks) else (matrix.bits, matrix.block)
 
 

@@ -23,7 +23,6 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 from server.generation.gguf_file import GgufError
 
 Q = GGMLQuantizationType
-EXACT = (Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q8_0, Q.Q6_K)
 FLOATS = (Q.F32, Q.F16, Q.BF16)
 
 
@@ -56,26 +55,10 @@ def blocks(kind: GGMLQuantizationType, raw: np.ndarray) -> Blocks | np.ndarray:
     floats otherwise) in MatMulNBits form, or float32 [N, K] for float tensors."""
     if kind in FLOATS:
         return float_matrix(kind, raw)
-    block, size = GGML_QUANT_SIZES[kind]
-    rows = raw.reshape(raw.shape[0], -1, size)  # [N, super-blocks, bytes]
-    match kind:
-        case Q.Q4_0:
-            return _q4_0(rows)
-        case Q.Q4_1:
-            return _q4_1(rows)
-        case Q.Q4_K:
-            return _q4_k(rows)
-        case Q.Q8_0:
-            return _q8_0(rows)
-        case Q.Q6_K:
-            return _q6_k(rows)
-        case Q.Q5_0:
-            return _q5_0(rows)
-        case Q.Q5_1:
-            return _q5_1(rows)
-        case Q.Q5_K:
-            return _q5_k(rows)
-    return nearest(_dequantized(kind, raw))
+    if kind not in EXACT:
+        return nearest(_dequantized(kind, raw))
+    _, size = GGML_QUANT_SIZES[kind]
+    return EXACT[kind](raw.reshape(raw.shape[0], -1, size))  # [N, super-blocks, bytes]
 
 
 def float_matrix(kind: GGMLQuantizationType, raw: np.ndarray) -> np.ndarray:
@@ -169,27 +152,29 @@ def _q5_1(rows: np.ndarray) -> Blocks:
 
 
 def _q5_k(rows: np.ndarray) -> Blocks:
-    n = rows.shape[0]
-    d, dmin = _f16(rows, 0), _f16(rows, 2)
-    sc, m = _k_scales(rows[..., 4:16])
     # sub-block s takes bit s of byte l as the fifth bit of its value l
     high = _fifth_bits(rows[..., 16:48], 256).reshape(*rows.shape[:2], 32, 8).swapaxes(-1, -2)
     low = _nibbles(rows[..., 48:176].reshape(*rows.shape[:2], 4, 32)).reshape(*rows.shape[:2], 8, 32)
-    q = (low | (high << 4)).reshape(n, -1, 32)
-    return _with_minimum(q, (d[..., None] * sc).reshape(n, -1), -(dmin[..., None] * m).reshape(n, -1), bits=5)
+    return _k_minimum(rows, low | (high << 4), bits=5)
 
 
 def _q4_k(rows: np.ndarray) -> Blocks:
-    n = rows.shape[0]
-    d, dmin = _f16(rows, 0), _f16(rows, 2)
-    sc, m = _k_scales(rows[..., 4:16])
     qs = rows[..., 16:144].reshape(*rows.shape[:2], 4, 32)  # four runs of 64 values
-    q = _nibbles(qs).reshape(n, -1, 32)
-    return _with_minimum(q, (d[..., None] * sc).reshape(n, -1), -(dmin[..., None] * m).reshape(n, -1))
+    return _k_minimum(rows, _nibbles(qs), bits=4)
+
+
+def _k_minimum(rows: np.ndarray, q: np.ndarray, bits: int) -> Blocks:
+    """Q4_K's and Q5_K's values `q` in sub-blocks of 32, each q x d·sc - dmin·m: the super-block's
+    float16 d and dmin, then eight 6-bit scales and minimums packed in 12 bytes."""
+    n = rows.shape[0]
+    sc, m = _k_scales(rows[..., 4:16])
+    scale = (_f16(rows, 0)[..., None] * sc).reshape(n, -1)
+    low = -(_f16(rows, 2)[..., None] * m).reshape(n, -1)
+    return _with_minimum(q.reshape(n, -1, 32), scale, low, bits)
 
 
 def _k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K's eight 6-bit scales and minimums from 12 bytes (llama.cpp's get_scale_min_k4)."""
+    """The eight 6-bit scales and minimums of 12 bytes (llama.cpp's get_scale_min_k4)."""
     packed = packed.astype(np.uint8)
     low, high = packed[..., 0:4], packed[..., 4:8]
     top = packed[..., 8:12]
@@ -216,3 +201,8 @@ def _q6_k(rows: np.ndarray) -> Blocks:
             q[..., half, 32 * quarter:32 * quarter + 32] = nibble | (((high >> (2 * quarter)) & 3) << 4)
     data = (q.reshape(n, supers * 16, 16) + 96).astype(np.uint8)  # (q - 32) = (q + 96) - 128
     return Blocks(data, (d[..., None] * sc).reshape(n, supers * 16), None, 8, 16)
+
+
+# the types kept exactly, each with the reader of its super-blocks [N, super-blocks, bytes]
+EXACT = {Q.Q4_0: _q4_0, Q.Q4_1: _q4_1, Q.Q4_K: _q4_k, Q.Q5_0: _q5_0, Q.Q5_1: _q5_1, Q.Q5_K: _q5_k,
+         Q.Q8_0: _q8_0, Q.Q6_K: _q6_k}
