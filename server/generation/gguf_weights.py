@@ -1,8 +1,8 @@
 """GGUF tensors as ONNX Runtime's `MatMulNBits` weights, kept in the blocks llama.cpp quantized them in.
 
 `MatMulNBits` computes (q - zero_point) x scale per block along K. Its fast kernels (activations in int8,
-as llama.cpp's) take the default zero point 2^(bits - 1) only; a float zero point falls back to a kernel
-twenty times slower. So blocks with a minimum keep the default zero point and carry a per-block offset:
+as llama.cpp's) take the default zero point 2^(bits - 1) only; a float zero point falls back to a far
+slower kernel. So blocks with a minimum keep the default zero point and carry a per-block offset:
 q x d + m = (q - 8) x d + (8d + m), the offsets' share computed apart, exactly, as the sums of each block
 of the input times the offsets (a matrix 1/32 the size). Exact forms:
 - Q4_0 (blocks of 32: (q - 8) x d): 4 bits, scale d.

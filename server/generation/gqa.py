@@ -166,7 +166,7 @@ class GqaDecoder:
         head_dim] tensors), written into the row's first columns so that only the rest runs; then the
         rows run one at a time (the operator takes several new tokens after a past for one row only).
         Rows run one at a time too where padding them to the longest would compute a third more tokens
-        than they hold (16 prompts of 16 to 76 tokens: 0.57 s alone against 0.89 s padded).
+        than they hold (the padded tokens cost more than the separate runs).
         `reach`: the most positions any of these rows will hold (prompt and generated tokens), the
         columns reserved now so that decoding never copies the cache."""
         cached = cached or [(0, None)] * len(prompts)
