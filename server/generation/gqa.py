@@ -155,7 +155,9 @@ class GqaDecoder:
         self._decode_logits = None  # the buffer bound to the logits of the cached binding
 
     def empty(self, rows: int, capacity: int = 0) -> RightPaddedKV:
-        shape = (rows, self.heads, capacity, self.head_dim)
+        """Room for every slot from the start: a batch that becomes the running one takes joining rows
+        in place (slots never used cost no memory, `_zeros`)."""
+        shape = (max(rows, self.slots), self.heads, capacity, self.head_dim)
         return RightPaddedKV([_zeros(shape, self.past_dtype) for _ in self.past_names],
                              np.zeros(rows, np.int64), self.slots)
 
@@ -168,11 +170,12 @@ class GqaDecoder:
         Rows run one at a time too where padding them to the longest would compute a third more tokens
         than they hold (the padded tokens cost more than the separate runs).
         `reach`: the most positions any of these rows will hold (prompt and generated tokens), the
-        columns reserved now so that decoding never copies the cache."""
+        columns reserved now (rounded up to a power of two) so that decoding never copies the cache,
+        and rows whose budgets differ a little join the running ones' buffers without a move."""
         cached = cached or [(0, None)] * len(prompts)
         held = np.array([length for length, _ in cached], np.int64)
         lengths = np.array([len(p) for p in prompts], np.int64)
-        cache = self.empty(len(prompts), max(reach, int(lengths.max()) + 1))
+        cache = self.empty(len(prompts), _room(max(reach, int(lengths.max()) + 1)))
         padded = len(prompts) * int(lengths.max()) > PADDING_TOLERATED * int(lengths.sum())
         if not held.any() and not padded:
             logits = self._fill(prompts, held, cache)
@@ -266,6 +269,12 @@ class GqaDecoder:
             binding.bind_ortvalue_output(present, value)
         self._bound, self._decode_logits = (cache.slab, cache.rows, binding), None
         return binding
+
+
+def _room(columns: int) -> int:
+    """The columns a new cache reserves for `columns`: the next power of two (at least GROWTH). The
+    pages of columns never used are never touched (`_zeros`)."""
+    return max(GROWTH, 1 << (columns - 1).bit_length())
 
 
 def _right(lengths: np.ndarray, width: int) -> np.ndarray:
