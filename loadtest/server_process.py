@@ -13,11 +13,22 @@ from pathlib import Path
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process so far (0 once it is gone)."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults of one process so far that read nothing from disk: its first touches of fresh pages."""
+    fields = _stat(pid)
+    return int(fields[7]) if fields else 0
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (from the state on), or [] once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return []
 
 
 def free_port() -> int:

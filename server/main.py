@@ -17,6 +17,7 @@ from server.metrics import create_metrics_app
 from server.ports import PortUnavailable, claim
 from server.repository.registry import ModelRegistry
 from server.repository.single import as_repository
+from server.runtime.heap import keep_request_buffers
 from server.service.logs import LogService
 from server.service.services import Service
 from server.settings import Settings, Tls
@@ -53,6 +54,7 @@ class _HttpServer(uvicorn.Server):
 async def serve(settings: Settings, logs: LogService | None = None) -> None:
     """Claims every port first (a port in use raises PortUnavailable before anything starts), loads the
     models, then serves until SIGINT/SIGTERM. `logs`: the logging the command line installed."""
+    keep_request_buffers()
     repository = as_repository(settings.model_repository, settings.model_name)
     registry = ModelRegistry(repository, settings.model_control_mode, settings.load_models)
     tracer = Tracer(TraceSettings(settings.trace), settings.trace_export)

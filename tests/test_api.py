@@ -186,6 +186,11 @@ def test_compression(api, server):
                 response_compression_algorithm=response_algorithm,
             )
             np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+        x = np.random.default_rng(0).standard_normal((1, 50_000)).astype(np.float32)  # compressed in a thread
+        for algorithm in ("gzip", "deflate"):
+            answer = api.client.infer("relu", [api.input("x", x)],
+                                      response_compression_algorithm=algorithm)
+            np.testing.assert_array_equal(answer.as_numpy("y"), np.maximum(x, 0))
         _assert_compressed_answers(server)
     else:
         a, b, inputs = simple_inputs(api)
@@ -210,6 +215,8 @@ def _assert_compressed_answers(server) -> None:
         with httpx.stream("POST", url, content=body, headers={"Accept-Encoding": encoding}) as response:
             raw = b"".join(response.iter_raw())
         assert response.headers["content-encoding"] == encoding
+        if encoding == "gzip":  # the header's XFL byte: 2 where compressed at level 9, 4 at level 1
+            assert raw[8] == 0, "gzip at zlib's default level, as Triton"
         answer = json.loads(decompress(raw))
         outputs = {output["name"]: output["data"] for output in answer["outputs"]}
         assert outputs["OUTPUT0"] == [2 * i for i in range(16)]

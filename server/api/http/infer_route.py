@@ -4,6 +4,7 @@ Inference is the hot path, so these requests skip FastAPI's middleware layers, r
 solving and go straight to the codec and the core. Every other route stays on FastAPI.
 """
 
+import asyncio
 import gzip
 import re
 import zlib
@@ -20,6 +21,9 @@ from server.core.fields import boolean
 from server.service.services import Service
 
 PARTS_FROM = 64 << 10  # a smaller body is joined and sent at once: one send costs less than a copy of it
+# zlib's default, as Triton compresses answers: level 9 (gzip's own default) took 7.6x as long on a 4 MB
+# ReLU output for 0.7% less
+COMPRESSION_LEVEL = 6
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
@@ -60,7 +64,10 @@ class InferRoute:
         encoding = _accepted_encoding(request.headers.get("accept-encoding", ""))
         if encoding:
             content = b"".join(parts)
-            content = gzip.compress(content) if encoding == "gzip" else zlib.compress(content)
+            if len(content) < PARTS_FROM:
+                content = _compressed(content, encoding)
+            else:  # off the event loop (zlib lets go of the GIL): other requests go on meanwhile
+                content = await asyncio.to_thread(_compressed, content, encoding)
             return Response(content, headers={**headers, "Content-Encoding": encoding}, media_type=media_type)
         if len(parts) == 1:  # JSON only: most answers
             return Response(parts[0], headers=headers, media_type=media_type)
@@ -83,6 +90,12 @@ class PartsResponse(Response):
         last = len(self.parts) - 1
         for index, part in enumerate(self.parts):
             await send({"type": "http.response.body", "body": part, "more_body": index < last})
+
+
+def _compressed(content: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(content, COMPRESSION_LEVEL)
+    return zlib.compress(content, COMPRESSION_LEVEL)
 
 
 def _accepted_encoding(accept: str) -> str | None:
