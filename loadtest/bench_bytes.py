@@ -10,6 +10,7 @@ section of BENCHMARKS.md.
 import argparse
 import asyncio
 import json
+import statistics
 import tempfile
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -20,11 +21,14 @@ import onnx
 from onnx import TensorProto, helper
 
 from loadtest import client, report
+from loadtest.peer_servers import start_echo_floor
 from loadtest.server_process import cpu_seconds, start_server, stop_server
 
 SIZES = (16 << 10, 256 << 10, 4 << 20, 16 << 20)
 JSON_UP_TO = 1 << 20
 KEY = "ortserve_bench_bytes"
+FLOORED = {"HTTP binary": "HTTP binary, echo floor", "gRPC": "gRPC, echo floor"}
+TARGETS = {"HTTP binary": 0.3, "gRPC": 0.3, "shared memory": 0.15}  # ms of server CPU per MB
 
 
 def identity_model() -> onnx.ModelProto:
@@ -58,13 +62,24 @@ def loads(values: np.ndarray) -> dict[str, object]:
     return chosen
 
 
-async def one_load(server, body, seconds: float) -> client.Result:
+async def one_load(target: tuple[int, str], body, seconds: float) -> client.Result:
+    """`target`: (HTTP port, gRPC address)."""
     if isinstance(body, bytes):
-        return await client.grpc_load(server.grpc_url, [body], 1, seconds)
-    return await client.http_load(server.http_port, "/v2/models/identity/infer", [body], 1, seconds)
+        return await client.grpc_load(target[1], [body], 1, seconds)
+    return await client.http_load(target[0], "/v2/models/identity/infer", [body], 1, seconds)
 
 
-def run(seconds: float, rounds: int) -> tuple[list[list], str]:
+def measure(target: tuple[int, str], pid: int, body, seconds: float) -> tuple[client.Result, float]:
+    """A load and the server's CPU seconds per request it answered."""
+    before = cpu_seconds(pid)
+    result = asyncio.run(one_load(target, body, seconds))
+    cpu = cpu_seconds(pid) - before
+    if result.failures:
+        raise RuntimeError(f"{result.failures} requests failed")
+    return result, cpu / max(result.requests_per_s * (seconds + client.WARMUP), 1)
+
+
+def run(seconds: float, rounds: int) -> tuple[list[list], dict, str]:
     largest = max(SIZES)
     regions = {name: shared_memory.SharedMemory(name=f"{KEY}_{name}", create=True, size=largest)
                for name in ("in", "out")}
@@ -77,6 +92,9 @@ def run(seconds: float, rounds: int) -> tuple[list[list], str]:
         (root / "identity" / "config.pbtxt").write_text("max_batch_size: 0\n")
         server = start_server(root, Path(work) / "server.log", "--access-log", "false",
                               "--max-request-bytes", str(4 * largest), ready_model="identity")
+        floor = start_echo_floor(Path(work))
+        ortserve_target = (server.http_port, server.grpc_url)
+        floor_target = (floor.http_port, f"127.0.0.1:{floor.grpc_port}")
         try:
             for name, region in regions.items():
                 httpx.post(f"http://{server.http_url}/v2/systemsharedmemory/region/{name}/register",
@@ -86,16 +104,14 @@ def run(seconds: float, rounds: int) -> tuple[list[list], str]:
                 np.ndarray(values.shape, np.float32, buffer=regions["in"].buf)[:] = values
                 for _ in range(rounds):
                     for transport, body in loads(values).items():
-                        before = cpu_seconds(server.process.pid)
-                        result = asyncio.run(one_load(server, body, seconds))
-                        cpu = cpu_seconds(server.process.pid) - before
-                        if result.failures:
-                            raise RuntimeError(f"{transport} {size}: {result.failures} failed\n"
-                                               f"{server.output()[-2000:]}")
-                        served = result.requests_per_s * (seconds + client.WARMUP)
-                        measured.setdefault((size, transport), []).append((result, cpu / max(served, 1)))
+                        runs = [(transport, ortserve_target, server.process.pid)]
+                        if transport in FLOORED:
+                            runs.append((FLOORED[transport], floor_target, floor.process.pid))
+                        for label, target, pid in runs:
+                            measured.setdefault((size, label), []).append(measure(target, pid, body, seconds))
         finally:
             stop_server(server)
+            floor.stop()
             for region in regions.values():
                 region.close()
                 region.unlink()
@@ -106,11 +122,31 @@ def run(seconds: float, rounds: int) -> tuple[list[list], str]:
         every = ", ".join(f"{c * 1000 / mb:.3f}" for _, c in results)
         rows.append([_size(size), transport, f"{result.requests_per_s:.0f}", f"{result.percentile(50):.2f}",
                      f"{cpu * 1000:.3f}", f"{cpu * 1000 / mb:.3f}", every])
+    per_mb = {key: statistics.median(c for _, c in results) * 1000 * (1 << 20) / key[0]
+              for key, results in measured.items()}
     command = f"python -m loadtest.bench_bytes --seconds {seconds:g} --rounds {rounds}"
-    return rows, (f"{report.machine()}. `{command}`: an identity model, FP32 [1, n] in and out, one client; "
-                  "server CPU is the server process's user + system time over a load divided by the requests "
-                  "it served; per MB of the input (the same MB come back); the middle round's, every round's "
-                  "per-MB figure after it.")
+    return rows, per_mb, (
+        f"{report.machine()}. `{command}`: an identity model, FP32 [1, n] in and out, one client; "
+        "server CPU is the server process's user + system time over a load divided by the requests it "
+        "served; per MB of the input (the same MB come back); the middle round's, every round's per-MB "
+        "figure after it. Echo floor rows: the same requests to `loadtest/peers/echo_floor.py`, uvicorn "
+        "(httptools, uvloop) and grpc.aio answering each request with its own bytes, nothing parsed or "
+        "run: what loopback TCP, the event loop and the protocol libraries cost per MB on this machine.")
+
+
+def targets(per_mb: dict) -> str:
+    """Issue 40's rows at 4 MB: server CPU per MB against its target and against the echo floor."""
+    size, lines = 4 << 20, []
+    for transport, target in TARGETS.items():
+        mine = per_mb.get((size, transport))
+        if mine is None:
+            continue
+        floor = per_mb.get((size, FLOORED.get(transport, "")))
+        beside = f"; the echo floor {floor:.3f} ms/MB, ortserve {mine / floor:.2f}x it" if floor else ""
+        verdict = "met" if mine <= target else "**MISSED**"
+        lines.append(f"- 4 MB, {transport}: {mine:.3f} ms of server CPU per MB (median of the rounds)"
+                     f"{beside}; target <= {target} ms/MB: {verdict}")
+    return "\n".join(lines)
 
 
 def _size(size: int) -> str:
@@ -122,10 +158,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    rows, intro = run(args.seconds, args.rounds)
+    rows, per_mb, intro = run(args.seconds, args.rounds)
     table = report.table(["tensor", "transport", "requests/s", "p50 ms", "server CPU ms / request",
                           "server CPU ms / MB", "ms / MB by round"], rows)
-    body = f"## Bytes\n\n{intro}\n\n{table}\n"
+    body = f"## Bytes\n\n{intro}\n\n{targets(per_mb)}\n\n{table}\n"
     report.write_section("bytes", body)
     print(body)
 

@@ -1,8 +1,10 @@
 """The servers the benchmarks measure ortserve beside, as processes on loopback: KServe's and MLServer's
 Python servers (each in its own virtual environment under .bench/, installed on first use), a grpc.aio
-server that answers without work, and ortserve itself; with the CPU time of each one's process tree."""
+server that answers without work, uvicorn and grpc.aio echoing requests back, and ortserve itself; with
+the CPU time of each one's process tree."""
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -22,12 +24,14 @@ from loadtest.server_process import (
     stop_server,
     wait_ready,
 )
+from server.runtime.heap import KEPT_FREE, LARGEST_FROM_HEAP
 
 VENVS = Path(__file__).resolve().parent.parent / ".bench"
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 PEERS = {"kserve": "kserve==0.21.0", "mlserver": "mlserver==1.7.1"}
 READY_SECONDS = 120  # a peer's first start imports its whole stack
 FLOOR = "grpc-floor"  # a grpc.aio server that answers without work: grpcio's own cost per call
+ECHO_FLOOR = "echo-floor"  # uvicorn and grpc.aio answering each request with its own bytes
 
 
 def model_file(root: Path, model: str) -> Path:
@@ -123,18 +127,36 @@ def start_mlserver(python: Path, root: Path, work: Path, model: str) -> Running:
 
 
 def start_floor(work: Path) -> Running:
-    grpc_port = free_port()
-    log = work / "grpc-floor.log"
-    process = subprocess.Popen([sys.executable, str(PEERS_DIR / "grpc_floor.py"), str(grpc_port)],
-                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return _started_script(FLOOR, "grpc_floor.py", work, [free_port()], http=False)
+
+
+def start_echo_floor(work: Path) -> Running:
+    """With glibc's allocator keeping request-sized buffers, as ortserve's `keep_request_buffers` does."""
+    allocator = {"MALLOC_MMAP_THRESHOLD_": str(LARGEST_FROM_HEAP), "MALLOC_TRIM_THRESHOLD_": str(KEPT_FREE)}
+    return _started_script(ECHO_FLOOR, "echo_floor.py", work, [free_port(), free_port()], http=True,
+                           environment={**os.environ, **allocator})
+
+
+def _started_script(name: str, script: str, work: Path, ports: list[int], http: bool,
+                    environment: dict | None = None) -> Running:
+    """One of `peers/`'s servers, given its ports (HTTP first where it serves HTTP), once every port
+    takes connections."""
+    log = work / f"{name}.log"
+    process = subprocess.Popen([sys.executable, str(PEERS_DIR / script), *map(str, ports)],
+                               stdout=log.open("w"), stderr=subprocess.STDOUT, env=environment)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and process.poll() is None:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", grpc_port)) == 0:
-                return Running(FLOOR, process, 0, grpc_port, lambda: stop_process(process))
+        if all(_accepts(port) for port in ports):
+            http_port, grpc_port = (ports[0], ports[-1]) if http else (0, ports[0])
+            return Running(name, process, http_port, grpc_port, lambda: stop_process(process))
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"the grpc.aio floor server did not start: {log.read_text()[-300:]}")
+    raise RuntimeError(f"{name} did not start: {log.read_text()[-300:]}")
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 PEER_STARTERS = {"kserve": start_kserve, "mlserver": start_mlserver}

@@ -44,3 +44,19 @@ def test_the_peers_minilm_requests_are_the_texts_own_lengths_without_padding():
     assert min(lengths) < 20 and max(lengths) == 128 and len(set(lengths)) > 10
     assert all(0 not in request["input_ids"] for request in requests)  # [PAD] is id 0
     assert all(request["attention_mask"].shape == request["input_ids"].shape for request in requests)
+
+
+def test_the_bytes_targets_read_each_transport_against_its_target_and_the_echo_floor():
+    from loadtest.bench_bytes import targets
+
+    size = 4 << 20
+    per_mb = {(size, "HTTP binary"): 0.25, (size, "HTTP binary, echo floor"): 0.2, (size, "gRPC"): 0.6,
+              (size, "shared memory"): 0.1, (16 << 10, "gRPC"): 0.01}
+    lines = targets(per_mb).splitlines()
+    assert lines == [
+        "- 4 MB, HTTP binary: 0.250 ms of server CPU per MB (median of the rounds); the echo floor "
+        "0.200 ms/MB, ortserve 1.25x it; target <= 0.3 ms/MB: met",
+        "- 4 MB, gRPC: 0.600 ms of server CPU per MB (median of the rounds); target <= 0.3 ms/MB: **MISSED**",
+        "- 4 MB, shared memory: 0.100 ms of server CPU per MB (median of the rounds); "
+        "target <= 0.15 ms/MB: met",
+    ]
