@@ -69,13 +69,14 @@ async def one_load(target: tuple[int, str], body, seconds: float) -> client.Resu
     return await client.http_load(target[0], "/v2/models/identity/infer", [body], 1, seconds)
 
 
-def measure(target: tuple[int, str], pid: int, body, seconds: float) -> tuple[client.Result, float]:
+def measure(target: tuple[int, str], pid: int, body, seconds: float,
+            label: str) -> tuple[client.Result, float]:
     """A load and the server's CPU seconds per request it answered."""
     before = cpu_seconds(pid)
     result = asyncio.run(one_load(target, body, seconds))
     cpu = cpu_seconds(pid) - before
     if result.failures:
-        raise RuntimeError(f"{result.failures} requests failed")
+        raise RuntimeError(f"{label}: {result.failures} requests failed")
     return result, cpu / max(result.requests_per_s * (seconds + client.WARMUP), 1)
 
 
@@ -108,7 +109,8 @@ def run(seconds: float, rounds: int) -> tuple[list[list], dict, str]:
                         if transport in FLOORED:
                             runs.append((FLOORED[transport], floor_target, floor.process.pid))
                         for label, target, pid in runs:
-                            measured.setdefault((size, label), []).append(measure(target, pid, body, seconds))
+                            measured.setdefault((size, label), []).append(
+                                measure(target, pid, body, seconds, f"{label}, {_size(size)}"))
         finally:
             stop_server(server)
             floor.stop()

@@ -1,5 +1,7 @@
 """gRPC at the wire: malformed protobuf, inconsistent raw contents, size limits and health."""
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -220,5 +222,5 @@ def test_the_allocator_setting_leaves_an_operators_own_alone():
     check = "from server.runtime.heap import keep_request_buffers as k; print(k())"
     for environment, expected in (({}, "True"), ({"MALLOC_TRIM_THRESHOLD_": "131072"}, "False")):
         done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True,
-                              env={"PATH": "/usr/bin:/bin", **environment})
+                              env={"PATH": "/usr/bin:/bin", **environment}, cwd=Path(__file__).parent.parent)
         assert done.stdout.strip() == expected
