@@ -29,6 +29,7 @@ MLP_DELAY_US = 2000
 ROUNDS = 5  # interleaved: this machine's speed drifts by several percent within a minute
 INLINE_FORMS = {"simple": DEFAULT_INLINE_EXECUTION_US, "simple_threaded": 0}  # inline_execution_us
 INLINE_ROUNDS = 3
+LONE = "simple_lone"  # simple with dispatch_lone_requests: a lone request goes without waiting out the delay
 
 
 def rounds_text(rounds: list[tuple]) -> str:
@@ -81,6 +82,8 @@ def build_repository(root: Path) -> None:
     for name, bound in INLINE_FORMS.items():
         publish(root, name, simple_model(), SIMPLE_CONFIG.replace('"simple"', f'"{name}"') + (
             f'parameters {{ key: "inline_execution_us" value {{ string_value: "{bound}" }} }}\n'))
+    publish(root, LONE, simple_model(), SIMPLE_CONFIG.replace('"simple"', f'"{LONE}"') + (
+        'parameters { key: "dispatch_lone_requests" value { string_value: "true" } }\n'))
 
 
 def tokens(length: int, rng) -> dict[str, np.ndarray]:
@@ -155,34 +158,41 @@ def mixed_vs_equal_in_process(path: Path, padding: Padding, mixed: list[dict], e
 def inline_rows(pid: int, grpc_port: int, seconds: float) -> list[list[str]]:
     """The small model's executions on the event loop's thread vs handed to an instance thread, over gRPC
     at concurrency 1 (the target: a lone request skips two thread hand-overs) and 32 (shown: batches
-    share one hand-over there), interleaved rounds: requests/s, p50 and the server's CPU per request."""
+    share one hand-over there), interleaved rounds: requests/s, p50 and the server's CPU per request.
+    Then, at concurrency 1, a lone request dispatched at once (`dispatch_lone_requests`) vs waiting out
+    simple's max_queue_delay_microseconds for a second one, as Triton's dynamic batcher does."""
     from loadtest.server_process import cpu_seconds
 
     single = {"INPUT0": np.arange(16, dtype=np.int32)[None], "INPUT1": np.ones((1, 16), np.int32)}
-    messages = {name: [client.grpc_message(name, single)] for name in INLINE_FORMS}
 
     def load(name: str, concurrency: int):
         before = cpu_seconds(pid)
-        result = asyncio.run(client.grpc_load(f"127.0.0.1:{grpc_port}", messages[name], concurrency, seconds))
+        message = [client.grpc_message(name, single)]
+        result = asyncio.run(client.grpc_load(f"127.0.0.1:{grpc_port}", message, concurrency, seconds))
         return result, 1000 * (cpu_seconds(pid) - before) / max(result.completed, 1)
 
-    rows = []
-    for concurrency in (1, CONCURRENCY):
+    def compared(first: str, second: str, concurrency: int, label: str, target: bool) -> list[str]:
         rounds = []
         for _ in range(INLINE_ROUNDS):
-            (inline, inline_cpu), (threaded, threaded_cpu) = (load(n, concurrency) for n in INLINE_FORMS)
-            rounds.append((inline.requests_per_s / threaded.requests_per_s, inline, threaded,
-                           inline_cpu, threaded_cpu))
-        ratio, inline, threaded, inline_cpu, threaded_cpu = report.middle(rounds, key=lambda r: r[0])
-        rows.append([
-            f"simple, gRPC, concurrency {concurrency}: executions on the event loop (inline_execution_us "
-            f"{DEFAULT_INLINE_EXECUTION_US}, the default) vs handed to an instance thread (0)",
-            f"{inline.requests_per_s:.0f} vs {threaded.requests_per_s:.0f} req/s",
+            (one, one_cpu), (other, other_cpu) = load(first, concurrency), load(second, concurrency)
+            rounds.append((one.requests_per_s / other.requests_per_s, one, other, one_cpu, other_cpu))
+        ratio, one, other, one_cpu, other_cpu = report.middle(rounds, key=lambda r: r[0])
+        return [
+            f"simple, gRPC, concurrency {concurrency}: {label}",
+            f"{one.requests_per_s:.0f} vs {other.requests_per_s:.0f} req/s",
             f"{ratio:.2f}x",
-            report.judged(">= 1x", ratio >= 1) if concurrency == 1 else "",
-            f"p50 {inline.percentile(50):.2f} vs {threaded.percentile(50):.2f} ms; server CPU "
-            f"{inline_cpu:.3f} vs {threaded_cpu:.3f} ms per request; {rounds_text(rounds)}",
-        ])
+            report.judged(">= 1x", ratio >= 1) if target else "",
+            f"p50 {one.percentile(50):.2f} vs {other.percentile(50):.2f} ms; server CPU "
+            f"{one_cpu:.3f} vs {other_cpu:.3f} ms per request; {rounds_text(rounds)}",
+        ]
+
+    inline, threaded = INLINE_FORMS
+    label = (f"executions on the event loop (inline_execution_us {DEFAULT_INLINE_EXECUTION_US}, the default) "
+             "vs handed to an instance thread (0)")
+    rows = [compared(inline, threaded, c, label, target=c == 1) for c in (1, CONCURRENCY)]
+    rows.append(compared(LONE, inline, 1, "a lone request dispatched at once (dispatch_lone_requests) vs "
+                         "waiting out max_queue_delay_microseconds 100 for a second one (Triton's batcher)",
+                         False))
     return rows
 
 
