@@ -9,6 +9,7 @@ section of BENCHMARKS.md.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -82,41 +83,39 @@ def measure(target: tuple[int, str], pid: int, body, seconds: float,
 
 def run(seconds: float, rounds: int) -> tuple[list[list], dict, str]:
     largest = max(SIZES)
-    regions = {name: shared_memory.SharedMemory(name=f"{KEY}_{name}", create=True, size=largest)
-               for name in ("in", "out")}
     rng = np.random.default_rng(0)
     measured: dict[tuple[int, str], list[tuple[client.Result, float]]] = {}
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as cleanup:
+        regions = {}
+        for name in ("in", "out"):
+            regions[name] = shared_memory.SharedMemory(name=f"{KEY}_{name}", create=True, size=largest)
+            cleanup.callback(regions[name].unlink)
+            cleanup.callback(regions[name].close)
         root = Path(work) / "repository"
         (root / "identity" / "1").mkdir(parents=True)
         onnx.save(identity_model(), root / "identity" / "1" / "model.onnx")
         (root / "identity" / "config.pbtxt").write_text("max_batch_size: 0\n")
         server = start_server(root, Path(work) / "server.log", "--access-log", "false",
                               "--max-request-bytes", str(4 * largest), ready_model="identity")
+        cleanup.callback(stop_server, server)
         floor = start_echo_floor(Path(work))
+        cleanup.callback(floor.stop)
         ortserve_target = (server.http_port, server.grpc_url)
         floor_target = (floor.http_port, f"127.0.0.1:{floor.grpc_port}")
-        try:
-            for name, region in regions.items():
-                httpx.post(f"http://{server.http_url}/v2/systemsharedmemory/region/{name}/register",
-                           json={"key": region.name, "offset": 0, "byte_size": largest}).raise_for_status()
-            for size in SIZES:
-                values = rng.standard_normal(size // 4).astype(np.float32)
-                np.ndarray(values.shape, np.float32, buffer=regions["in"].buf)[:] = values
-                for _ in range(rounds):
-                    for transport, body in loads(values).items():
-                        runs = [(transport, ortserve_target, server.process.pid)]
-                        if transport in FLOORED:
-                            runs.append((FLOORED[transport], floor_target, floor.process.pid))
-                        for label, target, pid in runs:
-                            measured.setdefault((size, label), []).append(
-                                measure(target, pid, body, seconds, f"{label}, {_size(size)}"))
-        finally:
-            stop_server(server)
-            floor.stop()
-            for region in regions.values():
-                region.close()
-                region.unlink()
+        for name, region in regions.items():
+            httpx.post(f"http://{server.http_url}/v2/systemsharedmemory/region/{name}/register",
+                       json={"key": region.name, "offset": 0, "byte_size": largest}).raise_for_status()
+        for size in SIZES:
+            values = rng.standard_normal(size // 4).astype(np.float32)
+            np.ndarray(values.shape, np.float32, buffer=regions["in"].buf)[:] = values
+            for _ in range(rounds):
+                for transport, body in loads(values).items():
+                    runs = [(transport, ortserve_target, server.process.pid)]
+                    if transport in FLOORED:
+                        runs.append((FLOORED[transport], floor_target, floor.process.pid))
+                    for label, target, pid in runs:
+                        measured.setdefault((size, label), []).append(
+                            measure(target, pid, body, seconds, f"{label}, {_size(size)}"))
     rows = []
     for (size, transport), results in measured.items():
         result, cpu = report.middle(results, key=lambda pair: pair[1])
