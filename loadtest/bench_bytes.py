@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import statistics
 import tempfile
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -116,15 +115,14 @@ def run(seconds: float, rounds: int) -> tuple[list[list], dict, str]:
                     for label, target, pid in runs:
                         measured.setdefault((size, label), []).append(
                             measure(target, pid, body, seconds, f"{label}, {_size(size)}"))
-    rows = []
+    rows, per_mb = [], {}
     for (size, transport), results in measured.items():
         result, cpu = report.middle(results, key=lambda pair: pair[1])
         mb = size / (1 << 20)
+        per_mb[size, transport] = cpu * 1000 / mb  # the middle round's: the rounds' median
         every = ", ".join(f"{c * 1000 / mb:.3f}" for _, c in results)
         rows.append([_size(size), transport, f"{result.requests_per_s:.0f}", f"{result.percentile(50):.2f}",
-                     f"{cpu * 1000:.3f}", f"{cpu * 1000 / mb:.3f}", every])
-    per_mb = {key: statistics.median(c for _, c in results) * 1000 * (1 << 20) / key[0]
-              for key, results in measured.items()}
+                     f"{cpu * 1000:.3f}", f"{per_mb[size, transport]:.3f}", every])
     command = f"python -m loadtest.bench_bytes --seconds {seconds:g} --rounds {rounds}"
     return rows, per_mb, (
         f"{report.machine()}. `{command}`: an identity model, FP32 [1, n] in and out, one client; "

@@ -168,9 +168,8 @@ def test_concurrent_requests_each_get_their_own_data_back(server):
 
 def test_large_tensors_reuse_the_servers_memory(tmp_path):
     """4 MB tensors in and out over gRPC and HTTP: once warm, a request maps few fresh pages in the server
-    (glibc's allocator keeps request-sized buffers: 30-90 page faults per request over gRPC, none over
-    HTTP; by default it returned them to the system as they were freed: about 350 and 1,600 here, a
-    tensor's worth of pages faulting on first touch)."""
+    (glibc's allocator keeps request-sized buffers; by default it returned them to the system as they
+    were freed, and a large share of a tensor's pages faulted again on the next request)."""
     import httpx
     import onnx
 
