@@ -29,6 +29,8 @@ MLP_DELAY_US = 2000
 ROUNDS = 5  # interleaved: this machine's speed drifts by several percent within a minute
 INLINE_FORMS = {"simple": DEFAULT_INLINE_EXECUTION_US, "simple_threaded": 0}  # inline_execution_us
 INLINE_ROUNDS = 3
+# as exported models are configured: no wait for company when nothing else is queued
+LONE_REQUESTS_AT_ONCE = 'parameters { key: "dispatch_lone_requests" value { string_value: "true" } }\n'
 LONE = "simple_lone"  # simple with dispatch_lone_requests: a lone request goes without waiting out the delay
 
 
@@ -82,8 +84,8 @@ def build_repository(root: Path) -> None:
     for name, bound in INLINE_FORMS.items():
         publish(root, name, simple_model(), SIMPLE_CONFIG.replace('"simple"', f'"{name}"') + (
             f'parameters {{ key: "inline_execution_us" value {{ string_value: "{bound}" }} }}\n'))
-    publish(root, LONE, simple_model(), SIMPLE_CONFIG.replace('"simple"', f'"{LONE}"') + (
-        'parameters { key: "dispatch_lone_requests" value { string_value: "true" } }\n'))
+    lone = SIMPLE_CONFIG.replace('"simple"', f'"{LONE}"') + LONE_REQUESTS_AT_ONCE
+    publish(root, LONE, simple_model(), lone)
 
 
 def tokens(length: int, rng) -> dict[str, np.ndarray]:

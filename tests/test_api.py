@@ -186,9 +186,10 @@ def test_compression(api, server):
                 response_compression_algorithm=response_algorithm,
             )
             np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
-        x = np.random.default_rng(0).standard_normal((1, 50_000)).astype(np.float32)  # compressed in a thread
+        # large enough to be compressed and decompressed in a thread
+        x = np.random.default_rng(0).standard_normal((1, 50_000)).astype(np.float32)
         for algorithm in ("gzip", "deflate"):
-            answer = api.client.infer("relu", [api.input("x", x)],
+            answer = api.client.infer("relu", [api.input("x", x)], request_compression_algorithm=algorithm,
                                       response_compression_algorithm=algorithm)
             np.testing.assert_array_equal(answer.as_numpy("y"), np.maximum(x, 0))
         _assert_compressed_answers(server)

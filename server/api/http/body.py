@@ -1,5 +1,6 @@
 """Request bodies: size limit and Content-Encoding, refused with Triton's status (400) and words."""
 
+import asyncio
 import zlib
 
 from starlette.requests import Request
@@ -8,6 +9,9 @@ from server.core.errors import InvalidArgument
 
 _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _RAISE_IT = "Use --http-max-input-size to increase the limit."
+# bodies of this size or more are (de)compressed in a thread (zlib lets go of the GIL): the event loop
+# serves other requests meanwhile
+IN_THREAD_FROM = 64 << 10
 
 
 async def read_body(request: Request, limit: int, what: str = "Request JSON") -> bytes:
@@ -29,6 +33,12 @@ async def read_body(request: Request, limit: int, what: str = "Request JSON") ->
         return data
     if encoding not in _DECOMPRESSORS:
         raise InvalidArgument(f"unsupported Content-Encoding '{encoding}', expected gzip or deflate")
+    if len(data) < IN_THREAD_FROM:
+        return _decompressed(data, encoding, limit, what)
+    return await asyncio.to_thread(_decompressed, data, encoding, limit, what)
+
+
+def _decompressed(data: bytes, encoding: str, limit: int, what: str) -> bytes:
     decompressor = zlib.decompressobj(_DECOMPRESSORS[encoding])
     try:
         data = decompressor.decompress(data, limit + 1)
