@@ -90,12 +90,16 @@ def outdated(repository: Path, name: str, variants=("fp32",)) -> str | None:
     stamp = repository / BUILT / f"{name}.json"
     if not stamp.exists():
         return "built before ortserve recorded what builds its models"
-    recorded = json.loads(stamp.read_text())
-    changed = [path for path, digest in recorded["files"].items() if _digest(ROOT / path) != digest]
+    try:
+        recorded = json.loads(stamp.read_text())
+        files, versions_then = dict(recorded["files"]), dict(recorded["versions"])
+    except (ValueError, KeyError, TypeError):
+        return f"its build record {stamp} is unreadable"
+    changed = [path for path, digest in files.items() if _digest(ROOT / path) != digest]
     if changed:
         return f"{', '.join(sorted(changed))} changed since"
     versions = library_versions()
-    moved = [f"{library} {was} -> {versions.get(library)}" for library, was in recorded["versions"].items()
+    moved = [f"{library} {was} -> {versions.get(library)}" for library, was in versions_then.items()
              if versions.get(library) != was]
     return f"built with {', '.join(moved)}" if moved else None
 

@@ -29,6 +29,9 @@ def test_a_stage_is_current_until_a_source_file_or_library_that_built_it_changes
     stamp_file.write_text(json.dumps(edited))
     assert outdated(tmp_path, "simple") == "exporters/demo.py changed since"
 
+    stamp_file.write_text("{")
+    assert outdated(tmp_path, "simple") == f"its build record {stamp_file} is unreadable"
+
     numpy = library_versions()["numpy"]
     stamp_file.write_text(json.dumps(dict(stamp, versions={**stamp["versions"], "numpy": "1.0.0"})))
     assert outdated(tmp_path, "simple") == f"built with numpy 1.0.0 -> {numpy}"

@@ -6,13 +6,13 @@ import gzip
 import numpy as np
 from starlette.requests import Request
 
-from server.api.http.body import IN_THREAD_FROM, read_body
+from server.api.http.body import INFLATE_IN_THREAD_FROM, read_body
 
 
 def test_a_large_compressed_body_is_decompressed_while_the_event_loop_serves_others():
     payload = np.random.default_rng(0).integers(0, 2, 48 << 20, dtype=np.uint8).tobytes()
     compressed = gzip.compress(payload, 1)
-    assert len(compressed) >= IN_THREAD_FROM
+    assert len(compressed) >= INFLATE_IN_THREAD_FROM
 
     async def receive():
         return {"type": "http.request", "body": compressed, "more_body": False}

@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api.http import codec
-from server.api.http.body import IN_THREAD_FROM, read_body
+from server.api.http.body import read_body
 from server.api.http.errors import error_response
 from server.core.errors import ServerError
 from server.core.fields import boolean
@@ -64,9 +64,9 @@ class InferRoute:
         encoding = _accepted_encoding(request.headers.get("accept-encoding", ""))
         if encoding:
             content = b"".join(parts)
-            if len(content) < IN_THREAD_FROM:
+            if len(content) < PARTS_FROM:
                 content = _compressed(content, encoding)
-            else:
+            else:  # off the event loop (zlib lets go of the GIL): other requests go on meanwhile
                 content = await asyncio.to_thread(_compressed, content, encoding)
             return Response(content, headers={**headers, "Content-Encoding": encoding}, media_type=media_type)
         if len(parts) == 1:  # JSON only: most answers
