@@ -77,7 +77,7 @@ def measure(target: tuple[int, str], pid: int, body, seconds: float,
     cpu = cpu_seconds(pid) - before
     if result.failures:
         raise RuntimeError(f"{label}: {result.failures} requests failed")
-    return result, cpu / max(result.requests_per_s * (seconds + client.WARMUP), 1)
+    return result, cpu / max(result.completed, 1)
 
 
 def run(seconds: float, rounds: int) -> tuple[list[list], dict, str]:

@@ -315,11 +315,11 @@ def _lone_latency(loads: list[Load]) -> list[str]:
                 == ("simple", server, "grpc", 1)}
 
     ours, kserve = p50s("ortserve"), p50s("kserve")
-    ratios = [ours[i] / kserve[i] for i in sorted(ours.keys() & kserve.keys())]
-    if not ratios:
+    both = sorted(ours.keys() & kserve.keys())
+    if not both:
         return []
-    ratio = statistics.median(ratios)
-    each = ", ".join(f"{ours[i]:.2f} vs {kserve[i]:.2f}" for i in sorted(ours.keys() & kserve.keys()))
+    ratio = statistics.median(ours[i] / kserve[i] for i in both)
+    each = ", ".join(f"{ours[i]:.2f} vs {kserve[i]:.2f}" for i in both)
     return [f"- simple, gRPC, concurrency 1: ortserve's p50 {ratio:.2f}x KServe's (rounds, ms: {each}); "
             + report.judged("at most 0.9x", ratio <= 0.9)]
 

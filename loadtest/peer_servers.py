@@ -127,28 +127,28 @@ def start_mlserver(python: Path, root: Path, work: Path, model: str) -> Running:
 
 
 def start_floor(work: Path) -> Running:
-    return _started_script(FLOOR, "grpc_floor.py", work, [free_port()], http=False)
+    return _started_script(FLOOR, "grpc_floor.py", work, [free_port()])
 
 
 def start_echo_floor(work: Path) -> Running:
     """With glibc's allocator keeping request-sized buffers, as ortserve's `keep_request_buffers` does."""
     allocator = {"MALLOC_MMAP_THRESHOLD_": str(LARGEST_FROM_HEAP), "MALLOC_TRIM_THRESHOLD_": str(KEPT_FREE)}
-    return _started_script(ECHO_FLOOR, "echo_floor.py", work, [free_port(), free_port()], http=True,
+    return _started_script(ECHO_FLOOR, "echo_floor.py", work, [free_port(), free_port()],
                            environment={**os.environ, **allocator})
 
 
-def _started_script(name: str, script: str, work: Path, ports: list[int], http: bool,
+def _started_script(name: str, script: str, work: Path, ports: list[int],
                     environment: dict | None = None) -> Running:
-    """One of `peers/`'s servers, given its ports (HTTP first where it serves HTTP), once every port
-    takes connections."""
+    """One of `peers/`'s servers, given its ports (gRPC's, after HTTP's where it serves both), once every
+    port takes connections."""
     log = work / f"{name}.log"
     process = subprocess.Popen([sys.executable, str(PEERS_DIR / script), *map(str, ports)],
                                stdout=log.open("w"), stderr=subprocess.STDOUT, env=environment)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and process.poll() is None:
         if all(_accepts(port) for port in ports):
-            http_port, grpc_port = (ports[0], ports[-1]) if http else (0, ports[0])
-            return Running(name, process, http_port, grpc_port, lambda: stop_process(process))
+            http_port = ports[0] if len(ports) > 1 else 0
+            return Running(name, process, http_port, ports[-1], lambda: stop_process(process))
         time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"{name} did not start: {log.read_text()[-300:]}")
