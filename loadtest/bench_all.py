@@ -32,6 +32,7 @@ def steps(repository: Path, soak_seconds: float) -> list[list[str]]:
         ["loadtest.bench_llm"],
         ["loadtest.bench_genai"],
         ["loadtest.bench_gguf"],  # builds llama.cpp once (about 10 minutes), cached under .bench/
+        ["loadtest.bench_gguf_step", "--rounds", "3"],
         ["loadtest.bench_peers"],
         ["loadtest.soak", "--repository", str(repository), "--seconds", f"{soak_seconds:g}"],
     ]
