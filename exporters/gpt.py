@@ -18,7 +18,7 @@ import torch
 from google.protobuf import text_format
 from torch import nn
 
-from exporters import corpus, llama, parity
+from exporters import llama, parity
 from exporters.attention import attention_bias
 from exporters.module import (
     VARIANTS,
@@ -34,6 +34,7 @@ from exporters.publish import model_path, set_parameters
 from server.generation.decoder import Decoder
 from server.generation.interface import GENERATION_INTERFACE, generation_parameters
 from server.protocol import ModelConfig
+from server.text import corpus
 
 SUPPORTED = ("gpt2", *llama.FAMILIES)
 DECODER_VARIANTS = (*VARIANTS, "int4")  # int4: weight-only MatMulNBits, the largest lever on CPUs

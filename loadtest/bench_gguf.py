@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from exporters import parity, precision
-from exporters.corpus import paragraphs
 from loadtest import llama_cpp, report
 from loadtest.server_process import free_port, start_server, stop_process, stop_server, wait_ready
+from server.text.corpus import paragraphs
 
 CONTEXT, NEW_TOKENS, STREAMS, PROMPT = 512, 128, 16, 512
 THREADS = 2

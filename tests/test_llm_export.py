@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from exporters import corpus, gpt
+from exporters import gpt
+from server.text import corpus
 from tests.conftest import start_server, stop_server
 from tests.models import copy_model
 

@@ -14,8 +14,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from exporters import bert, corpus, demo
+from exporters import bert, demo
 from server.repository.config import read_config
+from server.text import corpus
 from tests.conftest import start_server, stop_server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -10,7 +10,7 @@ inside, from cos/sin tables of the file's RoPE settings), MatMulNBits for the ou
 gated MLP with the gate and up projections in one MatMulNBits. Weights stay in the file's blocks
 (`gguf_weights`); blocks with a minimum add their offsets' share as a small float MatMul over the sums of
 each block of the input. The token embedding is gathered from its blocks where GatherBlockQuantized reads
-them."""
+them. Given per-channel scales (`kv_calibration`), GroupQueryAttention keeps the cache in int8."""
 
 from itertools import groupby
 
@@ -72,13 +72,18 @@ class Graph:
         return self.block_sums[x, block]
 
 
-def build(model: GgufModel, accuracy_level: int = INT8_COMPUTE) -> onnx.ModelProto:
-    return _Decoder(model, model.settings(), Graph(), accuracy_level).model()
+def build(model: GgufModel, accuracy_level: int = INT8_COMPUTE, kv_scales: list | None = None
+          ) -> onnx.ModelProto:
+    """`kv_scales`: per layer, the (key, value) scales [kv_heads, 1, head_dim] of an int8 cache (ONNX
+    Runtime's per-channel quantized cache, `kv_calibration`); None keeps the cache in float32."""
+    return _Decoder(model, model.settings(), Graph(), accuracy_level, kv_scales).model()
 
 
 class _Decoder:
-    def __init__(self, model: GgufModel, settings: DecoderSettings, graph: Graph, accuracy_level: int):
+    def __init__(self, model: GgufModel, settings: DecoderSettings, graph: Graph, accuracy_level: int,
+                 kv_scales: list | None = None):
         self.file, self.s, self.g, self.accuracy = model, settings, graph, accuracy_level
+        self.kv_scales = kv_scales
         self.vocab = model.tensor("token_embd.weight").data.shape[0]
         # llama's conversion stores query/key rows in interleaved rotary pairs; the others in halves
         self.interleaved = int(settings.architecture == "llama")
@@ -115,8 +120,9 @@ class _Decoder:
         return helper.make_model(body, opset_imports=OPSET, producer_name="ortserve import-llm")
 
     def _past_info(self, name: str, length: str = "past_sequence_length"):
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT,
-                                             ["batch_size", self.s.kv_heads, length, self.s.head_dim])
+        kind = TensorProto.FLOAT if self.kv_scales is None else TensorProto.INT8
+        dims = ["batch_size", self.s.kv_heads, length, self.s.head_dim]
+        return helper.make_tensor_value_info(name, kind, dims)
 
     def _embedding(self) -> str:
         g, table = self.g, self._blocks("token_embd.weight")
@@ -211,7 +217,14 @@ class _Decoder:
                      rotary_interleaved=self.interleaved)
         if local:
             attrs["local_window_size"] = s.sliding_window
-        attended = g.one("GroupQueryAttention", [*qkv_inputs, *past, seqlens, total, cos, sin], MS, **attrs)
+        inputs = [*qkv_inputs, *past, seqlens, total, cos, sin]
+        if self.kv_scales is not None:
+            attrs.update(k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
+            key_scale, value_scale = self.kv_scales[layer]
+            # after position_ids, attention_bias and head_sink, which this graph does not use
+            scales = [g.weight(f"{prefix}k_scale", key_scale), g.weight(f"{prefix}v_scale", value_scale)]
+            inputs += ["", "", "", *scales]
+        attended = g.one("GroupQueryAttention", inputs, MS, **attrs)
         g.nodes[-1].output.extend(present)
         return self._linear(attended, [f"{prefix}output.weight"], f"{prefix}output")
 

@@ -21,6 +21,8 @@ import onnxruntime as ort
 from server.generation.graph import ORT_FLOAT, DecoderGraphError, past_names
 from server.generation.kv_cache import GROWTH
 
+CACHE_TYPES = {**ORT_FLOAT, "tensor(int8)": np.int8}  # int8: a quantized cache, scales in the graph
+
 PADDING_TOLERATED = 4 / 3  # padded tokens a batched prefill may compute per token the prompts hold
 
 
@@ -145,7 +147,7 @@ class GqaDecoder:
                 raise DecoderGraphError("the graph's past inputs leave the head size symbolic; set the "
                                         "config parameter 'kv_head_dim' (genai_config.json's head_size)")
             self.head_dim = head_dim
-        self.past_dtype = ORT_FLOAT.get(first.type, np.float32)
+        self.past_dtype = CACHE_TYPES.get(first.type, np.float32)
         self.id_dtype = np.int64 if inputs["input_ids"].type == "tensor(int64)" else np.int32
         self.positioned = "logit_positions" in inputs
         logits = next(o for o in session.get_outputs() if o.name == "logits")

@@ -32,10 +32,14 @@ class LayoutError(ValueError):
     """The directory cannot be served as it is; the message says what is missing or not understood."""
 
 
-def import_llm(source: Path, repository: Path, name: str, float_activations: bool = False) -> Path:
+def import_llm(source: Path, repository: Path, name: str, float_activations: bool = False,
+               int8_cache: bool = False) -> Path:
     source = Path(source)
     if source.suffix == ".gguf":
-        return import_gguf(source, repository, name, float_activations)
+        return import_gguf(source, repository, name, float_activations, int8_cache)
+    if int8_cache:
+        raise LayoutError("an int8 cache is for GGUF files (its scales are calibrated as the graph is "
+                          f"built); '{source}' is an exported decoder, whose cache keeps the graph's type")
     genai = (source / "genai_config.json").exists()
     graph, context, eos, head_dim = _genai(source) if genai else (*_optimum(source), None)
     if not (source / "tokenizer.json").exists():
@@ -57,19 +61,27 @@ def import_llm(source: Path, repository: Path, name: str, float_activations: boo
     return target
 
 
-def import_gguf(source: Path, repository: Path, name: str, float_activations: bool = False) -> Path:
-    """The GGUF file's decoder, tokenizer and chat template as a generation model."""
+def import_gguf(source: Path, repository: Path, name: str, float_activations: bool = False,
+                int8_cache: bool = False) -> Path:
+    """The GGUF file's decoder, tokenizer and chat template as a generation model. `int8_cache`: keys and
+    values cached in int8 with per-channel scales calibrated on real text (`kv_calibration`)."""
     from server.generation.gguf_file import GgufError, read
     from server.generation.gguf_graph import FLOAT_COMPUTE, INT8_COMPUTE, build
     from server.text.gguf_tokenizer import TokenizerError, write_tokenizer
 
     target = Path(repository) / name
+    level = FLOAT_COMPUTE if float_activations else INT8_COMPUTE
     try:
         model = read(source)
         settings = model.settings()
-        graph = build(model, FLOAT_COMPUTE if float_activations else INT8_COMPUTE)
+        graph = build(model, level)
         (target / "1").mkdir(parents=True, exist_ok=True)
         write_tokenizer(model.metadata, target)
+        if int8_cache:
+            from server.generation.kv_calibration import calibration_ids, kv_cache_scales
+
+            chunks = calibration_ids(target / "tokenizer.json", settings.context)
+            graph = build(model, level, kv_cache_scales(graph, chunks))
     except (GgufError, TokenizerError) as error:
         raise LayoutError(str(error)) from None
     onnx.save_model(graph, str(target / "1" / "model.onnx"), save_as_external_data=True,
