@@ -8,7 +8,8 @@ OpenAI-protocol client drives both (`/v1/completions`, streamed, token-id prompt
   the same weights dequantized (transformers reading the GGUF, float32) and against `llama-perplexity`;
 - speed: one stream of 128 new tokens, 16 streams at once, time to first token of both, and prompt
   processing (a 512-token prompt). Every round's prompts are new text, so neither server's prompt
-  cache answers them;
+  cache answers them. The same file imported with `--kv-cache int8` is measured beside the default
+  (float32 cache) in the same rounds;
 - the exporters on a real model: the same weights as a Hugging Face checkpoint (transformers reading the
   GGUF, saved) exported with `--variants fp32,int8,int4`, each variant's perplexity against fp32 as the
   export's own gate measures it, beside the forms the exporters used before (per-tensor dynamic int8, ONNX
@@ -37,6 +38,7 @@ from loadtest.server_process import free_port, start_server, stop_process, stop_
 from server.text.corpus import paragraphs
 
 CONTEXT, NEW_TOKENS, STREAMS, PROMPT = 512, 128, 16, 512
+INT8_CACHE, INT8_CACHE_MODEL = "ortserve, int8 cache", "smollm2_int8_cache"  # `--kv-cache int8`, opt-in
 THREADS = 2
 
 
@@ -240,6 +242,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         sizes = (file.stat().st_size, directory_bytes(import_llm(file, work / "repository", "smollm2")))
+        import_llm(file, work / "repository", INT8_CACHE_MODEL, int8_cache=True)
         text, ids = corpus_ids(work / "repository" / "smollm2" / "tokenizer.json")
         (work / "corpus.txt").write_text(text)
         chunks = [ids[i * CONTEXT:(i + 1) * CONTEXT] for i in range(args.chunks)]
@@ -252,7 +255,8 @@ def main(argv=None) -> int:
             rounds = []
             for index in range(args.rounds):
                 rounds.append({"ortserve": measure(ortserve_port, "smollm2", ids, index),
-                               "llama.cpp": measure(llama_port, "smollm2", ids, index)})
+                               "llama.cpp": measure(llama_port, "smollm2", ids, index),
+                               INT8_CACHE: measure(ortserve_port, INT8_CACHE_MODEL, ids, index)})
                 print(json.dumps(rounds[-1]), flush=True)
         finally:
             stop_server(ortserve)
@@ -296,6 +300,15 @@ def render(rounds: list[dict], perplexity: dict, chunks: int, exported: dict, si
         goal = f">= {target}x" if higher else f"<= {target:.1f}x the time"
         table.append([label, cells, f"{ratio:.2f}x", report.judged(goal, ratio >= target)])
     lines.append(report.table(["row", "each round: ortserve vs llama.cpp", "median ratio", "target"], table))
+    lines += ["", "The same rounds with `import-llm --kv-cache int8` (keys and values cached in int8, "
+              "opt-in), against the default float32 cache (int8 / float32; time to first token: float32 / "
+              "int8):", ""]
+    cache_rows = []
+    for label, key, higher, _ in ROWS:
+        pairs = [(r[INT8_CACHE][key], r["ortserve"][key]) for r in rounds]
+        ratio = statistics.median((a / b) if higher else (b / a) for a, b in pairs)
+        cache_rows.append([label, "; ".join(f"{a:.1f} vs {b:.1f}" for a, b in pairs), f"{ratio:.2f}x"])
+    lines.append(report.table(["row", "each round: int8 cache vs float32 cache", "median ratio"], cache_rows))
     complete = all(r[s]["complete"] for r in rounds for s in r)
     lines += ["", f"Every stream returned its {NEW_TOKENS} tokens: {'yes' if complete else 'NO'}.", ""]
     ours, reference, theirs = perplexity["ortserve"], perplexity["reference"], perplexity["llama.cpp"]
