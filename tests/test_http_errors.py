@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from server.api.http.body import INFLATE_IN_THREAD_FROM
 from server.core import jsontext
 from server.core.errors import InvalidArgument
 
@@ -202,10 +203,10 @@ def test_body_over_the_limit(http):
 
 
 def test_compressed_body_over_the_limit(http):
-    bomb = gzip.compress(b" " * (4 * 1024 * 1024))
-    # a body of bits, 2 MB once decompressed: inflated in a thread
+    bomb = gzip.compress(b" " * (4 * 1024 * 1024))  # 4 KB: one repeated byte inflates about 1000-fold
     bits = gzip.compress(np.random.default_rng(0).integers(0, 2, 2 << 20, dtype=np.uint8).tobytes())
-    assert 1 << 10 < len(bits) < 1 << 20
+    # both large enough to be inflated in a thread; the second under the limit before it is inflated
+    assert INFLATE_IN_THREAD_FROM <= len(bomb) and INFLATE_IN_THREAD_FROM <= len(bits) < 1 << 20
     for body in (bomb, bits):
         response = http.post("/v2/models/simple/infer", content=body, headers={"Content-Encoding": "gzip"})
         assert_error(response, 400, "Request JSON size once decompressed (gzip) exceeds the maximum allowed "

@@ -31,10 +31,8 @@ def calibration_ids(tokenizer_file: Path, context: int) -> list[list[int]]:
 
 def kv_cache_scales(graph: onnx.ModelProto, chunks: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per layer, the (key, value) scales [kv_heads, 1, head_dim] of a float-cache `graph` over `chunks`."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    decoder = GqaDecoder(ort.InferenceSession(graph.SerializeToString(), options,
-                                              providers=["CPUExecutionProvider"]), slots=1)
+    decoder = GqaDecoder(ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]),
+                         slots=1)
     peaks = None
     for chunk in chunks:
         _, cache = decoder.prefill([chunk], reach=len(chunk))
