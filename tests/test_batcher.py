@@ -16,12 +16,14 @@ class FakeRunner:
 
     def __init__(self, fail_on=None):
         self.batches: list[dict[str, np.ndarray]] = []
+        self.into: list[dict | None] = []  # each batch's arrays to write its outputs into
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail_on = fail_on
 
-    async def __call__(self, feeds, names):
+    async def __call__(self, feeds, names, into=None):
         self.batches.append(feeds)
+        self.into.append(into)
         await self.gate.wait()
         if self.fail_on is not None and (feeds["x"] == self.fail_on).any():
             raise RuntimeError("poisoned row")
@@ -117,6 +119,24 @@ def test_without_dynamic_batching_each_request_runs_alone():
     run(scenario())
 
 
+def test_only_a_request_that_runs_alone_and_unpadded_has_its_outputs_written_into_its_arrays():
+    """A batch's outputs are one array cut into the requests' rows, so arrays given by one request
+    (`into`, its shared memory regions) are used only where it runs alone at its own size."""
+    async def scenario(**policy):
+        runner = FakeRunner()
+        batcher = await started(runner, max_batch_size=8, max_queue_delay_us=20_000, **policy)
+        targets = [{"y": np.empty((1, 2), np.int64)} for _ in range(3)]
+        await batcher.submit(rows(1), ["y"], into=targets[0])
+        await asyncio.gather(*(batcher.submit(rows(i), ["y"], into=t) for i, t in enumerate(targets[1:])))
+        await batcher.stop()
+        return runner, targets
+
+    runner, targets = run(scenario())
+    assert runner.sizes == [1, 2] and runner.into == [targets[0], None]
+    runner, _ = run(scenario(padded_batch_sizes=(4, 8)))
+    assert runner.sizes == [4, 4] and runner.into == [None, None]
+
+
 def test_higher_priority_runs_first():
     async def scenario():
         runner = FakeRunner()
@@ -185,7 +205,7 @@ def test_preserve_ordering_across_instances():
     async def scenario():
         slow_gate = asyncio.Event()
 
-        async def runner(feeds, names):
+        async def runner(feeds, names, into=None):
             if feeds["x"][0, 0] == 0:
                 await slow_gate.wait()
             return {"y": feeds["x"]}, Timing()

@@ -113,7 +113,7 @@ class Timed:
     def __init__(self, seconds: float = 0.0):
         self.seconds, self.threads = seconds, []
 
-    def run(self, feeds, output_names):
+    def run(self, feeds, output_names, into=None):
         self.threads.append(threading.current_thread())
         if self.seconds:
             threading.Event().wait(self.seconds)
@@ -205,9 +205,9 @@ def test_a_loaded_model_runs_executions_shorter_than_its_inline_execution_us_on_
         session = model.pool.sessions[0]
         original = session.run
 
-        def recorded(feeds, names):
+        def recorded(feeds, names, into=None):
             ran_on.append(threading.current_thread())
-            return original(feeds, names)
+            return original(feeds, names, into)
 
         session.run = recorded
         for _ in range(3):

@@ -4,11 +4,16 @@ import base64
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 import tritonclient.utils.shared_memory as shm
+from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from server.core.cuda_ipc import cuda_device_count
+from server.core.shared_memory import RegionUse, SharedMemory
+from server.runtime.session import OrtSession, SessionSettings
+from server.runtime.shapes import OutputShapes
 
 SIZE = 64  # one INT32 [1, 16] tensor
 
@@ -104,3 +109,52 @@ def test_without_a_gpu_cuda_registration_is_refused_saying_why(api):
         api.client.get_cuda_shared_memory_status("gpu_region")
     api.assert_error(unknown.value, "NOT_FOUND", "Unable to find cuda shared memory region: 'gpu_region'")
     api.client.unregister_cuda_shared_memory()  # nothing registered: nothing to do
+
+
+def concat_model(output_dims: list) -> onnx.ModelProto:
+    """x FP32[1, n] -> y = [x, x] along axis 1, its shape declared as `output_dims`."""
+    graph = helper.make_graph([helper.make_node("Concat", ["x", "x"], ["y"], axis=1)], "concat",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_dims)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_output_shapes_come_from_the_inputs_dimensions_the_graph_names():
+    shapes = OutputShapes.from_graph({"x": [1, "n"], "z": ["batch", 3]},
+                                     {"y": ["batch", "n", 4], "unnamed": [None, 2], "unranked": None,
+                                      "other": ["m"]})
+    feeds = {"x": np.zeros((1, 5)), "z": np.zeros((7, 3))}
+    assert shapes.of("y", feeds) == (7, 5, 4)
+    assert [shapes.of(name, feeds) for name in ("unnamed", "unranked", "other")] == [None] * 3
+    assert shapes.of("y", {"x": np.zeros((1, 5))}) is None  # its input is missing: not known
+
+
+def test_an_execution_writes_outputs_into_given_arrays_and_falls_back_where_their_shape_is_wrong(tmp_path):
+    path = tmp_path / "concat.onnx"
+    onnx.save(concat_model([1, "twice_n"]), path)
+    session = OrtSession(path, SessionSettings())
+    x = np.arange(4, dtype=np.float32)[None]
+    target = np.zeros((1, 8), np.float32)
+    [y] = session.run({"x": x}, ["y"], into={"y": target})
+    assert np.shares_memory(y, target) and np.array_equal(target, np.concatenate([x, x], axis=1))
+
+    wrong = np.full((1, 4), -1, np.float32)  # a graph whose names say y has x's shape: it has not
+    [y] = session.run({"x": x}, ["y"], into={"y": wrong})
+    assert not np.shares_memory(y, wrong) and y.shape == (1, 8) and (wrong == -1).all()
+
+
+def test_a_region_span_is_an_array_the_client_sees_and_unregistering_it_while_used_is_safe(tmp_path):
+    handle = shm.create_shared_memory_region("span", "/ortserve_test_span", 64)
+    memory = SharedMemory()
+    try:
+        memory.system.register("span", "/ortserve_test_span", 0, 64)
+        array = memory.array(RegionUse("span", 32, offset=16), np.dtype(np.float32), (2, 4))
+        array[:] = np.arange(8).reshape(2, 4)
+        assert np.array_equal(shm.get_contents_as_numpy(handle, np.float32, [2, 4], offset=16), array)
+        assert memory.array(RegionUse("span", 16, offset=16), np.dtype(np.float32), (2, 4)) is None
+        assert memory.array(RegionUse("span", 32, offset=2), np.dtype(np.float32), (2, 4)) is None
+        memory.system.unregister("span")  # an execution still holds `array`
+        array[0, 0] = 7
+        assert memory.find("span") is None
+    finally:
+        shm.destroy_shared_memory_region(handle)

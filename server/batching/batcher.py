@@ -132,6 +132,7 @@ class Pending:
     future: asyncio.Future
     previous: asyncio.Future | None = None  # preserve_ordering: delivered before this one
     delivered: asyncio.Future | None = None
+    into: dict[str, np.ndarray] | None = None  # arrays its outputs are written into where it runs alone
 
 
 @dataclass
@@ -169,6 +170,7 @@ class Batcher(BatchLoop):
         output_names: list[str],
         priority: int = 0,
         timeout_us: int = 0,
+        into: dict[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, np.ndarray], Timing]:
         self._check_accepting()
         level = self._level(priority)
@@ -192,6 +194,7 @@ class Batcher(BatchLoop):
             enqueued_ns=now,
             deadline_ns=now + timeout * 1000 if timeout else None,
             future=loop.create_future(),
+            into=into,
         )
         if self.policy.preserve_ordering:
             pending.previous, pending.delivered = self._last_delivered, loop.create_future()
@@ -313,7 +316,9 @@ class Batcher(BatchLoop):
                 outputs, timing = await self.run_batch(self.ragged.merge(items), names, rows=sum(sizes))
                 parts = self.ragged.split(outputs, items, sizes)
             else:
-                outputs, timing = await self._run_padded(collate(items, self.padding), sum(sizes), names)
+                into = batch[0].into if len(batch) == 1 and self.padding is None else None
+                feeds = collate(items, self.padding)
+                outputs, timing = await self._run_padded(feeds, sum(sizes), names, into)
                 parts = split(outputs, sizes, [p.length for p in batch], self.padding)
         except Exception as error:
             if len(batch) == 1:
@@ -331,11 +336,12 @@ class Batcher(BatchLoop):
             for pending, part in zip(batch, parts)
         ]
 
-    async def _run_padded(self, feeds: dict[str, np.ndarray], rows: int, names: list[str]):
-        """Runs `feeds` padded to the policy's next batch size; the outputs' padding rows are cut off."""
+    async def _run_padded(self, feeds: dict[str, np.ndarray], rows: int, names: list[str], into=None):
+        """Runs `feeds` padded to the policy's next batch size; the outputs' padding rows are cut off.
+        `into`: arrays the outputs of unpadded feeds are written into."""
         target = self.policy.padded_rows(rows)
         if target == rows:
-            return await self.run_batch(feeds, names)
+            return await self.run_batch(feeds, names, into=into)
         padded = {name: np.concatenate([array, np.repeat(array[-1:], target - rows, axis=0)])
                   for name, array in feeds.items()}
         outputs, timing = await self.run_batch(padded, names)

@@ -3,10 +3,13 @@ their inputs and outputs, so tensors do not travel in the request. System region
 objects mapped into the server; CUDA regions are GPU allocations shared by a CUDA IPC handle, copied to
 and from host memory around an execution. Both kinds share one namespace of region names, as Triton's."""
 
+import math
 import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from server.core.cuda_ipc import CudaRuntime, CudaUnavailable
 from server.core.errors import InvalidArgument, NotFound
@@ -33,8 +36,19 @@ class SystemRegion:
     def write(self, start: int, data: bytes | memoryview) -> None:
         self.memory[self.offset + start : self.offset + start + len(data)] = data
 
+    def array(self, start: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The span as a writable array, where its offset suits the type (else None)."""
+        at = self.offset + start
+        if at % dtype.itemsize:
+            return None
+        # frombuffer holds the mapping's buffer (an ndarray built on it directly would not stop `close`)
+        return np.frombuffer(self.memory, dtype, math.prod(shape), at).reshape(shape)
+
     def release(self) -> None:
-        self.memory.close()
+        try:
+            self.memory.close()
+        except BufferError:  # a running request writes into it: unmapped once its array is gone
+            pass
 
 
 @dataclass
@@ -202,6 +216,15 @@ class SharedMemory:
 
     def read(self, use: RegionUse) -> bytes:
         return self._span(use).read(use.offset, use.byte_size)
+
+    def array(self, use: RegionUse, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
+        """Where a tensor of `dtype` and `shape` fits the span of a system region: the span as an array
+        that an execution writes its output into (else None: `write` copies it there, or says why not)."""
+        region = self.system.get(use.name)
+        size = math.prod(shape) * dtype.itemsize
+        if region is None or not 0 < size <= use.byte_size or use.offset + use.byte_size > region.byte_size:
+            return None
+        return region.array(use.offset, dtype, shape)
 
     def write(self, use: RegionUse, data: bytes | memoryview) -> None:
         if len(data) > use.byte_size:

@@ -25,6 +25,7 @@ from server.repository import config as cfg
 from server.repository.model import ModelVersion
 from server.runtime.executor import DEFAULT_INLINE_EXECUTION_US, InstancePool
 from server.runtime.session import OrtSession, SessionSettings, gpu_available
+from server.runtime.shapes import OutputShapes
 from server.sequences.settings import check_graph, sequence_settings
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
 
 
 def _model_version(model_dir, version, config, sessions, busy_sessions=None) -> ModelVersion:
+    reshaped = any(t.HasField("reshape") for t in [*config.input, *config.output])
     return ModelVersion(
         name=config.name,
         version=version,
@@ -123,6 +125,7 @@ def _model_version(model_dir, version, config, sessions, busy_sessions=None) -> 
         limits=_limits(config),
         input_reshapes={t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")},
         output_reshapes={t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")},
+        output_shapes=OutputShapes({}) if reshaped else sessions[0].output_shapes(),
     )
 
 

@@ -16,6 +16,7 @@ from server.encoding.encoder import TextService
 from server.generation.engine import GenerationEngine, GenerationSettings
 from server.protocol import ModelConfig
 from server.runtime.executor import InstancePool
+from server.runtime.shapes import OutputShapes
 from server.sequences.scheduler import SequenceControl, SequenceScheduler
 from server.sequences.settings import SequenceSettings
 
@@ -32,6 +33,8 @@ class ModelVersion:
     # Triton's `reshape`: the graph's shape of an input, and the client's shape of an output
     input_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     output_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # the outputs' shapes before a run, from the inputs' (none where a reshape stands between them)
+    output_shapes: OutputShapes = field(default_factory=lambda: OutputShapes({}))
     padding: Padding | None = None
     policy: BatchPolicy = field(default_factory=BatchPolicy)  # the dynamic batcher's, from the config
     ragged: Ragged | None = None  # Triton's ragged batching: allow_ragged_batch, batch_input, batch_output
@@ -79,9 +82,12 @@ class ModelVersion:
         priority: int = 0,
         timeout_us: int = 0,
         sequence: SequenceControl | None = None,
+        into: dict[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, np.ndarray], Timing]:
+        """`into`: arrays of the shapes `output_shapes` gives, which outputs are written into where the
+        request runs alone."""
         if self.sequences is None:
-            return await self.scheduler.submit(feeds, output_names, priority, timeout_us)
+            return await self.scheduler.submit(feeds, output_names, priority, timeout_us, into)
         if sequence is None:
             raise InvalidArgument(
                 f"model '{self.name}' is stateful (sequence batching): every request needs a non-zero "
@@ -94,13 +100,14 @@ class ModelVersion:
         return self.config.max_batch_size > 0
 
     async def execute(
-        self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int | None = None
+        self, feeds: dict[str, np.ndarray], output_names: list[str], rows: int | None = None,
+        into: dict[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, np.ndarray], Timing]:
         """`rows`: the batch's size where its feeds do not show it (ragged inputs are 1-D)."""
         start = time.perf_counter_ns()
         feeds = self.graph_feeds(feeds)
         ready = time.perf_counter_ns()
-        arrays = await self.pool.run(feeds, output_names)
+        arrays = await self.pool.run(feeds, output_names, into)
         done = time.perf_counter_ns()
         batch = rows or (next(iter(feeds.values())).shape[0] if self.batching and feeds else 1)
         outputs = {name: self._client_shape(name, a, batch) for name, a in zip(output_names, arrays)}

@@ -42,13 +42,15 @@ class InstancePool:
         self._running = 0  # executions started and not finished, counted on the event loop
         self._threads = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=name)
 
-    async def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
+    async def run(self, feeds: dict[str, np.ndarray], output_names: list[str],
+                  into: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """`into`: arrays that outputs are written into (`OrtSession.run`)."""
         size = sum(array.nbytes for array in feeds.values())
         index = self._free_now() if self._inline(size) else None
         if index is None:
-            return await self.call(lambda session: self._timed(session, feeds, output_names, size))
+            return await self.call(lambda session: self._timed(session, feeds, output_names, size, into))
         try:
-            return self._timed(self._chosen()[index], feeds, output_names, size)
+            return self._timed(self._chosen()[index], feeds, output_names, size, into)
         finally:
             self._free.put(index)
 
@@ -63,10 +65,10 @@ class InstancePool:
         except queue.Empty:
             return None
 
-    def _timed(self, session: OrtSession, feeds, output_names: list[str], size: int) -> list[np.ndarray]:
+    def _timed(self, session: OrtSession, feeds, output_names, size: int, into) -> list[np.ndarray]:
         start = time.perf_counter_ns()
         try:
-            return session.run(feeds, output_names)
+            return session.run(feeds, output_names, into)
         finally:
             elapsed = time.perf_counter_ns() - start
             recent = self._recent_ns

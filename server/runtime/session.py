@@ -12,6 +12,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtIn
 from server.core import datatypes
 from server.core.errors import InvalidArgument
 from server.core.types import GraphTensor
+from server.runtime.shapes import OutputShapes
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ _GRAPH_LEVELS = {
     0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
 }
+_QUIET = ort.RunOptions()  # a run into given arrays that fails is run again, which reports the error
+_QUIET.log_severity_level = 4
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,39 @@ class OrtSession:
     def graph_outputs(self) -> list[GraphTensor]:
         return [_graph_tensor(node) for node in self.session.get_outputs()]
 
-    def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
+    def output_shapes(self) -> OutputShapes:
+        return OutputShapes.from_graph({node.name: node.shape for node in self.session.get_inputs()},
+                                       {node.name: node.shape for node in self.session.get_outputs()})
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str],
+            into: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """`into`: arrays of the shapes some outputs will have, which they are written into (no copy after
+        the run); where the run into them fails, a plain run follows."""
         try:
+            if into and (written := self._run_into(feeds, output_names, into)) is not None:
+                return written
             return self.session.run(output_names, feeds)
         except OrtInvalidArgument as error:  # the input's values, not the server: a 400, not a backend fault
             raise InvalidArgument(f"the model rejected the input: {_status_message(error)}") from None
+
+    def _run_into(self, feeds, output_names, into) -> list[np.ndarray] | None:
+        if any(array.dtype.kind in "OSU" for array in feeds.values()):  # a binding takes no strings
+            return None
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in output_names:
+            target = into.get(name)
+            if target is None:
+                binding.bind_output(name, "cpu")
+            else:
+                binding.bind_output(name, "cpu", 0, target.dtype, list(target.shape), target.ctypes.data)
+        try:
+            self.session.run_with_iobinding(binding, _QUIET)
+        except RuntimeError:  # errors through a binding are untyped: a shape other than expected, a bad input
+            return None
+        values = binding.get_outputs()
+        return [into[name] if name in into else value.numpy() for name, value in zip(output_names, values)]
 
 
 def _status_message(error: Exception) -> str:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from server.core import tensors
+from server.core import datatypes, tensors
 from server.core.errors import Internal, ServerError, failure_reason
 from server.core.fields import integer
 from server.core.shared_memory import RegionUse, SharedMemory
@@ -55,10 +55,11 @@ class InferenceService:
             sequence = SequenceControl.from_parameters(request.parameters)
             if trace is not None:
                 trace.mark("QUEUE_START")
-            arrays, timing = await model.infer(feeds, names, priority, timeout, sequence)
             requested = {output.name: output for output in request.outputs}
+            into = self._in_place(model, feeds, requested)
+            arrays, timing = await model.infer(feeds, names, priority, timeout, sequence, into)
             outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
-            shm_outputs = self._to_shared_memory(outputs, requested)
+            shm_outputs = self._to_shared_memory(outputs, requested, into)
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
@@ -87,18 +88,40 @@ class InferenceService:
             data = tensors.from_raw(name, datatype, shape, self.shared_memory.read(use), request.model_name)
             request.inputs.append(Tensor(name, datatype, data))
 
-    def _to_shared_memory(self, outputs: list[Tensor], requested: dict[str, RequestedOutput]
-                          ) -> dict[str, dict]:
-        """Writes the outputs a request placed in shared memory; returns their response parameters."""
+    def _in_place(self, model: ModelVersion, feeds: dict[str, np.ndarray],
+                  requested: dict[str, RequestedOutput]) -> dict[str, np.ndarray]:
+        """The outputs placed in system shared memory whose shapes the inputs give: their regions' spans
+        as arrays, for the execution to write into (without the copy from its own output)."""
+        into = {}
+        for name, wanted in requested.items():
+            use = RegionUse.from_parameters(name, wanted.parameters) if not wanted.class_count else None
+            shape = model.output_shapes.of(name, feeds) if use is not None else None
+            spec = next((spec for spec in model.outputs if spec.name == name), None)
+            if shape is None or spec is None or spec.datatype == "BYTES":
+                continue
+            array = self.shared_memory.array(use, datatypes.numpy_dtype(spec.datatype), shape)
+            if array is not None:
+                into[name] = array
+        return into
+
+    def _to_shared_memory(self, outputs: list[Tensor], requested: dict[str, RequestedOutput],
+                          in_place: dict[str, np.ndarray]) -> dict[str, dict]:
+        """Writes the outputs a request placed in shared memory (unless the execution wrote them there);
+        returns their response parameters."""
         placed = {}
         for tensor in outputs:
             wanted = requested.get(tensor.name)
             use = RegionUse.from_parameters(tensor.name, wanted.parameters) if wanted else None
             if use is None:
                 continue
-            data = tensors.raw_view(tensor.data)  # copied once, into the region
-            self.shared_memory.write(use, data)
-            placed[tensor.name] = {"shared_memory_region": use.name, "shared_memory_byte_size": len(data)}
+            there = in_place.get(tensor.name)
+            if there is not None and np.may_share_memory(tensor.data, there):
+                size = tensor.data.nbytes
+            else:
+                data = tensors.raw_view(tensor.data)  # copied once, into the region
+                self.shared_memory.write(use, data)
+                size = len(data)
+            placed[tensor.name] = {"shared_memory_region": use.name, "shared_memory_byte_size": size}
             if use.offset:
                 placed[tensor.name]["shared_memory_offset"] = use.offset
         return placed
