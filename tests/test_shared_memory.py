@@ -14,6 +14,7 @@ from server.core.cuda_ipc import cuda_device_count
 from server.core.shared_memory import RegionUse, SharedMemory
 from server.runtime.session import OrtSession, SessionSettings
 from server.runtime.shapes import OutputShapes
+from server.service.inference import IN_PLACE_FROM
 
 SIZE = 64  # one INT32 [1, 16] tensor
 
@@ -84,6 +85,31 @@ def test_offsets_and_sizes_are_checked_against_the_region(api, regions):
     api.assert_error(gone.value, "NOT_FOUND", f"Unable to find shared memory region: '{names['in']}'")
 
 
+def test_a_large_output_written_into_its_region_by_the_execution_arrives_whole(api):
+    """relu's graph names y's dimensions after x's, so a 1 MB y is bound to its output region (IO
+    binding) instead of copied there; a second request through the same regions sees only its own."""
+    width = IN_PLACE_FROM // 4
+    handles = {kind: shm.create_shared_memory_region(f"big_{kind}_{api.name}", f"/ortserve_test_big_{kind}",
+                                                     4 * width) for kind in ("in", "out")}
+    try:
+        for kind in handles:
+            api.client.register_system_shared_memory(f"big_{kind}", f"/ortserve_test_big_{kind}", 4 * width)
+        for sign in (1, -1):
+            x = sign * np.linspace(-1, 1, width, dtype=np.float32)[None]
+            shm.set_shared_memory_region(handles["in"], [x])
+            request = api.module.InferInput("x", [1, width], "FP32")
+            request.set_shared_memory("big_in", 4 * width)
+            wanted = api.module.InferRequestedOutput("y")
+            wanted.set_shared_memory("big_out", 4 * width)
+            answer = api.client.infer("relu", [request], outputs=[wanted])
+            y = shm.get_contents_as_numpy(handles["out"], np.float32, [1, width])
+            assert np.array_equal(y, np.maximum(x, 0)) and answer.get_output("y") is not None
+    finally:
+        api.client.unregister_system_shared_memory()
+        for handle in handles.values():
+            shm.destroy_shared_memory_region(handle)
+
+
 def test_cuda_registrations_are_checked_before_the_gpu_is_asked(api, server):
     with pytest.raises(InferenceServerException) as short:
         api.client.register_cuda_shared_memory("gpu_region", base64.b64encode(b"\0" * 8), 0, 64)
@@ -141,6 +167,8 @@ def test_an_execution_writes_outputs_into_given_arrays_and_falls_back_where_thei
     wrong = np.full((1, 4), -1, np.float32)  # a graph whose names say y has x's shape: it has not
     [y] = session.run({"x": x}, ["y"], into={"y": wrong})
     assert not np.shares_memory(y, wrong) and y.shape == (1, 8) and (wrong == -1).all()
+    [y] = session.run({"x": x}, ["y"], into={"y": target})  # proved wrong once, the session stops trying
+    assert not np.shares_memory(y, target) and not session.runs_into
 
 
 def test_a_region_span_is_an_array_the_client_sees_and_unregistering_it_while_used_is_safe(tmp_path):

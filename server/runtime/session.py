@@ -22,8 +22,6 @@ _GRAPH_LEVELS = {
     0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
 }
-_QUIET = ort.RunOptions()  # a run into given arrays that fails is run again, which reports the error
-_QUIET.log_severity_level = 4
 
 
 @dataclass(frozen=True)
@@ -80,6 +78,7 @@ class OrtSession:
             os.fspath(path), sess_options=options, providers=providers(settings)
         )
         self.device = "gpu" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        self.runs_into = True  # false once a graph's output shapes proved other than its names say
 
     def graph_inputs(self) -> list[GraphTensor]:
         return [_graph_tensor(node) for node in self.session.get_inputs()]
@@ -96,15 +95,17 @@ class OrtSession:
         """`into`: arrays of the shapes some outputs will have, which they are written into (no copy after
         the run); where the run into them fails, a plain run follows."""
         try:
-            if into and (written := self._run_into(feeds, output_names, into)) is not None:
+            if not (into and self.runs_into) or any(a.dtype.kind in "OSU" for a in feeds.values()):
+                return self.session.run(output_names, feeds)  # (a binding takes no strings)
+            if (written := self._run_into(feeds, output_names, into)) is not None:
                 return written
-            return self.session.run(output_names, feeds)
+            outputs = self.session.run(output_names, feeds)  # a bad input fails here too, and says why
+            self.runs_into = False  # it ran where the run into `into` failed: the shapes were not those
+            return outputs
         except OrtInvalidArgument as error:  # the input's values, not the server: a 400, not a backend fault
             raise InvalidArgument(f"the model rejected the input: {_status_message(error)}") from None
 
     def _run_into(self, feeds, output_names, into) -> list[np.ndarray] | None:
-        if any(array.dtype.kind in "OSU" for array in feeds.values()):  # a binding takes no strings
-            return None
         binding = self.session.io_binding()
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
@@ -115,7 +116,7 @@ class OrtSession:
             else:
                 binding.bind_output(name, "cpu", 0, target.dtype, list(target.shape), target.ctypes.data)
         try:
-            self.session.run_with_iobinding(binding, _QUIET)
+            self.session.run_with_iobinding(binding)
         except RuntimeError:  # errors through a binding are untyped: a shape other than expected, a bad input
             return None
         values = binding.get_outputs()

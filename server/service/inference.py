@@ -2,6 +2,7 @@
 memory, text), run through the model's scheduler, and its outputs placed (response, shared memory,
 classification). Generation models answer through the generation service."""
 
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,8 @@ from server.service.classification import classify
 from server.service.generation import GenerationService
 from server.service.text import sends_texts, tokenize_inputs
 from server.tracing.spans import Tracer
+
+IN_PLACE_FROM = 512 << 10  # bytes: a smaller output costs less to copy than binding it costs ONNX Runtime
 
 
 class InferenceService:
@@ -90,8 +93,8 @@ class InferenceService:
 
     def _in_place(self, model: ModelVersion, feeds: dict[str, np.ndarray],
                   requested: dict[str, RequestedOutput]) -> dict[str, np.ndarray]:
-        """The outputs placed in system shared memory whose shapes the inputs give: their regions' spans
-        as arrays, for the execution to write into (without the copy from its own output)."""
+        """The large outputs placed in system shared memory whose shapes the inputs give: their regions'
+        spans as arrays, for the execution to write into (without the copy from its own output)."""
         into = {}
         for name, wanted in requested.items():
             use = RegionUse.from_parameters(name, wanted.parameters) if not wanted.class_count else None
@@ -99,7 +102,10 @@ class InferenceService:
             spec = next((spec for spec in model.outputs if spec.name == name), None)
             if shape is None or spec is None or spec.datatype == "BYTES":
                 continue
-            array = self.shared_memory.array(use, datatypes.numpy_dtype(spec.datatype), shape)
+            dtype = datatypes.numpy_dtype(spec.datatype)
+            if math.prod(shape) * dtype.itemsize < IN_PLACE_FROM:
+                continue
+            array = self.shared_memory.array(use, dtype, shape)
             if array is not None:
                 into[name] = array
         return into
