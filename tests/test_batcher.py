@@ -119,9 +119,9 @@ def test_without_dynamic_batching_each_request_runs_alone():
     run(scenario())
 
 
-def test_only_a_request_that_runs_alone_and_unpadded_has_its_outputs_written_into_its_arrays():
+def test_only_a_request_that_runs_alone_at_its_own_size_has_its_outputs_written_into_its_arrays():
     """A batch's outputs are one array cut into the requests' rows, so arrays given by one request
-    (`into`, its shared memory regions) are used only where it runs alone at its own size."""
+    (`into`, its shared memory regions) are used only where it runs alone, not padded to a batch size."""
     async def scenario(**policy):
         runner = FakeRunner()
         batcher = await started(runner, max_batch_size=8, max_queue_delay_us=20_000, **policy)

@@ -316,7 +316,7 @@ class Batcher(BatchLoop):
                 outputs, timing = await self.run_batch(self.ragged.merge(items), names, rows=sum(sizes))
                 parts = self.ragged.split(outputs, items, sizes)
             else:
-                into = batch[0].into if len(batch) == 1 and self.padding is None else None
+                into = batch[0].into if len(batch) == 1 else None  # (one request's inputs are not padded)
                 feeds = collate(items, self.padding)
                 outputs, timing = await self._run_padded(feeds, sum(sizes), names, into)
                 parts = split(outputs, sizes, [p.length for p in batch], self.padding)
