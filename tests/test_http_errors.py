@@ -277,6 +277,27 @@ def test_json_with_more_brackets_than_the_limit_each_shallow_is_parsed():
         jsontext.loads(json.dumps([shallow, json.loads(_nested(100))]))
 
 
+def test_json_that_only_pythons_parser_takes_reads_as_before():
+    """Bodies go through orjson first; what it refuses and Python's json module takes (NaN, Infinity, a
+    lone surrogate, integers past 64 bits) still reads, and what both refuse is named in Python's words."""
+    body = b'{"a": [NaN, Infinity, -Infinity, 1.5], "s": "\\ud800", "n": 123456789012345678901}'
+    value = jsontext.loads(body)
+    assert np.isnan(value["a"][0]) and value["a"][1:] == [float("inf"), float("-inf"), 1.5]
+    assert value["s"] == "\ud800" and value["n"] == 123456789012345678901
+    with pytest.raises(InvalidArgument, match=r"malformed JSON in request body: Expecting ',' delimiter"):
+        jsontext.loads(b"[1, 2")
+
+
+def test_json_tensor_elements_of_the_wrong_kind_are_named(http):
+    for datatype, values, fragment in (("INT32", [1] * 15 + [True], "its elements must be numbers"),
+                                       ("INT32", [1] * 15 + ["2"], "its elements must be numbers"),
+                                       ("BOOL", [True] * 15 + [1], "its elements must be true or false"),
+                                       ("BYTES", ["a"] * 15 + [1], "its elements must be strings")):
+        request = {"inputs": [{"name": "INPUT0", "datatype": datatype, "shape": [1, 16], "data": values}]}
+        response = http.post("/v2/models/simple/infer", json=request)
+        assert_error(response, 400, f"input 'INPUT0' is {datatype}: {fragment}")
+
+
 def test_body_that_is_not_utf8(http):
     response = http.post("/v2/models/simple/infer", content=b'{"inputs": "\xff\xfe"}')
     assert_error(response, 400, "inference request is not UTF-8 (byte 0xff at position 12)")

@@ -3,6 +3,8 @@
 import json
 import re
 
+import orjson
+
 from server.core.errors import InvalidArgument
 
 MAX_DEPTH = 100
@@ -23,6 +25,10 @@ def loads(data: bytes | str, what: str = "request body"):
         ) from None
     if too_deep(raw):
         raise InvalidArgument(f"JSON nesting depth exceeds maximum allowed limit ({MAX_DEPTH}) in {what}")
+    try:
+        return orjson.loads(raw)  # several times quicker on tensors' numbers
+    except orjson.JSONDecodeError:
+        pass  # what Python's parser takes as well (NaN, Infinity, lone surrogates), or refuses in its words
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
