@@ -83,10 +83,9 @@ def as_bytes(item) -> bytes:
 def from_list(name: str, datatype: str, shape: list[int], values: list) -> np.ndarray:
     """Elements given as a list (JSON `data`, gRPC typed contents), flat or nested."""
     count = _element_count(name, shape)
-    flat = _flatten(values)
+    flat, kinds = _flatten(values)
     if len(flat) != count:
         raise InvalidArgument(f"input '{name}' with shape {shape} needs {count} elements, got {len(flat)}")
-    kinds = set(map(type, flat))  # at C speed: a tensor's JSON holds a million numbers
     if datatype == "BYTES":
         if not kinds <= {str, bytes}:
             raise InvalidArgument(f"input '{name}' is BYTES: its elements must be strings")
@@ -125,15 +124,18 @@ def _check_integers(name: str, datatype: str, dtype: np.dtype, values: np.ndarra
         )
 
 
-def _flatten(values) -> list:
+def _flatten(values) -> tuple[list, set[type]]:
+    """The elements of `values` (a list, nested or flat, or one element), and their types (found at C
+    speed: a tensor's JSON holds a million numbers)."""
     if not isinstance(values, list):
-        return [values]
-    if list not in set(map(type, values)):
-        return values
+        return [values], {type(values)}
+    kinds = set(map(type, values))
+    if list not in kinds:
+        return values, kinds
     flat = []
     for item in values:
-        flat.extend(_flatten(item))
-    return flat
+        flat.extend(_flatten(item)[0])
+    return flat, set(map(type, flat))
 
 
 def _element_count(name: str, shape: list[int]) -> int:
