@@ -11,6 +11,11 @@ MAX_DEPTH = 100
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 _AS_PARENTHESES = bytes.maketrans(b"[]{}", b"()()")
+# digits as "9", "." as itself, all else as " ": 19 digits after a separator (not after a decimal point)
+# start an integer that may not fit 64 bits, which orjson would round to a float (Python's parser keeps it
+# whole, and the range checks name it)
+_DIGIT_RUNS = bytes(57 if 48 <= byte <= 57 else 46 if byte == 46 else 32 for byte in range(256))
+_LONG_INTEGER = b" " + b"9" * 19
 
 
 def loads(data: bytes | str, what: str = "request body"):
@@ -25,10 +30,11 @@ def loads(data: bytes | str, what: str = "request body"):
         ) from None
     if too_deep(raw):
         raise InvalidArgument(f"JSON nesting depth exceeds maximum allowed limit ({MAX_DEPTH}) in {what}")
-    try:
-        return orjson.loads(raw)  # several times quicker on tensors' numbers
-    except orjson.JSONDecodeError:
-        pass  # what Python's parser takes as well (NaN, Infinity, lone surrogates), or refuses in its words
+    if _LONG_INTEGER not in raw.translate(_DIGIT_RUNS) and not raw[:19].isdigit():
+        try:
+            return orjson.loads(raw)  # several times quicker on tensors' numbers
+        except orjson.JSONDecodeError:
+            pass  # what Python's parser takes too (NaN, Infinity, lone surrogates), or refuses in its words
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:

@@ -109,19 +109,25 @@ def _check_integers(name: str, datatype: str, dtype: np.dtype, values: np.ndarra
     """Integer tensors take whole numbers within their type's range: no silent truncation or wrap."""
     if values.size == 0:
         return
+    info = np.iinfo(dtype)
     if values.dtype.kind == "f":
         fractional = values[values != np.trunc(values)]
         if fractional.size:
             raise InvalidArgument(f"input '{name}' is {datatype}: {fractional[0].item()!r} is not an integer")
+    elif values.dtype.kind == "O":  # whole numbers past 64 bits, or not numbers
+        found = next((v for v in values.flat if isinstance(v, int) and not info.min <= v <= info.max), None)
+        if found is None:
+            raise InvalidArgument(f"input '{name}' is {datatype}: its elements must be integers")
+        raise _outside(name, datatype, info, found)
     elif values.dtype.kind not in "iu":
         raise InvalidArgument(f"input '{name}' is {datatype}: its elements must be integers")
-    info = np.iinfo(dtype)
     low, high = values.min(), values.max()
     if low < info.min or high > info.max:
-        found = low if low < info.min else high
-        raise InvalidArgument(
-            f"input '{name}' is {datatype}: {found.item()!r} is outside {info.min}..{info.max}"
-        )
+        raise _outside(name, datatype, info, (low if low < info.min else high).item())
+
+
+def _outside(name: str, datatype: str, info: np.iinfo, found) -> InvalidArgument:
+    return InvalidArgument(f"input '{name}' is {datatype}: {found!r} is outside {info.min}..{info.max}")
 
 
 def _flatten(values) -> tuple[list, set[type]]:
