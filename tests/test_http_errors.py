@@ -279,7 +279,8 @@ def test_json_with_more_brackets_than_the_limit_each_shallow_is_parsed():
 
 def test_json_that_only_pythons_parser_takes_reads_as_before():
     """Bodies go through orjson first; what it refuses and Python's json module takes (NaN, Infinity, a
-    lone surrogate, integers past 64 bits) still reads, and what both refuse is named in Python's words."""
+    lone surrogate) still reads, integers past 64 bits (which orjson would round) read whole, and what
+    both refuse is named in Python's words."""
     value = jsontext.loads(b'{"a": [NaN, Infinity, -Infinity, 1.5]}')
     assert np.isnan(value["a"][0]) and value["a"][1:] == [float("inf"), float("-inf"), 1.5]
     assert jsontext.loads(b'{"s": "\\ud800"}') == {"s": "\ud800"}
