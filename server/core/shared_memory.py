@@ -220,9 +220,8 @@ class SharedMemory:
     def array(self, use: RegionUse, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
         """Where a tensor of `dtype` and `shape` fits the span of a system region: the span as an array
         that an execution writes its output into (else None: `write` copies it there, or says why not)."""
-        region = self.system.get(use.name)
-        size = math.prod(shape) * dtype.itemsize
-        if region is None or not 0 < size <= use.byte_size or use.offset + use.byte_size > region.byte_size:
+        region = self._span(use)
+        if not isinstance(region, SystemRegion) or not 0 < math.prod(shape) * dtype.itemsize <= use.byte_size:
             return None
         return region.array(use.offset, dtype, shape)
 

@@ -59,10 +59,11 @@ class InferenceService:
             if trace is not None:
                 trace.mark("QUEUE_START")
             requested = {output.name: output for output in request.outputs}
-            into = self._in_place(model, feeds, requested)
+            regions = _output_regions(requested)
+            into = self._in_place(model, feeds, requested, regions)
             arrays, timing = await model.infer(feeds, names, priority, timeout, sequence, into)
             outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
-            shm_outputs = self._to_shared_memory(outputs, requested, into)
+            shm_outputs = self._to_shared_memory(outputs, regions, into)
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
@@ -92,13 +93,13 @@ class InferenceService:
             request.inputs.append(Tensor(name, datatype, data))
 
     def _in_place(self, model: ModelVersion, feeds: dict[str, np.ndarray],
-                  requested: dict[str, RequestedOutput]) -> dict[str, np.ndarray]:
+                  requested: dict[str, RequestedOutput], regions: dict[str, RegionUse]
+                  ) -> dict[str, np.ndarray]:
         """The large outputs placed in system shared memory whose shapes the inputs give: their regions'
         spans as arrays, for the execution to write into (without the copy from its own output)."""
         into = {}
-        for name, wanted in requested.items():
-            use = RegionUse.from_parameters(name, wanted.parameters) if not wanted.class_count else None
-            shape = model.output_shapes.of(name, feeds) if use is not None else None
+        for name, use in regions.items():
+            shape = model.output_shapes.of(name, feeds) if not requested[name].class_count else None
             spec = next((spec for spec in model.outputs if spec.name == name), None)
             if shape is None or spec is None or spec.datatype == "BYTES":
                 continue
@@ -110,14 +111,13 @@ class InferenceService:
                 into[name] = array
         return into
 
-    def _to_shared_memory(self, outputs: list[Tensor], requested: dict[str, RequestedOutput],
+    def _to_shared_memory(self, outputs: list[Tensor], regions: dict[str, RegionUse],
                           in_place: dict[str, np.ndarray]) -> dict[str, dict]:
         """Writes the outputs a request placed in shared memory (unless the execution wrote them there);
         returns their response parameters."""
         placed = {}
         for tensor in outputs:
-            wanted = requested.get(tensor.name)
-            use = RegionUse.from_parameters(tensor.name, wanted.parameters) if wanted else None
+            use = regions.get(tensor.name)
             if use is None:
                 continue
             there = in_place.get(tensor.name)
@@ -131,6 +131,12 @@ class InferenceService:
             if use.offset:
                 placed[tensor.name]["shared_memory_offset"] = use.offset
         return placed
+
+
+def _output_regions(requested: dict[str, RequestedOutput]) -> dict[str, RegionUse]:
+    """The requested outputs placed in shared memory, and where."""
+    return {name: use for name, wanted in requested.items()
+            if (use := RegionUse.from_parameters(name, wanted.parameters)) is not None}
 
 
 def _scheduling(parameters: dict) -> tuple[int, int]:
