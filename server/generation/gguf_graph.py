@@ -52,8 +52,8 @@ class Graph:
         return name
 
     def block_matmul(self, x: str, blocks: Blocks, label: str, accuracy_level: int) -> str:
-        """x [..., K] times the blocks' [N, K] matrix, transposed: MatMulNBits, plus the offsets' share
-        where the blocks have offsets."""
+        """x [batch, sequence, K] times the blocks' [N, K] matrix, transposed: MatMulNBits, plus the
+        offsets' share where the blocks have offsets."""
         n, k = blocks.shape
         inputs = [x, self.weight(f"{label}.data", blocks.data),
                   self.weight(f"{label}.scales", blocks.scales.reshape(-1))]
@@ -62,13 +62,16 @@ class Graph:
         if blocks.offsets is None:
             return out
         offsets = self.weight(f"{label}.offsets", blocks.offsets.T)
-        return self.one("Add", [out, self.one("MatMul", [self._block_sums(x, k, blocks.block), offsets])])
+        return self.one("Add", [out, self.one("MatMul", [self._block_sums(x, blocks.block), offsets])])
 
-    def _block_sums(self, x: str, k: int, block: int) -> str:
-        """x [..., K] times a [K, K / block] matrix of ones by block: each block's sum, any rank."""
+    def _block_sums(self, x: str, block: int) -> str:
+        """x [batch, sequence, K] as [batch, sequence, K / block]: each block's sum. (A MatMul by a matrix
+        of ones read that matrix at every step: 3% of a one-row decode step.)"""
         if (x, block) not in self.block_sums:
-            ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
-            self.block_sums[x, block] = self.one("MatMul", [x, self.weight(f"block_ones_{k}_{block}", ones)])
+            shape = self.weight(f"blocks_of_{block}", np.array([0, 0, -1, block], np.int64))
+            blocks = self.one("Reshape", [x, shape])
+            last = self.weight("axis_last", np.array([-1], np.int64))
+            self.block_sums[x, block] = self.one("ReduceSum", [blocks, last], keepdims=0)
         return self.block_sums[x, block]
 
 
