@@ -4,9 +4,11 @@ import asyncio
 import gzip
 
 import numpy as np
+import pytest
 from starlette.requests import Request
 
 from server.api.http.body import INFLATE_IN_THREAD_FROM, read_body
+from server.core.errors import InvalidArgument
 
 
 def test_a_large_compressed_body_is_decompressed_while_the_event_loop_serves_others():
@@ -62,3 +64,8 @@ def test_a_body_in_several_chunks_is_gathered_whole_and_one_in_a_single_chunk_is
     single = chunks[1]
     assert _read([single], [(b"content-length", str(len(single)).encode())]) is single  # not copied
     assert _read([], [(b"content-length", b"0")]) == b""
+
+
+def test_a_body_longer_than_its_content_length_is_refused_naming_the_length():
+    with pytest.raises(InvalidArgument, match="longer than its Content-Length of 10 bytes"):
+        _read([b"x" * 8, b"y" * 8], [(b"content-length", b"10")])

@@ -20,7 +20,7 @@ async def read_body(request: Request, limit: int, what: str = "Request JSON") ->
     """The request body, decompressed, refused once it passes `limit` bytes. `what` names the body in
     the refusal as Triton does: "Request JSON", or "Request" for raw and binary bodies."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit():  # the parser reads no more than it declares
+    if declared and declared.isdigit():
         if int(declared) > limit:
             raise _too_large(what, int(declared), limit)
         data = await _gathered(request, int(declared))
@@ -56,8 +56,11 @@ async def _gathered(request: Request, length: int) -> bytes | memoryview:
 
 
 def _put(buffer: np.ndarray, at: int, chunk: bytes) -> int:
-    buffer[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
-    return at + len(chunk)
+    end = at + len(chunk)
+    if end > len(buffer):
+        raise InvalidArgument(f"request body is longer than its Content-Length of {len(buffer)} bytes")
+    buffer[at:end] = np.frombuffer(chunk, np.uint8)
+    return end
 
 
 async def _joined(request: Request, limit: int, what: str) -> bytes:
