@@ -18,7 +18,7 @@ _DIGIT_RUNS = bytes(57 if 48 <= byte <= 57 else 46 if byte == 46 else 32 for byt
 _LONG_INTEGER = b" " + b"9" * 19
 
 
-def loads(data: bytes | str, what: str = "request body"):
+def loads(data: bytes | memoryview | str, what: str = "request body"):
     """The JSON value in `data`, or InvalidArgument saying what is wrong with it."""
     raw = data.encode() if isinstance(data, str) else bytes(data)
     try:

@@ -15,7 +15,7 @@ from server.core.types import InferRequest, InferResponse, RequestedOutput, Tens
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def parse_json(body: bytes, what: str = "request body") -> dict:
+def parse_json(body: bytes | memoryview, what: str = "request body") -> dict:
     if not body:
         return {}
     value = jsontext.loads(body, what)
@@ -24,7 +24,8 @@ def parse_json(body: bytes, what: str = "request body") -> dict:
     return value
 
 
-def decode_infer(body: bytes, header_length: str | None, model: str, version: str) -> InferRequest:
+def decode_infer(body: bytes | memoryview, header_length: str | None, model: str,
+                 version: str) -> InferRequest:
     if header_length is not None and header_length.strip() == "0":  # Triton's raw binary request
         return InferRequest(model_name=model, model_version=version, protocol="http", raw_input=body)
     header, binary = _split(body, header_length)
@@ -69,7 +70,7 @@ def _shared_memory_input(item) -> tuple | None:
     return name, _field(item, "datatype", str), _field(item, "shape", list), use
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+def _split(body: bytes | memoryview, header_length: str | None) -> tuple[bytes | memoryview, memoryview]:
     """The JSON header and a view of the binary tensor data (tensors are read from it without copies)."""
     if header_length is None:
         return body, memoryview(b"")

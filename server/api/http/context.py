@@ -19,7 +19,7 @@ def trace_context(request: Request) -> str:
     return request.headers.get("traceparent", "") if service_of(request).tracing.on else ""
 
 
-async def body_of(request: Request) -> bytes:
+async def body_of(request: Request) -> bytes | memoryview:
     return await read_body(request, request.app.state.max_request_bytes)
 
 
