@@ -65,8 +65,8 @@ class Graph:
         return self.one("Add", [out, self.one("MatMul", [self._block_sums(x, blocks.block), offsets])])
 
     def _block_sums(self, x: str, block: int) -> str:
-        """x [batch, sequence, K] as [batch, sequence, K / block]: each block's sum. (A MatMul by a matrix
-        of ones read that matrix at every step: 3% of a one-row decode step.)"""
+        """x [batch, sequence, K] as [batch, sequence, K / block]: each block's sum (a MatMul by a matrix of
+        ones would read that matrix again at every step)."""
         if (x, block) not in self.block_sums:
             shape = self.weight(f"blocks_of_{block}", np.array([0, 0, -1, block], np.int64))
             blocks = self.one("Reshape", [x, shape])
