@@ -298,9 +298,10 @@ def test_json_tensor_elements_of_the_wrong_kind_are_named(http):
                                        ("INT32", [1] * 15 + ["2"], "its elements must be numbers"),
                                        ("BOOL", [True] * 15 + [1], "its elements must be true or false"),
                                        ("BYTES", ["a"] * 15 + [1], "its elements must be strings")):
-        request = {"inputs": [{"name": "INPUT0", "datatype": datatype, "shape": [1, 16], "data": values}]}
-        response = http.post("/v2/models/simple/infer", json=request)
-        assert_error(response, 400, f"input 'INPUT0' is {datatype}: {fragment}")
+        for data in (values, [values[:8], [values[8:]]]):  # flat, and nested to different depths
+            request = {"inputs": [{"name": "INPUT0", "datatype": datatype, "shape": [1, 16], "data": data}]}
+            response = http.post("/v2/models/simple/infer", json=request)
+            assert_error(response, 400, f"input 'INPUT0' is {datatype}: {fragment}")
 
 
 def test_body_that_is_not_utf8(http):

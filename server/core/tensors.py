@@ -138,10 +138,12 @@ def _flatten(values) -> tuple[list, set[type]]:
     kinds = set(map(type, values))
     if list not in kinds:
         return values, kinds
-    flat = []
+    flat, kinds = [], set()
     for item in values:
-        flat.extend(_flatten(item)[0])
-    return flat, set(map(type, flat))
+        items, found = _flatten(item)
+        flat.extend(items)
+        kinds |= found
+    return flat, kinds
 
 
 def _element_count(name: str, shape: list[int]) -> int:
