@@ -17,6 +17,8 @@ class FakeRunner:
     def __init__(self, fail_on=None):
         self.batches: list[dict[str, np.ndarray]] = []
         self.into: list[dict | None] = []  # each batch's arrays to write its outputs into
+        self.tasks: list[asyncio.Task] = []  # the task each batch ran on
+        self.running = self.most_running = 0
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail_on = fail_on
@@ -24,7 +26,13 @@ class FakeRunner:
     async def __call__(self, feeds, names, into=None):
         self.batches.append(feeds)
         self.into.append(into)
-        await self.gate.wait()
+        self.tasks.append(asyncio.current_task())
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await self.gate.wait()
+        finally:
+            self.running -= 1
         if self.fail_on is not None and (feeds["x"] == self.fail_on).any():
             raise RuntimeError("poisoned row")
         outputs = {"y": feeds["x"] * 2, "total": feeds["x"].reshape(len(feeds["x"]), -1).sum(axis=1)}
@@ -115,6 +123,43 @@ def test_without_dynamic_batching_each_request_runs_alone():
         await asyncio.gather(*(batcher.submit(rows(i, n=3), ["y"]) for i in range(3)))
         assert runner.sizes == [3, 3, 3]
         await batcher.stop()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+def test_without_dynamic_batching_a_request_that_finds_an_instance_free_runs_on_its_callers_task(instances):
+    """No hand-over to the loop's task and back; a request that arrives while every instance runs waits
+    for one, so executions never outnumber the instances."""
+    async def scenario():
+        runner = FakeRunner()
+        runner.gate.clear()
+        batcher = await started(runner, instances=instances)
+        callers = [asyncio.create_task(batcher.submit(rows(i), ["y"])) for i in range(instances + 1)]
+        await settle()
+        assert runner.tasks == callers[:instances]  # the last one waits in the queue
+        runner.gate.set()
+        results = await asyncio.gather(*callers)
+        assert [int(result["y"][0, 0]) for result, _ in results] == [2 * i for i in range(instances + 1)]
+        assert runner.tasks[-1] is not callers[-1] and runner.most_running == instances
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_a_stop_lets_an_execution_on_its_callers_task_finish():
+    async def scenario():
+        runner = FakeRunner()
+        runner.gate.clear()
+        batcher = await started(runner)
+        running = asyncio.create_task(batcher.submit(rows(3), ["y"]))
+        await settle()
+        stopping = asyncio.create_task(batcher.stop())
+        await settle()
+        assert not stopping.done()
+        runner.gate.set()
+        await stopping
+        assert int((await running)[0]["y"][0, 0]) == 6
 
     run(scenario())
 

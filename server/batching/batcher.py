@@ -4,8 +4,9 @@ Requests wait at most `max_queue_delay_microseconds` for a batch to fill, as in 
 once when it reaches `max_batch_size` or a preferred size. With the config parameter
 `dispatch_lone_requests: "true"` (an ortserve extension) a lone request goes at once when nothing else is
 queued: lower latency at low load, while under load requests still pile up behind busy instances. A model
-without dynamic batching goes through the same queue, one request per execution. Results return to
-each caller, in arrival order when asked.
+without dynamic batching runs one request per execution: a request that finds an instance free and
+nothing queued runs at once on its caller's task, the others queue. Results return to each caller, in
+arrival order when asked.
 
 With `pad_batch` (an ortserve parameter: "auto", the default, pads where the model runs on a GPU) an
 execution's rows are padded up to the next preferred batch size or `max_batch_size`, repeating its last
@@ -196,12 +197,31 @@ class Batcher(BatchLoop):
             future=loop.create_future(),
             into=into,
         )
+        if self._runs_at_once():
+            return await self._run_at_once(pending)
         if self.policy.preserve_ordering:
             pending.previous, pending.delivered = self._last_delivered, loop.create_future()
             self._last_delivered = pending.delivered
         self._queues[level].append(pending)
-        self._wakeup.set()
+        self._work_arrived()
         return await pending.future
+
+    def _runs_at_once(self) -> bool:
+        """A model without dynamic batching runs each request alone: one that finds an instance free and
+        nothing queued runs on its caller's task, without the hand-over to the loop's task and back."""
+        return not self.policy.max_batch_size and self._instance_free() and not any(self._queues)
+
+    async def _run_at_once(self, pending: Pending) -> tuple[dict[str, np.ndarray], Timing]:
+        """(A caller cancelled while its execution runs on a worker thread frees its instance here
+        early; the instance pool still runs one execution per session at a time.)"""
+        self._executing += 1
+        try:
+            [outcome] = await self._compute([pending])
+        finally:
+            self._instance_freed()
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
 
     def _level(self, priority: int) -> int:
         levels = len(self.policy.queues)

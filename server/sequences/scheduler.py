@@ -140,7 +140,7 @@ class SequenceScheduler(BatchLoop):
         seq.ending = control.end
         seq.last_ns = now
         self.stats.requests += 1
-        self._wakeup.set()
+        self._work_arrived()
         return await request.future
 
     def _check(self, feeds: dict[str, np.ndarray], control: SequenceControl) -> None:
