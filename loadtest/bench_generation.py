@@ -1,5 +1,6 @@
 """GPT generation side by side in one run: KV cache against recomputing, 16 concurrent streams against
-one at a time, the server against transformers' generate, and streaming latency under load.
+one at a time, gRPC streams against HTTP ones, the server against transformers' generate, and streaming
+latency under load.
 
 Reads the default repository's `gpt` (and its PyTorch weights under `.checkpoints/gpt`) and, built by
 `python -m exporters.demo REPOSITORY --benchmark-models`, `gpt2` (GPT-2 small's configuration); writes the
@@ -12,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import uvloop
@@ -90,6 +92,46 @@ async def served(url: str, model: str, prompts: list[list[int]], tokens: int, co
     return generated / elapsed, runs
 
 
+async def grpc_stream(address: str, model: str, prompt: list[int], tokens: int) -> int:
+    """Tokens of one generation streamed over gRPC `ModelStreamInfer` (decoupled: a response per step of
+    new tokens, as tritonclient's stream_infer receives them), on a channel of its own."""
+    from server.protocol import message
+
+    request = message("ModelInferRequest")(model_name=model)
+    request.inputs.add(name="input_ids", datatype="INT64", shape=[len(prompt)])
+    request.raw_input_contents.append(np.array(prompt, np.int64).tobytes())
+    request.parameters["max_tokens"].int64_param = tokens
+    request.parameters["temperature"].int64_param = 0
+    request.parameters["ignore_eos"].bool_param = True
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(
+            iter([request.SerializeToString()]))  # the stream ends after the request's last response
+        received = [data async for data in call]  # parsed after the end, as `stream` parses its events
+    count = 0
+    for data in received:
+        answer = message("ModelStreamInferResponse").FromString(data)
+        if answer.error_message:
+            raise RuntimeError(answer.error_message)
+        count += next(o.shape[0] for o in answer.infer_response.outputs if o.name == "output_ids")
+    return count
+
+
+async def served_grpc(address: str, model: str, prompts: list[list[int]], tokens: int) -> float:
+    """Aggregate tokens/s of all prompts streamed at once over gRPC."""
+    start = time.perf_counter()
+    counts = await asyncio.gather(*[grpc_stream(address, model, p, tokens) for p in prompts])
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def grpc_against_http(url: str, address: str, model: str, prompts, tokens: int, rounds: int):
+    """(gRPC, HTTP) aggregate tokens/s of all prompts streamed at once, the middle of `rounds`
+    interleaved rounds by their ratio."""
+    run_load(served_grpc(address, model, prompts[:2], 4))
+    pairs = [(run_load(served_grpc(address, model, prompts, tokens)),
+              run_load(served(url, model, prompts, tokens, True))[0]) for _ in range(rounds)]
+    return report.middle(pairs, key=lambda pair: pair[0] / pair[1])
+
+
 def streams_against_one(url: str, model: str, prompts: list[list[int]], tokens: int, alone: int, rounds: int):
     """Aggregate tokens/s of all prompts streamed at once and of the first `alone` streamed one after
     another, the middle of `rounds` interleaved rounds by their ratio: ((together, runs), (alone, runs))."""
@@ -140,6 +182,7 @@ def main(argv=None) -> int:
         # a GPT-2 step takes 10 ms or more: two streams one after another give its single-stream rate
         (large_together, _), (large_alone, _) = streams_against_one(url, "gpt2", prompts, args.tokens, 2, 3)
         single, _ = run_load(served(url, "gpt", prompts[:1], args.tokens, False))
+        over_grpc, over_http = grpc_against_http(url, server.grpc_url, "gpt", prompts, args.tokens, 5)
     finally:
         stop_server(server)
     torch_rate = transformers_tokens_per_second(repository / ".checkpoints" / "gpt", prompts[0], args.tokens)
@@ -158,6 +201,9 @@ def main(argv=None) -> int:
          "time: two streams; the middle of 3 rounds)",
          f"{large_together:.0f} vs {large_alone:.0f}", f"{large_together / large_alone:.1f}x",
          report.judged("4x", large_together / large_alone >= 4)],
+        [f"{args.streams} concurrent streams over gRPC (`ModelStreamInfer`, decoupled) vs HTTP server-sent "
+         "events (the middle of 5 interleaved rounds)",
+         f"{over_grpc:.0f} vs {over_http:.0f}", f"{over_grpc / over_http:.2f}x", ""],
         [f"one stream served vs transformers generate, {args.tokens} tokens",
          f"{single:.0f} vs {torch_rate:.0f}", f"{single / torch_rate:.1f}x",
          report.judged("2x", single / torch_rate >= 2)],
@@ -166,7 +212,7 @@ def main(argv=None) -> int:
         "## Generation (default `gpt`, trained here; `gpt2` for the weight-bound case)",
         "",
         f"`python -m loadtest.bench_generation` ({report.machine()}); greedy, eos ignored, served over "
-        "HTTP server-sent events.",
+        "HTTP server-sent events (over gRPC where a row says so).",
         "",
         report.table(["comparison", "tokens/s", "ratio", "target"], rows),
         "",
