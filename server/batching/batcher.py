@@ -212,8 +212,8 @@ class Batcher(BatchLoop):
         return not self.policy.max_batch_size and self._instance_free() and not any(self._queues)
 
     async def _run_at_once(self, pending: Pending) -> tuple[dict[str, np.ndarray], Timing]:
-        """(A caller cancelled while its execution runs on a worker thread frees its instance here
-        early; the instance pool still runs one execution per session at a time.)"""
+        """Runs `pending` on this task. A caller cancelled while its execution runs on a worker thread
+        frees its instance here early; the instance pool still runs one execution per session at a time."""
         self._executing += 1
         try:
             [outcome] = await self._compute([pending])
