@@ -1,6 +1,7 @@
 """The generation pieces that need no model: scheduler, KV batch, sampling, text stream."""
 
 import asyncio
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -102,6 +103,27 @@ def test_kv_batch_appends_in_place_grows_when_full_and_masks_its_free_room():
     joined = KVBatch.concatenate([cache, KVBatch([np.full((1, 1, 1, 1), 9, np.float32)], np.array([[1]]))])
     assert joined.past[0][:, 0, :, 0].tolist() == [[7, 1, 3], [7, 2, 4], [0, 0, 9]]
     assert joined.filter([2]).past[0][:, 0, :, 0].tolist() == [[9]]
+
+
+def test_a_full_kv_batch_grows_its_buffers_one_at_a_time():
+    """Grown all at once, every old buffer stayed alive while all the new ones were made: twice the cache
+    at the peak, and the new buffers in memory never touched before (a page fault each page)."""
+    tensors, shape = 8, (2, 3, GROWTH, 16)
+    new_token = [np.full(shape[:2] + (1, 16), -1.0, np.float32)] * tensors
+    tracemalloc.start()  # before the cache's buffers are made, so that their release is counted
+    try:
+        cache = KVBatch([np.full(shape, float(i), np.float32) for i in range(tensors)],
+                        np.ones((2, GROWTH), np.int64))
+        tracemalloc.reset_peak()
+        cache.append(new_token, 1)
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    one_old = np.zeros(shape, np.float32).nbytes
+    assert cache.capacity == 2 * GROWTH and peak - after < 2 * one_old  # all at once: 8 old buffers
+    for i, buffer in enumerate(cache.past):
+        assert (buffer[:, :, :GROWTH] == i).all() and (buffer[:, :, GROWTH] == -1).all()
+        assert (buffer[:, :, GROWTH + 1:] == 0).all()
 
 
 def test_device_kv_batch_keeps_the_same_keys_and_values_as_the_host_batch():

@@ -42,7 +42,10 @@ class KVBatch:
         end = self.length + count
         if end > self.capacity:
             room = -(-end // GROWTH) * GROWTH
-            self.past = [_with_capacity(p, self.length, room) for p in self.past]
+            # one at a time, so that each old buffer's memory, freed, serves the next new one: made all at
+            # once, the new buffers took memory never touched before, a page fault for each of its pages
+            for index, buffer in enumerate(self.past):
+                self.past[index] = _with_capacity(buffer, self.length, room)
         for buffer, values in zip(self.past, new):
             buffer[:, :, self.length:end] = values
         self.mask = with_new_tokens(self.mask, count)
