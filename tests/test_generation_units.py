@@ -105,25 +105,55 @@ def test_kv_batch_appends_in_place_grows_when_full_and_masks_its_free_room():
     assert joined.filter([2]).past[0][:, 0, :, 0].tolist() == [[9]]
 
 
+def traced(make, change):
+    """`change(make())`, and the bytes held before it, at its peak and after it (tracemalloc, started
+    before `make` so that releasing what it made counts)."""
+    tracemalloc.start()
+    try:
+        made = make()
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = change(made)
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, before, peak, after
+
+
+def filled_batch(tensors, shape, value=None):
+    return KVBatch([np.full(shape, float(i if value is None else value), np.float32) for i in range(tensors)],
+                   np.ones((shape[0], shape[2]), np.int64))
+
+
 def test_a_full_kv_batch_grows_its_buffers_one_at_a_time():
     """Grown all at once, every old buffer stayed alive while all the new ones were made: twice the cache
     at the peak, and the new buffers in memory never touched before (a page fault each page)."""
     tensors, shape = 8, (2, 3, GROWTH, 16)
     new_token = [np.full(shape[:2] + (1, 16), -1.0, np.float32)] * tensors
-    tracemalloc.start()  # before the cache's buffers are made, so that their release is counted
-    try:
-        cache = KVBatch([np.full(shape, float(i), np.float32) for i in range(tensors)],
-                        np.ones((2, GROWTH), np.int64))
-        tracemalloc.reset_peak()
+
+    def grow(cache):
         cache.append(new_token, 1)
-        after, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+        return cache
+
+    cache, _, peak, after = traced(lambda: filled_batch(tensors, shape), grow)
     one_old = np.zeros(shape, np.float32).nbytes
     assert cache.capacity == 2 * GROWTH and peak - after < 2 * one_old  # all at once: 8 old buffers
     for i, buffer in enumerate(cache.past):
         assert (buffer[:, :, :GROWTH] == i).all() and (buffer[:, :, GROWTH] == -1).all()
         assert (buffer[:, :, GROWTH + 1:] == 0).all()
+
+
+def test_joining_kv_batches_releases_each_buffer_once_copied():
+    """Joined all at once (while the caller still holds the batches), every joined buffer took new memory:
+    the whole cache again at the peak."""
+    tensors, shape, short = 8, (3, 2, 24, 16), (1, 2, 10, 16)
+    joined, before, peak, _ = traced(
+        lambda: [filled_batch(tensors, shape), filled_batch(tensors, short, value=-1)], KVBatch.concatenate)
+    one_joined = np.zeros((4, *shape[1:]), np.float32).nbytes
+    assert peak - before < 3 * one_joined  # all at once: 8 joined buffers
+    assert joined.mask[3].tolist() == [0] * 14 + [1] * 10
+    for i, buffer in enumerate(joined.past):
+        assert (buffer[:3] == i).all() and (buffer[3, :, :14] == 0).all() and (buffer[3, :, 14:] == -1).all()
 
 
 def test_device_kv_batch_keeps_the_same_keys_and_values_as_the_host_batch():

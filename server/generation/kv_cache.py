@@ -57,15 +57,23 @@ class KVBatch:
 
     @staticmethod
     def concatenate(batches: list["KVBatch"]) -> "KVBatch":
-        """Rows of all batches, left-padded to the longest."""
+        """Rows of all batches, left-padded to the longest. The batches are consumed: each of their
+        buffers is released once copied, so that its memory serves the next joined one."""
         batches = [b for b in batches if b.rows]
         if len(batches) == 1:
             return batches[0]
-        length = max(b.length for b in batches)
-        past = [
-            np.concatenate([_with_capacity(b.past[i], b.length, length, pad_left=True) for b in batches])
-            for i in range(len(batches[0].past))
-        ]
+        length, rows = max(b.length for b in batches), sum(b.rows for b in batches)
+        past = []
+        for index, first in enumerate(batches[0].past):
+            _, heads, _, dim = first.shape
+            joined = np.zeros((rows, heads, length, dim), first.dtype)
+            start = 0
+            for batch in batches:
+                rows_of_batch = slice(start, start + batch.rows)
+                joined[rows_of_batch, :, length - batch.length:] = batch.past[index][:, :, :batch.length]
+                batch.past[index] = None
+                start += batch.rows
+            past.append(joined)
         masks = [left_padded(b.mask, length) for b in batches]
         return KVBatch(past, np.concatenate(masks))
 
@@ -88,11 +96,9 @@ def kept_rows(mask: np.ndarray, keep: list[int]) -> tuple[np.ndarray, int]:
     return kept[:, start:], start
 
 
-def _with_capacity(buffer: np.ndarray, length: int, capacity: int, pad_left: bool = False) -> np.ndarray:
-    """A new buffer of `capacity` columns holding the first `length` columns of `buffer`, at the start
-    or, with `pad_left`, right-aligned to `capacity`."""
+def _with_capacity(buffer: np.ndarray, length: int, capacity: int) -> np.ndarray:
+    """A new buffer of `capacity` columns holding the first `length` columns of `buffer`."""
     rows, heads, _, dim = buffer.shape
     grown = np.zeros((rows, heads, capacity, dim), buffer.dtype)
-    start = capacity - length if pad_left else 0
-    grown[:, :, start:start + length] = buffer[:, :, :length]
+    grown[:, :, :length] = buffer[:, :, :length]
     return grown

@@ -29,7 +29,8 @@ class KVCache(Protocol):
 
     @staticmethod
     def concatenate(batches: list["KVCache"]) -> "KVCache":
-        """The rows of every batch, in order."""
+        """The rows of every batch, in order; the batches may be consumed (their buffers reused or
+        released), so only the result is used after."""
 
 
 @runtime_checkable
