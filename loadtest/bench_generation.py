@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import uvloop
 
-from loadtest import report
+from loadtest import client, report
 from loadtest.server_process import start_server, stop_server
 
 
@@ -97,19 +97,15 @@ async def grpc_stream(address: str, model: str, prompt: list[int], tokens: int) 
     new tokens, as tritonclient's stream_infer receives them), on a channel of its own."""
     from server.protocol import message
 
-    request = message("ModelInferRequest")(model_name=model)
-    request.inputs.add(name="input_ids", datatype="INT64", shape=[len(prompt)])
-    request.raw_input_contents.append(np.array(prompt, np.int64).tobytes())
-    request.parameters["max_tokens"].int64_param = tokens
-    request.parameters["temperature"].int64_param = 0
-    request.parameters["ignore_eos"].bool_param = True
+    request = client.grpc_message(model, {"input_ids": np.array(prompt, np.int64)},
+                                  {"max_tokens": tokens, "temperature": 0, "ignore_eos": True})
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(
-            iter([request.SerializeToString()]))  # the stream ends after the request's last response
+            iter([request]))  # the stream ends after the request's last response
         received = [data async for data in call]  # parsed after the end, as `stream` parses its events
-    count = 0
+    count, parse = 0, message("ModelStreamInferResponse").FromString
     for data in received:
-        answer = message("ModelStreamInferResponse").FromString(data)
+        answer = parse(data)
         if answer.error_message:
             raise RuntimeError(answer.error_message)
         count += next(o.shape[0] for o in answer.infer_response.outputs if o.name == "output_ids")

@@ -37,12 +37,15 @@ def binary_body(arrays: dict[str, np.ndarray], outputs: list[str]) -> tuple[byte
                   "Inference-Header-Content-Length": str(len(encoded))}
 
 
-def grpc_message(model: str, arrays: dict[str, np.ndarray]) -> bytes:
-    """A serialized ModelInferRequest with the tensors in raw_input_contents."""
+def grpc_message(model: str, arrays: dict[str, np.ndarray], parameters: dict | None = None) -> bytes:
+    """A serialized ModelInferRequest with the tensors in raw_input_contents; `parameters` (bool or int
+    values) as the request's parameters."""
     request = message("ModelInferRequest")(model_name=model)
     for name, array in arrays.items():
         request.inputs.add(name=name, datatype=DATATYPES[array.dtype], shape=array.shape)
         request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    for key, value in (parameters or {}).items():
+        setattr(request.parameters[key], "bool_param" if isinstance(value, bool) else "int64_param", value)
     return request.SerializeToString()
 
 
