@@ -86,7 +86,10 @@ def genai_decoder(model_dir: Path, slots: int):
 def test_the_genai_cache_is_written_in_place_while_rows_join_and_leave(genai_models):
     """Rows joining and leaving a running batch keep each row's greedy tokens equal to its prompt run
     alone; decode steps and joins within the reserved slots and columns keep the first prefill's
-    buffers."""
+    buffers, and joining rows are prefilled straight into the running rows' free slots. A row whose
+    budget passes the reserved columns gets a new slab that the running rows move to."""
+    import numpy as np
+
     from server.generation.gqa import RightPaddedKV
     from server.generation.protocols import KVCache, TokenDecoder
 
@@ -102,12 +105,14 @@ def test_the_genai_cache_is_written_in_place_while_rows_join_and_leave(genai_mod
 
     expected = [alone(prompt, 20) for prompt in PROMPTS]
     reach = max(len(p) for p in PROMPTS) + 20
-    running, tokens, cache = [], {}, None
+    running, tokens, cache, placed = [], {}, None, []
 
-    def join(rows):
+    def join(rows, beyond=0):
         nonlocal cache
         # budgets that differ a little (as prompts of different lengths have) share the rounded room
-        logits, joining = decoder.prefill([PROMPTS[row] for row in rows], reach=reach + rows[0])
+        logits, joining = decoder.prefill([PROMPTS[row] for row in rows], reach=reach + rows[0] + beyond,
+                                          beside=cache)
+        placed.append(cache is not None and np.shares_memory(joining.slab[0], cache.slab[0]))
         cache = RightPaddedKV.concatenate([cache, joining] if cache else [joining])
         running.extend(rows)
         tokens.update({row: [int(row_logits.argmax())] for row, row_logits in zip(rows, logits)})
@@ -131,6 +136,12 @@ def test_the_genai_cache_is_written_in_place_while_rows_join_and_leave(genai_mod
     decode(5)
     assert [buffer.ctypes.data for buffer in cache.slab] == buffers
     assert [len(tokens[row]) for row in range(4)] == [10, 12, 5, 10]
+    columns = cache.capacity
+    join([0], beyond=columns)  # more columns than the slab has: a new one
+    decode(4)
+    assert cache.slab[0].ctypes.data != buffers[0] and cache.capacity > columns
+    assert placed == [False, True, True, False]
+    assert [len(tokens[row]) for row in range(4)] == [5, 16, 5, 14]
     assert all(tokens[row] == expected[row][:len(tokens[row])] for row in range(4))
 
 

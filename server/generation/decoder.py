@@ -71,11 +71,12 @@ class Decoder:
                        np.zeros((rows, 0), np.int64))
 
     def prefill(self, prompts: list[list[int]], cached: list[tuple[int, list | None]] | None = None,
-                reach: int = 0) -> tuple[np.ndarray, KVBatch]:
+                reach: int = 0, beside: KVBatch | None = None) -> tuple[np.ndarray, KVBatch]:
         """Left-padded prompts in one call: each row's next-token logits and the batch's cache.
         `cached`: per row, how many of its first tokens already have keys and values (a prefix cache's
         [heads, length, head_dim] tensors), which are fed as its past so that only the rest runs.
-        `reach` is not reserved here: this graph attends over every column of its past, used or not."""
+        `reach` is not reserved here: this graph attends over every column of its past, used or not;
+        `beside` is not used: left-padded rows join by a copy to a common width."""
         cached = cached or [(0, None)] * len(prompts)
         held = max(length for length, _ in cached)
         if held and self.kernels:

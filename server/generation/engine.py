@@ -432,7 +432,7 @@ class GenerationEngine:
 
         def step(_session):
             decoded = self.decoder.decode(last, cache) if decoding else None  # grows `cache`
-            prefilled = self.decoder.prefill(prompts, reused, reach) if prefilling else None
+            prefilled = self.decoder.prefill(prompts, reused, reach, cache) if prefilling else None
             return decoded, prefilled
 
         started = time.perf_counter_ns()

@@ -9,7 +9,8 @@ on the right: a row's tokens sit at the start of its buffers. Each past input an
 are bound to the same buffer (the operator's shared past/present mode, as onnxruntime-genai runs it), so
 a step writes only the new tokens' keys and values, at each row's own length. The buffers are reserved
 up to the sequences' budgets and hold every running row (`RightPaddedKV`): a decode step copies
-nothing, a joining row copies only itself and a leaving one only the rows behind it."""
+nothing, a joining row is prefilled into the free slots (copied only where they lack its columns) and
+a leaving one copies only the rows behind it."""
 
 import math
 import mmap
@@ -112,11 +113,18 @@ def _zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 def _copy_rows(batches: list[RightPaddedKV], slab: list[np.ndarray], start: int) -> None:
+    """Each batch's rows into `slab` from slot `start` on; a batch already there (prefilled into the
+    slab's free slots, `GqaDecoder.prefill`'s `beside`) is not copied."""
     for batch in batches:
-        used = batch.length
-        for target, source in zip(slab, batch.slab):
-            target[start:start + batch.rows, :, :used] = source[:batch.rows, :, :used]
+        if _address(batch.slab[0]) != _address(slab[0][start:]):
+            used = batch.length
+            for target, source in zip(slab, batch.slab):
+                target[start:start + batch.rows, :, :used] = source[:batch.rows, :, :used]
         start += batch.rows
+
+
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
 
 
 class GqaDecoder:
@@ -163,8 +171,8 @@ class GqaDecoder:
         return RightPaddedKV([_zeros(shape, self.past_dtype) for _ in self.past_names],
                              np.zeros(rows, np.int64), self.slots)
 
-    def prefill(self, prompts: list[list[int]], cached=None, reach: int = 0
-                ) -> tuple[np.ndarray, RightPaddedKV]:
+    def prefill(self, prompts: list[list[int]], cached=None, reach: int = 0,
+                beside: RightPaddedKV | None = None) -> tuple[np.ndarray, RightPaddedKV]:
         """Right-padded prompts: each row's next-token logits and the batch's cache. `cached`: per row,
         how many of its first tokens already have keys and values (a prefix cache's [kv_heads, length,
         head_dim] tensors), written into the row's first columns so that only the rest runs; then the
@@ -173,11 +181,13 @@ class GqaDecoder:
         than they hold (the padded tokens cost more than the separate runs).
         `reach`: the most positions any of these rows will hold (prompt and generated tokens), the
         columns reserved now (rounded up to a power of two) so that decoding never copies the cache,
-        and rows whose budgets differ a little join the running ones' buffers without a move."""
+        and rows whose budgets differ a little join the running ones' buffers without a move.
+        `beside`: the running rows' cache; where its slab has free slots with the columns these rows
+        need, they are written there, so that joining them to it copies nothing."""
         cached = cached or [(0, None)] * len(prompts)
         held = np.array([length for length, _ in cached], np.int64)
         lengths = np.array([len(p) for p in prompts], np.int64)
-        cache = self.empty(len(prompts), _room(max(reach, int(lengths.max()) + 1)))
+        cache = self._room_for(len(prompts), max(reach, int(lengths.max()) + 1), beside)
         padded = len(prompts) * int(lengths.max()) > PADDING_TOLERATED * int(lengths.sum())
         if not held.any() and not padded:
             logits = self._fill(prompts, held, cache)
@@ -191,6 +201,14 @@ class GqaDecoder:
             logits = np.concatenate(rows)
         cache.lengths = lengths
         return logits, cache
+
+    def _room_for(self, rows: int, columns: int, beside: RightPaddedKV | None) -> RightPaddedKV:
+        """An empty cache for `rows` new rows of up to `columns` tokens: the free slots after `beside`'s
+        rows (views of its slab) where it has them, else a new slab."""
+        if beside is None or beside.slots - beside.rows < rows or beside.capacity < columns:
+            return self.empty(rows, _room(columns))
+        return RightPaddedKV([buffer[beside.rows:] for buffer in beside.slab], np.zeros(rows, np.int64),
+                             beside.room)
 
     def _fill(self, prompts: list[list[int]], held: np.ndarray, cache: RightPaddedKV) -> np.ndarray:
         """Runs each prompt's tokens after its first `held` (already in the cache): the logits of each

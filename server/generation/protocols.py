@@ -40,9 +40,11 @@ class TokenDecoder(Protocol):
     kernels: object | None  # where the cache lives on the graph's device: the kernels that move it
 
     def prefill(self, prompts: list[list[int]], cached: list[tuple[int, list | None]] | None = None,
-                reach: int = 0) -> tuple[np.ndarray, KVCache]:
+                reach: int = 0, beside: KVCache | None = None) -> tuple[np.ndarray, KVCache]:
         """Each prompt's next-token logits and the new rows' cache; `cached`: per prompt, the leading
-        tokens whose keys and values a prefix cache holds; `reach`: the most positions a row will hold."""
+        tokens whose keys and values a prefix cache holds; `reach`: the most positions a row will hold;
+        `beside`: the running rows' cache, which the new rows will join (a layout may write them into its
+        free room, so that joining copies nothing)."""
 
     def decode(self, last_tokens: list[int], cache: KVCache, starting=None) -> np.ndarray:
         """One token per row: the next-token logits, the cache grown by a column. `starting` is called
