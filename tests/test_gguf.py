@@ -153,10 +153,21 @@ def tiny(tmp_path_factory):
 
 
 def transformers_model(source: Path):
+    """transformers' model and tokenizer of the file. Its reads of the file (the configuration, the
+    weights, the tokenizer) share one parse: the gguf package's reader takes seconds per parse of a large
+    vocabulary (Gemma 3's 262,144 tokens), and it only reads."""
+    from unittest import mock
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name).eval()
-    return model, AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    parsed, reader = gguf.GGUFReader(str(source)), gguf.GGUFReader
+
+    def shared(path, *args, **kwargs):
+        return parsed if Path(path) == source else reader(path, *args, **kwargs)
+
+    with mock.patch("gguf.GGUFReader", shared):
+        model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name).eval()
+        return model, AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
 
 
 def greedy_pairs(server, name: str, model, tokenizer, prompts: list[str]) -> list[tuple[list, list]]:
@@ -185,6 +196,20 @@ def test_each_kept_block_type_holds_the_values_the_gguf_package_reads(kind):
     expected = gguf.quants.dequantize(raw, kind)
     kept = blocks(kind, raw)
     np.testing.assert_allclose(kept.dequantized(), expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("kind", [Q.Q8_0, Q.Q6_K, Q.Q5_0, Q.Q5_1, Q.Q5_K])
+def test_8_bit_blocks_split_into_4_bit_halves_that_add_up_to_them(kind):
+    """Multiplied in float, 8-bit blocks run as two 4-bit MatMulNBits (ONNX Runtime's float kernel for
+    8 bits dequantizes the whole matrix at every call): the halves hold the same values between them."""
+    from server.generation.gguf_weights import blocks, nibbles
+
+    kept = blocks(kind, random_blocks(kind, 8, 512, np.random.default_rng(int(kind))))
+    high, low = nibbles(kept)
+    assert kept.bits == 8 and high.bits == low.bits == 4 and high.block == low.block == kept.block
+    expected = kept.dequantized()
+    np.testing.assert_allclose(high.dequantized() + low.dequantized(), expected, rtol=0,
+                               atol=1e-6 * np.abs(expected).max())
 
 
 def test_the_tokenizer_encodes_as_transformers_conversion_of_the_file(tiny):

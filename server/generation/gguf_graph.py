@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from server.generation.gguf_file import DecoderSettings, GgufError, GgufModel
-from server.generation.gguf_weights import Blocks, blocks, float_matrix
+from server.generation.gguf_weights import Blocks, blocks, float_matrix, nibbles
 
 OPSET = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
 MS = "com.microsoft"
@@ -53,7 +53,13 @@ class Graph:
 
     def block_matmul(self, x: str, blocks: Blocks, label: str, accuracy_level: int) -> str:
         """x [batch, sequence, K] times the blocks' [N, K] matrix, transposed: MatMulNBits, plus the
-        offsets' share where the blocks have offsets."""
+        offsets' share where the blocks have offsets. 8-bit blocks multiplied in float go as two 4-bit
+        halves (`nibbles`): ONNX Runtime's float kernel for 8 bits dequantizes the whole matrix at every
+        call, its 4-bit one reads the blocks as they are."""
+        if blocks.bits == 8 and accuracy_level == FLOAT_COMPUTE:
+            high, low = nibbles(blocks)
+            return self.one("Add", [self.block_matmul(x, high, f"{label}.high", accuracy_level),
+                                    self.block_matmul(x, low, f"{label}.low", accuracy_level)])
         n, k = blocks.shape
         inputs = [x, self.weight(f"{label}.data", blocks.data),
                   self.weight(f"{label}.scales", blocks.scales.reshape(-1))]

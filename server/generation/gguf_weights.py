@@ -104,6 +104,14 @@ def _f16(rows: np.ndarray, start: int) -> np.ndarray:
     return rows[..., start:start + 2].copy().view(np.float16)[..., 0].astype(np.float32)
 
 
+def nibbles(matrix: Blocks) -> tuple[Blocks, Blocks]:
+    """8-bit blocks as two 4-bit ones whose products add up to theirs: each byte q is 16 x high + low,
+    so (q - 128) x s = (high - 8) x 16s + (low - 8) x s + 8s, the last term an offset of the low half."""
+    high = Blocks(_packed(matrix.data >> 4), matrix.scales * 16, None, 4, matrix.block)
+    offsets = 8 * matrix.scales + (0 if matrix.offsets is None else matrix.offsets)
+    return high, Blocks(_packed(matrix.data & 0xF), matrix.scales, offsets, 4, matrix.block)
+
+
 def _packed(q: np.ndarray) -> np.ndarray:
     """4-bit values [..., 2m] packed two to a byte as MatMulNBits reads them: even ones low."""
     return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
