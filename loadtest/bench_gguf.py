@@ -10,6 +10,10 @@ OpenAI-protocol client drives both (`/v1/completions`, streamed, token-id prompt
   processing (a 512-token prompt). Every round's prompts are new text, so neither server's prompt
   cache answers them. The same file imported with `--kv-cache int8` is measured beside the default
   (float32 cache) in the same rounds;
+- prompt lookup on both sides: ortserve's `prompt_lookup_num_tokens` (drafts from the sequence's own
+  text, checked in one run, while a sequence runs alone) against llama-server's `--spec-type
+  ngram-simple` (its n-gram self-speculation, at its defaults), one stream and 16 at once, each beside
+  its own server's default in the same rounds;
 - the exporters on a real model: the same weights as a Hugging Face checkpoint (transformers reading the
   GGUF, saved) exported with `--variants fp32,int8,int4`, each variant's perplexity against fp32 as the
   export's own gate measures it, beside the forms the exporters used before (per-tensor dynamic int8, ONNX
@@ -23,7 +27,9 @@ Writes the "GGUF models against llama.cpp" section of BENCHMARKS.md:
 import argparse
 import asyncio
 import json
+import os
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -39,6 +45,8 @@ from server.text.corpus import paragraphs
 
 CONTEXT, NEW_TOKENS, STREAMS, PROMPT = 512, 128, 16, 512
 INT8_CACHE, INT8_CACHE_MODEL = "ortserve, int8 cache", "smollm2_int8_cache"  # `--kv-cache int8`, opt-in
+LOOKUP, LOOKUP_MODEL, LOOKUP_TOKENS = "ortserve, prompt lookup", "smollm2_lookup", 3
+LLAMA_NGRAM, LLAMA_NGRAM_FLAGS = "llama.cpp, ngram-simple", ["--spec-type", "ngram-simple"]
 THREADS = 2
 
 
@@ -112,7 +120,7 @@ async def streams(port: int, model: str, prompts: list[list[int]], tokens: int) 
             "ttft_ms": 1000 * statistics.median(r[0] for r in runs)}
 
 
-def measure(port: int, model: str, ids: list[int], index: int) -> dict:
+def measure(port: int, model: str, ids: list[int], index: int, prompt_processing: bool = True) -> dict:
     """One round on one server: prompts cut from the corpus after the perplexity chunks, new text each
     round (the long prompt from the corpus' end, so it shares no prefix with the others)."""
     def prompt(number, length):
@@ -121,11 +129,14 @@ def measure(port: int, model: str, ids: list[int], index: int) -> dict:
 
     one = asyncio.run(streams(port, model, [prompt(0, 24)], NEW_TOKENS))
     many = asyncio.run(streams(port, model, [prompt(i + 1, 16 + 4 * i) for i in range(STREAMS)], NEW_TOKENS))
-    end = len(ids) - (index + 1) * (PROMPT + 64)
-    long = asyncio.run(streams(port, model, [ids[end:end + PROMPT]], 1))
-    return {"one_tps": one["tokens_per_s"], "one_ttft": one["ttft_ms"], "many_tps": many["tokens_per_s"],
-            "many_ttft": many["ttft_ms"], "prompt_tps": PROMPT / (long["ttft_ms"] / 1000),
-            "complete": one["tokens"] == [NEW_TOKENS] and many["tokens"] == [NEW_TOKENS] * STREAMS}
+    measured = {"one_tps": one["tokens_per_s"], "one_ttft": one["ttft_ms"], "many_tps": many["tokens_per_s"],
+                "many_ttft": many["ttft_ms"],
+                "complete": one["tokens"] == [NEW_TOKENS] and many["tokens"] == [NEW_TOKENS] * STREAMS}
+    if prompt_processing:
+        end = len(ids) - (index + 1) * (PROMPT + 64)
+        long = asyncio.run(streams(port, model, [ids[end:end + PROMPT]], 1))
+        measured["prompt_tps"] = PROMPT / (long["ttft_ms"] / 1000)
+    return measured
 
 
 # --- perplexity ---------------------------------------------------------------------------------------
@@ -218,11 +229,11 @@ def llama_perplexity(binary: Path, file: Path, text_file: Path, chunks: int) -> 
 
 # --- the run ------------------------------------------------------------------------------------------
 
-def start_llama_server(binary: Path, file: Path, log: Path):
+def start_llama_server(binary: Path, file: Path, log: Path, flags: list[str] = ()):
     port = free_port()
     process = subprocess.Popen([str(binary), "-m", str(file), "-t", str(THREADS), "-tb", str(THREADS),
                                 "--parallel", str(STREAMS), "-c", str(STREAMS * 1024), "--port", str(port),
-                                "--host", "127.0.0.1", "--no-webui"], stdout=log.open("w"),
+                                "--host", "127.0.0.1", "--no-webui", *flags], stdout=log.open("w"),
                                stderr=subprocess.STDOUT)
     wait_ready(process, f"http://127.0.0.1:{port}/health", log, 120)
     return process, port
@@ -243,12 +254,16 @@ def main(argv=None) -> int:
         work = Path(work)
         sizes = (file.stat().st_size, directory_bytes(import_llm(file, work / "repository", "smollm2")))
         import_llm(file, work / "repository", INT8_CACHE_MODEL, int8_cache=True)
+        with_parameter(work / "repository", "smollm2", LOOKUP_MODEL, "prompt_lookup_num_tokens",
+                       LOOKUP_TOKENS)
         text, ids = corpus_ids(work / "repository" / "smollm2" / "tokenizer.json")
         (work / "corpus.txt").write_text(text)
         chunks = [ids[i * CONTEXT:(i + 1) * CONTEXT] for i in range(args.chunks)]
         ortserve = start_server(work / "repository", work / "ortserve.log", "--access-log", "false",
                                 ready_model="smollm2")
         llama, llama_port = start_llama_server(binaries["llama-server"], file, work / "llama-server.log")
+        ngram, ngram_port = start_llama_server(binaries["llama-server"], file, work / "llama-ngram.log",
+                                               LLAMA_NGRAM_FLAGS)
         ortserve_port = int(ortserve.http_url.rsplit(":", 1)[1])
         try:
             perplexity = {"ortserve": served_perplexity(ortserve_port, "smollm2", chunks)}
@@ -256,11 +271,14 @@ def main(argv=None) -> int:
             for index in range(args.rounds):
                 rounds.append({"ortserve": measure(ortserve_port, "smollm2", ids, index),
                                "llama.cpp": measure(llama_port, "smollm2", ids, index),
-                               INT8_CACHE: measure(ortserve_port, INT8_CACHE_MODEL, ids, index)})
+                               INT8_CACHE: measure(ortserve_port, INT8_CACHE_MODEL, ids, index),
+                               LOOKUP: measure(ortserve_port, LOOKUP_MODEL, ids, index, False),
+                               LLAMA_NGRAM: measure(ngram_port, "smollm2", ids, index, False)})
                 print(json.dumps(rounds[-1]), flush=True)
         finally:
             stop_server(ortserve)
             stop_process(llama)
+            stop_process(ngram)
         perplexity["reference"] = reference_perplexity(file, chunks)
         perplexity["llama.cpp"] = llama_perplexity(binaries["llama-perplexity"], file, work / "corpus.txt",
                                                    args.chunks)
@@ -278,6 +296,15 @@ ROWS = [  # (label, key, higher is better, target)
     ("time to first token, 16 streams at once (median ms)", "many_ttft", False, 1.0),
     ("prompt processing, 512-token prompt (tokens/s)", "prompt_tps", True, 1.0),
 ]
+
+
+def with_parameter(repository: Path, name: str, copy: str, key: str, value) -> None:
+    """Model `copy`: model `name`'s files (linked, not copied) with `key: value` added to its config."""
+    shutil.copytree(repository / name, repository / copy, copy_function=os.link)
+    config = repository / copy / "config.pbtxt"
+    text = config.read_text().replace(f'name: "{name}"', f'name: "{copy}"')
+    config.unlink()  # a link to the original's
+    config.write_text(text + f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n')
 
 
 def directory_bytes(directory: Path) -> int:
@@ -309,6 +336,20 @@ def render(rounds: list[dict], perplexity: dict, chunks: int, exported: dict, si
         ratio = statistics.median((a / b) if higher else (b / a) for a, b in pairs)
         cache_rows.append([label, "; ".join(f"{a:.1f} vs {b:.1f}" for a, b in pairs), f"{ratio:.2f}x"])
     lines.append(report.table(["row", "each round: int8 cache vs float32 cache", "median ratio"], cache_rows))
+    lines += ["", f"The same rounds with n-gram drafts on both sides: ortserve's `prompt_lookup_num_tokens: "
+              f"{LOOKUP_TOKENS}` (drafts from the sequence's own text, checked while it runs alone) and "
+              f"llama-server `{' '.join(LLAMA_NGRAM_FLAGS)}` (its defaults); each server's gain over its own "
+              "default in the same rounds beside:", ""]
+    lookup_rows = []
+    for label, key, _, _ in ROWS[:2]:
+        ratios = [r[LOOKUP][key] / r[LLAMA_NGRAM][key] for r in rounds]
+        ours = statistics.median(r[LOOKUP][key] / r["ortserve"][key] for r in rounds)
+        theirs = statistics.median(r[LLAMA_NGRAM][key] / r["llama.cpp"][key] for r in rounds)
+        cells = "; ".join(f"{r[LOOKUP][key]:.1f} vs {r[LLAMA_NGRAM][key]:.1f}" for r in rounds)
+        lookup_rows.append([label, cells, f"{statistics.median(ratios):.2f}x", f"{ours:.2f}x",
+                            f"{theirs:.2f}x"])
+    lines.append(report.table(["row", "each round: ortserve vs llama.cpp, both drafting", "median ratio",
+                               "ortserve: drafting / default", "llama.cpp: drafting / default"], lookup_rows))
     complete = all(r[s]["complete"] for r in rounds for s in r)
     lines += ["", f"Every stream returned its {NEW_TOKENS} tokens: {'yes' if complete else 'NO'}.", ""]
     ours, reference, theirs = perplexity["ortserve"], perplexity["reference"], perplexity["llama.cpp"]

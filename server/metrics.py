@@ -57,6 +57,9 @@ GENERATION_COUNTERS = (
     ("ortserve_prefix_cache_hits_total", "prefix_hits", "Prompts that reused cached prefix blocks"),
     ("ortserve_prefix_cache_misses_total", "prefix_misses", "Prompts that found no cached prefix block"),
     ("ortserve_prefix_cache_reused_tokens_total", "prefix_tokens_reused", "Prompt tokens not prefilled"),
+    ("ortserve_draft_tokens_total", "draft_tokens", "Tokens drafted by prompt lookup and checked"),
+    ("ortserve_draft_tokens_accepted_total", "accepted_draft_tokens",
+     "Drafted tokens the model's own choice agreed with"),
 )
 GENERATION_GAUGES = (
     ("ortserve_generation_running_sequences", "running", "Sequences in the running batch"),

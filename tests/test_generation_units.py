@@ -12,6 +12,7 @@ from server.generation.decode_run import DecodeRun
 from server.generation.device_cache import CacheKernels, DeviceKVBatch, DeviceRunner, append_graph
 from server.generation.engine import GenerationSettings, Mailbox
 from server.generation.kv_cache import GROWTH, KVBatch
+from server.generation.prompt_lookup import PromptLookup
 from server.generation.protocols import KVCache
 from server.generation.sampling import Sampler, SamplingParams, sampling_params
 from server.generation.scheduler import Scheduler, SchedulerLimits, Sequence
@@ -354,12 +355,12 @@ class _Row:
         return generated >= self.ends_after
 
 
-def _run_decode(decoder, rows, generated, turn_at=None):
+def _run_decode(decoder, rows, generated, turn_at=None, cache=None, lookup=None):
     """Runs a DecodeRun on a worker thread as the engine does; the steps it delivered, in order."""
     delivered = []
 
     async def main():
-        run = DecodeRun(decoder, object(), rows, generated, delivered.append)
+        run = DecodeRun(decoder, cache or object(), rows, generated, delivered.append, lookup)
         if turn_at is not None:
             decoder.on_step = lambda step: run.yield_turn() if step == turn_at else None
         await asyncio.get_running_loop().run_in_executor(None, run, None)
@@ -381,3 +382,61 @@ def test_decode_run_returns_after_the_step_during_which_the_loop_asked_for_its_t
     decoder = _CountingDecoder()
     delivered = _run_decode(decoder, [_Row(ends_after=1000)], [[0]], turn_at=3)
     assert decoder.steps == 3 and [step.tokens for step in delivered] == [[1], [2], [3]]
+
+
+def test_prompt_lookup_drafts_what_followed_the_latest_occurrence_of_the_longest_ending():
+    prompt = [1, 2, 3, 4, 0, 2, 3, 9]
+    assert PromptLookup(prompt, tokens=3, budget=100).draft([1, 2, 3]) == [4, 0, 2]  # (1, 2, 3) over (2, 3)
+    assert PromptLookup(prompt, tokens=3, budget=100).draft([5, 2, 3]) == [9, 5, 2]  # (2, 3)'s latest
+    assert PromptLookup(prompt, tokens=3, budget=5).draft([1, 2, 3]) == [4]  # 3 generated, 1 left after
+    assert PromptLookup(prompt, tokens=3, budget=100).draft([8]) == []  # (9, 8) unseen
+    lookup, generated = PromptLookup(prompt, tokens=2, budget=100), [3]
+    for token in [9, 1, 2, 3, 4, 0, 2]:  # called as a sequence grows, it indexes only what is new
+        assert lookup.draft(generated) == PromptLookup(prompt, tokens=2, budget=100).draft(generated)
+        generated.append(token)
+
+
+class _Oracle:
+    """A model that predicts `truth`'s token after the position it reads, whatever it is fed, over a cache
+    that is only a length: a run that reads or writes at the wrong position shows in the tokens."""
+
+    checks_drafts = True
+
+    def __init__(self, truth):
+        self.truth, self.runs = truth, 0
+
+    def decode(self, last_tokens, cache, starting=None):
+        return self.check(last_tokens, cache, starting)
+
+    def check(self, tokens, cache, starting=None):
+        if starting is not None:
+            starting()
+        self.runs += 1
+        logits = np.zeros((len(tokens), 100), np.float32)
+        logits[np.arange(len(tokens)), self.truth[cache.length + 1:cache.length + 1 + len(tokens)]] = 1
+        cache.length += len(tokens)
+        return logits
+
+
+class _LengthCache:
+    def __init__(self, length):
+        self.length = length
+
+    def rewind(self, tokens):
+        self.length -= tokens
+
+
+@pytest.mark.parametrize("ends_after", [30, 13])
+def test_a_row_running_alone_checks_drafts_and_delivers_its_tokens_in_fewer_runs(ends_after):
+    truth = [1, 2, 3, 4, 5, 6] * 3 + [7, 8, 9] + [1, 2, 3, 4, 5, 6] * 3 + [40 + i for i in range(20)]
+    prompt, generated = truth[:8], [[truth[8]]]
+    decoder, cache = _Oracle(truth), _LengthCache(len(prompt))  # the prompt's keys; not the first token's
+    lookup = PromptLookup(prompt, tokens=3, budget=ends_after)
+    delivered = _run_decode(decoder, [_Row(ends_after)], generated, cache=cache, lookup=lookup)
+    tokens = [step.tokens[0] for step in delivered]
+    assert tokens == truth[9:8 + ends_after]  # the row's `ends_after`-th token is its last
+    assert decoder.runs < len(tokens)
+    assert cache.length == len(prompt) + len(tokens)  # every token's keys but the last one's
+    firsts = [step for step in delivered if step.elapsed_ns]
+    assert len(firsts) == decoder.runs and sum(step.drafted for step in delivered) > 0
+    assert 0 < sum(step.accepted for step in delivered) < sum(step.drafted for step in delivered)  # (7, 8, 9)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from exporters.demo import SMOLLM2, gemma3_file, package_file
+from loadtest.bench_gguf import with_parameter
 from tests.conftest import start_server, stop_server
 from tests.test_llm_export import CHATML, trained_tokenizer
 
@@ -144,9 +145,12 @@ def tiny(tmp_path_factory):
         done = import_llm(written, repository, f"tiny_{architecture}", "--float-activations")
         assert done.returncode == 0, done.stderr
     for name, source_file, flags in (("smollm2", smollm2_file(), []),
+                                     ("smollm2_exact", smollm2_file(), ["--float-activations"]),
                                      ("gemma3", gemma3_file(), ["--float-activations"])):
         done = import_llm(source_file, repository, name, *flags)
         assert done.returncode == 0, done.stderr
+    for name in ("tiny_exact", "smollm2_exact"):
+        with_parameter(repository, name, f"{name}_lookup", "prompt_lookup_num_tokens", 3)
     server = start_server(repository, root / "server.log", ready_model="smollm2")
     yield source, repository, server
     assert stop_server(server) == 0, server.output()
@@ -307,6 +311,48 @@ def test_an_int8_cache_keeps_each_steps_next_token_distribution(tiny):
     exact, int8 = steps("tiny", tokens), steps("tiny_int8_cache", tokens)
     assert np.abs(exact - int8).max() < 0.05
     assert np.abs(exact - int8).max() > 0  # the int8 cache is the one read
+
+
+def test_prompt_lookup_serves_the_same_tokens_in_fewer_runs(tiny):
+    """Prompt lookup drafts a sequence's next tokens from its own text and checks them in one run. With
+    exact (float) activations, where a run of several tokens computes what single steps compute, the real
+    SmolLM2 and the tiny file answer with the same tokens with it as without: greedy, and sampled with a
+    seed, a repetition penalty and log probabilities; in fewer runs than tokens."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, _, server = tiny
+    code = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):"
+    requests = [{"max_tokens": 61, "temperature": 0},
+                {"max_tokens": 40, "temperature": 0.8, "seed": 7, "repetition_penalty": 1.1, "logprobs": 2}]
+
+    def completion(model: str, prompt: str, request: dict) -> dict:
+        body = {"model": model, "prompt": prompt, "ignore_eos": True, **request}
+        answer = httpx.post(f"http://{server.http_url}/v1/completions", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def runs(model: str) -> tuple[int, int]:
+        stats = httpx.get(f"http://{server.http_url}/v2/models/{model}/stats").json()["model_stats"][0]
+        return stats["execution_count"], stats["inference_count"]
+
+    for model, prompt in (("smollm2_exact", code), ("smollm2_exact", PROMPTS[2]),
+                          ("tiny_exact", PROMPTS[0])):
+        before = runs(f"{model}_lookup")
+        for request in requests:
+            plain = completion(model, prompt, request)
+            drafted = completion(f"{model}_lookup", prompt, request)
+            assert drafted["choices"][0]["text"] == plain["choices"][0]["text"]
+            assert drafted["usage"] == plain["usage"]
+            if "logprobs" in request:
+                chosen = [answer["choices"][0]["logprobs"]["token_logprobs"] for answer in (plain, drafted)]
+                assert np.allclose(*chosen, atol=1e-3)
+        executions = runs(f"{model}_lookup")[0] - before[0]
+        assert executions < sum(request["max_tokens"] for request in requests)
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
+    drafts = {sample.name: sample.value for family in text_string_to_metric_families(text)
+              for sample in family.samples if sample.labels.get("model") == "smollm2_exact_lookup"
+              and sample.name.startswith("ortserve_draft_tokens")}
+    assert 0 < drafts["ortserve_draft_tokens_accepted_total"] < drafts["ortserve_draft_tokens_total"]
 
 
 def test_the_real_smollm2_file_answers_a_chat_question_through_openai(tiny):

@@ -70,6 +70,8 @@ class GenerationStats:
     prefix_misses: int = 0
     prefix_tokens_reused: int = 0
     prefix_cache_bytes: int = 0
+    draft_tokens: int = 0  # tokens drafted by prompt lookup and checked
+    accepted_draft_tokens: int = 0  # of which the model's own choice agreed
     finished: dict[str, int] = field(default_factory=dict)  # by finish reason
     time_to_first_token: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
     inter_token: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))

@@ -33,6 +33,8 @@ class Decoder:
     """The `TokenDecoder` of graphs with position ids: the cache left-padded (`KVBatch`), or kept on the
     device (`DeviceKVBatch`)."""
 
+    checks_drafts = False
+
     def __init__(self, session, io_binding: bool | None = None):
         """`session`: an onnxruntime.InferenceSession of the decoder graph. `io_binding` keeps the cache
         on the graph's device; None: only where that device is a GPU."""

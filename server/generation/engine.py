@@ -25,6 +25,7 @@ from server.generation.decode_run import DecodedStep, DecodeRun
 from server.generation.decoder import make_decoder
 from server.generation.prefix_cache import BLOCK as PREFIX_BLOCK
 from server.generation.prefix_cache import PrefixCache
+from server.generation.prompt_lookup import PromptLookup
 from server.generation.protocols import KVCache
 from server.generation.sampling import Sampler, SamplingParams, logprobs, sampling_params
 from server.generation.scheduler import Plan, Scheduler, SchedulerLimits, Sequence
@@ -55,6 +56,7 @@ class GenerationSettings:
     io_binding: bool | None = None  # the KV cache on the graph's device; None: where that is a GPU
     prefix_cache_tokens: int = 0  # prompt tokens whose keys and values are kept for reuse; 0: off
     kv_head_dim: int | None = None  # where the graph leaves the head size symbolic (onnxruntime-genai's)
+    prompt_lookup_num_tokens: int = 0  # tokens a sequence running alone drafts per run; 0: off
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, str], model_dir: Path) -> "GenerationSettings":
@@ -94,6 +96,7 @@ class GenerationSettings:
             io_binding=_SWITCH[binding],
             prefix_cache_tokens=number("prefix_cache_tokens", 0, low=0),
             kv_head_dim=number("kv_head_dim", None) if "kv_head_dim" in parameters else None,
+            prompt_lookup_num_tokens=number("prompt_lookup_num_tokens", 0, low=0),
         )
 
 
@@ -144,6 +147,7 @@ class _Request:
     submitted: float = field(default_factory=time.perf_counter)
     last_token: float = 0.0
     constraint: RowConstraint | None = None  # the grammar its output follows (structured outputs)
+    lookup: PromptLookup | None = None  # its drafts, where it may check them (running alone)
 
     @property
     def logprobs(self) -> bool:
@@ -331,13 +335,22 @@ class GenerationEngine:
         constraint = self.grammars.constraint(structured, ignore_eos) if structured else None
         sequence = Sequence(next(self._ids), prompt, params.max_tokens)
         text = TextStream(self.codec, params.stop)
-        request = _Request(sequence, params, Sampler(params), text, self.settings, constraint=constraint)
+        request = _Request(sequence, params, Sampler(params), text, self.settings, constraint=constraint,
+                           lookup=self._lookup(prompt, params.max_tokens, constraint))
         self.scheduler.add(sequence)
         self._requests[sequence.id] = request
         self.stats.prompt_tokens += len(prompt)
         self._take_turn()
         self._wake.set()
         return TokenStream(self, request, on_close)
+
+    def _lookup(self, prompt: list[int], max_tokens: int, constraint) -> PromptLookup | None:
+        """The sequence's drafts where it may check them: prompt lookup on, a decoder that `checks_drafts`,
+        and no grammar (a grammar masks each step's logits by the tokens before)."""
+        drafts = self.settings.prompt_lookup_num_tokens
+        if not drafts or not self.decoder.checks_drafts or constraint is not None:
+            return None
+        return PromptLookup(prompt, drafts, min(max_tokens, self.settings.max_sequence_length - len(prompt)))
 
     async def score(self, prompt: list[int], count: int) -> list[TokenLogprob]:
         """Each prompt token after the first with its log-probability given the tokens before it, and the
@@ -406,7 +419,8 @@ class GenerationEngine:
         """Decode steps back to back on the worker thread (`DecodeRun`), each delivered as it comes."""
         generated = [request.sequence.generated for request in rows]
         self._decoding = DecodeRun(self.decoder, self.cache, rows, generated,
-                                   lambda step: self._deliver(rows, step))
+                                   lambda step: self._deliver(rows, step),
+                                   rows[0].lookup if len(rows) == 1 else None)
         try:
             await self.pool.call(self._decoding)
         finally:
@@ -414,7 +428,10 @@ class GenerationEngine:
 
     def _deliver(self, rows: list[_Request], step: DecodedStep) -> None:
         """A step's tokens; its logits only where a row asked for log probabilities."""
-        self._record_step(len(rows), step.elapsed_ns)
+        if step.elapsed_ns:  # the first step of a run
+            self._record_step(len(rows), step.elapsed_ns)
+        self.stats.draft_tokens += step.drafted
+        self.stats.accepted_draft_tokens += step.accepted
         for row, (request, token) in enumerate(zip(rows, step.tokens)):
             self._advance(request, None if step.logits is None else step.logits[row], token)
         if any(request.sequence.finished for request in rows):

@@ -96,6 +96,10 @@ class RightPaddedKV:
         """[rows, length + new]: ones over each row's tokens and its new ones, from the start."""
         return _right(self.lengths + new, self.length + new)
 
+    def rewind(self, tokens: int) -> None:
+        """Every row's last `tokens` dropped (drafts that did not hold): their columns are free room again."""
+        self.lengths = self.lengths - tokens
+
 
 def _moved(batches: list[RightPaddedKV], slots: int, capacity: int) -> list[np.ndarray]:
     """A new slab of `slots` x `capacity` holding the batches' rows one after another."""
@@ -132,6 +136,7 @@ class GqaDecoder:
 
     kernels = None  # the cache stays on the host
     scores_prompts = True  # the graph returns every position's logits
+    checks_drafts = True
 
     def __init__(self, session, head_dim: int | None = None, slots: int = 1):
         """`head_dim`: the key/value head size, where the graph leaves it symbolic (the builder's
@@ -235,6 +240,16 @@ class GqaDecoder:
         logits = self._run(ids, mask, cache, starting, np.zeros_like(ids, dtype=np.int64))
         cache.lengths = cache.lengths + 1
         return logits[:, -1]
+
+    def check(self, tokens: list[int], cache: RightPaddedKV, starting=None) -> np.ndarray:
+        """[len(tokens), vocab]: one row's tokens after its past in one run (its last token and drafted
+        ones), each position's next-token logits. The cache then holds them all (`RightPaddedKV.rewind`)."""
+        cache.reserve(len(tokens))
+        ids = np.asarray([tokens], self.id_dtype)
+        every = np.arange(len(tokens), dtype=np.int64)[None]
+        logits = self._run(ids, cache.attention_mask(len(tokens)), cache, starting, every)
+        cache.lengths = cache.lengths + len(tokens)
+        return logits[0]
 
     def score(self, prompt: list[int]) -> np.ndarray:
         """[len(prompt) - 1, vocab]: the logits that predicted each prompt token after the first."""

@@ -38,6 +38,9 @@ class TokenDecoder(Protocol):
     vocab_size: int | None
     scores_prompts: bool  # `score` works: the graph returns every position's logits
     kernels: object | None  # where the cache lives on the graph's device: the kernels that move it
+    # it has `check(tokens, cache, starting)`: a cache of one row, its last token and drafted ones after
+    # it in one run, each position's next-token logits (the cache's `rewind` drops rejected drafts)
+    checks_drafts: bool
 
     def prefill(self, prompts: list[list[int]], cached: list[tuple[int, list | None]] | None = None,
                 reach: int = 0, beside: KVCache | None = None) -> tuple[np.ndarray, KVCache]:
