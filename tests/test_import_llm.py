@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtest.bench_gguf import with_parameter
 from loadtest.peer_servers import environment
 from tests.conftest import start_server, stop_server
 from tests.test_llm_export import checkpoint_with_tokenizer
@@ -59,6 +60,7 @@ def genai_models(genai_llama, tmp_path_factory):
     repository = root / "repository"
     for precision, source in built.items():
         import_llm(source, repository, f"genai_{precision}")
+    with_parameter(repository, "genai_fp32", "genai_fp32_lookup", "prompt_lookup_num_tokens", 3)
     server = start_server(repository, root / "server.log", ready_model="genai_int4")
     yield built, server
     assert stop_server(server) == 0, server.output()
@@ -70,6 +72,25 @@ def test_genai_builder_models_serve_its_generators_greedy_tokens(genai_models, p
     # each prompt alone in onnxruntime-genai (the int4 kernels quantize activations per row)
     expected = [genai_greedy(built[precision], prompt) for prompt in PROMPTS]
     assert served_greedy(server, f"genai_{precision}", ignore_eos=False) == expected  # both end at eos
+
+
+def test_prompt_lookup_on_a_genai_graph_serves_its_generators_greedy_tokens(genai_models):
+    """The builder's graphs return every position's logits (no `logit_positions`): a sequence running
+    alone checks its drafts in one run of them and still serves the generator's tokens."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    built, server = genai_models
+    for prompt in PROMPTS:  # one at a time: a sequence drafts while it runs alone
+        body = {"input_ids": prompt, "parameters": {"max_tokens": NEW_TOKENS, "temperature": 0}}
+        answer = httpx.post(f"http://{server.http_url}/v2/models/genai_fp32_lookup/generate", json=body,
+                            timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["output_ids"] == genai_greedy(built["fp32"], prompt)
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
+    accepted = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == "ortserve_draft_tokens_accepted_total"
+                and sample.labels.get("model") == "genai_fp32_lookup"]
+    assert accepted and accepted[0] > 0
 
 
 def genai_decoder(model_dir: Path, slots: int):
