@@ -43,7 +43,7 @@ def generation(tmp_path_factory):
     shutil.copytree(repository / "gpt", limited)
     shutil.copytree(repository / "gpt", repository / "gpt_bound")
     for name, limits in (("gpt_limited", {"max_running_sequences": 1, "max_waiting_sequences": 1}),
-                         ("gpt_bound", {"io_binding": "true"}),
+                         ("gpt_bound", {"io_binding": "true", "prompt_lookup_num_tokens": "3"}),
                          ("gpt", {"max_sequence_length": CONTEXT})):
         config = text_format.Parse((repository / name / "config.pbtxt").read_text(), ModelConfig())
         write_config(repository, name, set_parameters(config, **limits))
@@ -51,6 +51,13 @@ def generation(tmp_path_factory):
     server = start_server(repository, root / "server.log", ready_model="gpt_limited")
     yield server, model
     assert stop_server(server) == 0, server.output()
+
+
+def test_prompt_lookup_asked_of_a_graph_with_position_ids_is_named_as_ignored(generation):
+    """Only GroupQueryAttention graphs check drafts; gpt_bound (position ids) asks for them, says in its
+    log that it decodes a token per step, and serves as the others (the tests of its tokens)."""
+    server, _ = generation
+    assert "prompt_lookup_num_tokens is set, but this graph takes position ids" in server.output()
 
 
 def post(server, path, body, timeout=60):
