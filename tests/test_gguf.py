@@ -355,6 +355,29 @@ def test_prompt_lookup_serves_the_same_tokens_in_fewer_runs(tiny):
     assert 0 < drafts["ortserve_draft_tokens_accepted_total"] < drafts["ortserve_draft_tokens_total"]
 
 
+def test_an_int8_decode_step_gives_a_row_the_same_logits_alone_or_beside_others(tiny):
+    """With int8 activations, a decode step's logits for a sequence do not depend on the sequences decoding
+    beside it (ONNX Runtime runs the rows as separate one-token products), as the README's note on prompt
+    lookup and int8 says."""
+    import onnxruntime as ort
+
+    from server.generation.gqa import GqaDecoder
+
+    _, repository, _ = tiny
+    session = ort.InferenceSession(str(repository / "tiny" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    decoder = GqaDecoder(session, slots=4)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(3, 300, 12 + 5 * i).tolist() for i in range(4)]
+
+    def first_row(rows: int) -> list[np.ndarray]:
+        _, cache = decoder.prefill(prompts[:rows], reach=64)
+        return [decoder.decode([7 + step] * rows, cache)[0].copy() for step in range(3)]
+
+    for alone, beside in zip(first_row(1), first_row(4)):
+        assert np.array_equal(alone, beside)
+
+
 def test_the_real_smollm2_file_answers_a_chat_question_through_openai(tiny):
     from openai import OpenAI
 
