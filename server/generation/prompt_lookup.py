@@ -1,8 +1,9 @@
 """Prompt lookup decoding: draft tokens for a sequence from its own tokens. Where the sequence's last few
 tokens (4, else 3, else 2) occurred before, in its prompt or its output, the tokens that followed their
 latest occurrence are the draft; one run of the model checks them all (`DecodeRun`). A draft only
-saves runs: each position's token is still sampled as a step of its own would sample it, so the output
-is the same, token for token, with or without drafts."""
+saves runs: each position's token is still sampled as a step of its own would sample it, from that
+position's logits in the run (which a prefill would compute the same way), so drafts change how many
+runs a text takes, not how its tokens are chosen."""
 
 NGRAM_SIZES = (4, 3, 2)
 
