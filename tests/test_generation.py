@@ -42,8 +42,10 @@ def generation(tmp_path_factory):
     limited = repository / "gpt_limited"  # the whole context: generations long enough to interrupt
     shutil.copytree(repository / "gpt", limited)
     shutil.copytree(repository / "gpt", repository / "gpt_bound")
+    shutil.copytree(repository / "gpt", repository / "gpt_lookup")
     for name, limits in (("gpt_limited", {"max_running_sequences": 1, "max_waiting_sequences": 1}),
                          ("gpt_bound", {"io_binding": "true", "prompt_lookup_num_tokens": "3"}),
+                         ("gpt_lookup", {"prompt_lookup_num_tokens": "3"}),
                          ("gpt", {"max_sequence_length": CONTEXT})):
         config = text_format.Parse((repository / name / "config.pbtxt").read_text(), ModelConfig())
         write_config(repository, name, set_parameters(config, **limits))
@@ -53,11 +55,22 @@ def generation(tmp_path_factory):
     assert stop_server(server) == 0, server.output()
 
 
-def test_prompt_lookup_asked_of_a_graph_with_position_ids_is_named_as_ignored(generation):
-    """Only GroupQueryAttention graphs check drafts; gpt_bound (position ids) asks for them, says in its
-    log that it decodes a token per step, and serves as the others (the tests of its tokens)."""
+def test_prompt_lookup_on_an_exported_decoder_serves_the_same_greedy_tokens_in_fewer_runs(generation):
+    """The exported GPT (position ids, the left-padded cache on the host) checks drafts too: each prompt,
+    sent alone, gets the tokens it gets without drafts, with drafts accepted. With the cache on the
+    device (gpt_bound, io_binding) drafts are not checked, and its log says so."""
     server, _ = generation
-    assert "prompt_lookup_num_tokens is set, but this graph takes position ids" in server.output()
+    for prompt in PROMPTS:
+        answers = [post(server, f"/v2/models/{name}/generate", greedy(prompt, 40))
+                   for name in ("gpt", "gpt_lookup")]
+        assert all(answer.status_code == 200 for answer in answers), answers[0].text
+        assert answers[0].json()["output_ids"] == answers[1].json()["output_ids"]
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
+    accepted = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == "ortserve_draft_tokens_accepted_total"
+                and sample.labels["model"] == "gpt_lookup"]
+    assert accepted and accepted[0] > 0
+    assert "prompt_lookup_num_tokens is set, but drafts are checked on a cache on the host" in server.output()
 
 
 def post(server, path, body, timeout=60):
@@ -142,7 +155,7 @@ def test_openai_completions_json_and_stream(generation):
     assert texts == [c["text"] for c in reply["choices"]]
     assert chunks[-1]["usage"] == reply["usage"]
     models = httpx.get(f"http://{server.http_url}/v1/models").json()
-    assert {m["id"] for m in models["data"]} == {"gpt", "gpt_bound", "gpt_limited"}
+    assert {m["id"] for m in models["data"]} == {"gpt", "gpt_bound", "gpt_limited", "gpt_lookup"}
 
 
 def test_grpc_stream_sends_tokens_as_they_come_and_model_infer_the_whole_text(generation):

@@ -33,8 +33,6 @@ class Decoder:
     """The `TokenDecoder` of graphs with position ids: the cache left-padded (`KVBatch`), or kept on the
     device (`DeviceKVBatch`)."""
 
-    checks_drafts = False
-
     def __init__(self, session, io_binding: bool | None = None):
         """`session`: an onnxruntime.InferenceSession of the decoder graph. `io_binding` keeps the cache
         on the graph's device; None: only where that device is a GPU."""
@@ -66,6 +64,7 @@ class Decoder:
         if io_binding is None:
             io_binding = runner.device != "cpu"
         self.kernels = CacheKernels(runner, len(self.past_names), self.past_dtype) if io_binding else None
+        self.checks_drafts = self.kernels is None  # `check` runs on the host cache
 
     def empty(self, rows: int) -> KVBatch:
         shape = (rows, self.heads, 0, self.head_dim)
@@ -120,6 +119,17 @@ class Decoder:
         logits, present = self._run(ids, cache.attention_mask(1), positions, cache.past, starting=starting)
         cache.append(present, 1)
         return logits
+
+    def check(self, tokens: list[int], cache: KVBatch, starting=None) -> np.ndarray:
+        """[len(tokens), vocab]: one row's tokens after its past in one run (its last token and drafted
+        ones), each position's next-token logits. The cache then holds them all (`KVBatch.rewind`)."""
+        ids = np.asarray([tokens], self.id_dtype)
+        every = np.arange(len(tokens))
+        positions = cache.mask.sum(axis=1, keepdims=True) + every
+        logits, present = self._run(ids, cache.attention_mask(len(tokens)), positions, cache.past, every,
+                                    use_kernels=False, starting=starting)
+        cache.append(present, len(tokens))
+        return logits[0]
 
     def score(self, prompt: list[int], chunk: int | None = None) -> np.ndarray:
         """[len(prompt) - 1, vocab]: the logits that predicted each prompt token after the first, from

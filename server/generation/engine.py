@@ -245,9 +245,8 @@ class GenerationEngine:
         self.decoder = make_decoder(pool.sessions[0].session, settings.io_binding, settings.kv_head_dim,
                                     settings.limits.max_running)
         if settings.prompt_lookup_num_tokens and not self.decoder.checks_drafts:
-            log.warning("prompt_lookup_num_tokens is set, but this graph takes position ids (a left-padded "
-                        "cache), which cannot check drafts: only GroupQueryAttention graphs do; decoding "
-                        "goes a token per step")
+            log.warning("prompt_lookup_num_tokens is set, but drafts are checked on a cache on the host and "
+                        "this model keeps it on its device (io_binding): decoding goes a token per step")
         self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
         self.grammars = Grammars(settings.tokenizer_file, settings.eos_token_ids, self.decoder.vocab_size)
         self.scheduler = Scheduler(settings.limits)

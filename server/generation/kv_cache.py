@@ -11,7 +11,7 @@ GROWTH = 32  # columns a full buffer grows by: a copy of the cache every GROWTH 
 class KVBatch:
     """`past[i]`: [rows, heads, capacity, head_dim] for each past tensor of the graph, in input order;
     `mask`: [rows, length], 1 where a row has a real token, 0 on its left padding. Columns from `length`
-    to `capacity` are free room, zero and masked out, so the graph can read the buffers as they are."""
+    to `capacity` are free room, masked out, so the graph can read the buffers as they are."""
 
     past: list[np.ndarray]
     mask: np.ndarray
@@ -49,6 +49,12 @@ class KVBatch:
         for buffer, values in zip(self.past, new):
             buffer[:, :, self.length:end] = values
         self.mask = with_new_tokens(self.mask, count)
+
+    def rewind(self, tokens: int) -> None:
+        """Every row's last `tokens` columns dropped (drafts that did not hold): free room again, masked
+        out until written over."""
+        if tokens:
+            self.mask = self.mask[:, :-tokens]
 
     def filter(self, keep: list[int]) -> "KVBatch":
         """Only the rows in `keep`, with the padding columns no kept row needs removed."""
