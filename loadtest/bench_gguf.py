@@ -39,8 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from exporters import parity, precision
+from exporters.publish import set_parameters, write_config
 from loadtest import llama_cpp, report
 from loadtest.server_process import free_port, start_server, stop_process, stop_server, wait_ready
+from server.repository.config import read_config
 from server.text.corpus import paragraphs
 
 CONTEXT, NEW_TOKENS, STREAMS, PROMPT = 512, 128, 16, 512
@@ -301,10 +303,8 @@ ROWS = [  # (label, key, higher is better, target)
 def with_parameter(repository: Path, name: str, copy: str, key: str, value) -> None:
     """Model `copy`: model `name`'s files (linked, not copied) with `key: value` added to its config."""
     shutil.copytree(repository / name, repository / copy, copy_function=os.link)
-    config = repository / copy / "config.pbtxt"
-    text = config.read_text().replace(f'name: "{name}"', f'name: "{copy}"')
-    config.unlink()  # a link to the original's
-    config.write_text(text + f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n')
+    (repository / copy / "config.pbtxt").unlink()  # a link to the original's
+    write_config(repository, copy, set_parameters(read_config(repository / name), **{key: value}))
 
 
 def directory_bytes(directory: Path) -> int:

@@ -65,11 +65,7 @@ def test_prompt_lookup_on_an_exported_decoder_serves_the_same_greedy_tokens_in_f
                    for name in ("gpt", "gpt_lookup")]
         assert all(answer.status_code == 200 for answer in answers), answers[0].text
         assert answers[0].json()["output_ids"] == answers[1].json()["output_ids"]
-    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
-    accepted = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-                if sample.name == "ortserve_draft_tokens_accepted_total"
-                and sample.labels["model"] == "gpt_lookup"]
-    assert accepted and accepted[0] > 0
+    assert metric(server, "ortserve_draft_tokens_accepted_total", model="gpt_lookup") > 0
     assert "prompt_lookup_num_tokens is set, but drafts are checked on a cache on the host" in server.output()
 
 

@@ -16,6 +16,7 @@ import pytest
 from exporters.demo import SMOLLM2, gemma3_file, package_file
 from loadtest.bench_gguf import with_parameter
 from tests.conftest import start_server, stop_server
+from tests.test_generation import metric
 from tests.test_llm_export import CHATML, trained_tokenizer
 
 gguf = pytest.importorskip("gguf")
@@ -318,8 +319,6 @@ def test_prompt_lookup_serves_the_same_tokens_in_fewer_runs(tiny):
     exact (float) activations, where a run of several tokens computes what single steps compute, the real
     SmolLM2 and the tiny file answer with the same tokens with it as without: greedy, and sampled with a
     seed, a repetition penalty and log probabilities; in fewer runs than tokens."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     _, _, server = tiny
     code = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):"
     requests = [{"max_tokens": 61, "temperature": 0},
@@ -348,11 +347,9 @@ def test_prompt_lookup_serves_the_same_tokens_in_fewer_runs(tiny):
                 assert np.allclose(*chosen, atol=1e-3)
         runs = executions(f"{model}_lookup") - before
         assert runs < sum(request["max_tokens"] for request in requests)
-    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
-    drafts = {sample.name: sample.value for family in text_string_to_metric_families(text)
-              for sample in family.samples if sample.labels.get("model") == "smollm2_exact_lookup"
-              and sample.name.startswith("ortserve_draft_tokens")}
-    assert 0 < drafts["ortserve_draft_tokens_accepted_total"] < drafts["ortserve_draft_tokens_total"]
+    drafted, accepted = (metric(server, name, model="smollm2_exact_lookup")
+                         for name in ("ortserve_draft_tokens_total", "ortserve_draft_tokens_accepted_total"))
+    assert 0 < accepted < drafted
 
 
 def test_an_int8_decode_step_gives_a_row_the_same_logits_alone_or_beside_others(tiny):

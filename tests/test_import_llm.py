@@ -14,6 +14,7 @@ import pytest
 from loadtest.bench_gguf import with_parameter
 from loadtest.peer_servers import environment
 from tests.conftest import start_server, stop_server
+from tests.test_generation import metric
 from tests.test_llm_export import checkpoint_with_tokenizer
 
 ORTSERVE = str(Path(sys.executable).parent / "ortserve")
@@ -77,8 +78,6 @@ def test_genai_builder_models_serve_its_generators_greedy_tokens(genai_models, p
 def test_prompt_lookup_on_a_genai_graph_serves_its_generators_greedy_tokens(genai_models):
     """The builder's graphs return every position's logits (no `logit_positions`): a sequence running
     alone checks its drafts in one run of them and still serves the generator's tokens."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     built, server = genai_models
     for prompt in PROMPTS:  # one at a time: a sequence drafts while it runs alone
         body = {"input_ids": prompt, "parameters": {"max_tokens": NEW_TOKENS, "temperature": 0}}
@@ -86,11 +85,7 @@ def test_prompt_lookup_on_a_genai_graph_serves_its_generators_greedy_tokens(gena
                             timeout=120)
         assert answer.status_code == 200, answer.text
         assert answer.json()["output_ids"] == genai_greedy(built["fp32"], prompt)
-    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
-    accepted = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-                if sample.name == "ortserve_draft_tokens_accepted_total"
-                and sample.labels.get("model") == "genai_fp32_lookup"]
-    assert accepted and accepted[0] > 0
+    assert metric(server, "ortserve_draft_tokens_accepted_total", model="genai_fp32_lookup") > 0
 
 
 def genai_decoder(model_dir: Path, slots: int):

@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -104,7 +104,7 @@ class DecodeRun:
             if not held or row.may_end(token, len(history)):
                 break
         self.cache.rewind(len(draft) - len(steps) + 1)
-        steps[0] = DecodedStep(steps[0].tokens, steps[0].logits, elapsed, len(draft), accepted)
+        steps[0] = replace(steps[0], drafted=len(draft), accepted=accepted)
         return steps
 
     def _starting(self, previous: list[DecodedStep]) -> Callable[[], None] | None:

@@ -30,7 +30,7 @@ class PromptLookup:
             for size in NGRAM_SIZES:
                 if end + 1 >= size:
                     self.after[tuple(seen[end + 1 - size:end + 1])] = end + 1
-        self.indexed = max(self.indexed, last)
+        self.indexed = last
         room = min(self.tokens, self.budget - len(generated) - 1)
         if room <= 0:
             return []
