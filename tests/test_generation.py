@@ -261,13 +261,16 @@ def test_a_client_that_leaves_a_whole_generation_aborts_it(generation, path, bod
 def test_the_inference_gateways_gauges_follow_a_generation_load(generation):
     """vllm:* gauges, as Kubernetes' inference gateway reads them: gpt_limited runs one sequence at a time
     (max_running_sequences 1), so a second request waits; its context fills the token capacity (one
-    sequence of the whole context) as it grows, and all falls back to 0 when the load ends."""
+    sequence of the whole context) as it grows, and all falls back to 0 when the load ends. The second
+    request's wait is counted as queue time (what the Helm chart's autoscaling rule reads)."""
     server, _ = generation
     gauge = partial(metric, server, model_name="gpt_limited")
     config = httpx.get(f"http://{server.http_url}/v2/models/gpt_limited/config").json()
     capacity = min(16 * 1024, int(config["parameters"]["max_sequence_length"]["string_value"]))
     assert metric(server, "vllm:cache_config_info", model_name="gpt_limited", block_size="16",
                   num_gpu_blocks=str(capacity // 16)) == 1
+    queued = partial(metric, server, "nv_inference_queue_duration_us_total", model="gpt_limited")
+    queued_before = queued()
     long = {"input_ids": [1, 2, 3], "parameters": {"max_tokens": 4000, "temperature": 0, "ignore_eos": True}}
     waiter = ThreadPoolExecutor(1)
     with httpx.Client(timeout=60) as client, connect_sse(
@@ -283,6 +286,7 @@ def test_the_inference_gateways_gauges_follow_a_generation_load(generation):
         while gauge("vllm:num_requests_waiting") < 1:
             assert time.monotonic() < deadline, "the second request never waited"
             time.sleep(0.01)
+        seen_waiting = time.monotonic()
         for _ in range(200):
             next(events)
         scraped = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
@@ -290,7 +294,9 @@ def test_the_inference_gateways_gauges_follow_a_generation_load(generation):
                  for sample in family.samples if sample.labels.get("model_name") == "gpt_limited"}
         assert later["vllm:kv_cache_usage_perc"] > early
         assert later["vllm:kv_cache_usage_perc"] == later["vllm:gpu_cache_usage_perc"]  # the older name
+        held = time.monotonic() - seen_waiting
     assert waiting.result().status_code == 200  # it ran once the first was closed
+    assert queued() - queued_before >= held * 1e6  # its wait is queue time, as Triton counts it
     deadline = time.monotonic() + 30
     while gauge("vllm:num_requests_running") or gauge("vllm:kv_cache_usage_perc"):
         assert time.monotonic() < deadline, "the gauges stayed up after the load"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.core.errors import InvalidArgument, TooLarge
-from server.core.stats import TextStats
+from server.core.stats import TextStats, Timing
 from server.core.types import TensorSpec, TextRequest
 from server.encoding import pooling
 from server.encoding.settings import TextSettings
@@ -20,7 +20,7 @@ from server.text.tokenizer import Encoded, EncoderTokenizer
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TEXT_INPUTS = ("text_input", "text_pair")
 
-Infer = Callable[[dict[str, np.ndarray], list[str]], Awaitable[tuple[dict[str, np.ndarray], object]]]
+Infer = Callable[[dict[str, np.ndarray], list[str]], Awaitable[tuple[dict[str, np.ndarray], Timing]]]
 
 
 @dataclass
@@ -120,14 +120,17 @@ class TextService:
             feeds[name] = array
         return feeds
 
-    async def run(self, request: TextRequest, texts: Texts, infer: Infer) -> list[np.ndarray]:
-        """Each text through `infer` (the model's scheduler); its pooled vector or scores. Texts go in
-        waves of at most max_client_batch_size texts and max_batch_tokens tokens, one after another, so
-        that a request of many (OpenAI's up to 2048) takes its turns instead of filling the model's queue."""
-        results = []
+    async def run(self, request: TextRequest, texts: Texts, infer: Infer) -> tuple[list[np.ndarray], int]:
+        """Each text through `infer` (the model's scheduler); its pooled vector or scores, and how long
+        the request waited in the queue (each wave's longest wait). Texts go in waves of at most
+        max_client_batch_size texts and max_batch_tokens tokens, one after another, so that a request of
+        many (OpenAI's up to 2048) takes its turns instead of filling the model's queue."""
+        results, queued = [], 0
         for wave in self._waves(texts.encoded):
-            results += await asyncio.gather(*(infer(self.feeds([e]), [self.settings.output]) for e in wave))
-        return [self._result(request, outputs[self.settings.output][0]) for outputs, _ in results]
+            ran = await asyncio.gather(*(infer(self.feeds([e]), [self.settings.output]) for e in wave))
+            queued += max(timing.queue_ns for _, timing in ran)
+            results += ran
+        return [self._result(request, outputs[self.settings.output][0]) for outputs, _ in results], queued
 
     def _waves(self, encoded: list[Encoded]) -> list[list[Encoded]]:
         waves, tokens = [[]], 0

@@ -145,6 +145,7 @@ class _Request:
     settings: GenerationSettings
     events: Mailbox = field(default_factory=Mailbox)
     submitted: float = field(default_factory=time.perf_counter)
+    admitted: float | None = None  # when its prompt first ran: the end of its wait in the queue
     last_token: float = 0.0
     constraint: RowConstraint | None = None  # the grammar its output follows (structured outputs)
     lookup: PromptLookup | None = None  # its drafts, where it may check them (running alone)
@@ -194,6 +195,12 @@ class TokenStream:
         self.model_version = ""  # the serving model version, for answers that name it
         self.first_token_ns: int | None = None  # when the first token reached the reader (perf_counter)
         self.last: TokenEvent | None = None
+
+    @property
+    def queue_ns(self) -> int:
+        """How long the sequence waited to start (0 while it waits)."""
+        request = self._request
+        return 0 if request.admitted is None else int((request.admitted - request.submitted) * 1e9)
 
     def __aiter__(self) -> "TokenStream":
         return self
@@ -449,6 +456,9 @@ class GenerationEngine:
         cache = self.cache
         reused = [self.prefix_cache.lookup(prompt) for prompt in prompts] if self.prefix_cache else None
         reach = max((s.budget for s in plan.prefill), default=0)
+        admitted = time.perf_counter()
+        for request in prefilling:
+            request.admitted = request.admitted or admitted
 
         def step(_session):
             decoded = self.decoder.decode(last, cache) if decoding else None  # grows `cache`

@@ -118,7 +118,8 @@ def _recorder(model: ModelVersion, start: int, protocol: str, trace: RequestTrac
         elapsed = time.perf_counter_ns() - start
         if outcome == "success":
             model.stats.inference_count += 1
-            model.stats.record_success(elapsed, Timing(infer_ns=elapsed), protocol)
+            queued = min(stream.queue_ns, elapsed)
+            model.stats.record_success(elapsed, Timing(queue_ns=queued, infer_ns=elapsed - queued), protocol)
         else:
             model.stats.record_failure(elapsed, outcome, protocol)
         if trace is not None:

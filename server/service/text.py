@@ -25,13 +25,14 @@ class EncodingService:
             text = _text_service(model)
             text.check_task(request.task)
             texts = await text.tokenize(request)
-            vectors = await text.run(request, texts, model.infer)
+            vectors, queued = await text.run(request, texts, model.infer)
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
             raise
         elapsed = time.perf_counter_ns() - start
-        model.stats.record_success(elapsed, Timing(infer_ns=elapsed), request.protocol)
+        timing = Timing(queue_ns=min(queued, elapsed), infer_ns=elapsed - min(queued, elapsed))
+        model.stats.record_success(elapsed, timing, request.protocol)
         return TextResult(model.name, str(model.version), vectors, texts.tokens)
 
     def info(self, name: str, version: str = "") -> TextModelInfo:
