@@ -197,10 +197,12 @@ class TokenStream:
         self.last: TokenEvent | None = None
 
     @property
-    def queue_ns(self) -> int:
-        """How long the sequence waited to start (0 while it waits)."""
+    def queued(self) -> tuple[int, int] | None:
+        """When the sequence was queued and when it started (perf_counter ns); None until it starts."""
         request = self._request
-        return 0 if request.admitted is None else int((request.admitted - request.submitted) * 1e9)
+        if request.admitted is None:
+            return None
+        return int(request.submitted * 1e9), int(request.admitted * 1e9)
 
     def __aiter__(self) -> "TokenStream":
         return self

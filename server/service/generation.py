@@ -112,13 +112,14 @@ class GenerationService:
 
 def _recorder(model: ModelVersion, start: int, protocol: str, trace: RequestTrace | None):
     """Counts a generation request once, as a success or a failure, when its stream ends, and ends its
-    trace: FIRST_TOKEN among its events, its token counts and time to first token as attributes."""
+    trace: QUEUE_START, COMPUTE_START (its prompt's first run) and FIRST_TOKEN among its events, its token
+    counts and time to first token as attributes."""
 
     def record(outcome: str, stream: TokenStream) -> None:
         elapsed = time.perf_counter_ns() - start
         if outcome == "success":
             model.stats.inference_count += 1
-            queued = min(stream.queue_ns, elapsed)
+            queued = min(_queue_ns(stream), elapsed)
             model.stats.record_success(elapsed, Timing(queue_ns=queued, infer_ns=elapsed - queued), protocol)
         else:
             model.stats.record_failure(elapsed, outcome, protocol)
@@ -128,8 +129,14 @@ def _recorder(model: ModelVersion, start: int, protocol: str, trace: RequestTrac
     return record
 
 
+def _queue_ns(stream: TokenStream) -> int:
+    return 0 if stream.queued is None else stream.queued[1] - stream.queued[0]
+
+
 def _end_trace(trace: RequestTrace, model: ModelVersion, outcome: str, stream: TokenStream) -> None:
     first, last = stream.first_token_ns, stream.last
+    if stream.queued is not None:
+        trace.events += zip(("QUEUE_START", "COMPUTE_START"), stream.queued)
     if first is not None:
         trace.events.append(("FIRST_TOKEN", first))
     trace.end(
