@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from exporters import bert, demo
@@ -373,20 +372,14 @@ def test_kserve_text_pairs_and_refusals(text_server, checkpoints, module):
 def test_a_text_request_counts_its_wait_in_the_queue(http, text_server):
     """37 texts to minilm_tight go in waves of 4 texts sent at once: in each, texts wait for the model while
     others run, and the request's queue time (each wave's longest wait) is part of its duration."""
-    counters = partial(model_counters, text_server, "minilm_tight")
-    before = counters()
+    from tests.test_generation import metric
+
+    queued = partial(metric, text_server, "nv_inference_queue_duration_us_total", model="minilm_tight")
+    took = partial(metric, text_server, "nv_inference_request_duration_us_total", model="minilm_tight")
+    before = queued(), took()
     texts = [" ".join(["word"] * (20 + i % 90)) for i in range(37)]
     assert http.post("/v1/embeddings", json={"model": "minilm_tight", "input": texts}).status_code == 200
-    after = counters()
-    queued = after["nv_inference_queue_duration_us_total"] - before["nv_inference_queue_duration_us_total"]
-    took = after["nv_inference_request_duration_us_total"] - before["nv_inference_request_duration_us_total"]
-    assert 0 < queued < took
-
-
-def model_counters(server, model: str) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
-    return {sample.name: sample.value for family in text_string_to_metric_families(text)
-            for sample in family.samples if sample.labels.get("model") == model}
+    assert 0 < queued() - before[0] < took() - before[1]
 
 
 def test_tokenization_is_counted_in_the_metrics(http, text_server):
