@@ -459,8 +459,8 @@ class GenerationEngine:
         reused = [self.prefix_cache.lookup(prompt) for prompt in prompts] if self.prefix_cache else None
         reach = max((s.budget for s in plan.prefill), default=0)
         admitted = time.perf_counter()
-        for request in prefilling:
-            request.admitted = request.admitted or admitted
+        for request in prefilling:  # a sequence is prefilled once
+            request.admitted = admitted
 
         def step(_session):
             decoded = self.decoder.decode(last, cache) if decoding else None  # grows `cache`

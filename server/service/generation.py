@@ -119,7 +119,7 @@ def _recorder(model: ModelVersion, start: int, protocol: str, trace: RequestTrac
         elapsed = time.perf_counter_ns() - start
         if outcome == "success":
             model.stats.inference_count += 1
-            queued = min(_queue_ns(stream), elapsed)
+            queued = _queue_ns(stream)
             model.stats.record_success(elapsed, Timing(queue_ns=queued, infer_ns=elapsed - queued), protocol)
         else:
             model.stats.record_failure(elapsed, outcome, protocol)

@@ -31,7 +31,7 @@ class EncodingService:
             model.stats.record_failure(elapsed, failure_reason(error), request.protocol)
             raise
         elapsed = time.perf_counter_ns() - start
-        timing = Timing(queue_ns=min(queued, elapsed), infer_ns=elapsed - min(queued, elapsed))
+        timing = Timing(queue_ns=queued, infer_ns=elapsed - queued)
         model.stats.record_success(elapsed, timing, request.protocol)
         return TextResult(model.name, str(model.version), vectors, texts.tokens)
 
