@@ -354,8 +354,8 @@ def test_prompt_lookup_serves_the_same_tokens_in_fewer_runs(tiny):
 
 def test_an_int8_decode_step_gives_a_row_the_same_logits_alone_or_beside_others(tiny):
     """With int8 activations, a decode step's logits for a sequence do not depend on the sequences decoding
-    beside it (ONNX Runtime runs the rows as separate one-token products), as the README's note on prompt
-    lookup and int8 says."""
+    beside it (MatMulNBits' int8 products give each row the same numbers at any row count, and a step
+    attends per row), as the README's note on prompt lookup and int8 says."""
     import onnxruntime as ort
 
     from server.generation.gqa import GqaDecoder
