@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
                            help="GGUF: the type of the key/value cache; int8 takes a quarter of the memory "
                                 "and attention reads less, with per-channel scales calibrated on real text "
                                 "as the graph is built (values past them are clamped)")
+    importing.add_argument("--prompt-lookup", type=int, default=0, metavar="N",
+                           help="prompt lookup decoding: while a sequence runs alone, draft up to N next "
+                                "tokens from its own text and check them in one run (the config parameter "
+                                "prompt_lookup_num_tokens; 3 is a good start); 0, the default: off")
     args = parser.parse_args(argv)
     if args.command == "import-llm":
         return import_llm(args)
@@ -51,7 +55,7 @@ def import_llm(args: argparse.Namespace) -> int:
 
     try:
         target = import_llm(args.source, args.repository, args.name, args.float_activations,
-                            args.kv_cache == "int8")
+                            args.kv_cache == "int8", args.prompt_lookup)
     except (LayoutError, OSError, KeyError) as error:
         print(f"ortserve import-llm: {error}", file=sys.stderr)
         return 1

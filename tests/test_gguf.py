@@ -137,7 +137,8 @@ def tiny(tmp_path_factory):
     source = write_tiny_llama(root / "tiny-llama.gguf")
     repository = root / "repository"
     for name, flags in (("tiny_exact", ["--float-activations"]), ("tiny", []),
-                        ("tiny_int8_cache", ["--kv-cache", "int8"])):
+                        ("tiny_int8_cache", ["--kv-cache", "int8"]),
+                        ("tiny_exact_lookup", ["--float-activations", "--prompt-lookup", "3"])):
         done = import_llm(source, repository, name, *flags)
         assert done.returncode == 0, done.stderr
     for architecture in ("qwen2", "qwen3"):
@@ -150,8 +151,7 @@ def tiny(tmp_path_factory):
                                      ("gemma3", gemma3_file(), ["--float-activations"])):
         done = import_llm(source_file, repository, name, *flags)
         assert done.returncode == 0, done.stderr
-    for name in ("tiny_exact", "smollm2_exact"):
-        with_parameter(repository, name, f"{name}_lookup", "prompt_lookup_num_tokens", 3)
+    with_parameter(repository, "smollm2_exact", "smollm2_exact_lookup", "prompt_lookup_num_tokens", 3)
     server = start_server(repository, root / "server.log", ready_model="smollm2")
     yield source, repository, server
     assert stop_server(server) == 0, server.output()
@@ -419,6 +419,8 @@ def test_files_that_cannot_be_imported_are_refused_naming_why(tmp_path, tiny):
         assert done.returncode == 1 and message in done.stderr, (file, done.stderr)
     done = import_llm(tmp_path, tmp_path / "repository", "refused", "--kv-cache", "int8")
     assert done.returncode == 1 and "an int8 cache is for GGUF files" in done.stderr, done.stderr
+    done = import_llm(source, tmp_path / "repository", "refused", "--prompt-lookup", "-1")
+    assert done.returncode == 1 and "prompt lookup drafts 0 or more tokens per run, not -1" in done.stderr
 
 
 def test_export_gpt_given_a_gguf_file_imports_it_as_it_is(tmp_path, tiny):

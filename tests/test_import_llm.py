@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.bench_gguf import with_parameter
 from loadtest.peer_servers import environment
 from tests.conftest import start_server, stop_server
 from tests.test_generation import metric
@@ -23,9 +22,9 @@ NEW_TOKENS = 16
 OPTIMUM = ["optimum-onnx==0.1.0", "transformers<4.58", "torch==2.13.0", "onnxruntime==1.32.0"]
 
 
-def import_llm(source: Path, repository: Path, name: str) -> None:
+def import_llm(source: Path, repository: Path, name: str, *flags: str) -> None:
     done = subprocess.run([ORTSERVE, "import-llm", str(source), "--repository", str(repository),
-                           "--name", name], capture_output=True, text=True)
+                           "--name", name, *flags], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
@@ -61,7 +60,7 @@ def genai_models(genai_llama, tmp_path_factory):
     repository = root / "repository"
     for precision, source in built.items():
         import_llm(source, repository, f"genai_{precision}")
-    with_parameter(repository, "genai_fp32", "genai_fp32_lookup", "prompt_lookup_num_tokens", 3)
+    import_llm(built["fp32"], repository, "genai_fp32_lookup", "--prompt-lookup", "3")
     server = start_server(repository, root / "server.log", ready_model="genai_int4")
     yield built, server
     assert stop_server(server) == 0, server.output()

@@ -33,10 +33,14 @@ class LayoutError(ValueError):
 
 
 def import_llm(source: Path, repository: Path, name: str, float_activations: bool = False,
-               int8_cache: bool = False) -> Path:
+               int8_cache: bool = False, prompt_lookup: int = 0) -> Path:
+    """`prompt_lookup`: the tokens a sequence running alone drafts per run (`prompt_lookup_num_tokens`);
+    0: off."""
+    if prompt_lookup < 0:
+        raise LayoutError(f"prompt lookup drafts 0 or more tokens per run, not {prompt_lookup}")
     source = Path(source)
     if source.suffix == ".gguf":
-        return import_gguf(source, repository, name, float_activations, int8_cache)
+        return import_gguf(source, repository, name, float_activations, int8_cache, prompt_lookup)
     if int8_cache:
         raise LayoutError("an int8 cache is for GGUF files (its scales are calibrated as the graph is "
                           f"built); '{source}' is an exported decoder, whose cache keeps the graph's type")
@@ -57,12 +61,12 @@ def import_llm(source: Path, repository: Path, name: str, float_activations: boo
     parameters = generation_parameters(context, eos, "tokenizer.json")
     if head_dim:
         parameters["kv_head_dim"] = str(head_dim)
-    _write_config(target, name, parameters)
+    _write_config(target, name, parameters, prompt_lookup)
     return target
 
 
 def import_gguf(source: Path, repository: Path, name: str, float_activations: bool = False,
-                int8_cache: bool = False) -> Path:
+                int8_cache: bool = False, prompt_lookup: int = 0) -> Path:
     """The GGUF file's decoder, tokenizer and chat template as a generation model. `int8_cache`: keys and
     values cached in int8 with per-channel scales calibrated on real text (`kv_calibration`)."""
     from server.generation.gguf_file import GgufError, read
@@ -87,7 +91,7 @@ def import_gguf(source: Path, repository: Path, name: str, float_activations: bo
     onnx.save_model(graph, str(target / "1" / "model.onnx"), save_as_external_data=True,
                     location="model.onnx.data", size_threshold=1024)
     _write_config(target, name, generation_parameters(settings.context, _stop_ids(model.metadata),
-                                                      "tokenizer.json"))
+                                                      "tokenizer.json"), prompt_lookup)
     return target
 
 
@@ -103,9 +107,11 @@ def _stop_ids(metadata: dict) -> list[int]:
     return sorted({int(i) for i in ids if i is not None})
 
 
-def _write_config(target: Path, name: str, parameters: dict[str, str]) -> None:
+def _write_config(target: Path, name: str, parameters: dict[str, str], prompt_lookup: int) -> None:
     config = text_format.Parse('platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + GENERATION_INTERFACE,
                                ModelConfig(name=name))
+    if prompt_lookup:
+        parameters = {**parameters, "prompt_lookup_num_tokens": str(prompt_lookup)}
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     (target / "config.pbtxt").write_text(text_format.MessageToString(config))
