@@ -31,6 +31,7 @@ INLINE_FORMS = {"simple": DEFAULT_INLINE_EXECUTION_US, "simple_threaded": 0}  # 
 INLINE_ROUNDS = 3
 # as exported models are configured: no wait for company when nothing else is queued
 LONE_REQUESTS_AT_ONCE = 'parameters { key: "dispatch_lone_requests" value { string_value: "true" } }\n'
+STREAM = "+stream"  # a load's model name with this suffix: its requests on one ModelStreamInfer stream
 LONE = "simple_lone"  # simple with dispatch_lone_requests: a lone request goes without waiting out the delay
 
 
@@ -162,15 +163,17 @@ def inline_rows(pid: int, grpc_port: int, seconds: float) -> list[list[str]]:
     at concurrency 1 (the target: a lone request skips two thread hand-overs) and 32 (shown: batches
     share one hand-over there), interleaved rounds: requests/s, p50 and the server's CPU per request.
     Then, at concurrency 1, a lone request dispatched at once (`dispatch_lone_requests`) vs waiting out
-    simple's max_queue_delay_microseconds for a second one, as Triton's dynamic batcher does."""
+    simple's max_queue_delay_microseconds for a second one, as Triton's dynamic batcher does. Last, at
+    concurrency 32, the requests on one ModelStreamInfer stream vs as unary calls."""
     from loadtest.server_process import cpu_seconds
 
     single = {"INPUT0": np.arange(16, dtype=np.int32)[None], "INPUT1": np.ones((1, 16), np.int32)}
 
     def load(name: str, concurrency: int):
         before = cpu_seconds(pid)
-        message = [client.grpc_message(name, single)]
-        result = asyncio.run(client.grpc_load(f"127.0.0.1:{grpc_port}", message, concurrency, seconds))
+        message = [client.grpc_message(name.removesuffix(STREAM), single)]
+        send = client.grpc_stream_load if name.endswith(STREAM) else client.grpc_load
+        result = asyncio.run(send(f"127.0.0.1:{grpc_port}", message, concurrency, seconds))
         return result, 1000 * (cpu_seconds(pid) - before) / max(result.completed, 1)
 
     def compared(first: str, second: str, concurrency: int, label: str, target: bool) -> list[str]:
@@ -195,6 +198,9 @@ def inline_rows(pid: int, grpc_port: int, seconds: float) -> list[list[str]]:
     rows.append(compared(LONE, inline, 1, "a lone request dispatched at once (dispatch_lone_requests) vs "
                          "waiting out max_queue_delay_microseconds 100 for a second one (Triton's batcher)",
                          False))
+    on_stream = (f"{CONCURRENCY} requests in flight on one ModelStreamInfer stream vs {CONCURRENCY} "
+                 "concurrent unary calls (ModelInfer)")
+    rows.append(compared(inline + STREAM, inline, CONCURRENCY, on_stream, False))
     return rows
 
 

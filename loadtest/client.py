@@ -165,3 +165,48 @@ async def grpc_load(address, messages: list[bytes], concurrency, seconds) -> Res
             return True
 
         return await closed_loop(send, messages, concurrency, seconds)
+
+
+async def grpc_stream_load(address, messages: list[bytes], in_flight: int, seconds: float) -> Result:
+    """A closed loop of `in_flight` requests at a time on one ModelStreamInfer stream: each worker sends
+    its next request once the answer to its last one (matched by the request id, the worker's index)
+    has come back; an error answer counts a failure."""
+    answer = message("ModelStreamInferResponse").FromString
+    # worker i sends positions i, i + in_flight, ...: each of its requests carries the id i
+    requests = [_with_id(messages[(position // in_flight) % len(messages)], str(position % in_flight))
+                for position in range(len(messages) * in_flight)]
+    async with grpc.aio.insecure_channel(address) as channel:
+        stream = channel.stream_stream(f"/{SERVICE_NAME}/ModelStreamInfer", response_deserializer=answer)()
+        waiting: dict[str, asyncio.Future] = {}
+        writing = asyncio.Lock()  # one write at a time on a stream
+
+        async def read():
+            try:
+                async for response in stream:
+                    if response.infer_response.id not in waiting:
+                        raise RuntimeError(f"an answer to no request in flight: {response.error_message}")
+                    waiting.pop(response.infer_response.id).set_result(not response.error_message)
+            finally:
+                for future in waiting.values():
+                    future.done() or future.set_result(False)
+
+        async def send(index, request):
+            if reader.done():  # the stream ended: nothing sent gets an answer
+                return False
+            waiting[str(index)] = future = asyncio.get_running_loop().create_future()
+            async with writing:
+                await stream.write(request)
+            return await future
+
+        reader = asyncio.create_task(read())
+        try:
+            return await closed_loop(send, requests, in_flight, seconds)
+        finally:
+            await stream.done_writing()
+            await reader
+
+
+def _with_id(serialized: bytes, request_id: str) -> bytes:
+    request = message("ModelInferRequest").FromString(serialized)
+    request.id = request_id
+    return request.SerializeToString()
