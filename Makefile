@@ -53,7 +53,8 @@ test: install
 	$(PY) -m pytest -q --durations=20
 
 # Benchmarks, side by side in one run each; they rewrite their sections of BENCHMARKS.md. Inside `make bench`
-# the soak runs 2 minutes (BENCH_SOAK_SECONDS=N for another length), so the whole stays under half an hour.
+# the soak runs 2 minutes (BENCH_SOAK_SECONDS=N for another length). BENCHMARKS.md records each step's time
+# against the half hour the whole aims at.
 bench: install
 	$(PY) -m loadtest.bench_all --repository $(REPOSITORY) $(if $(BENCH_SOAK_SECONDS),--soak-seconds $(BENCH_SOAK_SECONDS))
 
