@@ -6,6 +6,7 @@ import json
 import queue
 import zlib
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -372,6 +373,41 @@ def test_grpc_stream_infer(server):
             request_id = result.get_response().id
             np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), expected.pop(request_id))
     assert not expected
+
+
+def test_grpc_stream_answers_plain_requests_in_their_order_and_errors_name_their_request(server):
+    """As Triton: on one ModelStreamInfer stream a plain model's answers come back in the order of the
+    requests, even where a later one finishes first (`padded` waits out a 200 ms batching delay,
+    `simple` does not), and an error carries its request's id."""
+    from server.protocol import SERVICE_NAME, message
+
+    def request(model: str, request_id: str, inputs: dict[str, np.ndarray]) -> bytes:
+        built = message("ModelInferRequest")(model_name=model, id=request_id)
+        for name, array in inputs.items():
+            datatype = "FP32" if array.dtype == np.float32 else "INT32"
+            built.inputs.add(name=name, datatype=datatype, shape=array.shape)
+            built.raw_input_contents.append(array.tobytes())
+        return built.SerializeToString()
+
+    ones = np.ones((1, 16), np.int32)
+    sent = [request("padded", "slow", {"x": np.ones((1, 8), np.float32)}),
+            request("simple", "fast", {"INPUT0": ones, "INPUT1": ones}),
+            request("simple", "bad", {"INPUT0": ones}),
+            b"not a protobuf",
+            request("simple", "last", {"INPUT0": ones, "INPUT1": 2 * ones})]
+
+    async def run():
+        async with grpc.aio.insecure_channel(server.grpc_url) as channel:
+            stream = channel.stream_stream(f"/{SERVICE_NAME}/ModelStreamInfer",
+                                           response_deserializer=message("ModelStreamInferResponse").FromString)
+            return [answer async for answer in stream(iter(sent))]
+
+    answers = asyncio.run(run())
+    assert [a.infer_response.id for a in answers] == ["slow", "fast", "bad", "", "last"]
+    assert [bool(a.error_message) for a in answers] == [False, False, True, True, False]
+    assert "INPUT1" in answers[2].error_message and "malformed" in answers[3].error_message
+    last = np.frombuffer(answers[4].infer_response.raw_output_contents[0], np.int32)
+    assert last.tolist() == [3] * 16
 
 
 def test_grpc_aio_client(server):

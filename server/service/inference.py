@@ -41,6 +41,14 @@ class InferenceService:
             return
         yield await self.infer(request)
 
+    def decoupled(self, model_name: str, model_version: str = "") -> bool:
+        """Whether the model answers a request with a stream of responses (a generation model); False for
+        a model that is unknown or not ready, whose request then fails as a plain one."""
+        try:
+            return self.registry.get(model_name, model_version).engine is not None
+        except ServerError:
+            return False
+
     async def infer(self, request: InferRequest) -> InferResponse:
         start = time.perf_counter_ns()
         model = self.registry.get(request.model_name, request.model_version)

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+from collections import deque
 
 import grpc
 from google.protobuf import json_format
@@ -21,7 +22,7 @@ from server.service.services import Service
 log = logging.getLogger(__name__)
 
 _LOG_SETTING_FIELD = {bool: "bool_param", int: "uint32_param", str: "string_param"}
-STREAM_IN_FLIGHT = 64  # requests of one stream running at once; the stream waits beyond that
+STREAM_IN_FLIGHT = 64  # requests of one stream running or holding their answers; the stream waits beyond
 
 
 class GrpcInferenceService:
@@ -143,40 +144,60 @@ class GrpcInferenceService:
         return decoded
 
     async def ModelStreamInfer(self, requests, context):
-        """Each request runs as it arrives; responses (or error messages) go back as they finish, one
-        per step of new tokens for generation models (decoupled)."""
+        """Each request runs as it arrives. As in Triton, the answers to a plain model's requests go back
+        in the order the requests came, and a generation model's (decoupled) responses as they come, one
+        per step of new tokens. An error message carries its request's id."""
         responses: asyncio.Queue = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        in_order: deque[asyncio.Future] = deque()  # plain requests' answers, in the requests' order
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)  # held by a request until its answer leaves
         stream_response = message("ModelStreamInferResponse")
 
-        async def answer(request):
+        def deliver(response, place: asyncio.Future | None) -> None:
+            if place is None:
+                responses.put_nowait(response)
+                return
+            place.set_result(response)
+            while in_order and in_order[0].done():
+                responses.put_nowait(in_order.popleft().result())
+                slots.release()
+
+        def failed(text: str, request_id: str):
+            answered = message("ModelInferResponse")(id=request_id)
+            return stream_response(error_message=text, infer_response=answered)
+
+        async def answer(request, place: asyncio.Future | None):
             try:
                 async for result in self.service.inference.infer_stream(self._decoded(request, context)):
-                    await responses.put(stream_response(infer_response=codec.encode_infer(result)))
+                    deliver(stream_response(infer_response=codec.encode_infer(result)), place)
             except ServerError as error:
-                await responses.put(stream_response(error_message=error.message))
+                deliver(failed(error.message, request.id), place)
             except Exception as error:
                 log.exception("ModelStreamInfer request failed")
-                await responses.put(stream_response(error_message=f"{type(error).__name__}: {error}"))
+                deliver(failed(f"{type(error).__name__}: {error}", request.id), place)
             finally:
-                slots.release()
+                if place is None:
+                    slots.release()
 
         async def read():
             running = set()
             try:
                 async for data in requests:
+                    await slots.acquire()
                     try:
                         request = _parse(message("ModelInferRequest"), data)
                     except ServerError as error:
-                        await responses.put(stream_response(error_message=error.message))
+                        in_order.append(place := asyncio.get_running_loop().create_future())
+                        deliver(failed(error.message, ""), place)
                         continue
-                    await slots.acquire()
-                    task = asyncio.create_task(answer(request))
+                    place = None
+                    if not self.service.inference.decoupled(request.model_name, request.model_version):
+                        in_order.append(place := asyncio.get_running_loop().create_future())
+                    task = asyncio.create_task(answer(request, place))
                     running.add(task)
                     task.add_done_callback(running.discard)
                 await asyncio.gather(*running)
             finally:
-                await responses.put(None)
+                responses.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
