@@ -410,6 +410,37 @@ def test_grpc_stream_answers_plain_requests_in_their_order_and_errors_name_their
     assert last.tolist() == [3] * 16
 
 
+def test_a_stream_started_with_triton_grpc_error_ends_at_its_first_error_with_its_status(server):
+    """Triton's `triton_grpc_error: true` stream metadata: the first error ends the stream with its gRPC
+    status (tritonclient hands it to the callback), and nothing after it is answered. Without it, the
+    stream answers the error in a message and goes on."""
+    ones = np.ones((1, 16), np.int32)
+
+    def inputs(count: int):
+        tensors = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")[:count]]
+        for tensor in tensors:
+            tensor.set_data_from_numpy(ones)
+        return tensors
+
+    for headers, expected in (({"triton_grpc_error": "true"}, ["ok", "StatusCode.INVALID_ARGUMENT"]),
+                              (None, ["ok", "error", "ok"])):
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        results = queue.Queue()
+        client.start_stream(callback=lambda result, error, into=results: into.put((result, error)),
+                            headers=headers)
+        for count in (2, 1, 2):  # the second request lacks INPUT1
+            client.async_stream_infer("simple", inputs(count))
+        seen = []
+        while len(seen) < len(expected):
+            result, error = results.get(timeout=30)
+            seen.append("ok" if error is None else str(error.status()) if headers else "error")
+        with pytest.raises(queue.Empty):
+            results.get(timeout=0.5)  # nothing after the error where the stream ended
+        client.stop_stream()
+        client.close()
+        assert seen == expected
+
+
 def test_grpc_aio_client(server):
     async def run():
         client = grpcaio.InferenceServerClient(server.grpc_url)

@@ -146,34 +146,38 @@ class GrpcInferenceService:
     async def ModelStreamInfer(self, requests, context):
         """Each request runs as it arrives. As in Triton, the answers to a plain model's requests go back
         in the order the requests came, and a generation model's (decoupled) responses as they come, one
-        per step of new tokens. An error message carries its request's id."""
-        responses: asyncio.Queue = asyncio.Queue()
+        per step of new tokens. An error message carries its request's id; a stream started with the
+        metadata `triton_grpc_error: true` ends at its first error instead, with that error's status."""
+        responses: asyncio.Queue = asyncio.Queue()  # (response, the gRPC status of an error, else None)
         in_order: deque[asyncio.Future] = deque()  # plain requests' answers, in the requests' order
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)  # held by a request until its answer leaves
         stream_response = message("ModelStreamInferResponse")
+        metadata = dict(context.invocation_metadata() or ())
+        end_at_error = metadata.get("triton_grpc_error", "").lower() == "true"
 
-        def deliver(response, place: asyncio.Future | None) -> None:
+        def deliver(item: tuple, place: asyncio.Future | None) -> None:
             if place is None:
-                responses.put_nowait(response)
+                responses.put_nowait(item)
                 return
-            place.set_result(response)
+            place.set_result(item)
             while in_order and in_order[0].done():
                 responses.put_nowait(in_order.popleft().result())
                 slots.release()
 
-        def failed(text: str, request_id: str):
+        def failed(status: grpc.StatusCode, text: str, request_id: str) -> tuple:
             answered = message("ModelInferResponse")(id=request_id)
-            return stream_response(error_message=text, infer_response=answered)
+            return stream_response(error_message=text, infer_response=answered), status
 
         async def answer(request, place: asyncio.Future | None):
             try:
                 async for result in self.service.inference.infer_stream(self._decoded(request, context)):
-                    deliver(stream_response(infer_response=codec.encode_infer(result)), place)
+                    deliver((stream_response(infer_response=codec.encode_infer(result)), None), place)
             except ServerError as error:
-                deliver(failed(error.message, request.id), place)
+                deliver(failed(STATUS[error.code], error.message, request.id), place)
             except Exception as error:
                 log.exception("ModelStreamInfer request failed")
-                deliver(failed(f"{type(error).__name__}: {error}", request.id), place)
+                text = f"{type(error).__name__}: {error}"
+                deliver(failed(grpc.StatusCode.INTERNAL, text, request.id), place)
             finally:
                 if place is None:
                     slots.release()
@@ -187,7 +191,7 @@ class GrpcInferenceService:
                         request = _parse(message("ModelInferRequest"), data)
                     except ServerError as error:
                         in_order.append(place := asyncio.get_running_loop().create_future())
-                        deliver(failed(error.message, ""), place)
+                        deliver(failed(STATUS[error.code], error.message, ""), place)
                         continue
                     place = None
                     if not self.service.inference.decoupled(request.model_name, request.model_version):
@@ -201,7 +205,10 @@ class GrpcInferenceService:
 
         reader = asyncio.create_task(read())
         try:
-            while (response := await responses.get()) is not None:
+            while (item := await responses.get()) is not None:
+                response, status = item
+                if status is not None and end_at_error:
+                    await context.abort(status, response.error_message)
                 yield response
         finally:
             reader.cancel()
