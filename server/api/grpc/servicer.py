@@ -3,7 +3,6 @@
 import asyncio
 import logging
 import time
-from collections import deque
 
 import grpc
 from google.protobuf import json_format
@@ -13,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.api import access_log as access
 from server.api.grpc import codec, wire
 from server.api.grpc.errors import STATUS
+from server.api.grpc.stream import StreamAnswers
 from server.api.restrictions import NO_RESTRICTIONS, Restrictions, grpc_group
 from server.core.errors import InvalidArgument, ServerError
 from server.core.types import InferRequest
@@ -22,7 +22,6 @@ from server.service.services import Service
 log = logging.getLogger(__name__)
 
 _LOG_SETTING_FIELD = {bool: "bool_param", int: "uint32_param", str: "string_param"}
-STREAM_IN_FLIGHT = 64  # requests of one stream running or holding their answers; the stream waits beyond
 
 
 class GrpcInferenceService:
@@ -148,21 +147,10 @@ class GrpcInferenceService:
         in the order the requests came, and a generation model's (decoupled) responses as they come, one
         per step of new tokens. An error message carries its request's id; a stream started with the
         metadata `triton_grpc_error: true` ends at its first error instead, with that error's status."""
-        responses: asyncio.Queue = asyncio.Queue()  # (response, the gRPC status of an error, else None)
-        in_order: deque[asyncio.Future] = deque()  # plain requests' answers, in the requests' order
-        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)  # held by a request until its answer leaves
+        answers = StreamAnswers()
         stream_response = message("ModelStreamInferResponse")
         metadata = dict(context.invocation_metadata() or ())
         end_at_error = metadata.get("triton_grpc_error", "").lower() == "true"
-
-        def deliver(item: tuple, place: asyncio.Future | None) -> None:
-            if place is None:
-                responses.put_nowait(item)
-                return
-            place.set_result(item)
-            while in_order and in_order[0].done():
-                responses.put_nowait(in_order.popleft().result())
-                slots.release()
 
         def failed(status: grpc.StatusCode, text: str, request_id: str) -> tuple:
             answered = message("ModelInferResponse")(id=request_id)
@@ -171,41 +159,38 @@ class GrpcInferenceService:
         async def answer(request, place: asyncio.Future | None):
             try:
                 async for result in self.service.inference.infer_stream(self._decoded(request, context)):
-                    deliver((stream_response(infer_response=codec.encode_infer(result)), None), place)
+                    answers.deliver((stream_response(infer_response=codec.encode_infer(result)), None), place)
             except ServerError as error:
-                deliver(failed(STATUS[error.code], error.message, request.id), place)
+                answers.deliver(failed(STATUS[error.code], error.message, request.id), place)
             except Exception as error:
                 log.exception("ModelStreamInfer request failed")
                 text = f"{type(error).__name__}: {error}"
-                deliver(failed(grpc.StatusCode.INTERNAL, text, request.id), place)
+                answers.deliver(failed(grpc.StatusCode.INTERNAL, text, request.id), place)
             finally:
                 if place is None:
-                    slots.release()
+                    answers.done_out_of_order()
 
         async def read():
             running = set()
             try:
                 async for data in requests:
-                    await slots.acquire()
                     try:
                         request = _parse(message("ModelInferRequest"), data)
                     except ServerError as error:
-                        in_order.append(place := asyncio.get_running_loop().create_future())
-                        deliver(failed(STATUS[error.code], error.message, ""), place)
+                        place = await answers.admit(in_order=True)
+                        answers.deliver(failed(STATUS[error.code], error.message, ""), place)
                         continue
-                    place = None
-                    if not self.service.inference.decoupled(request.model_name, request.model_version):
-                        in_order.append(place := asyncio.get_running_loop().create_future())
-                    task = asyncio.create_task(answer(request, place))
+                    plain = not self.service.inference.decoupled(request.model_name, request.model_version)
+                    task = asyncio.create_task(answer(request, await answers.admit(in_order=plain)))
                     running.add(task)
                     task.add_done_callback(running.discard)
                 await asyncio.gather(*running)
             finally:
-                responses.put_nowait(None)
+                answers.close()
 
         reader = asyncio.create_task(read())
         try:
-            while (item := await responses.get()) is not None:
+            while (item := await answers.next()) is not None:
                 response, status = item
                 if status is not None and end_at_error:
                     await context.abort(status, response.error_message)
