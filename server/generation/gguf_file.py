@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from gguf import GGUFReader
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 
@@ -77,16 +78,28 @@ class GgufModel:
         return self.tensors[name]
 
 
+class MappedReader(GGUFReader):
+    """The gguf package's reader over a plain array view of its file map. It slices the map once per
+    value it reads, and numpy.memmap's bookkeeping on every slice made a large vocabulary slow to read
+    (Gemma 3's 262,144 tokens: 14 s, against 3.4-5.4 s this way). The data stay mapped, not read."""
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._mapped
+
+    @data.setter
+    def data(self, mapped: np.memmap) -> None:
+        self._mapped = mapped.view(np.ndarray)
+
+
 def read(path: Path) -> GgufModel:
     """The file's metadata and tensors (memory-mapped, not read yet), or GgufError for a file that is
     not GGUF or is cut short."""
-    from gguf import GGUFReader
-
     path = Path(path)
     if not path.is_file():
         raise GgufError(f"'{path}' is not a file")
     try:
-        reader = GGUFReader(str(path))
+        reader = MappedReader(str(path))
     except Exception as error:  # the reader raises ValueError, IndexError... on a bad file
         raise GgufError(f"'{path.name}' is not a GGUF file or is truncated ({type(error).__name__}: "
                         f"{error})") from None
