@@ -37,10 +37,11 @@ def binary_body(arrays: dict[str, np.ndarray], outputs: list[str]) -> tuple[byte
                   "Inference-Header-Content-Length": str(len(encoded))}
 
 
-def grpc_message(model: str, arrays: dict[str, np.ndarray], parameters: dict | None = None) -> bytes:
+def grpc_message(model: str, arrays: dict[str, np.ndarray], parameters: dict | None = None,
+                 request_id: str = "") -> bytes:
     """A serialized ModelInferRequest with the tensors in raw_input_contents; `parameters` (bool or int
     values) as the request's parameters."""
-    request = message("ModelInferRequest")(model_name=model)
+    request = message("ModelInferRequest")(model_name=model, id=request_id)
     for name, array in arrays.items():
         request.inputs.add(name=name, datatype=DATATYPES[array.dtype], shape=array.shape)
         request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
@@ -188,7 +189,8 @@ async def grpc_stream_load(address, messages: list[bytes], in_flight: int, secon
                     waiting.pop(response.infer_response.id).set_result(not response.error_message)
             finally:
                 for future in waiting.values():
-                    future.done() or future.set_result(False)
+                    if not future.done():
+                        future.set_result(False)
 
         async def send(index, request):
             if reader.done():  # the stream ended: nothing sent gets an answer

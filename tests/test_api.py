@@ -379,22 +379,15 @@ def test_grpc_stream_answers_plain_requests_in_their_order_and_errors_name_their
     """As Triton: on one ModelStreamInfer stream a plain model's answers come back in the order of the
     requests, even where a later one finishes first (`padded` waits out a 200 ms batching delay,
     `simple` does not), and an error carries its request's id."""
+    from loadtest.client import grpc_message
     from server.protocol import SERVICE_NAME, message
 
-    def request(model: str, request_id: str, inputs: dict[str, np.ndarray]) -> bytes:
-        built = message("ModelInferRequest")(model_name=model, id=request_id)
-        for name, array in inputs.items():
-            datatype = "FP32" if array.dtype == np.float32 else "INT32"
-            built.inputs.add(name=name, datatype=datatype, shape=array.shape)
-            built.raw_input_contents.append(array.tobytes())
-        return built.SerializeToString()
-
     ones = np.ones((1, 16), np.int32)
-    sent = [request("padded", "slow", {"x": np.ones((1, 8), np.float32)}),
-            request("simple", "fast", {"INPUT0": ones, "INPUT1": ones}),
-            request("simple", "bad", {"INPUT0": ones}),
+    sent = [grpc_message("padded", {"x": np.ones((1, 8), np.float32)}, request_id="slow"),
+            grpc_message("simple", {"INPUT0": ones, "INPUT1": ones}, request_id="fast"),
+            grpc_message("simple", {"INPUT0": ones}, request_id="bad"),
             b"not a protobuf",
-            request("simple", "last", {"INPUT0": ones, "INPUT1": 2 * ones})]
+            grpc_message("simple", {"INPUT0": ones, "INPUT1": 2 * ones}, request_id="last")]
 
     async def run():
         async with grpc.aio.insecure_channel(server.grpc_url) as channel:
