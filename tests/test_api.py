@@ -14,6 +14,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from tests.test_control_modes import wait_for
+
 
 def simple_inputs(api, batch=1, binary=True):
     a = np.arange(16 * batch, dtype=np.int32).reshape(batch, 16)
@@ -401,6 +403,81 @@ def test_grpc_stream_answers_plain_requests_in_their_order_and_errors_name_their
     assert "INPUT1" in answers[2].error_message and "malformed" in answers[3].error_message
     last = np.frombuffer(answers[4].infer_response.raw_output_contents[0], np.int32)
     assert last.tolist() == [3] * 16
+
+
+def relu_stream_unread(server, count: int):
+    """A raw ModelStreamInfer call to `relu` and a task writing `count` requests of 256 KB to it (ids 0,
+    1, ...), whose answers nobody reads yet."""
+    from loadtest.client import grpc_message
+    from server.protocol import SERVICE_NAME, message
+
+    tensor = np.ones((1, 1 << 16), np.float32)
+    channel = grpc.aio.insecure_channel(server.grpc_url)
+    call = channel.stream_stream(f"/{SERVICE_NAME}/ModelStreamInfer",
+                                 response_deserializer=message("ModelStreamInferResponse").FromString)()
+
+    async def write():
+        for index in range(count):
+            await call.write(grpc_message("relu", {"x": tensor}, request_id=str(index)))
+        await call.done_writing()
+
+    return channel, call, asyncio.create_task(write())
+
+
+def test_a_stream_whose_client_stops_reading_stops_running_its_requests(server):
+    """A client that writes requests but reads no answers must not make the server run them all and hold
+    every answer: past its IN_FLIGHT requests a stream reads no more until answers are taken. Once the
+    client reads, every answer comes back, in order."""
+    from server.api.grpc.stream import IN_FLIGHT
+
+    def inferences() -> int:
+        stats = httpx.get(f"http://{server.http_url}/v2/models/relu/stats").json()["model_stats"]
+        return sum(entry["inference_count"] for entry in stats)
+
+    async def run():
+        before = inferences()
+        channel, call, writing = relu_stream_unread(server, 4 * IN_FLIGHT)
+        async with channel:
+            await asyncio.sleep(2)
+            ran_unread = inferences() - before
+            answers = [answer async for answer in call]
+            await writing
+        return ran_unread, answers
+
+    ran_unread, answers = asyncio.run(run())
+    # the stream's slots, plus the few answers that fit the connection's buffers before the client reads
+    assert ran_unread < 2 * IN_FLIGHT, ran_unread
+    assert [answer.infer_response.id for answer in answers] == [str(index) for index in range(4 * IN_FLIGHT)]
+    assert not any(answer.error_message for answer in answers)
+
+
+def test_a_stream_cancelled_while_its_answers_wait_ends_quietly(server):
+    """Cancelling a stream whose answers wait to be sent is the client's right: the server logs one line,
+    no error, and goes on serving streams."""
+    logged = len(server.output())
+
+    async def cancel():
+        channel, call, writing = relu_stream_unread(server, 256)
+        async with channel:
+            await asyncio.sleep(2)
+            call.cancel()
+            writing.cancel()
+        await asyncio.sleep(0.5)
+
+    asyncio.run(cancel())
+    assert wait_for(lambda: "ModelStreamInfer" in server.output()[logged:])  # what the server said of it
+    said = server.output()[logged:]
+    assert "ERROR" not in said and "ModelStreamInfer ended before an answer could be sent" in said, said
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    results = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    tensor = grpcclient.InferInput("x", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.array([[-1, 2, -3, 4]], np.float32))
+    client.async_stream_infer("relu", [tensor])
+    result, error = results.get(timeout=30)
+    client.stop_stream()
+    client.close()
+    assert error is None and result.as_numpy("y").tolist() == [[0, 2, 0, 4]]
 
 
 def test_a_stream_started_with_triton_grpc_error_ends_at_its_first_error_with_its_status(server):

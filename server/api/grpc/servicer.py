@@ -194,7 +194,12 @@ class GrpcInferenceService:
                 response, status = item
                 if status is not None and end_at_error:
                     await context.abort(status, response.error_message)
-                yield response
+                try:
+                    await context.write(response)
+                except Exception:  # grpc's own error type: the call has ended
+                    log.info("ModelStreamInfer ended before an answer could be sent: the client cancelled "
+                             "the call or went away, or the answer was over the gRPC message size limit")
+                    return
         finally:
             reader.cancel()
 
