@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="max_request_bytes",
         type=int,
         default=Settings.max_request_bytes,
-        help="largest request body (after decompression) or gRPC message accepted",
+        help="largest request body (after decompression) or gRPC request message accepted",
     )
     parser.add_argument("--grpc-keepalive-time", type=int, default=GrpcKeepalive.time_ms)
     parser.add_argument("--grpc-keepalive-timeout", type=int, default=GrpcKeepalive.timeout_ms)

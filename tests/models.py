@@ -40,6 +40,15 @@ def relu_model(dims: tuple[str, ...] = ("batch", "n")) -> onnx.ModelProto:
     )
 
 
+def widen_model() -> onnx.ModelProto:
+    """x UINT8[batch, n] -> y = x as FP32: an answer four times the size of its request."""
+    return _model(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        [_info("x", TensorProto.UINT8, ["batch", "n"])],
+        [_info("y", TensorProto.FLOAT, ["batch", "n"])],
+    )
+
+
 def classifier_model() -> onnx.ModelProto:
     """scores FP32[-1,5] -> probabilities = softmax(scores)."""
     return _model(

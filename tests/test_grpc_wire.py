@@ -101,6 +101,29 @@ def test_message_over_the_limit(channel):
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_an_answer_larger_than_the_request_limit_is_sent_whole(tmp_path):
+    """--max-request-bytes bounds what clients send. An answer is the server's own and may be larger (a
+    model that widens its input, a batch of masks): it goes back whole over gRPC, as Triton's do."""
+    from loadtest.server_process import start_server, stop_server
+    from tests.models import publish, widen_model
+
+    publish(tmp_path, "widen", widen_model(), None)
+    limit = 1 << 20
+    server = start_server(tmp_path, tmp_path / "server.log", "--max-request-bytes", str(limit),
+                          ready_model="widen")
+    values = np.arange(limit // 2, dtype=np.uint8)[None]  # half the limit in, twice the limit out
+    request = ModelInferRequest(model_name="widen")
+    request.inputs.add(name="x", datatype="UINT8", shape=values.shape)
+    request.raw_input_contents.append(values.tobytes())
+    try:
+        options = [("grpc.max_receive_message_length", -1)]
+        with grpc.insecure_channel(server.grpc_url, options=options) as channel:
+            raw = infer(channel, request).raw_output_contents[0]
+        np.testing.assert_array_equal(np.frombuffer(raw, "<f4"), values.ravel().astype(np.float32))
+    finally:
+        assert stop_server(server) == 0, server.output()
+
+
 def test_health_service(channel):
     stub = health_pb2_grpc.HealthStub(channel)
     # strict readiness: the repository's 'broken' model keeps the server from being ready

@@ -281,7 +281,7 @@ def channel_options(max_message_bytes: int, keepalive) -> list[tuple[str, int]]:
     return [
         ("grpc.so_reuseport", 0),  # a second server on the port must fail, not share it
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", -1),  # the limit guards what clients send; answers go whole
         ("grpc.keepalive_time_ms", keepalive.time_ms),
         ("grpc.keepalive_timeout_ms", keepalive.timeout_ms),
         ("grpc.keepalive_permit_without_calls", int(keepalive.permit_without_calls)),
