@@ -1,6 +1,7 @@
 """Model control modes, readiness and shutdown of a real server process."""
 
 import shutil
+import threading
 import time
 
 import httpx
@@ -170,7 +171,7 @@ def test_gpu_instance_falls_back_to_cpu_and_says_so(tmp_path):
 
 
 def test_access_log_lines(server):
-    """The session server logs one JSON line per request, for both front ends."""
+    """The session server logs one JSON line per request, for both front ends, and one per gRPC stream."""
     import json
 
     def entries(protocol: str, target: str) -> list[dict]:
@@ -183,13 +184,23 @@ def test_access_log_lines(server):
     httpclient.InferenceServerClient(server.http_url).is_model_ready("simple")
     grpcclient.InferenceServerClient(server.grpc_url).is_model_ready("simple")
     httpx.post(f"http://{server.http_url}{infer_target}", content=b"{")  # the lean route too
+    streams = len(entries("grpc", "ModelStreamInfer"))
+    client, answered = grpcclient.InferenceServerClient(server.grpc_url), threading.Event()
+    client.start_stream(callback=lambda result, error: answered.set())
+    tensor = grpcclient.InferInput("x", [1, 2], "FP32")
+    tensor.set_data_from_numpy(np.array([[-1.0, 2.0]], np.float32))
+    client.async_stream_infer("relu", [tensor])
+    assert answered.wait(30)
+    client.stop_stream()  # a stream's line comes once it ends
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         http = entries("http", "/v2/models/simple/ready")
         grpc = entries("grpc", "ModelReady")
         infer = entries("http", infer_target)[earlier:]
-        if http and grpc and infer:
+        stream = entries("grpc", "ModelStreamInfer")[streams:]
+        if http and grpc and infer and stream:
             assert http[-1]["status"] == "200" and grpc[-1]["status"] == "OK" and infer[-1]["status"] == "400"
+            assert stream[-1]["status"] == "OK" and stream[-1]["client"]
             assert http[-1]["ms"] >= 0
             return
         time.sleep(0.1)

@@ -198,7 +198,8 @@ class GrpcInferenceService:
                     await context.write(response)
                 except Exception:  # grpc's own error type: the call has ended
                     log.info("ModelStreamInfer ended before an answer could be sent: the client cancelled "
-                             "the call or went away, or the answer was over the gRPC message size limit")
+                             "the call or went away")
+                    context.set_code(grpc.StatusCode.CANCELLED)
                     return
         finally:
             reader.cancel()
@@ -244,6 +245,23 @@ def _unary(method, request_type: str, access_log: bool, parse=_parse):
                                                response_serializer=_serialized)
 
 
+def _stream(method, access_log: bool):
+    """A stream's handler, with one access log line once it ends: its status and how long it lasted."""
+    async def handle(requests, context):
+        started, client, status = time.perf_counter(), context.peer(), None
+        try:
+            await method(requests, context)
+        except asyncio.CancelledError:
+            status = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            if access_log:
+                status = status or context.code() or grpc.StatusCode.OK
+                access.record("grpc", "rpc", "ModelStreamInfer", status.name, started, client)
+
+    return grpc.stream_stream_rpc_method_handler(handle, response_serializer=_serialized)
+
+
 def _serialized(answer) -> bytes:
     return answer if isinstance(answer, bytes) else answer.SerializeToString()
 
@@ -271,9 +289,7 @@ def handlers(service: GrpcInferenceService, access_log: bool = True) -> grpc.Gen
     }
     methods = {name: _unary(getattr(service, name), request, access_log) for name, request in unary.items()}
     methods["ModelInfer"] = _unary(service.ModelInfer, "ModelInferRequest", access_log, _parse_infer)
-    methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        service.ModelStreamInfer, response_serializer=lambda m: m.SerializeToString()
-    )
+    methods["ModelStreamInfer"] = _stream(service.ModelStreamInfer, access_log)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
 
