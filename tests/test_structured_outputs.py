@@ -4,8 +4,10 @@ random Qwen2-architecture chat model with its own tokenizer and a Hermes-style c
 judge that what it writes is valid and constrained, not that it is clever."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -16,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from loadtest.schemas import varied_schemas
 from loadtest.server_process import start_server, stop_server
-from tests.test_llm_export import checkpoint_with_tokenizer
+from tests.test_llm_export import CHATML, checkpoint_with_tokenizer
 
 HERMES = (
     "{%- if tools %}<|im_start|>system\n"
@@ -53,9 +55,20 @@ def served(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
                     "--repository", str(repository), "--name", "tiny"], check=True, capture_output=True,
                    timeout=600)
-    server = start_server(repository, root / "server.log", ready_model="tiny")
+    with_template(repository, "tiny", "plain", CHATML)  # the same model, its template taking no tools
+    server = start_server(repository, root / "server.log", ready_model="plain")
     yield server
     assert stop_server(server) == 0, server.output()
+
+
+def with_template(repository: Path, name: str, copy: str, template: str) -> None:
+    shutil.copytree(repository / name, repository / copy)
+    config = repository / copy / "config.pbtxt"
+    config.write_text(config.read_text().replace(f'name: "{name}"', f'name: "{copy}"'))
+    (repository / copy / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer_config = repository / copy / "tokenizer_config.json"
+    tokenizer_config.write_text(json.dumps({**json.loads(tokenizer_config.read_text()),
+                                            "chat_template": template}))
 
 
 @pytest.fixture
@@ -233,6 +246,32 @@ def test_langchain_binds_tools_and_asks_for_structured_output(served):
     assert streamed.tool_calls and streamed.tool_calls[0]["name"] in SCHEMAS
     verdict = chat.with_structured_output(Verdict, method="json_schema").invoke("Yes or no?")
     assert isinstance(verdict, Verdict)
+
+
+def test_a_template_without_tools_still_makes_the_calls_its_grammar_forces(client, served):
+    """As vLLM: a model whose chat template takes no tools cannot see them, but a call that `required` or
+    a named function forces is written as the grammar allows and read back as a call (so LangChain's
+    `with_structured_output(method="function_calling")` works with it); `auto` is refused, saying why."""
+    from langchain_openai import ChatOpenAI
+
+    named = client.chat.completions.create(
+        model="plain", messages=ASK, tools=TOOLS, max_tokens=200,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert named.choices[0].finish_reason == "tool_calls"
+    assert_valid_calls(named.choices[0].message.tool_calls, ("get_weather",))
+    deltas, finish = [], None
+    for chunk in client.chat.completions.create(model="plain", messages=ASK, tools=TOOLS, max_tokens=200,
+                                                tool_choice="required", stream=True, seed=3):
+        for choice in chunk.choices:
+            deltas += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls" and len(deltas) == 1
+    assert_valid_calls(deltas)
+    with pytest.raises(openai.BadRequestError, match="cannot choose to call them"):
+        client.chat.completions.create(model="plain", messages=ASK, tools=TOOLS, max_tokens=20)
+    chat = ChatOpenAI(model="plain", base_url=f"http://{served.http_url}/v1", api_key="unused",
+                      max_tokens=200, max_retries=0)
+    assert isinstance(chat.with_structured_output(Verdict, method="function_calling").invoke("Yes?"), Verdict)
 
 
 @pytest.mark.parametrize("body, fragment", [

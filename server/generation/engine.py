@@ -290,7 +290,7 @@ class GenerationEngine:
             if self.settings.chat is None:
                 raise InvalidArgument("this model has no chat template (its tokenizer files define none); "
                                       "use /v1/completions with a prompt")
-            text, ids = self.settings.chat.render(messages, tools=tools.tools if tools else None), None
+            text, ids = self.settings.chat.render(messages, tools=self._shown(tools)), None
         return prompt_ids(self.codec, text, ids, self.decoder.vocab_size, special_tokens=messages is None)
 
     def prepare(
@@ -321,21 +321,34 @@ class GenerationEngine:
             )
         return prompt, params
 
+    def _shown(self, tools: ToolUse | None) -> list[dict] | None:
+        """The tools the chat template renders. A template that takes none cannot show them; a call its
+        grammar forces (`required` or a named function) still works there, as in vLLM: the model writes
+        the call's JSON without having read the tools."""
+        if tools is None or (self.settings.chat.tool_format is None and tools.choice != "auto"):
+            return None
+        return tools.tools
+
+    @property
+    def _tool_format(self) -> str:
+        """The template's format of calls; a bare JSON object where it takes no tools."""
+        return self.settings.chat.tool_format or "llama"
+
     def _calling(self, parameters: dict, tools: ToolUse) -> dict:
         if any(parameters.get(key) is not None for key in STRUCTURED_OUTPUT_KEYS):
             raise InvalidArgument("a required tool call and structured outputs both constrain the output: "
                                   "send one")
         functions = [f for f in tools.functions if tools.choice in ("required", f["name"])]
-        calls = tool_grammar(functions, self.settings.chat.tool_format, tools.parallel)
+        calls = tool_grammar(functions, self._tool_format, tools.parallel)
         return {**parameters, "structured_outputs": {"grammar": calls}}
 
     def tool_calls(self, text: str, tools: ToolUse) -> tuple[str | None, list[ToolCall]]:
         """The answer's content and the calls it makes, read in the format the chat template asks for."""
-        return parse_tool_calls(text, self.settings.chat.tool_format, {f["name"] for f in tools.functions})
+        return parse_tool_calls(text, self._tool_format, {f["name"] for f in tools.functions})
 
     def streamable(self, text: str, sent: int) -> int:
         """How much of an answer so far may be streamed as content: none of a call that may be starting."""
-        return tool_text_streamable(text, self.settings.chat.tool_format, sent)
+        return tool_text_streamable(text, self._tool_format, sent)
 
     def submit(
         self, prompt: list[int], params: SamplingParams,

@@ -50,8 +50,9 @@ class ChatTemplate:
                ) -> str:
         """As transformers' `apply_chat_template(messages, tools=...)`: tools in OpenAI's form."""
         if tools and self.tool_format is None:
-            raise InvalidArgument("this model's chat template takes no tools, so it cannot call them; send "
-                                  "the request without 'tools'")
+            raise InvalidArgument("this model's chat template takes no tools, so the model cannot choose to "
+                                  "call them: send 'tool_choice' 'required' or a named function (the answer "
+                                  "is then constrained to a call), or no 'tools'")
         context = {**self.special_tokens, **({"tools": tools} if tools else {})}
         return self.template.render(messages=check_messages(messages),
                                     add_generation_prompt=add_generation_prompt, **context)
