@@ -49,6 +49,16 @@ def widen_model() -> onnx.ModelProto:
     )
 
 
+def defaulted_model() -> onnx.ModelProto:
+    """a FP32[1] -> y = a + b, where b FP32[1] defaults to 10: an initializer a request may override."""
+    return _model(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [_info("a", TensorProto.FLOAT, [1]), _info("b", TensorProto.FLOAT, [1])],
+        [_info("y", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.array([10], np.float32), "b")],
+    )
+
+
 def classifier_model() -> onnx.ModelProto:
     """scores FP32[-1,5] -> probabilities = softmax(scores)."""
     return _model(
@@ -187,6 +197,10 @@ input [ { name: "s", data_type: TYPE_FP32, dims: [ 1 ] } ]
 output [ { name: "doubled", data_type: TYPE_FP32, dims: [ 1 ] } ]
 """)
     publish(root, "scalar_bare", scalar_model(), None)
+    publish(root, "optional", defaulted_model(), """
+input [ { name: "a", data_type: TYPE_FP32, dims: [ 1 ] },
+        { name: "b", data_type: TYPE_FP32, dims: [ 1 ], optional: true } ]
+""")
     publish(root, "scalar_square", scalar_model(), """
 input [ { name: "s", data_type: TYPE_FP32, dims: [ 1, 1 ] } ]
 output [ { name: "doubled", data_type: TYPE_FP32, dims: [ 1, 1 ] } ]

@@ -252,9 +252,30 @@ def test_misnamed_input(api):
 
 
 def test_missing_input(api):
+    """Triton's words, as its own tests check them (L0_input_validation)."""
     a, _, _ = simple_inputs(api)
     api.assert_error(
-        infer_error(api, "simple", [api.input("INPUT0", a)]), "INVALID_ARGUMENT", "missing: INPUT1"
+        infer_error(api, "simple", [api.input("INPUT0", a)]), "INVALID_ARGUMENT",
+        "expected 2 inputs but got 1 inputs for model 'simple'. Got input(s) ['INPUT0'], but missing "
+        "required input(s) ['INPUT1']. Please provide all required input(s)."
+    )
+    api.assert_error(
+        infer_error(api, "simple", []), "INVALID_ARGUMENT",
+        "expected 2 inputs but got 0 inputs for model 'simple'. Got input(s) [], but missing required "
+        "input(s) ['INPUT0','INPUT1']. Please provide all required input(s)."
+    )
+
+
+def test_an_optional_input_left_out_takes_the_graphs_default(api):
+    """config `optional: true` on an input the graph gives a default (an initializer it may override)."""
+    one = np.array([1], np.float32)
+    assert api.client.infer("optional", [api.input("a", one)]).as_numpy("y").tolist() == [11]
+    both = [api.input("a", one), api.input("b", np.array([2], np.float32))]
+    assert api.client.infer("optional", both).as_numpy("y").tolist() == [3]
+    api.assert_error(
+        infer_error(api, "optional", [api.input("b", one)]), "INVALID_ARGUMENT",
+        "expected number of inputs between 1 and 2 but got 1 inputs for model 'optional'. Got input(s) "
+        "['b'], but missing required input(s) ['a']. Please provide all required input(s)."
     )
 
 

@@ -77,12 +77,22 @@ def test_declared_outputs_are_a_subset():
         ('platform: "tensorflow_savedmodel"', "tensorflow_savedmodel"),
         ("ensemble_scheduling {}", "ensembles are not supported"),
         ('name: "other"', "other"),
+        ('max_batch_size: 2\ninput [{ name: "x", optional: true }]', "optional in config.pbtxt but"),
     ],
 )
 def test_config_that_disagrees_with_the_graph(text, fragment):
     with pytest.raises(ConfigError) as error:
         completed(text)
     assert fragment in str(error.value)
+
+
+def test_a_graphs_defaults_stay_inside_it_unless_the_config_names_them():
+    inputs = [GraphTensor("x", "FP32", (None, 3)), GraphTensor("scale", "FP32", (1,), optional=True)]
+    graph = inputs, BATCHED[1]
+    assert [t.name for t in completed("", graph).input] == ["x"]
+    text = 'max_batch_size: 0\ninput [{ name: "x", dims: [-1, 3] }, { name: "scale", optional: true }]'
+    specs = tensor_specs(config := completed(text, graph), config.input)
+    assert [(spec.name, spec.optional) for spec in specs] == [("x", False), ("scale", True)]
 
 
 def test_batching_needs_a_variable_batch_dimension():

@@ -74,7 +74,8 @@ def test_raw_contents_size_mismatch(channel):
     request.raw_input_contents[1] = b"\0" * 63
     error = rpc_error(channel, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "INPUT1" in error.details() and "64 bytes" in error.details()
+    triton = "input byte size mismatch for input 'INPUT1' for model 'simple'. Expected 64, got 63"
+    assert triton in error.details()
 
 
 def test_typed_contents_count_mismatch(channel):

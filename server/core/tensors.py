@@ -19,8 +19,10 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview
     dtype = datatypes.numpy_dtype(datatype)
     expected = count * dtype.itemsize
     if len(raw) != expected:
-        raise InvalidArgument(
-            f"input '{name}' with shape {shape} needs {expected} bytes of {datatype} data, got {len(raw)}"
+        for_model = f" for model '{model}'" if model else ""
+        raise InvalidArgument(  # Triton's words, then the shape
+            f"input byte size mismatch for input '{name}'{for_model}. Expected {expected}, got {len(raw)} "
+            f"(shape {shape} of {datatype})"
         )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
 

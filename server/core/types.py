@@ -14,6 +14,7 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]  # -1 for a variable dimension, batch dimension included when batching
+    optional: bool = False  # an input a request may leave out (config `optional: true`)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class GraphTensor:
     name: str
     datatype: str | None
     shape: tuple[int | None, ...]
+    optional: bool = False  # an input with a default: an initializer the graph lets a request override
 
 
 @dataclass

@@ -116,6 +116,13 @@ def check_inputs(request: InferRequest, specs: list[TensorSpec], max_batch_size:
     """The request's inputs as ONNX Runtime feeds, after checking names, datatypes and shapes."""
     model = request.model_name
     expected = {spec.name: spec for spec in specs}
+    required = [spec.name for spec in specs if not spec.optional]
+    given = [tensor.name for tensor in request.inputs]
+    twice = next((name for index, name in enumerate(given) if name in given[:index]), None)
+    if twice is not None:
+        raise InvalidArgument(f"input '{twice}' already exists in request")
+    if not len(required) <= len(given) <= len(specs):
+        raise _count_error(model, given, specs, required)
     feeds: dict[str, np.ndarray] = {}
     for tensor in request.inputs:
         spec = expected.get(tensor.name)
@@ -124,8 +131,6 @@ def check_inputs(request: InferRequest, specs: list[TensorSpec], max_batch_size:
                 f"unexpected inference input '{tensor.name}' for model '{model}', "
                 f"expected inputs: {', '.join(expected)}"
             )
-        if tensor.name in feeds:
-            raise InvalidArgument(f"input '{tensor.name}' already exists in request")
         if tensor.datatype != spec.datatype:
             raise InvalidArgument(
                 f"inference input '{tensor.name}' data-type is '{tensor.datatype}', "
@@ -137,14 +142,28 @@ def check_inputs(request: InferRequest, specs: list[TensorSpec], max_batch_size:
                 f"Expected {_format(spec.shape)}, got {_format(tensor.shape)}"
             )
         feeds[tensor.name] = _as_text(tensor) if tensor.datatype == "BYTES" else tensor.data
-    missing = [name for name in expected if name not in feeds]
-    if missing:
-        raise InvalidArgument(
-            f"model '{model}' expects inputs {', '.join(expected)}; missing: {', '.join(missing)}"
-        )
+    if any(name not in feeds for name in required):
+        raise _count_error(model, given, specs, required)
     if max_batch_size > 0:
         _check_batch(request, feeds, max_batch_size)
     return feeds
+
+
+def _count_error(model: str, given: list[str], specs: list[TensorSpec], required: list[str]
+                 ) -> InvalidArgument:
+    """Triton's words for inputs too many or missing."""
+    expected = (f"{len(specs)} inputs" if len(required) == len(specs)
+                else f"number of inputs between {len(required)} and {len(specs)}")
+    missing = [name for name in required if name not in given]
+    return InvalidArgument(
+        f"expected {expected} but got {len(given)} inputs for model '{model}'. Got input(s) "
+        f"{_quoted(given)}, but missing required input(s) {_quoted(missing)}. Please provide all required "
+        "input(s)."
+    )
+
+
+def _quoted(names: list[str]) -> str:
+    return "[" + ",".join(f"'{name}'" for name in names) + "]"
 
 
 def check_outputs(request: InferRequest, specs: list[TensorSpec]) -> list[str]:

@@ -103,11 +103,16 @@ def _complete_tensors(config, declared, graph: list[GraphTensor], kind: str, add
                 f"{kind} '{tensor.name}' in {CONFIG_FILE} is not in the model, "
                 f"whose {kind}s are: {', '.join(by_name)}"
             )
+        if getattr(tensor, "optional", False) and not by_name[tensor.name].optional:
+            raise ConfigError(
+                f"{kind} '{tensor.name}' is optional in {CONFIG_FILE} but the model needs it: only an input "
+                "with a default value in the graph (an initializer a request may override) can be left out"
+            )
         _complete_tensor(config, tensor, by_name[tensor.name], kind)
-    if add_missing:
+    if add_missing:  # a graph's defaults stay inside it unless the config names them
         names = {tensor.name for tensor in declared}
         for tensor in graph:
-            if tensor.name not in names and tensor.name not in hidden:
+            if tensor.name not in names and tensor.name not in hidden and not tensor.optional:
                 _complete_tensor(config, declared.add(name=tensor.name), tensor, kind)
 
 
@@ -169,6 +174,7 @@ def tensor_specs(config: ModelConfig, tensors) -> list[TensorSpec]:
             name=t.name,
             datatype=datatypes.from_config(data_type_name(t.data_type)),
             shape=batch + tuple(t.dims),
+            optional=getattr(t, "optional", False),
         )
         for t in tensors
     ]

@@ -81,7 +81,9 @@ class OrtSession:
         self.runs_into = True  # false once a graph's output shapes proved other than its names say
 
     def graph_inputs(self) -> list[GraphTensor]:
-        return [_graph_tensor(node) for node in self.session.get_inputs()]
+        """The inputs a run needs, then those with a default value in the graph (optional)."""
+        return [_graph_tensor(node) for node in self.session.get_inputs()] + [
+            _graph_tensor(node, optional=True) for node in self.session.get_overridable_initializers()]
 
     def graph_outputs(self) -> list[GraphTensor]:
         return [_graph_tensor(node) for node in self.session.get_outputs()]
@@ -132,6 +134,6 @@ def _status_message(error: Exception) -> str:
     return text
 
 
-def _graph_tensor(node) -> GraphTensor:
+def _graph_tensor(node, optional: bool = False) -> GraphTensor:
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in node.shape or ())
-    return GraphTensor(name=node.name, datatype=datatypes.from_onnx(node.type), shape=shape)
+    return GraphTensor(node.name, datatypes.from_onnx(node.type), shape, optional)
