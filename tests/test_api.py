@@ -297,8 +297,14 @@ def test_wrong_shape(api):
 
 
 def test_batch_over_max_batch_size(api):
+    """Triton's words, which clients match (PyTriton splits a batch where it reads them)."""
     _, _, inputs = simple_inputs(api, batch=9)
-    api.assert_error(infer_error(api, "simple", inputs), "INVALID_ARGUMENT", "batch-size", "8")
+    api.assert_error(infer_error(api, "simple", inputs), "INVALID_ARGUMENT",
+                     "inference request batch-size must be <= 8 for 'simple'")
+    a, b, _ = simple_inputs(api, batch=2)
+    uneven = [api.input("INPUT0", a), api.input("INPUT1", b[:1])]
+    api.assert_error(infer_error(api, "simple", uneven), "INVALID_ARGUMENT",
+                     "input 'INPUT1' batch size does not match other inputs for 'simple'")
 
 
 def test_unknown_output(api):

@@ -211,15 +211,18 @@ def _shape_fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
 
 
 def _check_batch(request: InferRequest, feeds: dict[str, np.ndarray], max_batch_size: int) -> None:
-    sizes = {name: array.shape[0] for name, array in feeds.items()}
+    """Triton's words, then what the request held."""
+    model, sizes = request.model_name, {name: array.shape[0] for name, array in feeds.items()}
     batch = next(iter(sizes.values()), 1)
-    if any(size != batch for size in sizes.values()):
-        raise InvalidArgument(f"inputs disagree on the batch size (first dimension): {sizes}")
-    if not 1 <= batch <= max_batch_size:
-        raise InvalidArgument(
-            f"inference request batch-size must be between 1 and {max_batch_size} "
-            f"for '{request.model_name}', got {batch}"
-        )
+    other = next((name for name, size in sizes.items() if size != batch), None)
+    if other is not None:
+        raise InvalidArgument(f"input '{other}' batch size does not match other inputs for '{model}' (batch "
+                              f"sizes, the first dimension: {sizes})")
+    if batch > max_batch_size:
+        raise InvalidArgument(f"inference request batch-size must be <= {max_batch_size} for '{model}' "
+                              f"(got {batch})")
+    if batch < 1:
+        raise InvalidArgument(f"inference request batch-size must be >= 1 for '{model}' (got {batch})")
 
 
 def _format(shape) -> str:
