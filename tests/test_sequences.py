@@ -135,7 +135,9 @@ def _error(call) -> InferenceServerException:
 def test_requests_outside_a_live_sequence_are_refused(api):
     sequence_id = 500 if api.name == "http" else 501
     never = _error(lambda: _step(api, "acc_direct", [[1.0, 1.0]], sequence_id))
-    api.assert_error(never, "INVALID_ARGUMENT", f"sequence {sequence_id}", "never started", "sequence_start")
+    triton = (f"inference request for sequence {sequence_id} to model 'acc_direct' must specify the START "
+              "flag on the first request of the sequence")
+    api.assert_error(never, "INVALID_ARGUMENT", triton, "never started", "sequence_start")
     _step(api, "acc_direct", [[1.0, 1.0]], sequence_id, start=True)
     _step(api, "acc_direct", [[1.0, 1.0]], sequence_id, end=True)
     after_end = _error(lambda: _step(api, "acc_direct", [[1.0, 1.0]], sequence_id))

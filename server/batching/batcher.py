@@ -177,9 +177,9 @@ class Batcher(BatchLoop):
         level = self._level(priority)
         policy = self.policy.queues[level]
         if len(self._queues[level]) >= policy.max_queue_size:
-            raise Unavailable(
-                f"the queue of model '{self.name}' is full ({policy.max_queue_size} requests waiting); "
-                "retry later"
+            raise Unavailable(  # Triton's words first
+                f"Exceeds maximum queue size: the queue of model '{self.name}' holds its "
+                f"{policy.max_queue_size} requests waiting; retry later"
             )
         timeout = timeout_us if timeout_us and policy.allow_timeout_override else policy.default_timeout_us
         length = padded_length(feeds, self.padding)
@@ -268,8 +268,9 @@ class Batcher(BatchLoop):
                         self._queues[-1].append(pending)
                     else:
                         waited = (now - pending.enqueued_ns) // 1000
-                        error = Unavailable(
-                            f"request timed out after waiting {waited} us in the queue of model '{self.name}'"
+                        error = Unavailable(  # Triton's words first
+                            f"Request timeout expired: it waited {waited} us in the queue of model "
+                            f"'{self.name}'"
                         )
                         self._deliver(_Outcome(pending, error=error))
                 elif pending.deadline_ns is not None:

@@ -166,9 +166,9 @@ class SequenceScheduler(BatchLoop):
             return seq
         if not control.start:
             why = self._gone.get(control.id, "was never started")
-            raise InvalidArgument(
-                f"sequence {control.id!r} of model '{self.name}' is not active ({why}); "
-                "its first request must set sequence_start"
+            raise InvalidArgument(  # Triton's words, which clients match to start again
+                f"inference request for sequence {control.id} to model '{self.name}' must specify the START "
+                f"flag on the first request of the sequence: it is not active ({why}); set sequence_start"
             )
         limit = self.settings.slots + self.settings.backlog
         if len(self._sequences) >= limit:
