@@ -451,22 +451,23 @@ def relu_stream_unread(server, count: int):
     return channel, call, asyncio.create_task(write())
 
 
+def relu_inferences(server) -> int:
+    stats = httpx.get(f"http://{server.http_url}/v2/models/relu/stats").json()["model_stats"]
+    return sum(entry["inference_count"] for entry in stats)
+
+
 def test_a_stream_whose_client_stops_reading_stops_running_its_requests(server):
     """A client that writes requests but reads no answers must not make the server run them all and hold
     every answer: past its IN_FLIGHT requests a stream reads no more until answers are taken. Once the
     client reads, every answer comes back, in order."""
     from server.api.grpc.stream import IN_FLIGHT
 
-    def inferences() -> int:
-        stats = httpx.get(f"http://{server.http_url}/v2/models/relu/stats").json()["model_stats"]
-        return sum(entry["inference_count"] for entry in stats)
-
     async def run():
-        before = inferences()
+        before = relu_inferences(server)
         channel, call, writing = relu_stream_unread(server, 4 * IN_FLIGHT)
         async with channel:
             await asyncio.sleep(2)
-            ran_unread = inferences() - before
+            ran_unread = relu_inferences(server) - before
             answers = [answer async for answer in call]
             await writing
         return ran_unread, answers
@@ -481,12 +482,15 @@ def test_a_stream_whose_client_stops_reading_stops_running_its_requests(server):
 def test_a_stream_cancelled_while_its_answers_wait_ends_quietly(server):
     """Cancelling a stream whose answers wait to be sent is the client's right: the server logs one line,
     no error, and goes on serving streams."""
-    logged = len(server.output())
+    from server.api.grpc.stream import IN_FLIGHT
+
+    logged, before = len(server.output()), relu_inferences(server)
 
     async def cancel():
-        channel, call, writing = relu_stream_unread(server, 256)
+        channel, call, writing = relu_stream_unread(server, 4 * IN_FLIGHT)
         async with channel:
-            await asyncio.sleep(2)
+            # every slot taken: answers wait behind the client's full window, and one is being written
+            assert await asyncio.to_thread(wait_for, lambda: relu_inferences(server) - before >= IN_FLIGHT)
             call.cancel()
             writing.cancel()
         await asyncio.sleep(0.5)
