@@ -63,5 +63,5 @@ def test_log_format_json_writes_one_json_object_per_line(tmp_path):
     assert {"time", "level", "logger", "message"} <= set(entries[0])
     assert any("loaded model 'simple'" in entry.get("message", "") for entry in entries), entries
     access = [entry["access"] for entry in entries if "access" in entry]
-    expected = {"method": "POST", "target": "/v2/models/absent/infer", "status": "400"}
+    expected = {"method": "POST", "target": "/v2/models/absent/infer", "status": "404"}
     assert expected.items() <= access[-1].items()
