@@ -32,6 +32,7 @@ INLINE_ROUNDS = 3
 # as exported models are configured: no wait for company when nothing else is queued
 LONE_REQUESTS_AT_ONCE = 'parameters { key: "dispatch_lone_requests" value { string_value: "true" } }\n'
 STREAM = "+stream"  # a load's model name with this suffix: its requests on one ModelStreamInfer stream
+MLP_LONE = "mlp_lone"  # the MLP with dispatch_lone_requests, as exported models are configured
 LONE = "simple_lone"  # simple with dispatch_lone_requests: a lone request goes without waiting out the delay
 
 
@@ -77,6 +78,9 @@ def build_repository(root: Path) -> None:
     batching = ModelConfig(max_batch_size=32)
     batching.dynamic_batching.max_queue_delay_microseconds = MLP_DELAY_US
     write_config(root, "mlp", batching)
+    onnx.save(mlp_model(), model_path(root, MLP_LONE))
+    batching.parameters["dispatch_lone_requests"].string_value = "true"
+    write_config(root, MLP_LONE, batching)
     onnx.save(mlp_model(), model_path(root, "mlp_unbatched"))
     write_config(root, "mlp_unbatched", ModelConfig(max_batch_size=32))
     # The same small model twice: short executions on the event loop (the default) and on threads
@@ -349,21 +353,34 @@ def run(seconds: float) -> str:
 
         rows += inline_rows(server.pid, grpc_port, seconds / 4)
 
-        # 4. concurrency 1: what waiting for a batch adds to p50
-        single = messages["mlp"][:1]
-        on1 = asyncio.run(client.grpc_load(f"127.0.0.1:{grpc_port}", single, 1, seconds / 2))
-        off1 = asyncio.run(
-            client.grpc_load(f"127.0.0.1:{grpc_port}", messages["mlp_unbatched"][:1], 1, seconds / 2)
-        )
-        added = on1.percentile(50) - off1.percentile(50)
+        # 4. concurrency 1: what waiting for a batch adds to p50, with a lone request sent at once (as
+        # exported models are configured) and with Triton's default, which waits out the delay for company
+        def p50(name: str) -> float:
+            message = [client.grpc_message(name, {"x": rng.standard_normal((1, 4096)).astype(np.float32)})]
+            result = asyncio.run(client.grpc_load(f"127.0.0.1:{grpc_port}", message, 1, seconds / 2))
+            return result.percentile(50)
+
+        off1, lone1, waiting1 = p50("mlp_unbatched"), p50(MLP_LONE), p50("mlp")
         rows.append(
             [
-                "MLP, concurrency 1: p50 with batching on minus off",
-                f"{on1.percentile(50):.2f} - {off1.percentile(50):.2f} ms",
-                f"{added:.2f} ms",
+                "MLP, concurrency 1: p50 with batching on minus off, a lone request dispatched at once "
+                "(dispatch_lone_requests)",
+                f"{lone1:.2f} - {off1:.2f} ms",
+                f"{lone1 - off1:.2f} ms",
                 report.judged(f"<= {MLP_DELAY_US / 1000:.1f} ms (max_queue_delay)",
-                              added <= MLP_DELAY_US / 1000),
+                              lone1 - off1 <= MLP_DELAY_US / 1000),
                 "",
+            ]
+        )
+        rows.append(
+            [
+                f"MLP, concurrency 1: the same with Triton's default, a lone request waiting out "
+                f"max_queue_delay_microseconds {MLP_DELAY_US} for company",
+                f"{waiting1:.2f} - {off1:.2f} ms",
+                f"{waiting1 - off1:.2f} ms",
+                "",
+                f"the delay itself, and {waiting1 - off1 - MLP_DELAY_US / 1000:.2f} ms beyond it (the event "
+                "loop's timer slack and this machine's noise)",
             ]
         )
     finally:
