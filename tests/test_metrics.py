@@ -84,7 +84,8 @@ def test_rejections_are_counted(server):
     after = scrape(server)
     rejected = [r for r in results if isinstance(r, InferenceServerException)]
     assert rejected, "the burst should overflow a queue of one"
-    assert all(r.status() == "StatusCode.UNAVAILABLE" and "full" in r.message() for r in rejected)
+    assert all(r.status() == "StatusCode.UNAVAILABLE" and "Exceeds maximum queue size" in r.message()
+               for r in rejected)
     assert moved(before, after, "nv_inference_request_failure_total", "limited", reason="REJECTED") == len(
         rejected
     )
