@@ -283,6 +283,9 @@ def test_extra_input(api):
     a, b, inputs = simple_inputs(api)
     inputs.append(api.input("EXTRA", a))
     api.assert_error(infer_error(api, "simple", inputs), "INVALID_ARGUMENT", "EXTRA")
+    repeated = [api.input("INPUT0", a), api.input("INPUT0", a)]
+    api.assert_error(infer_error(api, "simple", repeated), "INVALID_ARGUMENT",
+                     "input 'INPUT0' already exists in request")
 
 
 def test_wrong_datatype(api):

@@ -118,8 +118,8 @@ def check_inputs(request: InferRequest, specs: list[TensorSpec], max_batch_size:
     expected = {spec.name: spec for spec in specs}
     required = [spec.name for spec in specs if not spec.optional]
     given = [tensor.name for tensor in request.inputs]
-    twice = next((name for index, name in enumerate(given) if name in given[:index]), None)
-    if twice is not None:
+    if len(set(given)) < len(given):  # Triton refuses a repeated input as it is added, before counting
+        twice = next(name for index, name in enumerate(given) if name in given[:index])
         raise InvalidArgument(f"input '{twice}' already exists in request")
     if not len(required) <= len(given) <= len(specs):
         raise _count_error(model, given, specs, required)
@@ -142,7 +142,7 @@ def check_inputs(request: InferRequest, specs: list[TensorSpec], max_batch_size:
                 f"Expected {_format(spec.shape)}, got {_format(tensor.shape)}"
             )
         feeds[tensor.name] = _as_text(tensor) if tensor.datatype == "BYTES" else tensor.data
-    if any(name not in feeds for name in required):
+    if len(feeds) < len(specs) and any(name not in feeds for name in required):  # optional ones left out
         raise _count_error(model, given, specs, required)
     if max_batch_size > 0:
         _check_batch(request, feeds, max_batch_size)

@@ -148,12 +148,12 @@ class GrpcInferenceService:
         per step of new tokens. An error message carries its request's id; a stream started with the
         metadata `triton_grpc_error: true` ends at its first error instead, with that error's status."""
         answers = StreamAnswers()
-        stream_response = message("ModelStreamInferResponse")
+        stream_request, stream_response = message("ModelInferRequest"), message("ModelStreamInferResponse")
         metadata = dict(context.invocation_metadata() or ())
         end_at_error = metadata.get("triton_grpc_error", "").lower() == "true"
 
         def failed(status: grpc.StatusCode, text: str, request_id: str) -> tuple:
-            answered = message("ModelInferResponse")(id=request_id)
+            answered = codec.ModelInferResponse(id=request_id)
             return stream_response(error_message=text, infer_response=answered), status
 
         async def answer(request, place: asyncio.Future | None):
@@ -175,7 +175,7 @@ class GrpcInferenceService:
             try:
                 async for data in requests:
                     try:
-                        request = _parse(message("ModelInferRequest"), data)
+                        request = _parse(stream_request, data)
                     except ServerError as error:
                         place = await answers.admit(in_order=True)
                         answers.deliver(failed(STATUS[error.code], error.message, ""), place)
