@@ -483,8 +483,9 @@ def test_a_stream_whose_client_stops_reading_stops_running_its_requests(server):
 
 
 def test_a_stream_cancelled_while_its_answers_wait_ends_quietly(server):
-    """Cancelling a stream whose answers wait to be sent is the client's right: the server logs one line,
-    no error, and goes on serving streams."""
+    """Cancelling a stream whose answers wait to be sent is the client's right: the server logs no error,
+    its access line says CANCELLED, and it goes on serving streams. (grpc tells the handler either way:
+    the pending write fails, which the server logs in one INFO line, or the handler is cancelled first.)"""
     from server.api.grpc.stream import IN_FLIGHT
 
     logged, before = len(server.output()), relu_inferences(server)
@@ -499,9 +500,10 @@ def test_a_stream_cancelled_while_its_answers_wait_ends_quietly(server):
         await asyncio.sleep(0.5)
 
     asyncio.run(cancel())
-    assert wait_for(lambda: "ModelStreamInfer" in server.output()[logged:])  # what the server said of it
+    ended = '"target":"ModelStreamInfer","status":"CANCELLED"'  # the access line, once the handler ends
+    assert wait_for(lambda: ended in server.output()[logged:]), server.output()[logged:]
     said = server.output()[logged:]
-    assert "ERROR" not in said and "ModelStreamInfer ended before an answer could be sent" in said, said
+    assert "ERROR" not in said, said
     client = grpcclient.InferenceServerClient(server.grpc_url)
     results = queue.Queue()
     client.start_stream(callback=lambda result, error: results.put((result, error)))
