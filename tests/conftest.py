@@ -44,6 +44,29 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """A server of a small random Qwen2 chat model with a Hermes-style template (`tiny`) and the same model
+    with a template that takes no tools (`plain`), for the modules that test the OpenAI APIs' structured
+    outputs and tool calls."""
+    import subprocess
+    import sys
+
+    from tests.test_llm_export import CHATML, checkpoint_with_tokenizer
+    from tests.test_structured_outputs import HERMES, with_template
+
+    root = tmp_path_factory.mktemp("structured")
+    checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2", HERMES, positions=2048)
+    repository = root / "repository"
+    subprocess.run([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
+                    "--repository", str(repository), "--name", "tiny"], check=True, capture_output=True,
+                   timeout=600)
+    with_template(repository, "tiny", "plain", CHATML)
+    process = start_server(repository, root / "server.log", ready_model="plain")
+    yield process
+    assert stop_server(process) == 0, process.output()
+
+
+@pytest.fixture(scope="session")
 def server(repository, tmp_path_factory):
     """One server for the API tests: explicit mode with every model loaded at start."""
     log = tmp_path_factory.mktemp("logs") / "server.log"

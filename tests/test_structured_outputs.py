@@ -1,12 +1,10 @@
 """Structured outputs and tool calls through the OpenAI API, against a real server process serving a small
 random Qwen2-architecture chat model with its own tokenizer and a Hermes-style chat template (tools in
-<tools>, calls in <tool_call>), called with the `openai` package. A random model writes nonsense: the tests
-judge that what it writes is valid and constrained, not that it is clever."""
+<tools>, calls in <tool_call>; conftest's `served`), called with the `openai` package. A random model
+writes nonsense: the tests judge that what it writes is valid and constrained, not that it is clever."""
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -17,8 +15,6 @@ import pytest
 from pydantic import BaseModel, Field
 
 from loadtest.schemas import varied_schemas
-from loadtest.server_process import start_server, stop_server
-from tests.test_llm_export import CHATML, checkpoint_with_tokenizer
 
 HERMES = (
     "{%- if tools %}<|im_start|>system\n"
@@ -45,20 +41,6 @@ HERMES = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 ASK = [{"role": "user", "content": "Describe a file as JSON."}]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("structured")
-    checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2", HERMES, positions=2048)
-    repository = root / "repository"
-    subprocess.run([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
-                    "--repository", str(repository), "--name", "tiny"], check=True, capture_output=True,
-                   timeout=600)
-    with_template(repository, "tiny", "plain", CHATML)  # the same model, its template taking no tools
-    server = start_server(repository, root / "server.log", ready_model="plain")
-    yield server
-    assert stop_server(server) == 0, server.output()
 
 
 def with_template(repository: Path, name: str, copy: str, template: str) -> None:
@@ -195,6 +177,12 @@ def test_a_required_tool_call_always_parses_streamed_or_not(client):
         model="tiny", messages=ASK, tools=TOOLS, max_tokens=200,
         tool_choice={"type": "function", "function": {"name": "get_time"}})
     assert_valid_calls(named.choices[0].message.tool_calls, ("get_time",))
+    # a format for text answers leaves a forced call alone (there is no text to shape), as OpenAI's does
+    formatted = client.chat.completions.create(
+        model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=200,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "v", "schema": Verdict.model_json_schema()}})
+    assert_valid_calls(formatted.choices[0].message.tool_calls)
     stream = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required",
                                             max_tokens=300, stream=True, seed=7)
     deltas, finish = [], None

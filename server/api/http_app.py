@@ -14,6 +14,7 @@ from server.api.http.infer_route import InferRoute
 from server.api.http.restricted import RestrictedApi
 from server.api.openai import routes as openai
 from server.api.openai.errors import error_document
+from server.api.openai.responses import ResponseStore
 from server.api.restrictions import NO_RESTRICTIONS, Restrictions
 from server.api.tei import routes as tei
 from server.core.errors import ServerError
@@ -31,6 +32,7 @@ def create_app(
 ) -> ASGIApp:
     app = FastAPI(title="ortserve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service, app.state.max_request_bytes = service, max_request_bytes
+    app.state.responses = ResponseStore()
     app.add_exception_handler(ServerError, _server_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

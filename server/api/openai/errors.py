@@ -13,7 +13,8 @@ def error_document(message: str, status: int, code: str | None = None) -> dict:
 
 def error_body(error: ServerError) -> dict:
     status = STATUS[error.code]
-    return error_document(error.message, status, "model_not_found" if status == 404 else None)
+    code = getattr(error, "openai_code", "model_not_found" if status == 404 else None)
+    return error_document(error.message, status, code)
 
 
 def error_response(error: ServerError) -> JSONResponse:

@@ -58,11 +58,13 @@ class _Generation:
                 "include_usage": bool(options.get("include_usage"))}
 
     @staticmethod
-    def sampling_of(payload: dict, keys: set) -> dict:
-        """The sampling parameters sent, with OpenAI's `response_format` as the grammar it asks for."""
+    def sampling_of(payload: dict, keys: set, text_answer: bool = True) -> dict:
+        """The sampling parameters sent, with OpenAI's `response_format` as the grammar it asks for where
+        the answer may be text (a call that `tool_choice` forces leaves it nothing to shape, as OpenAI and
+        vLLM take it)."""
         sampling = {k: v for k, v in payload.items() if k in keys and v is not None}
         structured = _response_format(payload.get("response_format"))
-        if structured is not None:
+        if structured is not None and text_answer:
             if any(key in sampling for key in STRUCTURED_OUTPUT_KEYS):
                 raise InvalidArgument("'response_format' and vLLM's structured outputs both constrain the "
                                       "output: send one")
@@ -88,7 +90,7 @@ class CompletionRequest(_Generation):
         else:
             raise InvalidArgument("'prompt' must be a string, a list of strings, a list of token ids "
                                   "or a list of such lists")
-        _refuse_unsupported(payload, COMPLETION_SAMPLING | COMPLETION_FIELDS, COMPLETION_NEUTRAL,
+        refuse_unsupported(payload, COMPLETION_SAMPLING | COMPLETION_FIELDS, COMPLETION_NEUTRAL,
                             "/v1/completions")
         sampling = cls.sampling_of(payload, COMPLETION_SAMPLING)
         sampling.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
@@ -125,8 +127,9 @@ class ChatRequest(_Generation):
     @classmethod
     def from_json(cls, payload: dict) -> "ChatRequest":
         common = cls.common(payload)
-        _refuse_unsupported(payload, SAMPLING | CHAT_FIELDS, CHAT_NEUTRAL, "/v1/chat/completions")
-        sampling = cls.sampling_of(payload, SAMPLING)
+        refuse_unsupported(payload, SAMPLING | CHAT_FIELDS, CHAT_NEUTRAL, "/v1/chat/completions")
+        tools = _tool_use(payload)
+        sampling = cls.sampling_of(payload, SAMPLING, text_answer=tools is None or tools.choice == "auto")
         wanted, top = boolean(payload.get("logprobs"), "'logprobs'", False), payload.get("top_logprobs")
         if top is not None and not wanted:
             raise InvalidArgument("'top_logprobs' needs 'logprobs': true")
@@ -136,7 +139,7 @@ class ChatRequest(_Generation):
             sampling["max_tokens"] = payload["max_completion_tokens"]
         if sampling.get("max_tokens", 0) is None:
             del sampling["max_tokens"]
-        return cls(**common, sampling=sampling, messages=payload.get("messages"), tools=_tool_use(payload))
+        return cls(**common, sampling=sampling, messages=payload.get("messages"), tools=tools)
 
     @classmethod
     async def from_http(cls, request: Request) -> "ChatRequest":
@@ -171,7 +174,7 @@ class EmbeddingRequest:
         return cls.from_json(await json_of(request))
 
 
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _tool_use(payload: dict) -> ToolUse | None:
@@ -202,7 +205,7 @@ def _tool_use(payload: dict) -> ToolUse | None:
 def _function_name(index: int, tool) -> str:
     function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
     name = function.get("name") if isinstance(function, dict) else None
-    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+    if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
         raise InvalidArgument(f"tools[{index}] must be {{\"type\": \"function\", \"function\": {{\"name\": "
                               "letters, digits, _ or -, at most 64}}")
     parameters = function.get("parameters")
@@ -266,7 +269,7 @@ def _token_ids(value) -> bool:
     return isinstance(value, list) and bool(value) and all(type(i) is int for i in value)
 
 
-def _refuse_unsupported(payload: dict, known: set, neutral: dict, route: str) -> None:
+def refuse_unsupported(payload: dict, known: set, neutral: dict, route: str) -> None:
     """A parameter ortserve does not implement is refused, unless sent at the value that changes nothing."""
     unsupported = sorted(key for key, value in payload.items()
                          if key not in known and not (key in neutral and value in (None, neutral[key])))

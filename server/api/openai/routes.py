@@ -17,6 +17,7 @@ from server.api.http.context import Served, trace_context
 from server.api.http.streams import SSE_HEADERS, collect, usage
 from server.api.openai.errors import OpenAIRoute
 from server.api.openai.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
+from server.api.openai.responses import Answer, ResponsesRequest, ResponseStore, events
 from server.api.openai.streaming import (
     ToolCallChoices,
     chat_choices,
@@ -34,6 +35,7 @@ router = APIRouter(route_class=OpenAIRoute)
 Completion = Annotated[CompletionRequest, Depends(CompletionRequest.from_http)]
 Chat = Annotated[ChatRequest, Depends(ChatRequest.from_http)]
 Embedding = Annotated[EmbeddingRequest, Depends(EmbeddingRequest.from_http)]
+Responses = Annotated[ResponsesRequest, Depends(ResponsesRequest.from_http)]
 
 
 @router.get("/v1/models")
@@ -119,6 +121,37 @@ async def chat_completions(request: Request, service: Served, body: Chat):
                for index, whole in enumerate(wholes)]
     return {**completion, "choices": choices,
             "usage": usage(wholes[0].prompt_tokens, sum(whole.generated_tokens for whole in wholes))}
+
+
+@router.post("/v1/responses")
+async def responses(request: Request, service: Served, body: Responses):
+    chat = body.chat
+    asked = GenerateRequest(chat.model, parameters=chat.sampling, protocol="http", messages=chat.messages,
+                            tools=chat.tools, traceparent=trace_context(request))
+    tokens = service.generation.generate(asked)
+    answer = Answer(body, partial(service.generation.tool_calls, asked), _stored(request))
+    if chat.stream:
+        streamable = partial(service.generation.streamable, asked)
+        return StreamingResponse(events(answer, tokens, streamable), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
+    [whole] = await collect(request, [tokens])
+    status, message, calls = answer.finished(whole, *answer.read_calls(whole.text))
+    return json_response(answer.document(status, [message, *calls] if message else calls, whole))
+
+
+@router.get("/v1/responses/{response_id}")
+async def stored_response(request: Request, response_id: str):
+    return json_response(_stored(request).get(response_id))
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(request: Request, response_id: str):
+    _stored(request).delete(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+def _stored(request: Request) -> ResponseStore:
+    return request.app.state.responses
 
 
 @router.post("/v1/embeddings")
