@@ -75,7 +75,7 @@ def test_declared_outputs_are_a_subset():
         ('max_batch_size: 2\ninput [{ name: "x", data_type: TYPE_INT32 }]', "TYPE_INT32"),
         ('max_batch_size: 2\ninput [{ name: "x", dims: [4] }]', "[4]"),
         ('platform: "tensorflow_savedmodel"', "tensorflow_savedmodel"),
-        ("ensemble_scheduling {}", "ensembles are not supported"),
+        ("ensemble_scheduling {}", 'ensemble_scheduling needs platform: "ensemble"'),
         ('name: "other"', "other"),
         ('max_batch_size: 2\ninput [{ name: "x", optional: true }]', "optional in config.pbtxt but"),
     ],

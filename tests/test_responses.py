@@ -1,7 +1,8 @@
 """OpenAI's Responses API (`/v1/responses`) against a real server process (conftest's `served`: a small
-random Qwen2 chat model with a Hermes-style template, `tiny`), called with the `openai` package and
-LangChain as agents call it. A random model writes nonsense: the tests judge the protocol, the constraints
-and the conversation, not the words."""
+random Qwen2 chat model with a Hermes-style template, `tiny`), called with the `openai` package and the
+OpenAI Agents SDK as agents call it (LangChain's `use_responses_api`: test_structured_outputs). A random
+model writes nonsense: the tests judge the protocol, the constraints and the conversation, not the
+words."""
 
 import json
 from typing import Literal
@@ -129,21 +130,6 @@ def test_bad_requests_are_refused_naming_the_problem(served, body, fragment):
     answer = httpx.post(url, json={"model": "tiny", "input": "Hi", **body})
     assert answer.status_code in (400, 404) and fragment in answer.json()["error"]["message"], answer.text
     assert (answer.json()["error"]["code"] == "model_not_found") == ("model" in body)
-
-
-def test_langchain_on_the_responses_api(served):
-    from langchain_openai import ChatOpenAI
-
-    chat = ChatOpenAI(model="tiny", base_url=f"http://{served.http_url}/v1", api_key="unused", max_tokens=200,
-                      max_retries=0, use_responses_api=True)
-    called = chat.bind_tools(TOOLS, tool_choice="get_weather").invoke("Weather in Paris?")
-    assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather"
-    jsonschema.validate(called.tool_calls[0]["args"], SCHEMAS["get_weather"])
-    streamed = None
-    for piece in chat.bind_tools(TOOLS, tool_choice="required").stream("Time?"):
-        streamed = piece if streamed is None else streamed + piece
-    assert streamed.tool_calls and streamed.tool_calls[0]["name"] in SCHEMAS
-    assert isinstance(chat.with_structured_output(Verdict, method="json_schema").invoke("Yes?"), Verdict)
 
 
 def test_the_store_forgets_the_oldest_beyond_its_capacity():

@@ -220,11 +220,12 @@ def test_a_tool_call_round_trip_with_the_result_sent_back(client):
     assert second.usage.prompt_tokens > first.usage.prompt_tokens  # the call and its result were read
 
 
-def test_langchain_binds_tools_and_asks_for_structured_output(served):
+@pytest.mark.parametrize("responses_api", [False, True], ids=["chat", "responses"])
+def test_langchain_binds_tools_and_asks_for_structured_output(served, responses_api):
     from langchain_openai import ChatOpenAI
 
     chat = ChatOpenAI(model="tiny", base_url=f"http://{served.http_url}/v1", api_key="unused", max_tokens=200,
-                      max_retries=0)
+                      max_retries=0, use_responses_api=responses_api)
     called = chat.bind_tools(TOOLS, tool_choice="get_weather").invoke("Weather in Paris?")
     assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather"
     jsonschema.validate(called.tool_calls[0]["args"], SCHEMAS["get_weather"])

@@ -8,6 +8,7 @@ from server.core import datatypes
 from server.core.types import GraphTensor, TensorSpec
 from server.protocol import ModelConfig, enum
 from server.protocol.model_config import ConfigError, data_type_name
+from server.repository.ensemble import ENSEMBLE_PLATFORM, is_ensemble
 
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MODEL_FILENAME = "model.onnx"
@@ -51,16 +52,18 @@ def _named(config: ModelConfig, model_dir: Path) -> ModelConfig:
 
 
 def check_platform(config: ModelConfig) -> None:
+    if is_ensemble(config):
+        return
     if not config.platform and not config.backend:
         config.platform, config.backend = ONNX_PLATFORM, ONNX_BACKEND
     if config.platform not in ("", ONNX_PLATFORM) or config.backend not in ("", ONNX_BACKEND):
         raise ConfigError(
-            f"unsupported platform '{config.platform or config.backend}', "
-            f"ortserve serves '{ONNX_PLATFORM}' (backend '{ONNX_BACKEND}') models"
+            f"unsupported platform '{config.platform or config.backend}', ortserve serves "
+            f"'{ONNX_PLATFORM}' (backend '{ONNX_BACKEND}') models and '{ENSEMBLE_PLATFORM}'s of them"
         )
     config.platform, config.backend = ONNX_PLATFORM, ONNX_BACKEND
     if config.HasField("ensemble_scheduling"):
-        raise ConfigError("ensembles are not supported")
+        raise ConfigError(f"ensemble_scheduling needs platform: \"{ENSEMBLE_PLATFORM}\"")
 
 
 def complete(config: ModelConfig, inputs: list[GraphTensor], outputs: list[GraphTensor]) -> None:

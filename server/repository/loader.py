@@ -22,6 +22,7 @@ from server.generation.interface import GENERATION_INTERFACE
 from server.protocol import ModelConfig, enum, model_config
 from server.protocol.model_config import ConfigError
 from server.repository import config as cfg
+from server.repository.ensemble import ensemble_steps, is_ensemble
 from server.repository.model import ModelVersion
 from server.runtime.executor import DEFAULT_INLINE_EXECUTION_US, InstancePool
 from server.runtime.session import OrtSession, SessionSettings, gpu_available
@@ -35,8 +36,10 @@ CUDNN_CONV_ALGO_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
 
 
 def available_versions(model_dir: Path, config: ModelConfig) -> list[int]:
-    """Version directories as Triton reads them: positive integers written without a leading zero."""
+    """Version directories as Triton reads them: positive integers written without a leading zero (an
+    ensemble's are empty; a model's hold its file)."""
     filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
+    ensemble = is_ensemble(config)
     versions = []
     for entry in model_dir.iterdir():
         if not entry.is_dir() or entry.name.startswith("."):
@@ -44,7 +47,7 @@ def available_versions(model_dir: Path, config: ModelConfig) -> list[int]:
         if not entry.name.isdigit() or entry.name.startswith("0"):
             log.warning("model '%s': ignoring directory '%s': a version is a positive integer without a "
                         "leading zero", model_dir.name, entry.name)
-        elif (entry / filename).exists():
+        elif ensemble or (entry / filename).exists():
             versions.append(int(entry.name))
     return sorted(versions)
 
@@ -64,6 +67,8 @@ def select_versions(model_dir: Path, config: ModelConfig) -> list[int]:
     else:
         latest = config.version_policy.latest.num_versions or 1
         chosen = found[-latest:]
+    if not chosen and is_ensemble(config):
+        raise ConfigError("an ensemble needs a version directory, empty (such as '1/')")
     if not chosen:
         filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
         raise ConfigError(f"no version directory holds a '{filename}' file")
@@ -77,6 +82,8 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
     """
     config = cfg.config_from_json(config_json, model_dir) if config_json else cfg.read_config(model_dir)
     cfg.check_platform(config)
+    if is_ensemble(config):
+        return _ensemble(model_dir, config)
     generation = _generation(model_dir, config)
     filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
     instances = _instance_settings(config)
@@ -107,6 +114,13 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
             model.pool.close()
         raise
     return loaded
+
+
+def _ensemble(model_dir: Path, config: ModelConfig) -> list[ModelVersion]:
+    steps = ensemble_steps(config)
+    inputs, outputs = cfg.tensor_specs(config, config.input), cfg.tensor_specs(config, config.output)
+    return [ModelVersion(config.name, version, config, inputs, outputs, pool=None, ensemble=steps)
+            for version in select_versions(model_dir, config)]
 
 
 def _model_version(model_dir, version, config, sessions, busy_sessions=None) -> ModelVersion:

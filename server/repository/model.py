@@ -15,6 +15,7 @@ from server.core.validation import InputLimits
 from server.encoding.encoder import TextService
 from server.generation.engine import GenerationEngine, GenerationSettings
 from server.protocol import ModelConfig
+from server.repository.ensemble import EnsembleStep
 from server.runtime.executor import InstancePool
 from server.runtime.shapes import OutputShapes
 from server.sequences.scheduler import SequenceControl, SequenceScheduler
@@ -28,7 +29,7 @@ class ModelVersion:
     config: ModelConfig
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    pool: InstancePool
+    pool: InstancePool | None  # None for an ensemble: its steps run other models
     labels: dict[str, list[str]] = field(default_factory=dict)
     # Triton's `reshape`: the graph's shape of an input, and the client's shape of an output
     input_reshapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -45,9 +46,13 @@ class ModelVersion:
     generation: GenerationSettings | None = None  # set for decoder models served by generation
     engine: GenerationEngine | None = None
     text: TextService | None = None  # set for encoders that take text (config text_tokenizer)
+    ensemble: list[EnsembleStep] | None = None  # set for ensembles, the steps in an order they can run in
 
     def start(self) -> None:
-        """Starts the model's request queue or generation loop (on the event loop that serves it)."""
+        """Starts the model's request queue or generation loop (on the event loop that serves it); an
+        ensemble has neither."""
+        if self.ensemble is not None:
+            return
         if self.generation is not None:
             self.engine = GenerationEngine(self.pool, self.generation, self.stats)
             self.engine.start()

@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.core.errors import InvalidArgument, NotFound, Unavailable
+from server.core.errors import InvalidArgument, NotFound, ServerError, Unavailable
 from server.core.types import CONTROL_MODES, ModelIndexEntry
+from server.protocol.model_config import ConfigError
 from server.repository.config import CONFIG_FILE
 from server.repository.loader import load_model
 from server.repository.model import ModelVersion
@@ -46,7 +47,8 @@ class ModelRegistry:
         else:
             names = self._model_dirs()
         for name in names:
-            await self._load(name)
+            if name not in self._models:  # an ensemble loaded before may have loaded it
+                await self._load(name)
 
     def _model_dirs(self) -> list[str]:
         return sorted(p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -185,6 +187,7 @@ class ModelRegistry:
             try:
                 config_json = override.config_json if override else None
                 versions = await asyncio.to_thread(load_model, model_dir, config_json)
+                await self._load_steps(versions)
             except Exception as error:  # a model that fails to load must not stop the others
                 reason = str(error) or type(error).__name__
                 if override is not None and (previous is None or override is not previous.override):
@@ -214,6 +217,21 @@ class ModelRegistry:
             )
             return None
 
+    async def _load_steps(self, versions: list[ModelVersion]) -> None:
+        """The models an ensemble's steps run, loaded first where they are not (as Triton loads them with
+        it); the ensemble does not load while one of them cannot serve."""
+        steps = {(step.model, step.version) for model in versions for step in model.ensemble or ()}
+        for name, version in sorted(steps):
+            if name not in self._models and self._in_repository(name):
+                await self._load(name)
+            try:
+                model = self.get(name, version)
+            except ServerError as error:
+                raise ConfigError(f"step '{name}' cannot run: {error.message}") from None
+            if model.sequences is not None:
+                raise ConfigError(f"step '{name}' runs a stateful model (sequence batching), which an "
+                                  "ensemble step cannot")
+
     async def _unload(self, name: str) -> None:
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._models.get(name)
@@ -231,7 +249,8 @@ async def _stop(entry: ModelEntry, drain: bool = False) -> None:
     """Runs (`drain`) or fails the requests still queued, waits for running ones, frees the sessions."""
     for model in entry.versions.values():
         await model.stop(drain)
-        await asyncio.to_thread(model.pool.close)
+        if model.pool is not None:
+            await asyncio.to_thread(model.pool.close)
 
 
 def _missing_versions(entry: ModelEntry) -> list[int]:

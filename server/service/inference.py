@@ -18,6 +18,7 @@ from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
 from server.sequences.scheduler import SequenceControl
 from server.service.classification import classify
+from server.service.ensemble import run_ensemble
 from server.service.generation import GenerationService
 from server.service.text import sends_texts, tokenize_inputs
 from server.tracing.spans import Tracer
@@ -69,7 +70,10 @@ class InferenceService:
             requested = {output.name: output for output in request.outputs}
             regions = _output_regions(requested)
             into = self._in_place(model, feeds, requested, regions)
-            arrays, timing = await model.infer(feeds, names, priority, timeout, sequence, into)
+            if model.ensemble is not None:
+                arrays, timing = await run_ensemble(model, feeds, request, self.infer)
+            else:
+                arrays, timing = await model.infer(feeds, names, priority, timeout, sequence, into)
             outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
             shm_outputs = self._to_shared_memory(outputs, regions, into)
         except BaseException as error:

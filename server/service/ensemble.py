@@ -1,0 +1,65 @@
+"""An ensemble's request: each step runs as soon as its inputs are ready (steps ready together run side by
+side), as an inference request to its model through the path a client's takes (validated against that
+model, batched with its other requests, counted in its statistics); the outputs of the steps are the
+ensemble's tensors."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from server.core.errors import InvalidArgument, ServerError
+from server.core.stats import Timing
+from server.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from server.repository.ensemble import EnsembleStep
+from server.repository.model import ModelVersion
+
+Infer = Callable[[InferRequest], Awaitable[InferResponse]]
+
+
+async def run_ensemble(model: ModelVersion, feeds: dict[str, np.ndarray], request: InferRequest,
+                       infer: Infer) -> tuple[dict[str, np.ndarray], Timing]:
+    """Every ensemble tensor's array, by name, once every step has run."""
+    tensors = {spec.name: Tensor(spec.name, spec.datatype, feeds[spec.name])
+               for spec in model.inputs if spec.name in feeds}
+    waiting = list(model.ensemble)
+    running: dict[asyncio.Future, EnsembleStep] = {}
+    try:
+        while waiting or running:
+            for step in [step for step in waiting if set(step.inputs.values()) <= tensors.keys()]:
+                waiting.remove(step)
+                running[asyncio.ensure_future(infer(_step_request(step, tensors, request)))] = step
+            if not running:
+                missing = sorted({t for step in waiting for t in step.inputs.values()} - tensors.keys())
+                raise InvalidArgument(f"ensemble '{model.name}' cannot run {', '.join(map(str, waiting))} "
+                                      f"without {', '.join(missing)}: send every input its steps take")
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                step = running.pop(future)
+                for output in _answer(model, step, future):
+                    tensors[step.outputs[output.name]] = output
+    finally:
+        for future in running:
+            future.cancel()
+    return {name: tensor.data for name, tensor in tensors.items()}, Timing(batch_size=_rows(model, feeds))
+
+
+def _step_request(step: EnsembleStep, tensors: dict[str, Tensor], request: InferRequest) -> InferRequest:
+    inputs = [Tensor(name, tensors[tensor].datatype, tensors[tensor].data)
+              for name, tensor in step.inputs.items()]
+    return InferRequest(step.model, step.version, request.id, inputs,
+                        [RequestedOutput(name) for name in step.outputs], protocol=request.protocol)
+
+
+def _answer(model: ModelVersion, step: EnsembleStep, future: asyncio.Future) -> list[Tensor]:
+    """A step's outputs, or its error with the ensemble and step named after the model's own words."""
+    try:
+        return future.result().outputs
+    except ServerError as error:
+        error.message = f"{error.message} (in ensemble '{model.name}', {step})"
+        error.args = (error.message,)
+        raise
+
+
+def _rows(model: ModelVersion, feeds: dict[str, np.ndarray]) -> int:
+    return next(iter(feeds.values())).shape[0] if model.batching and feeds else 1
