@@ -55,6 +55,9 @@ ensemble_scheduling { step [ { model_name: "simple"
   output_map { key: "OUTPUT0" value: "Y" } } ] }
 """
 ORPHAN = MISTYPED.replace('"mistyped"', '"orphan"').replace('"simple"', '"absent"')
+MISNAMED = MISTYPED.replace('"mistyped"', '"misnamed"').replace('TYPE_FP32', 'TYPE_INT32').replace(
+    'key: "INPUT1"', 'key: "INPUT9"')
+LOOSE = MISNAMED.replace('"misnamed"', '"loose"').replace('"INPUT9"', '"INPUT1"').replace("[ 16 ]", "[ -1 ]")
 STATEFUL = """
 name: "stateful"
 platform: "ensemble"
@@ -90,6 +93,8 @@ def served(tmp_path_factory):
     publish(repository, "simple", simple_model(), SIMPLE_CONFIG)
     ensemble(repository, "pipeline", PIPELINE)
     ensemble(repository, "mistyped", MISTYPED)
+    ensemble(repository, "misnamed", MISNAMED)
+    ensemble(repository, "loose", LOOSE)
     ensemble(repository, "orphan", ORPHAN)
     ensemble(repository, "nested", NESTED)
     publish(repository, "accumulator", sequence_accumulator_model(TensorProto.FLOAT),
@@ -97,7 +102,7 @@ def served(tmp_path_factory):
     ensemble(repository, "stateful", STATEFUL)
     # explicit mode, only the ensembles named: the model their steps run loads with them
     process = start_server(repository, repository.parent / "server.log", "--model-control-mode", "explicit",
-                           "--load-model", "pipeline", "--load-model", "mistyped", ready_model="pipeline")
+                           "--load-model", "pipeline", "--load-model", "loose", ready_model="pipeline")
     yield process
     assert stop_server(process) == 0, process.output()
 
@@ -136,8 +141,9 @@ def test_an_ensemble_runs_its_steps_chained_and_side_by_side_over_http_and_grpc(
     assert 'nv_inference_request_success{model="pipeline",version="1"} 4.0' in metrics
     assert len(http.get_model_config("pipeline")["ensemble_scheduling"]["step"]) == 3
     index = {row["name"]: row["state"] for row in http.get_model_repository_index()}
-    assert index == {"pipeline": "READY", "mistyped": "READY", "simple": "READY", "orphan": "UNAVAILABLE",
-                     "nested": "UNAVAILABLE", "stateful": "UNAVAILABLE", "accumulator": "UNAVAILABLE"}
+    assert index == {"pipeline": "READY", "loose": "READY", "simple": "READY", "orphan": "UNAVAILABLE",
+                     "mistyped": "UNAVAILABLE", "misnamed": "UNAVAILABLE", "nested": "UNAVAILABLE",
+                     "stateful": "UNAVAILABLE", "accumulator": "UNAVAILABLE"}
 
 
 def test_an_ensemble_step_may_run_another_ensemble(served):
@@ -159,13 +165,14 @@ def test_concurrent_ensemble_requests_each_get_their_own_answers(served):
 
 
 def test_a_steps_error_names_the_ensemble_and_the_step_and_bad_inputs_name_the_ensembles_input(served):
+    """`loose` takes any length, its step's model 16 elements: only a request shows the mismatch."""
     client = httpclient.InferenceServerClient(served.http_url)
-    x = httpclient.InferInput("X", [1, 16], "FP32")
-    x.set_data_from_numpy(np.ones((1, 16), np.float32))
+    x = httpclient.InferInput("X", [1, 8], "INT32")
+    x.set_data_from_numpy(np.ones((1, 8), np.int32))
     with pytest.raises(InferenceServerException) as error:
-        client.infer("mistyped", [x])
-    assert "data-type is 'FP32', but model 'simple' expects 'INT32'" in str(error.value)
-    assert str(error.value).endswith("(in ensemble 'mistyped', step 'simple')")
+        client.infer("loose", [x])
+    assert "'INPUT" in str(error.value) and "[-1,16]" in str(error.value).replace(" ", "")
+    assert str(error.value).endswith("(in ensemble 'loose', step 'simple')")
     assert error.value.status() == "400"
     wrong = httpclient.InferInput("A", [1, 16], "FP32")
     wrong.set_data_from_numpy(np.ones((1, 16), np.float32))
@@ -174,7 +181,7 @@ def test_a_steps_error_names_the_ensemble_and_the_step_and_bad_inputs_name_the_e
     assert client.is_server_live()
 
 
-def test_an_ensemble_whose_step_model_is_missing_does_not_load(served):
+def test_ensembles_that_do_not_fit_their_steps_models_do_not_load(served):
     client = httpclient.InferenceServerClient(served.http_url)
     with pytest.raises(InferenceServerException) as error:
         client.load_model("orphan")
@@ -183,6 +190,13 @@ def test_an_ensemble_whose_step_model_is_missing_does_not_load(served):
     assert not client.is_model_ready("orphan")
     with pytest.raises(InferenceServerException, match="step 'accumulator' runs a stateful model"):
         client.load_model("stateful")
+    with pytest.raises(InferenceServerException) as error:
+        client.load_model("mistyped")
+    assert "tensor 'X' is FP32 but step 'simple' takes it as 'INPUT" in str(error.value)
+    with pytest.raises(InferenceServerException) as error:
+        client.load_model("misnamed")
+    assert "maps 'INPUT9', which is not an input of model 'simple' (its inputs: INPUT0, INPUT1)" in str(
+        error.value)
 
 
 STEP = ('{{ model_name: "m" input_map {{ key: "x" value: "{0}" }} '
@@ -220,3 +234,15 @@ def test_unused_ensemble_inputs_are_refused(tmp_path):
                                        output_map { key: "y" value: "C" } } ] }"""
     with pytest.raises(ConfigError, match="input 'B' is not taken by any step"):
         ensemble_steps(parse_config(text, tmp_path / "e"))
+
+
+def test_an_output_whose_step_writes_another_datatype_is_refused():
+    from server.core.types import TensorSpec
+    from server.repository.ensemble import EnsembleStep, check_tensors
+
+    step = EnsembleStep("m", "", {"x": "A"}, {"y": "C"})
+    specs = [TensorSpec("A", "FP32", (1,))], [TensorSpec("C", "FP16", (1,))]
+    model = [TensorSpec("x", "FP32", (1,))], [TensorSpec("y", "FP32", (1,))]
+    with pytest.raises(ConfigError, match="output 'C' is FP16 in its config but its step writes FP32"):
+        check_tensors("e", *specs, [step], [model])
+    check_tensors("e", specs[0], [TensorSpec("C", "FP32", (1,))], [step], [model])  # fits: no error

@@ -1,10 +1,12 @@
 """Triton's ensembles: a model (`platform: "ensemble"`) whose `ensemble_scheduling` steps run other models
 of the repository, each step's inputs and outputs mapped to the ensemble's tensors. Checked at load as
 Triton checks them: every tensor produced once, every ensemble input used, every output produced, every
-step able to run (no cycle)."""
+step able to run (no cycle); once its steps' models are loaded, every mapped name one of theirs and every
+tensor of one datatype."""
 
 from dataclasses import dataclass
 
+from server.core.types import TensorSpec
 from server.protocol import ModelConfig
 from server.protocol.model_config import ConfigError
 
@@ -79,3 +81,27 @@ def _ordered(name: str, steps: list[EnsembleStep], inputs: set[str]) -> list[Ens
             waiting.remove(step)
             ready |= set(step.outputs.values())
     return order
+
+
+def check_tensors(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], steps: list[EnsembleStep],
+                  models: list[tuple[list[TensorSpec], list[TensorSpec]]]) -> None:
+    """The steps' maps against their models' inputs and outputs (`models`: each step's), in order."""
+    datatypes = {spec.name: spec.datatype for spec in inputs}
+    for step, (step_inputs, step_outputs) in zip(steps, models):
+        taken, made = {s.name: s for s in step_inputs}, {s.name: s for s in step_outputs}
+        for key, tensor in step.inputs.items():
+            if key not in taken:
+                raise ConfigError(f"ensemble '{name}': {step} maps '{key}', which is not an input of model "
+                                  f"'{step.model}' (its inputs: {', '.join(taken)})")
+            if datatypes[tensor] != taken[key].datatype:
+                raise ConfigError(f"ensemble '{name}': tensor '{tensor}' is {datatypes[tensor]} but {step} "
+                                  f"takes it as '{key}', which is {taken[key].datatype}")
+        for key, tensor in step.outputs.items():
+            if key not in made:
+                raise ConfigError(f"ensemble '{name}': {step} maps '{key}', which is not an output of model "
+                                  f"'{step.model}' (its outputs: {', '.join(made)})")
+            datatypes[tensor] = made[key].datatype
+    for spec in outputs:
+        if datatypes[spec.name] != spec.datatype:
+            raise ConfigError(f"ensemble '{name}': output '{spec.name}' is {spec.datatype} in its config but "
+                              f"its step writes {datatypes[spec.name]}")

@@ -11,6 +11,7 @@ from server.core.types import CONTROL_MODES, ModelIndexEntry
 from server.protocol.model_config import ConfigError
 from server.repository.config import CONFIG_FILE
 from server.repository.loader import load_model
+from server.repository.ensemble import EnsembleStep, check_tensors
 from server.repository.model import ModelVersion
 from server.repository.overrides import Override, file_path, write_files
 
@@ -219,18 +220,25 @@ class ModelRegistry:
 
     async def _load_steps(self, versions: list[ModelVersion]) -> None:
         """The models an ensemble's steps run, loaded first where they are not (as Triton loads them with
-        it); the ensemble does not load while one of them cannot serve."""
-        steps = {(step.model, step.version) for model in versions for step in model.ensemble or ()}
-        for name, version in sorted(steps):
-            if name not in self._models and self._in_repository(name):
-                await self._load(name)
-            try:
-                model = self.get(name, version)
-            except ServerError as error:
-                raise ConfigError(f"step '{name}' cannot run: {error.message}") from None
-            if model.sequences is not None:
-                raise ConfigError(f"step '{name}' runs a stateful model (sequence batching), which an "
-                                  "ensemble step cannot")
+        it); the ensemble does not load while one of them cannot serve or does not fit its maps."""
+        for ensemble in versions:
+            if ensemble.ensemble is None:
+                return
+            models = [await self._step_model(step) for step in ensemble.ensemble]
+            check_tensors(ensemble.name, ensemble.inputs, ensemble.outputs, ensemble.ensemble,
+                          [(model.inputs, model.outputs) for model in models])
+
+    async def _step_model(self, step: EnsembleStep) -> ModelVersion:
+        if step.model not in self._models and self._in_repository(step.model):
+            await self._load(step.model)
+        try:
+            model = self.get(step.model, step.version)
+        except ServerError as error:
+            raise ConfigError(f"{step} cannot run: {error.message}") from None
+        if model.sequences is not None:
+            raise ConfigError(f"{step} runs a stateful model (sequence batching), which an ensemble step "
+                              "cannot")
+        return model
 
     async def _unload(self, name: str) -> None:
         async with self._locks.setdefault(name, asyncio.Lock()):
