@@ -10,8 +10,8 @@ from server.core.errors import InvalidArgument, NotFound, ServerError, Unavailab
 from server.core.types import CONTROL_MODES, ModelIndexEntry
 from server.protocol.model_config import ConfigError
 from server.repository.config import CONFIG_FILE
-from server.repository.loader import load_model
 from server.repository.ensemble import EnsembleStep, check_tensors
+from server.repository.loader import load_model
 from server.repository.model import ModelVersion
 from server.repository.overrides import Override, file_path, write_files
 
