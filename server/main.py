@@ -58,7 +58,8 @@ async def serve(settings: Settings, logs: LogService | None = None) -> None:
     repository = as_repository(settings.model_repository, settings.model_name)
     registry = ModelRegistry(repository, settings.model_control_mode, settings.load_models)
     tracer = Tracer(TraceSettings(settings.trace), settings.trace_export)
-    service = Service.over(registry, settings.strict_readiness, settings.min_ready_models, tracer, logs)
+    service = Service.over(registry, settings.strict_readiness, settings.min_ready_models, tracer, logs,
+                           settings.cache_bytes)
     sockets, grpc_server = _claim_ports(settings), None
     if settings.allow_grpc:
         options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)

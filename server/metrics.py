@@ -78,6 +78,14 @@ SEQUENCE_GAUGES = (
     ("ortserve_sequences_live", "live", "Live sequences (with a slot or waiting for one)"),
     ("ortserve_sequences_backlog", "backlogged", "Live sequences waiting for a batch slot"),
 )
+CACHE_COUNTERS = (  # name, ModelStats duration, its field, help
+    ("nv_cache_num_hits_per_model", "cache_hit", "count", "Number of response cache hits per model"),
+    ("nv_cache_num_misses_per_model", "cache_miss", "count", "Number of response cache misses per model"),
+    ("nv_cache_hit_duration_per_model", "cache_hit", "ns",
+     "Total response cache hit duration per model, in microseconds"),
+    ("nv_cache_miss_duration_per_model", "cache_miss", "ns",
+     "Total response cache miss duration per model, in microseconds"),
+)
 TEXT_COUNTERS = (
     ("ortserve_text_inputs_total", "texts", "Texts tokenized by the server for encoder models"),
     ("ortserve_text_tokens_total", "tokens", "Tokens of the texts tokenized by the server"),
@@ -99,6 +107,7 @@ class ServerCollector:
         yield from self._inference_gateway([m for m in models if m.engine is not None])
         yield from self._sequences([m for m in models if m.sequences is not None and m.scheduler])
         yield from self._text([m for m in models if m.text is not None])
+        yield from self._cache([m for m in models if m.config.response_cache.enable])
         yield from self._system()
 
     def _triton_counters(self, models):
@@ -142,6 +151,16 @@ class ServerCollector:
             for (protocol, outcome), value in list(stats.requests_by_protocol.items()):
                 protocols.add_metric(labels + [protocol, outcome], value)
         yield from (success, failure, count, executions, request, *durations, protocols)
+
+    def _cache(self, models):
+        """Triton's per-model response cache counters, for the models whose config enables the cache."""
+        families = [_Counter(name, text, labels=LABELS) for name, *_, text in CACHE_COUNTERS]
+        for model in models:
+            labels = [model.name, str(model.version)]
+            for family, (_, attribute, field, _) in zip(families, CACHE_COUNTERS):
+                value = getattr(getattr(model.stats, attribute), field)
+                family.add_metric(labels, value / 1000 if field == "ns" else value)
+        yield from families
 
     def _histograms(self, models):
         for name, attribute, text in HISTOGRAMS:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from server.api.restrictions import GROUPS, NO_RESTRICTIONS, Restrictions
 from server.core.types import CONTROL_MODES
+from server.service.response_cache import cache_bytes
 from server.tracing.settings import TraceSetting, setting_from_config
 from server.tracing.spans import OtlpExport
 
@@ -62,6 +63,7 @@ class Settings:
     repository_poll_secs: float = 15.0
     strict_readiness: bool = True
     min_ready_models: int = 0
+    cache_bytes: int = 0  # the response cache's size (--cache-config local,size=N); 0: no cache
     max_request_bytes: int = 64 * 1024 * 1024
     grpc_keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)
     exit_timeout_secs: float = 30.0
@@ -108,6 +110,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict-readiness", type=_bool, default=True)
     parser.add_argument("--min-ready-models", type=int, default=0,
                         help="not ready until this many models are ready (0: Triton's readiness alone)")
+    parser.add_argument("--cache-config", action="append", default=[],
+                        help="Triton's response cache: local,size=<bytes> (models opt in with "
+                             "response_cache { enable: true })")
+    parser.add_argument("--response-cache-byte-size", type=int, default=0,
+                        help="Triton's older flag: the same as --cache-config local,size=<bytes>")
     parser.add_argument(
         "--max-request-bytes",
         "--http-max-input-size",  # Triton's name
@@ -174,6 +181,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         repository_poll_secs=args.repository_poll_secs,
         strict_readiness=args.strict_readiness,
         min_ready_models=args.min_ready_models,
+        cache_bytes=cache_bytes(args.cache_config, args.response_cache_byte_size),
         max_request_bytes=args.max_request_bytes,
         grpc_keepalive=GrpcKeepalive(
             time_ms=args.grpc_keepalive_time,

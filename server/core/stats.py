@@ -115,6 +115,8 @@ class ModelStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)  # Triton's: lookup and reading the outputs
+    cache_miss: Duration = field(default_factory=Duration)  # lookup and keeping the outputs
     batches: dict[int, BatchStats] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
     requests_by_protocol: dict[tuple[str, str], int] = field(default_factory=dict)  # (protocol, outcome)

@@ -89,6 +89,9 @@ def load_model(model_dir: Path, config_json: str | None = None) -> list[ModelVer
     instances = _instance_settings(config)
     sequences = sequence_settings(config, model_dir, len(instances))
     text = _text_settings(model_dir, config)
+    if config.response_cache.enable and (generation or sequences):
+        raise ConfigError("response_cache cannot serve a " + ("generation" if generation else "stateful")
+                          + " model: its answers depend on more than a request's inputs")
     loaded = []
     try:
         for version in select_versions(model_dir, config):

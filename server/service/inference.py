@@ -5,6 +5,7 @@ classification). Generation models answer through the generation service."""
 import math
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from server.core import datatypes, tensors
 from server.core.errors import Internal, ServerError, failure_reason
 from server.core.fields import integer
 from server.core.shared_memory import RegionUse, SharedMemory
+from server.core.stats import Timing
 from server.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from server.core.validation import check_inputs, check_outputs, raw_input
 from server.repository.model import ModelVersion
@@ -20,6 +22,7 @@ from server.sequences.scheduler import SequenceControl
 from server.service.classification import classify
 from server.service.ensemble import run_ensemble
 from server.service.generation import GenerationService
+from server.service.response_cache import ResponseCache
 from server.service.text import sends_texts, tokenize_inputs
 from server.tracing.spans import Tracer
 
@@ -28,8 +31,9 @@ IN_PLACE_FROM = 512 << 10  # bytes: a smaller output costs less to copy than bin
 
 class InferenceService:
     def __init__(self, registry: ModelRegistry, shared_memory: SharedMemory, generation: GenerationService,
-                 tracer: Tracer):
+                 tracer: Tracer, cache: ResponseCache | None = None):
         self.registry = registry
+        self.cache = cache  # the server's response cache, for the models whose config enables it
         self.shared_memory = shared_memory
         self.generation = generation
         self.tracer = tracer
@@ -63,17 +67,16 @@ class InferenceService:
             feeds = check_inputs(request, model.inputs, model.config.max_batch_size)
             model.limits.check(feeds, model.name)
             names = check_outputs(request, model.outputs)
-            priority, timeout = _scheduling(request.parameters)
-            sequence = SequenceControl.from_parameters(request.parameters)
             if trace is not None:
                 trace.mark("QUEUE_START")
             requested = {output.name: output for output in request.outputs}
             regions = _output_regions(requested)
             into = self._in_place(model, feeds, requested, regions)
-            if model.ensemble is not None:
-                arrays, timing = await run_ensemble(model, feeds, request, self.infer)
+            run = partial(self._run, model, request, feeds, names, into)
+            if self.cache is not None and model.config.response_cache.enable:
+                arrays, timing = await self.cache.through(model, feeds, names, run)
             else:
-                arrays, timing = await model.infer(feeds, names, priority, timeout, sequence, into)
+                arrays, timing = await run()
             outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
             shm_outputs = self._to_shared_memory(outputs, regions, into)
         except BaseException as error:
@@ -95,6 +98,14 @@ class InferenceService:
             requested=requested,
             shm_outputs=shm_outputs,
         )
+
+    async def _run(self, model: ModelVersion, request: InferRequest, feeds: dict[str, np.ndarray],
+                   names: list[str], into: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Timing]:
+        if model.ensemble is not None:
+            return await run_ensemble(model, feeds, request, self.infer)
+        priority, timeout = _scheduling(request.parameters)
+        sequence = SequenceControl.from_parameters(request.parameters)
+        return await model.infer(feeds, names, priority, timeout, sequence, into)
 
     def _gather_inputs(self, request: InferRequest, model: ModelVersion) -> None:
         """A raw binary body and inputs in shared memory become tensors like the others."""

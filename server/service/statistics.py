@@ -4,7 +4,8 @@ from server.core.errors import InvalidArgument
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
 
-_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
+              "cache_miss")
 
 
 class StatisticsService:
