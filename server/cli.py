@@ -6,6 +6,7 @@ import logging
 import sys
 
 from server import settings as settings_module
+from server.core.errors import ServerError, StartupFailed
 from server.ports import PortUnavailable
 from server.version import server_version
 
@@ -74,12 +75,21 @@ def serve(args: argparse.Namespace) -> int:
 
     logs = LogService(settings.log_verbose, settings.log_format)
     logs.install()
+    info, warning, error = settings.log_levels
+    try:
+        logs.update({"log_file": settings.log_file, "log_info": info, "log_warning": warning,
+                     "log_error": error})
+    except ServerError as problem:
+        print(f"ortserve: {problem.message}", file=sys.stderr)
+        return 2
+    for flag in settings.ignored_flags:
+        logging.getLogger("ortserve").warning("%s is ignored: %s", flag, settings_module.TRITON_IGNORED[flag])
     try:
         _event_loop_runner()(run_server(settings, logs))
     except FileNotFoundError as error:
         logging.getLogger("ortserve").error("%s", error)
         return 2
-    except PortUnavailable as error:
+    except (PortUnavailable, StartupFailed) as error:
         logging.getLogger("ortserve").error("%s", error)
         return 1
     return 0

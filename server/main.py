@@ -13,6 +13,7 @@ import uvicorn
 
 from server.api.grpc.servicer import channel_options, create_server
 from server.api.http_app import create_app
+from server.core.errors import StartupFailed
 from server.metrics import create_metrics_app
 from server.ports import PortUnavailable, claim
 from server.repository.registry import ModelRegistry
@@ -69,6 +70,15 @@ async def serve(settings: Settings, logs: LogService | None = None) -> None:
         _bind_grpc(grpc_server, address, _grpc_credentials(settings.grpc_tls))
     _freeze_imports()
     await registry.start()
+    failed = registry.failed()
+    if failed and settings.exit_on_error:
+        await registry.close()
+        if grpc_server is not None:
+            await grpc_server.stop(None)
+        for listener in sockets.values():
+            listener.close()
+        raise StartupFailed(f"failed to load all models ({', '.join(failed)}); --exit-on-error false serves "
+                            "the models that loaded")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -69,6 +69,10 @@ class Settings:
     exit_timeout_secs: float = 30.0
     log_verbose: int = 0
     log_format: str = "default"
+    log_file: str = ""  # "" : standard error
+    log_levels: tuple[bool, bool, bool] = (True, True, True)  # info, warning, error
+    exit_on_error: bool = False  # exit when a model fails to load at start (Triton's default: true)
+    ignored_flags: tuple[str, ...] = ()  # tritonserver flags given that have no meaning here, with why
     access_log: bool = True
     http_restrictions: Restrictions = NO_RESTRICTIONS
     grpc_restrictions: Restrictions = NO_RESTRICTIONS
@@ -76,6 +80,30 @@ class Settings:
     grpc_tls: Tls | None = None
     trace: TraceSetting = field(default_factory=TraceSetting)
     trace_export: OtlpExport = field(default_factory=OtlpExport)
+
+
+# tritonserver flags that tune parts ortserve does not have: accepted, so that a Triton command line starts,
+# and named in a warning at start
+TRITON_IGNORED = {
+    "--id": "the server's metadata names it ortserve",
+    "--model-load-thread-count": "models load one after another",
+    "--http-thread-count": "HTTP requests are served on the event loop",
+    "--pinned-memory-pool-byte-size": "ONNX Runtime allocates its own buffers",
+    "--cuda-memory-pool-byte-size": "ONNX Runtime allocates its own buffers",
+    "--buffer-manager-thread-count": "there is no buffer manager",
+    "--metrics-interval-ms": "metrics are read when scraped",
+    "--allow-gpu-metrics": "the metrics have no GPU section",
+    "--allow-cpu-metrics": "CPU metrics are always on",
+    "--backend-directory": "ONNX Runtime is the one backend, built in",
+    "--backend-config": "ONNX Runtime settings go in each config.pbtxt's parameters",
+    "--repoagent-directory": "there are no repository agents",
+    "--rate-limit": "instances run as they are free",
+    "--min-supported-compute-capability": "ONNX Runtime's CUDA provider decides",
+}
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
 
 
 def _bool(text: str) -> bool:
@@ -143,6 +171,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-format", choices=("default", "ISO8601", "json"), default="default",
                         help="json: one JSON object per line (time, level, logger, message)")
+    parser.add_argument("--log-file", default="", help="write the log to this file (Triton's)")
+    for level in ("info", "warning", "error"):
+        parser.add_argument(f"--log-{level}", type=_bool, default=True, help=f"log {level} messages")
+    parser.add_argument("--exit-on-error", type=_bool, default=False,
+                        help="exit when a model fails to load at start (ortserve's default: serve the rest)")
+    parser.add_argument("--strict-model-config", type=_bool, default=False,
+                        help="Triton's older flag: false (configs completed from the graph) is what "
+                             "ortserve does")
+    parser.add_argument("--disable-auto-complete-config", action="store_true",
+                        help="not supported: ortserve completes every config from its graph")
+    for flag in TRITON_IGNORED:
+        parser.add_argument(flag, help=f"tritonserver's, accepted and ignored: {TRITON_IGNORED[flag]}")
     parser.add_argument("--access-log", type=_bool, default=True, help="one JSON log line per request")
     parser.add_argument("--trace-config", action="append", default=[],
                         help="Triton's: level=TIMESTAMPS, rate=N, count=N, mode=opentelemetry, "
@@ -163,6 +203,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_arguments(args: argparse.Namespace) -> Settings:
+    if args.strict_model_config or args.disable_auto_complete_config:
+        raise ValueError("--strict-model-config true / --disable-auto-complete-config: not supported; "
+                         "ortserve completes each config.pbtxt from its ONNX graph, as tritonserver does by "
+                         "default")
     trace, otlp = setting_from_config(args.trace_config)
     return Settings(
         trace=trace,
@@ -194,6 +238,10 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         exit_timeout_secs=args.exit_timeout_secs,
         log_verbose=args.log_verbose,
         log_format=args.log_format,
+        log_file=args.log_file,
+        log_levels=(args.log_info, args.log_warning, args.log_error),
+        exit_on_error=args.exit_on_error,
+        ignored_flags=tuple(flag for flag in TRITON_IGNORED if getattr(args, _dest(flag)) is not None),
         access_log=args.access_log,
         http_restrictions=Restrictions.parse(args.http_restricted_api, "--http-restricted-api"),
         grpc_restrictions=Restrictions.parse(args.grpc_restricted_protocol, "--grpc-restricted-protocol",

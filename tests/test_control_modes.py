@@ -1,6 +1,8 @@
 """Model control modes, readiness and shutdown of a real server process."""
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,7 +15,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from exporters.demo import SIMPLE_CONFIG, publish, simple_model
-from tests.conftest import start_server, stop_server
+from tests.conftest import free_port, start_server, stop_server
 from tests.models import relu_model
 
 
@@ -205,3 +207,45 @@ def test_access_log_lines(server):
             return
         time.sleep(0.1)
     raise AssertionError("no access log lines for both protocols")
+
+
+def run_to_exit(repository, *flags: str) -> subprocess.CompletedProcess:
+    ports = [str(free_port()) for _ in range(3)]
+    return subprocess.run([sys.executable, "-m", "server", "--model-repository", str(repository),
+                           "--host", "127.0.0.1", "--http-port", ports[0], "--grpc-port", ports[1],
+                           "--metrics-port", ports[2], *flags], capture_output=True, text=True, timeout=120)
+
+
+def test_exit_on_error_stops_a_start_where_a_model_failed_to_load(good_repository):
+    (good_repository / "broken" / "1").mkdir(parents=True)
+    (good_repository / "broken" / "1" / "model.onnx").write_bytes(b"not ONNX")
+    stopped = run_to_exit(good_repository, "--exit-on-error", "true")
+    assert stopped.returncode == 1
+    assert "failed to load all models (broken); --exit-on-error false serves the models" in stopped.stderr
+    refused = run_to_exit(good_repository, "--strict-model-config=true")
+    assert refused.returncode == 2 and "--strict-model-config true" in refused.stderr
+
+
+def test_a_tritonserver_command_line_starts_and_says_what_it_ignores(good_repository, tmp_path):
+    log = tmp_path / "server.log"
+    server = start_server(good_repository, tmp_path / "stdout", "--strict-model-config=false",
+                          "--model-load-thread-count=4", "--pinned-memory-pool-byte-size=268435456",
+                          "--allow-gpu-metrics=false",
+                          "--backend-config=onnxruntime,enable-global-threadpool=1",
+                          f"--log-file={log}", "--log-info=false", ready_model="simple")
+    try:
+        httpclient.InferenceServerClient(server.http_url).infer("simple", simple_inputs())
+    finally:
+        assert stop_server(server) == 0
+    written = log.read_text()
+    assert "--model-load-thread-count is ignored: models load one after another" in written
+    assert "--backend-config is ignored" in written and "--id is ignored" not in written
+    assert " INFO " not in written  # --log-info=false
+    assert "WARNING" not in server.output()  # the log went to the file
+
+
+def simple_inputs():
+    inputs = [httpclient.InferInput(name, [1, 16], "INT32") for name in ("INPUT0", "INPUT1")]
+    for tensor in inputs:
+        tensor.set_data_from_numpy(np.ones((1, 16), np.int32))
+    return inputs

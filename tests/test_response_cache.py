@@ -27,8 +27,8 @@ def served(tmp_path_factory):
     publish(repository, "relu", relu_model(), "max_batch_size: 4" + CACHED)
     publish(repository, "accumulator", sequence_accumulator_model(TensorProto.FLOAT),
             sequence_accumulator_config("oldest {}", "fp32_false_true: [ 0, 1 ]", CACHED))
-    process = start_server(repository, repository.parent / "server.log", "--cache-config", f"local,size={SIZE}",
-                           ready_model="relu")
+    process = start_server(repository, repository.parent / "server.log", "--cache-config",
+                           f"local,size={SIZE}", ready_model="relu")
     yield process
     assert stop_server(process) == 0, process.output()
 

@@ -40,6 +40,10 @@ class Internal(ServerError):
     code = ErrorCode.INTERNAL
 
 
+class StartupFailed(Exception):
+    """The server cannot serve as asked (with --exit-on-error, a model that failed to load at start)."""
+
+
 def failure_reason(error: BaseException) -> str:
     """Triton's `reason` label of nv_inference_request_failure."""
     if isinstance(error, Unavailable):

@@ -93,6 +93,10 @@ class ModelRegistry:
         """Every model known is ready (none known: Triton's strict readiness holds, nothing failed)."""
         return all(entry.state == READY for entry in self._models.values())
 
+    def failed(self) -> list[str]:
+        """The models whose last load failed."""
+        return [name for name, entry in self._models.items() if entry.state == UNAVAILABLE]
+
     def ready_count(self) -> int:
         return sum(entry.state == READY for entry in self._models.values())
 
