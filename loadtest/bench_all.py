@@ -27,6 +27,7 @@ def steps(repository: Path, soak_seconds: float) -> list[list[str]]:
         ["loadtest.bench_sequences"],
         ["loadtest.bench_shared_memory"],
         ["loadtest.bench_bytes"],
+        ["loadtest.bench_pipelines"],
         ["loadtest.bench_gpu"],
         ["loadtest.bench_text"],
         ["loadtest.bench_llm"],

@@ -23,42 +23,46 @@ async def run_ensemble(model: ModelVersion, feeds: dict[str, np.ndarray], reques
     tensors = {spec.name: Tensor(spec.name, spec.datatype, feeds[spec.name])
                for spec in model.inputs if spec.name in feeds}
     waiting = list(model.ensemble)
-    running: dict[asyncio.Future, EnsembleStep] = {}
+    running: set[asyncio.Future] = set()
     try:
         while waiting or running:
-            for step in [step for step in waiting if set(step.inputs.values()) <= tensors.keys()]:
+            ready = [step for step in waiting if set(step.inputs.values()) <= tensors.keys()]
+            for step in ready:
                 waiting.remove(step)
-                running[asyncio.ensure_future(infer(_step_request(step, tensors, request)))] = step
+            if len(ready) == 1 and not running:  # a chain's next step: awaited as it is, no task
+                await _run_step(model, ready[0], tensors, request, infer)
+                continue
+            running |= {asyncio.ensure_future(_run_step(model, step, tensors, request, infer))
+                        for step in ready}
             if not running:
                 missing = sorted({t for step in waiting for t in step.inputs.values()} - tensors.keys())
                 raise InvalidArgument(f"ensemble '{model.name}' cannot run {', '.join(map(str, waiting))} "
                                       f"without {', '.join(missing)}: send every input its steps take")
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
-                step = running.pop(future)
-                for output in _answer(model, step, future):
-                    tensors[step.outputs[output.name]] = output
+                future.result()  # a step's error ends the request
     finally:
         for future in running:
             future.cancel()
     return {name: tensor.data for name, tensor in tensors.items()}, Timing(batch_size=_rows(model, feeds))
 
 
-def _step_request(step: EnsembleStep, tensors: dict[str, Tensor], request: InferRequest) -> InferRequest:
+async def _run_step(model: ModelVersion, step: EnsembleStep, tensors: dict[str, Tensor],
+                    request: InferRequest, infer: Infer) -> None:
+    """Runs a step and adds its outputs to the ensemble's tensors; its error keeps the model's own words
+    with the ensemble and the step named after them."""
     inputs = [Tensor(name, tensors[tensor].datatype, tensors[tensor].data)
               for name, tensor in step.inputs.items()]
-    return InferRequest(step.model, step.version, request.id, inputs,
-                        [RequestedOutput(name) for name in step.outputs], protocol=request.protocol)
-
-
-def _answer(model: ModelVersion, step: EnsembleStep, future: asyncio.Future) -> list[Tensor]:
-    """A step's outputs, or its error with the ensemble and step named after the model's own words."""
+    asked = InferRequest(step.model, step.version, request.id, inputs,
+                         [RequestedOutput(name) for name in step.outputs], protocol=request.protocol)
     try:
-        return future.result().outputs
+        response = await infer(asked)
     except ServerError as error:
         error.message = f"{error.message} (in ensemble '{model.name}', {step})"
         error.args = (error.message,)
         raise
+    for output in response.outputs:
+        tensors[step.outputs[output.name]] = output
 
 
 def _rows(model: ModelVersion, feeds: dict[str, np.ndarray]) -> int:
