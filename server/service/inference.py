@@ -72,11 +72,11 @@ class InferenceService:
             requested = {output.name: output for output in request.outputs}
             regions = _output_regions(requested)
             into = self._in_place(model, feeds, requested, regions)
-            run = partial(self._run, model, request, feeds, names, into)
             if self.cache is not None and model.config.response_cache.enable:
+                run = partial(self._run, model, request, feeds, names, into)
                 arrays, timing = await self.cache.through(model, feeds, names, run)
             else:
-                arrays, timing = await run()
+                arrays, timing = await self._run(model, request, feeds, names, into)
             outputs = [_output(model, name, arrays[name], requested.get(name)) for name in names]
             shm_outputs = self._to_shared_memory(outputs, regions, into)
         except BaseException as error:
