@@ -134,6 +134,9 @@ def test_server_flags_follow_values():
     assert args.count("--load-model=simple") == 1 and "--load-model=minilm" in args
     pod = render(VALUE_SETS["init-container"])["Deployment"]["spec"]["template"]["spec"]
     assert pod["initContainers"][0]["volumeMounts"][0]["mountPath"] == "/models"
+    assert not any(arg.startswith("--cache-config") for arg in args)  # no cache unless asked
+    cached = container(render({"server": {"responseCacheBytes": 268435456}}))["args"]
+    assert "--cache-config=local,size=268435456" in cached
 
 
 def test_dockerfile_lints_clean():
