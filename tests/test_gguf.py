@@ -388,6 +388,13 @@ def test_the_real_smollm2_file_answers_a_chat_question_through_openai(tiny):
         max_tokens=24, temperature=0)
     assert "Paris" in answer.choices[0].message.content
     assert answer.choices[0].finish_reason == "stop"  # <|im_end|>, the file's end of turn
+    # the Responses API, a follow-up chained by previous_response_id: the model reads the first answer
+    first = client.responses.create(model="smollm2", input="What is the capital of France? Answer in one "
+                                    "sentence.", max_output_tokens=24, temperature=0)
+    assert "Paris" in first.output_text and first.status == "completed"
+    follow = client.responses.create(model="smollm2", input="Which country did I ask about? One word.",
+                                     previous_response_id=first.id, max_output_tokens=8, temperature=0)
+    assert "France" in follow.output_text, follow.output_text
 
 
 def test_files_that_cannot_be_imported_are_refused_naming_why(tmp_path, tiny):
