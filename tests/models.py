@@ -149,6 +149,16 @@ def lookup_model() -> onnx.ModelProto:
 LABELS = ["cat", "dog", "bird", "fish", "frog"]
 
 
+def int32_pair(module, names=("INPUT0", "INPUT1"), rows: int = 1, seed: int = 0):
+    """Two random INT32 [rows, 16] inputs of a `simple`-shaped model as `module` (tritonclient.http or
+    .grpc) sends them, and their arrays."""
+    a, b = np.random.default_rng(seed).integers(-1000, 1000, size=(2, rows, 16), dtype=np.int32)
+    inputs = [module.InferInput(name, [rows, 16], "INT32") for name in names]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    return inputs, a, b
+
+
 def copy_model(source: Path, repository: Path, name: str) -> Path:
     """The model directory `source` copied into `repository` as `name`, its config renamed to match."""
     target = repository / name

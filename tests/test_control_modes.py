@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from exporters.demo import SIMPLE_CONFIG, publish, simple_model
 from tests.conftest import free_port, start_server, stop_server
-from tests.models import relu_model
+from tests.models import int32_pair, relu_model
 
 
 @pytest.fixture
@@ -234,7 +234,7 @@ def test_a_tritonserver_command_line_starts_and_says_what_it_ignores(good_reposi
                           "--backend-config=onnxruntime,enable-global-threadpool=1",
                           f"--log-file={log}", "--log-info=false", ready_model="simple")
     try:
-        httpclient.InferenceServerClient(server.http_url).infer("simple", simple_inputs())
+        httpclient.InferenceServerClient(server.http_url).infer("simple", int32_pair(httpclient)[0])
     finally:
         assert stop_server(server) == 0
     written = log.read_text()
@@ -242,10 +242,3 @@ def test_a_tritonserver_command_line_starts_and_says_what_it_ignores(good_reposi
     assert "--backend-config is ignored" in written and "--id is ignored" not in written
     assert " INFO " not in written  # --log-info=false
     assert "WARNING" not in server.output()  # the log went to the file
-
-
-def simple_inputs():
-    inputs = [httpclient.InferInput(name, [1, 16], "INT32") for name in ("INPUT0", "INPUT1")]
-    for tensor in inputs:
-        tensor.set_data_from_numpy(np.ones((1, 16), np.int32))
-    return inputs

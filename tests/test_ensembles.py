@@ -17,7 +17,7 @@ from server.protocol.model_config import ConfigError
 from server.repository.config import parse_config
 from server.repository.ensemble import ensemble_steps
 from tests.conftest import start_server, stop_server
-from tests.models import sequence_accumulator_config, sequence_accumulator_model
+from tests.models import int32_pair, sequence_accumulator_config, sequence_accumulator_model
 
 TENSORS = """
 input [ { name: "A", data_type: TYPE_INT32, dims: [ 16 ] },
@@ -108,11 +108,7 @@ def served(tmp_path_factory):
 
 
 def pipeline_inputs(module, rows: int, seed: int = 0):
-    a, b = np.random.default_rng(seed).integers(-1000, 1000, size=(2, rows, 16), dtype=np.int32)
-    inputs = [module.InferInput("A", [rows, 16], "INT32"), module.InferInput("B", [rows, 16], "INT32")]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(b)
-    return inputs, a, b
+    return int32_pair(module, ("A", "B"), rows, seed)
 
 
 def test_an_ensemble_runs_its_steps_chained_and_side_by_side_over_http_and_grpc(served):

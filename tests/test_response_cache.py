@@ -13,7 +13,7 @@ from onnx import TensorProto
 from exporters.demo import SIMPLE_CONFIG, publish, simple_model
 from server.service.response_cache import cache_bytes
 from tests.conftest import start_server, stop_server
-from tests.models import relu_model, sequence_accumulator_config, sequence_accumulator_model
+from tests.models import int32_pair, relu_model, sequence_accumulator_config, sequence_accumulator_model
 
 CACHED = "\nresponse_cache { enable: true }\n"
 SIZE = 1 << 20
@@ -37,27 +37,19 @@ def stats(client, model: str) -> dict:
     return client.get_inference_statistics(model)["model_stats"][0]
 
 
-def simple_inputs(module, seed: int):
-    a, b = np.random.default_rng(seed).integers(-100, 100, size=(2, 1, 16), dtype=np.int32)
-    inputs = [module.InferInput("INPUT0", [1, 16], "INT32"), module.InferInput("INPUT1", [1, 16], "INT32")]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(b)
-    return inputs, a, b
-
-
 def test_a_repeated_request_is_answered_from_the_cache_without_running_the_model(served):
     http = httpclient.InferenceServerClient(served.http_url)
     grpc = grpcclient.InferenceServerClient(served.grpc_url)
-    inputs, a, b = simple_inputs(httpclient, 0)
+    inputs, a, b = int32_pair(httpclient)
     for _ in range(3):
         result = http.infer("simple", inputs)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
-    grpc_inputs, _, _ = simple_inputs(grpcclient, 0)  # the same tensors over gRPC: the same entry
+    grpc_inputs, _, _ = int32_pair(grpcclient)  # the same tensors over gRPC: the same entry
     np.testing.assert_array_equal(grpc.infer("simple", grpc_inputs).as_numpy("OUTPUT0"), a + b)
     only = http.infer("simple", inputs, outputs=[httpclient.InferRequestedOutput("OUTPUT1")])  # its own entry
     np.testing.assert_array_equal(only.as_numpy("OUTPUT1"), a - b)
-    other, c, d = simple_inputs(httpclient, 1)
+    other, c, d = int32_pair(httpclient, seed=1)
     np.testing.assert_array_equal(http.infer("simple", other).as_numpy("OUTPUT0"), c + d)
     model = stats(http, "simple")
     assert model["execution_count"] == 3  # the first request, the one asking for OUTPUT1, the other input
@@ -119,7 +111,7 @@ def test_without_a_server_cache_a_models_setting_changes_nothing(tmp_path):
     process = start_server(tmp_path, tmp_path / "server.log", ready_model="simple")
     try:
         client = httpclient.InferenceServerClient(process.http_url)
-        inputs, a, b = simple_inputs(httpclient, 0)
+        inputs, a, b = int32_pair(httpclient)
         for _ in range(2):
             np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), a + b)
         assert stats(client, "simple")["execution_count"] == 2
