@@ -238,6 +238,7 @@ def test_the_cli_exports_a_checkpoint_directory_that_answers_text_with_its_own_t
 
 @pytest.mark.parametrize("template", [CHATML, LLAMA2])
 def test_the_chat_prompt_is_rendered_as_transformers_renders_it(tmp_path, template):
+    from server.core.types import ChatOptions
     from server.text.chat import ChatTemplate
 
     tokenizer = trained_tokenizer(template)
@@ -247,9 +248,34 @@ def test_the_chat_prompt_is_rendered_as_transformers_renders_it(tmp_path, templa
     flat = [{**m, "content": "And read it?"} if isinstance(m["content"], list) else m for m in turns]
     expected = tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=True)
     assert chat.render(turns) == expected
+    opened = [*flat, PREFIX]  # vLLM's continue_final_message: the answer goes on from the prefix
+    continued = tokenizer.apply_chat_template(opened, tokenize=False, continue_final_message=True)
+    open_ended = ChatOptions(add_generation_prompt=False, continue_final_message=True)
+    assert chat.render(opened, open_ended) == continued
+    assert continued.endswith(PREFIX["content"])
     if template == LLAMA2:
         with pytest.raises(Exception, match="Conversation roles must alternate"):
             chat.render([CHAT[1], CHAT[1]])
+
+
+PREFIX = {"role": "assistant", "content": "You call"}
+
+
+def test_template_variables_and_continuing_the_last_message_are_checked():
+    from server.core.errors import InvalidArgument
+    from server.core.types import ChatOptions
+    from server.text.chat import ChatTemplate
+
+    thinking = ChatTemplate("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}"
+                            "{% if add_generation_prompt %}<assistant>{% if enable_thinking is defined and "
+                            "not enable_thinking %}<think></think>{% endif %}{% endif %}", {})
+    asked = [{"role": "user", "content": "Hi"}]
+    assert thinking.render(asked).endswith("<assistant>")
+    quiet = ChatOptions(template_kwargs={"enable_thinking": False})
+    assert thinking.render(asked, quiet).endswith("<assistant><think></think>")
+    assert thinking.render([*asked, PREFIX], ChatOptions(False, True)) == "<user>Hi</user><assistant>You call"
+    with pytest.raises(InvalidArgument, match="must be an assistant message"):
+        thinking.render(asked, ChatOptions(False, True))
 
 
 def test_chat_completions_equal_transformers_and_stream_the_same_text(chat_server):
@@ -278,6 +304,19 @@ def test_chat_completions_equal_transformers_and_stream_the_same_text(chat_serve
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == whole.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    opened = [*flat, PREFIX]
+    prefix_ids = tokenizer.apply_chat_template(opened, tokenize=True, continue_final_message=True,
+                                               return_dict=False)
+    continued = client.chat.completions.create(model="tiny", messages=opened, max_tokens=4, temperature=0,
+                                               extra_body={"continue_final_message": True,
+                                                           "add_generation_prompt": False,
+                                                           "chat_template_kwargs": {"unused": 1}})
+    assert continued.usage.prompt_tokens == len(prefix_ids)  # the prompt ends in the prefix, no end of turn
+    for extra, fragment in (({"continue_final_message": True, "add_generation_prompt": True}, "both be true"),
+                            ({"chat_template_kwargs": {"messages": []}}, "cannot set messages"),
+                            ({"continue_final_message": True}, "must be an assistant message")):
+        with pytest.raises(openai.BadRequestError, match=fragment):
+            client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=1, extra_body=extra)
     assert chunks[-1].usage.completion_tokens == 24 and not chunks[-1].choices
 
 

@@ -95,6 +95,20 @@ class ModelIndexEntry:
 
 
 @dataclass(frozen=True)
+class ChatOptions:
+    """How a chat is rendered (vLLM's chat extras): with the generation prompt after it, or with its last
+    (assistant) message left open for the model to continue; `template_kwargs`: more variables for the
+    template (such as Qwen 3's `enable_thinking`)."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    template_kwargs: dict = field(default_factory=dict)
+
+
+PLAIN_CHAT = ChatOptions()  # the generation prompt after the messages, no more variables
+
+
+@dataclass(frozen=True)
 class ToolUse:
     """A chat's tools, OpenAI's function definitions, and how it may use them."""
 
@@ -126,6 +140,7 @@ class GenerateRequest:
     protocol: str = ""
     messages: list | None = None  # a chat: rendered with the model's chat template in place of `text`
     tools: ToolUse | None = None  # tools the chat may call (rendered by the template with it)
+    chat_options: ChatOptions = PLAIN_CHAT
     traceparent: str = ""  # W3C trace context the client sent, continued by the request's trace
 
 

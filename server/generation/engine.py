@@ -14,7 +14,9 @@ import numpy as np
 from server.core.errors import Internal, InvalidArgument, Unavailable, failure_reason
 from server.core.stats import ModelStats
 from server.core.types import (
+    PLAIN_CHAT,
     STRUCTURED_OUTPUT_KEYS,
+    ChatOptions,
     FinishReason,
     TokenEvent,
     TokenLogprob,
@@ -284,22 +286,22 @@ class GenerationEngine:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def prompt(self, text: str | None, ids: list[int] | None, messages: list | None = None,
-               tools: ToolUse | None = None) -> list[int]:
+               tools: ToolUse | None = None, options: ChatOptions = PLAIN_CHAT) -> list[int]:
         """The prompt's token ids (of a chat rendered with the model's template, when `messages`)."""
         if messages is not None:
             if self.settings.chat is None:
                 raise InvalidArgument("this model has no chat template (its tokenizer files define none); "
                                       "use /v1/completions with a prompt")
-            text, ids = self.settings.chat.render(messages, tools=self._shown(tools)), None
+            text, ids = self.settings.chat.render(messages, options, self._shown(tools)), None
         return prompt_ids(self.codec, text, ids, self.decoder.vocab_size, special_tokens=messages is None)
 
     def prepare(
         self, text: str | None, ids: list[int] | None, parameters: dict, messages: list | None = None,
-        tools: ToolUse | None = None,
+        tools: ToolUse | None = None, options: ChatOptions = PLAIN_CHAT,
     ) -> tuple[list[int], SamplingParams]:
         """The prompt's token ids and the sampling parameters, or a clear error about either. A chat that
         must call a tool gets the grammar of its calls."""
-        prompt = self.prompt(text, ids, messages, tools)
+        prompt = self.prompt(text, ids, messages, tools, options)
         if tools is not None and tools.choice != "auto":
             parameters = self._calling(parameters, tools)
         limit = self.settings.max_sequence_length

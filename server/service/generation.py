@@ -43,7 +43,8 @@ class GenerationService:
         trace = self.tracer.start(model.name, request.protocol, request.traceparent, "GenerateRequest")
         try:
             prompt, params = model.engine.prepare(
-                request.text, request.input_ids, request.parameters, request.messages, request.tools
+                request.text, request.input_ids, request.parameters, request.messages, request.tools,
+                request.chat_options,
             )
             tokens = model.engine.submit(prompt, params, _recorder(model, start, request.protocol, trace))
             tokens.model_version = str(model.version)

@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from server.core.errors import InvalidArgument
+from server.core.types import PLAIN_CHAT, ChatOptions
 from server.text.tools import template_format
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -46,16 +47,27 @@ class ChatTemplate:
             return None
         return cls(source, {key: _content(config[key]) for key in SPECIAL_TOKENS if config.get(key)})
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None
-               ) -> str:
-        """As transformers' `apply_chat_template(messages, tools=...)`: tools in OpenAI's form."""
+    def render(self, messages: list[dict], options: ChatOptions = PLAIN_CHAT,
+               tools: list[dict] | None = None) -> str:
+        """As transformers' `apply_chat_template(messages, tools=..., **options)`: tools in OpenAI's form;
+        with `continue_final_message`, the text ends where the last message's content does (its end of
+        turn cut), as transformers cuts it."""
         if tools and self.tool_format is None:
             raise InvalidArgument("this model's chat template takes no tools, so the model cannot choose to "
                                   "call them: send 'tool_choice' 'required' or a named function (the answer "
                                   "is then constrained to a call), or no 'tools'")
-        context = {**self.special_tokens, **({"tools": tools} if tools else {})}
-        return self.template.render(messages=check_messages(messages),
-                                    add_generation_prompt=add_generation_prompt, **context)
+        context = {**self.special_tokens, **options.template_kwargs, **({"tools": tools} if tools else {})}
+        messages = check_messages(messages)
+        text = self.template.render(messages=messages, add_generation_prompt=options.add_generation_prompt,
+                                    **context)
+        if not options.continue_final_message:
+            return text
+        final = messages[-1]["content"].strip()
+        end = text.rfind(final) if final else -1
+        if messages[-1]["role"] != "assistant" or end < 0:
+            raise InvalidArgument("'continue_final_message' continues the last message, which must be an "
+                                  "assistant message with content that the chat template writes out")
+        return text[:end + len(final)]
 
 
 def _content(token) -> str:

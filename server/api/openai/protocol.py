@@ -9,7 +9,7 @@ from fastapi import Request
 from server.api.http.context import json_of
 from server.core.errors import InvalidArgument
 from server.core.fields import boolean, integer
-from server.core.types import STRUCTURED_OUTPUT_KEYS, TextRequest, ToolUse
+from server.core.types import STRUCTURED_OUTPUT_KEYS, ChatOptions, TextRequest, ToolUse
 
 SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty",
             "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty", "logit_bias",
@@ -20,7 +20,9 @@ COMPLETION_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "best_o
                      "response_format", "metadata"}
 CHAT_FIELDS = {"model", "messages", "stream", "stream_options", "n", "user", "max_completion_tokens",
                "logprobs", "top_logprobs", "response_format", "metadata", "store", "tools", "tool_choice",
-               "parallel_tool_calls"}
+               "parallel_tool_calls", "chat_template_kwargs", "add_generation_prompt",
+               "continue_final_message"}
+RESERVED_TEMPLATE_KEYS = {"messages", "tools", "add_generation_prompt"}  # what the server itself passes
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
 ENCODING_FORMATS = ("float", "base64")
 # parameters ortserve does not implement, accepted only at the value that changes nothing (clients send them)
@@ -123,6 +125,7 @@ class CompletionRequest(_Generation):
 class ChatRequest(_Generation):
     messages: list
     tools: ToolUse | None  # None: no tools, or tool_choice "none"
+    chat_options: ChatOptions
 
     @classmethod
     def from_json(cls, payload: dict) -> "ChatRequest":
@@ -139,7 +142,8 @@ class ChatRequest(_Generation):
             sampling["max_tokens"] = payload["max_completion_tokens"]
         if sampling.get("max_tokens", 0) is None:
             del sampling["max_tokens"]
-        return cls(**common, sampling=sampling, messages=payload.get("messages"), tools=tools)
+        return cls(**common, sampling=sampling, messages=payload.get("messages"), tools=tools,
+                   chat_options=_chat_options(payload))
 
     @classmethod
     async def from_http(cls, request: Request) -> "ChatRequest":
@@ -175,6 +179,23 @@ class EmbeddingRequest:
 
 
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _chat_options(payload: dict) -> ChatOptions:
+    """vLLM's `chat_template_kwargs`, `add_generation_prompt` and `continue_final_message`, checked."""
+    continued = boolean(payload.get("continue_final_message"), "'continue_final_message'", False)
+    prompted = boolean(payload.get("add_generation_prompt"), "'add_generation_prompt'", not continued)
+    if prompted and continued:
+        raise InvalidArgument("'add_generation_prompt' and 'continue_final_message' cannot both be true: the "
+                              "answer either starts a new assistant message or continues the last one")
+    kwargs = payload.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise InvalidArgument("'chat_template_kwargs' must be a JSON object of the template's variables")
+    reserved = sorted(RESERVED_TEMPLATE_KEYS & kwargs.keys())
+    if reserved:
+        raise InvalidArgument(f"'chat_template_kwargs' cannot set {', '.join(reserved)}: the request's own "
+                              "fields do")
+    return ChatOptions(prompted, continued, kwargs)
 
 
 def _tool_use(payload: dict) -> ToolUse | None:

@@ -99,7 +99,7 @@ async def chat_completions(request: Request, service: Served, body: Chat):
     try:
         for index in range(body.n):
             choice = GenerateRequest(body.model, parameters=body.choice_parameters(index), protocol="http",
-                                     messages=body.messages, tools=body.tools,
+                                     messages=body.messages, tools=body.tools, chat_options=body.chat_options,
                                      traceparent=trace_context(request))
             streams.append(service.generation.generate(choice))
             asked.append(choice)
