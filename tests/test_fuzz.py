@@ -20,10 +20,11 @@ from tests.conftest import ROOT, start_server, stop_server
 from tests.models import build_repository
 from tests.test_exporters import tiny_gpt
 
-# unload is left out: models unloaded mid-run would turn the other operations into 404s
+# unload is left out: models unloaded mid-run would turn the other operations into 404s; TEI's /health,
+# because its 503 is the answer it owes while a model is not ready (this repository has a broken one)
 SCHEMA = schemathesis.openapi.from_dict(
     yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
-).exclude(path_regex="/unload$")
+).exclude(path_regex="/unload$|^/health$")
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 BINARY_EXAMPLES = GRPC_EXAMPLES = 700

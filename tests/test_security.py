@@ -165,3 +165,16 @@ def _verify(paths, mutual):
 def _write(path, data: bytes) -> str:
     path.write_bytes(data)
     return str(path)
+
+
+def test_tei_routes_are_restricted_with_the_group_their_v2_kin_belong_to():
+    """A server that restricts inference restricts TEI's embed, rerank, predict, tokenize and decode too
+    (before, they were open whatever the flags said); TEI's /health is health, /info metadata."""
+    from server.api.restrictions import http_group
+
+    for path in ("/embed", "/rerank", "/predict", "/tokenize", "/decode", "/tei/minilm/embed",
+                 "/tei/minilm/decode"):
+        assert http_group("POST", path) == "inference", path
+    assert http_group("GET", "/health") == "health"
+    assert http_group("GET", "/info") == http_group("GET", "/tei/minilm/info") == "metadata"
+    assert http_group("POST", "/tei/minilm/embedding") is None

@@ -323,6 +323,21 @@ def test_tokenize_and_info(http):
     assert sentiment["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
 
 
+def test_decode_and_health_as_tei(http):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    ids = tokenizer.encode("Hello world").ids  # [CLS] hello world [SEP]
+    assert http.post("/tei/minilm/decode", json={"ids": ids}).json() == ["hello world"]
+    kept = http.post("/tei/minilm/decode", json={"ids": [ids, ids[1:2]], "skip_special_tokens": False})
+    assert kept.json() == [tokenizer.decode(ids, skip_special_tokens=False), "hello"]
+    for body, fragment in (({"ids": [-1]}, "'ids' must be"), ({"ids": []}, "'ids' must be"),
+                           ({"ids": [10 ** 9]}, "token id 1000000000 is not in the vocabulary")):
+        refused = http.post("/tei/minilm/decode", json=body)
+        assert refused.status_code == 400 and fragment in refused.json()["error"], refused.text
+    assert http.get("/health").status_code == 200 and http.get("/health").content == b""
+
+
 @pytest.mark.parametrize("module", [httpclient, grpcclient])
 def test_kserve_text_pairs_and_refusals(text_server, checkpoints, module):
     import torch

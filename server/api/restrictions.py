@@ -51,14 +51,15 @@ NO_RESTRICTIONS = Restrictions()
 
 _HTTP_GROUPS = [  # (method or None for any, path pattern, group), first match wins; inference first
     (None, r"/v2/models/[^/]+(/versions/[^/]+)?/(infer|generate|generate_stream)|/v1/.*", "inference"),
-    (None, r"/v2/health/.*|/v2/models/[^/]+(/versions/[^/]+)?/ready", "health"),
+    (None, r"(/tei/[^/]+)?/(embed|rerank|predict|tokenize|decode)", "inference"),  # TEI's
+    (None, r"/v2/health/.*|/v2/models/[^/]+(/versions/[^/]+)?/ready|/health", "health"),
     (None, r"/v2/repository/.*", "model-repository"),
     (None, r"/v2/(system|cuda)sharedmemory(/.*)?", "shared-memory"),
     (None, r"/v2/models/stats|/v2/models/[^/]+(/versions/[^/]+)?/stats", "statistics"),
     (None, r"/v2/models/[^/]+(/versions/[^/]+)?/config", "model-config"),
     (None, r"/v2(/models/[^/]+)?(/versions/[^/]+)?/trace/setting", "trace"),
     (None, r"/v2/logging", "logging"),
-    ("GET", r"/v2|/v2/models/[^/]+(/versions/[^/]+)?", "metadata"),
+    ("GET", r"/v2|/v2/models/[^/]+(/versions/[^/]+)?|(/tei/[^/]+)?/info", "metadata"),
 ]
 _HTTP = [(method, re.compile(pattern), group) for method, pattern, group in _HTTP_GROUPS]
 

@@ -48,6 +48,11 @@ class EncodingService:
         return [tokenizer.tokens(text, special_tokens) for text in texts]
 
 
+    def texts(self, name: str, ids: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        """Each list of token ids as text (TEI's /decode)."""
+        return _text_service(self.registry.get(name)).tokenizer.decode(ids, skip_special_tokens)
+
+
 def sends_texts(request: InferRequest) -> bool:
     """Whether an infer request to a text model sends texts for the server to tokenize."""
     return any(t.name in TEXT_INPUTS for t in request.inputs)

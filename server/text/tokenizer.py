@@ -67,6 +67,13 @@ class EncoderTokenizer:
             in zip(encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets)
         ]
 
+    def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        outside = [i for row in ids for i in row if i >= self.vocab_size]
+        if outside:
+            raise InvalidArgument(f"token id {outside[0]} is not in the vocabulary "
+                                  f"({self.vocab_size} tokens)")
+        return self.whole.decode_batch(ids, skip_special_tokens=skip_special_tokens)
+
     @property
     def vocab_size(self) -> int:
         return self.whole.get_vocab_size()

@@ -16,6 +16,7 @@ FIELDS = {
     "rerank": COMMON | {"query", "texts", "raw_scores", "return_text"},
     "predict": COMMON | {"inputs", "raw_scores"},
     "tokenize": {"model", "inputs", "add_special_tokens", "prompt_name"},
+    "decode": {"model", "ids", "skip_special_tokens"},
 }
 
 
@@ -118,6 +119,28 @@ class TokenizeRequest(_TeiRequest):
             raise InvalidArgument("'inputs' must be a string or a non-empty list of strings")
         special = boolean(payload.get("add_special_tokens"), "'add_special_tokens'", True)
         return {"inputs": inputs, "add_special_tokens": special}
+
+
+@dataclass
+class DecodeRequest(_TeiRequest):
+    ids: list[list[int]]
+    skip_special_tokens: bool
+
+    route = "decode"
+
+    @staticmethod
+    def fields(payload: dict) -> dict:
+        ids = payload.get("ids")
+        ids = [ids] if _token_ids(ids) else ids
+        if not isinstance(ids, list) or not ids or not all(_token_ids(row) for row in ids):
+            raise InvalidArgument("'ids' must be a non-empty list of token ids (integers from 0), or a list "
+                                  "of such lists")
+        skip = boolean(payload.get("skip_special_tokens"), "'skip_special_tokens'", True)
+        return {"ids": ids, "skip_special_tokens": skip}
+
+
+def _token_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(i) is int and i >= 0 for i in value)
 
 
 def _truncation(payload: dict) -> dict:

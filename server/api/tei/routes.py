@@ -2,13 +2,19 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from server.api.http.context import Served
 from server.api.openai.routes import json_response
 from server.api.tei.errors import TeiRoute
-from server.api.tei.protocol import EmbedRequest, PredictRequest, RerankRequest, TokenizeRequest
-from server.core.errors import InvalidArgument
+from server.api.tei.protocol import (
+    DecodeRequest,
+    EmbedRequest,
+    PredictRequest,
+    RerankRequest,
+    TokenizeRequest,
+)
+from server.core.errors import InvalidArgument, Unavailable
 from server.core.types import TextModelInfo, TextRequest
 from server.service.services import Service
 
@@ -17,6 +23,7 @@ Embed = Annotated[EmbedRequest, Depends(EmbedRequest.from_http)]
 Rerank = Annotated[RerankRequest, Depends(RerankRequest.from_http)]
 Predict = Annotated[PredictRequest, Depends(PredictRequest.from_http)]
 Tokenize = Annotated[TokenizeRequest, Depends(TokenizeRequest.from_http)]
+Decode = Annotated[DecodeRequest, Depends(DecodeRequest.from_http)]
 
 
 @router.post("/embed")
@@ -70,6 +77,21 @@ async def predict(service: Served, body: Predict, model: str = ""):
 async def tokenize(service: Served, body: Tokenize, model: str = ""):
     name = _model(service, model or body.model, "tokenize")
     return service.text.tokens(name, body.inputs, body.add_special_tokens)
+
+
+@router.post("/decode")
+@router.post("/tei/{model}/decode")
+async def decode(service: Served, body: Decode, model: str = ""):
+    name = _model(service, model or body.model, "decode")
+    return service.text.texts(name, body.ids, body.skip_special_tokens)
+
+
+@router.get("/health")
+async def health(service: Served):
+    """TEI's: 200 while the server is ready (Triton's readiness, `/v2/health/ready`), else 503."""
+    if not service.health.ready():
+        raise Unavailable("not ready: a model is still loading or failed to load (see /v2/repository/index)")
+    return Response(status_code=200)
 
 
 @router.get("/info")
