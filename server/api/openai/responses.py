@@ -231,6 +231,7 @@ class Answer:
         self.request, self.read_calls, self.store = request, read_calls, store
         self.id, self.created = f"resp_{uuid.uuid4().hex}", int(time.time())
         self.message_id = f"msg_{uuid.uuid4().hex}"
+        self.text_at = {"item_id": self.message_id, "output_index": 0, "content_index": 0}  # its events'
 
     def document(self, status: str = "in_progress", output: list = (), whole: TokenEvent | None = None,
                  error: ServerError | None = None) -> dict:
@@ -294,7 +295,6 @@ async def events(answer: Answer, tokens, streamable):
     yield sequence.event("response.created", response=answer.document())
     yield sequence.event("response.in_progress", response=answer.document())
     text, sent, whole = "", 0, None
-    at = {"item_id": answer.message_id, "output_index": 0, "content_index": 0}
     try:
         async for event in tokens:
             whole = event if whole is None else whole.then(event)
@@ -308,42 +308,51 @@ async def events(answer: Answer, tokens, streamable):
                     end = streamable(text, sent)
                     end = end if sent or text[:end].strip() else 0
                     content = text[:end] or None
-                status, message, calls = answer.finished(whole, content if calls else text, calls)
+                finished = answer.finished(whole, content if calls else text, calls)
             if end > sent:
                 if not sent:
-                    item = answer.message("")
-                    yield sequence.event("response.output_item.added", output_index=0, item=item)
-                    yield sequence.event("response.content_part.added", **at, part=output_text(""))
+                    yield _opening(sequence, answer)
                 in_step = end - sent == len(event.text)  # the event's tokens are this delta's
-                yield sequence.event("response.output_text.delta", **at, delta=text[sent:end],
+                yield sequence.event("response.output_text.delta", **answer.text_at, delta=text[sent:end],
                                      logprobs=logprobs(event) if in_step else [])
                 sent = end
-        if whole is None or whole.finish_reason is None:
-            return
-        output = [message, *calls] if message else calls
-        if message:
-            if not sent:
-                yield sequence.event("response.output_item.added", output_index=0, item=answer.message(""))
-                yield sequence.event("response.content_part.added", **at, part=output_text(""))
-            part = message["content"][0]
-            yield sequence.event("response.output_text.done", **at, text=part["text"],
-                                 logprobs=part.get("logprobs", []))
-            yield sequence.event("response.content_part.done", **at, part=part)
-            yield sequence.event("response.output_item.done", output_index=0, item=message)
-        for index, item in enumerate(calls, start=len(output) - len(calls)):
-            started = {**item, "arguments": "", "status": "in_progress"}
-            yield sequence.event("response.output_item.added", output_index=index, item=started)
-            call = {"item_id": item["id"], "output_index": index}
-            yield sequence.event("response.function_call_arguments.delta", **call, delta=item["arguments"])
-            yield sequence.event("response.function_call_arguments.done", **call, name=item["name"],
-                                 arguments=item["arguments"])
-            yield sequence.event("response.output_item.done", output_index=index, item=item)
-        kind = "response.incomplete" if status == "incomplete" else "response.completed"
-        yield sequence.event(kind, response=answer.document(status, output, whole))
+        if whole is not None and whole.finish_reason is not None:
+            for line in _closing(sequence, answer, whole, *finished, opened=sent > 0):
+                yield line
     except ServerError as error:
         yield sequence.event("response.failed", response=answer.document("failed", error=error))
     finally:
         await tokens.aclose()
+
+
+def _opening(sequence: "Sequence", answer: Answer) -> str:
+    """The events that open the message item and its text part."""
+    return (sequence.event("response.output_item.added", output_index=0, item=answer.message(""))
+            + sequence.event("response.content_part.added", **answer.text_at, part=output_text("")))
+
+
+def _closing(sequence: "Sequence", answer: Answer, whole: TokenEvent, status: str, message: dict | None,
+             calls: list[dict], opened: bool):
+    """The message's done events, each call whole, then the response's last event."""
+    if message:
+        if not opened:
+            yield _opening(sequence, answer)
+        part = message["content"][0]
+        yield sequence.event("response.output_text.done", **answer.text_at, text=part["text"],
+                             logprobs=part.get("logprobs", []))
+        yield sequence.event("response.content_part.done", **answer.text_at, part=part)
+        yield sequence.event("response.output_item.done", output_index=0, item=message)
+    output = [message, *calls] if message else calls
+    for index, item in enumerate(calls, start=len(output) - len(calls)):
+        yield sequence.event("response.output_item.added", output_index=index,
+                             item={**item, "arguments": "", "status": "in_progress"})
+        call = {"item_id": item["id"], "output_index": index}
+        yield sequence.event("response.function_call_arguments.delta", **call, delta=item["arguments"])
+        yield sequence.event("response.function_call_arguments.done", **call, name=item["name"],
+                             arguments=item["arguments"])
+        yield sequence.event("response.output_item.done", output_index=index, item=item)
+    kind = "response.incomplete" if status == "incomplete" else "response.completed"
+    yield sequence.event(kind, response=answer.document(status, output, whole))
 
 
 class Sequence:
