@@ -35,7 +35,7 @@ def cache_bytes(options: list[str], byte_size: int = 0) -> int:
 
 class ResponseCache:
     def __init__(self, size: int):
-        self.size, self.used, self.evictions = size, 0, 0
+        self.size, self.used = size, 0
         self.entries: OrderedDict[bytes, tuple[Outputs, int]] = OrderedDict()
 
     async def through(self, model: ModelVersion, feeds: Outputs, names: list[str],
@@ -65,7 +65,6 @@ class ResponseCache:
         while self.used > self.size:
             _, (_, dropped) = self.entries.popitem(last=False)
             self.used -= dropped
-            self.evictions += 1
 
 
 def _size(array: np.ndarray) -> int:
