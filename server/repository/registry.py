@@ -225,12 +225,12 @@ class ModelRegistry:
     async def _load_steps(self, versions: list[ModelVersion]) -> None:
         """The models an ensemble's steps run, loaded first where they are not (as Triton loads them with
         it); the ensemble does not load while one of them cannot serve or does not fit its maps."""
-        for ensemble in versions:
-            if ensemble.ensemble is None:
-                return
-            models = [await self._step_model(step) for step in ensemble.ensemble]
-            check_tensors(ensemble.name, ensemble.inputs, ensemble.outputs, ensemble.ensemble,
-                          [(model.inputs, model.outputs) for model in models])
+        ensemble = versions[0] if versions else None  # its versions share one config
+        if ensemble is None or ensemble.ensemble is None:
+            return
+        models = [await self._step_model(step) for step in ensemble.ensemble]
+        check_tensors(ensemble.name, ensemble.inputs, ensemble.outputs, ensemble.ensemble,
+                      [(model.inputs, model.outputs) for model in models])
 
     async def _step_model(self, step: EnsembleStep) -> ModelVersion:
         if step.model not in self._models and self._in_repository(step.model):

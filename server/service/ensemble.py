@@ -44,7 +44,7 @@ async def run_ensemble(model: ModelVersion, feeds: dict[str, np.ndarray], reques
     finally:
         for future in running:
             future.cancel()
-    return {name: tensor.data for name, tensor in tensors.items()}, Timing(batch_size=_rows(model, feeds))
+    return {name: tensor.data for name, tensor in tensors.items()}, Timing()  # its steps' are their own
 
 
 async def _run_step(model: ModelVersion, step: EnsembleStep, tensors: dict[str, Tensor],
@@ -63,7 +63,3 @@ async def _run_step(model: ModelVersion, step: EnsembleStep, tensors: dict[str, 
         raise
     for output in response.outputs:
         tensors[step.outputs[output.name]] = output
-
-
-def _rows(model: ModelVersion, feeds: dict[str, np.ndarray]) -> int:
-    return next(iter(feeds.values())).shape[0] if model.batching and feeds else 1

@@ -47,7 +47,6 @@ class EncodingService:
         tokenizer = _text_service(self.registry.get(name)).tokenizer
         return [tokenizer.tokens(text, special_tokens) for text in texts]
 
-
     def texts(self, name: str, ids: list[list[int]], skip_special_tokens: bool) -> list[str]:
         """Each list of token ids as text (TEI's /decode)."""
         return _text_service(self.registry.get(name)).tokenizer.decode(ids, skip_special_tokens)
