@@ -4,7 +4,7 @@ classification). Generation models answer through the generation service."""
 
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from functools import partial
 
 import numpy as np
@@ -99,13 +99,15 @@ class InferenceService:
             shm_outputs=shm_outputs,
         )
 
-    async def _run(self, model: ModelVersion, request: InferRequest, feeds: dict[str, np.ndarray],
-                   names: list[str], into: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Timing]:
+    def _run(self, model: ModelVersion, request: InferRequest, feeds: dict[str, np.ndarray], names: list[str],
+             into: dict[str, np.ndarray]) -> Awaitable[tuple[dict[str, np.ndarray], Timing]]:
+        """The ensemble's steps or the model's scheduler, as the awaitable that runs them (no coroutine of
+        its own around it: this is every request's path)."""
         if model.ensemble is not None:
-            return await run_ensemble(model, feeds, request, self.infer)
+            return run_ensemble(model, feeds, request, self.infer)
         priority, timeout = _scheduling(request.parameters)
         sequence = SequenceControl.from_parameters(request.parameters)
-        return await model.infer(feeds, names, priority, timeout, sequence, into)
+        return model.infer(feeds, names, priority, timeout, sequence, into)
 
     def _gather_inputs(self, request: InferRequest, model: ModelVersion) -> None:
         """A raw binary body and inputs in shared memory become tensors like the others."""
