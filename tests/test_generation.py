@@ -201,6 +201,34 @@ def test_stop_string_across_tokens_ends_the_text_before_it(generation):
     assert stopped["text_output"] == text[:cut]
 
 
+def test_min_tokens_holds_stop_tokens_back_and_a_stop_string_can_stay_in_the_text(generation):
+    """vLLM's `min_tokens` and `include_stop_str_in_output`, through the engine's prefill and decode runs
+    (Triton's generate) and OpenAI's completions."""
+    server, _ = generation
+    body = greedy(PROMPTS[0], 12)
+    first = post(server, "/v2/models/gpt/generate", body).json()["output_ids"][0]
+
+    def generate(**parameters):
+        reply = post(server, "/v2/models/gpt/generate", {**body, "parameters": {**body["parameters"],
+                                                                                **parameters}})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    ended = generate(stop_token_ids=[first])
+    assert (ended["output_ids"], ended["finish_reason"]) == ([], "stop")
+    held = generate(stop_token_ids=[first], min_tokens=4)["output_ids"]
+    assert len(held) >= 4 and first not in held[:4]
+
+    completion = {"model": "gpt", "prompt": PROMPTS[0], "max_tokens": 12, "temperature": 0}
+    text = post(server, "/v1/completions", completion).json()["choices"][0]["text"]
+    stop = text[3:5]
+    cut = text.find(stop)
+    for include, expected in ((False, text[:cut]), (True, text[:cut + len(stop)])):
+        choice = post(server, "/v1/completions", {**completion, "stop": [stop],
+                                                  "include_stop_str_in_output": include}).json()["choices"][0]
+        assert (choice["text"], choice["finish_reason"]) == (expected, "stop")
+
+
 def metric(server, name, **labels):
     text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
     for family in text_string_to_metric_families(text):

@@ -222,6 +222,31 @@ def test_seeded_sampling_repeats_and_top_k_one_is_greedy():
     assert Sampler(SamplingParams(temperature=0))(logits, [], []) == int(np.argmax(logits))
 
 
+def test_min_p_drops_tokens_far_below_the_likeliest_after_the_temperature():
+    logits = np.array([2.0, 1.9, -1.0])  # token 2 is e^-3 (0.05) times as likely as token 0
+
+    def chosen(**parameters):
+        sampler = Sampler(sampling_params({"seed": 3, **parameters}, 8, 8))
+        return {sampler(logits, [], []) for _ in range(400)}
+
+    assert chosen() == {0, 1, 2}
+    assert chosen(min_p=0.5) == {0, 1}
+    assert chosen(min_p=0.5, temperature=10.0) == {0, 1, 2}  # e^-0.3 of the likeliest: kept
+    assert chosen(min_p=1.0) == {0}
+
+
+def test_min_tokens_holds_the_end_tokens_back_until_that_many_were_generated():
+    logits = np.array([0.0, 1.0, 3.0, 2.0])  # the likeliest, 2, ends the sequence
+    sampler = Sampler(sampling_params({"temperature": 0, "min_tokens": 2}, 8, 8), ends=(2, 3))
+    assert [sampler(logits, [], generated) for generated in ([], [1], [1, 1])] == [1, 1, 2]
+    seeded = Sampler(sampling_params({"min_tokens": 1, "seed": 0}, 8, 8), ends=(2, 3))
+    assert {seeded(logits, [], []) for _ in range(200)} == {0, 1}
+    only_ends = np.array([-np.inf, -np.inf, 3.0, 2.0])  # a grammar that allows nothing but its end
+    assert sampler(only_ends, [], []) == 2
+    with pytest.raises(InvalidArgument, match="'min_tokens' \\(9\\) must not exceed 'max_tokens' \\(8\\)"):
+        sampling_params({"min_tokens": 9}, 8, 8)
+
+
 def test_repetition_penalty_turns_greedy_away_from_seen_tokens():
     logits = np.array([3.0, 2.9, 0.0])
     assert Sampler(SamplingParams(temperature=0, repetition_penalty=2.0))(logits, [0], []) == 1
@@ -249,6 +274,21 @@ def test_text_stream_releases_held_text_that_did_not_become_a_stop():
     stream = TextStream(Letters("abSTx"), ("STOP",))
     pieces = [stream.push(list(range(n)), final=n == 5) for n in range(1, 6)]
     assert pieces == ["a", "b", "", "", "STx"] and not stream.stopped
+
+
+@pytest.mark.parametrize("include_stop, min_tokens, expected", [
+    (False, 0, ""), (True, 0, "STOP"), (False, 3, ""), (False, 4, "STOPx"), (True, 4, "STOPxSTOP"),
+    (False, 9, "STOPxSTOPy"),
+])
+def test_text_stream_stops_where_min_tokens_allow_and_keeps_the_stop_if_asked(include_stop, min_tokens,
+                                                                             expected):
+    """One letter per token: a stop string counts where it ends in a token after the first min_tokens
+    (vLLM's rule), so with 4 the STOP ending at the fourth letter does not."""
+    text = "STOPxSTOPy"
+    stream = TextStream(Letters(text), ("STOP",), include_stop, min_tokens)
+    pieces = [stream.push(list(range(n)), final=n == len(text)) for n in range(1, len(text) + 1)]
+    assert "".join(pieces) == expected
+    assert stream.stopped == (expected != text)
 
 
 def test_mailbox_gives_waiting_events_as_one_and_an_error_after_them():

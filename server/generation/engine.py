@@ -361,9 +361,10 @@ class GenerationEngine:
         structured, ignore_eos = params.structured, params.ignore_eos
         constraint = self.grammars.constraint(structured, ignore_eos) if structured else None
         sequence = Sequence(next(self._ids), prompt, params.max_tokens)
-        text = TextStream(self.codec, params.stop)
-        request = _Request(sequence, params, Sampler(params), text, self.settings, constraint=constraint,
-                           lookup=self._lookup(prompt, params.max_tokens, constraint))
+        text = TextStream(self.codec, params.stop, params.include_stop_str_in_output, params.min_tokens)
+        ends = (() if ignore_eos else tuple(self.settings.eos_token_ids)) + params.stop_token_ids
+        request = _Request(sequence, params, Sampler(params, ends), text, self.settings,
+                           constraint=constraint, lookup=self._lookup(prompt, params.max_tokens, constraint))
         self.scheduler.add(sequence)
         self._requests[sequence.id] = request
         self.stats.prompt_tokens += len(prompt)

@@ -16,10 +16,13 @@ class SamplingParams:
     temperature: float = 1.0  # 0: greedy, as in vLLM and the OpenAI API
     top_k: int = 0  # 0: every token
     top_p: float = 1.0
+    min_p: float = 0.0  # vLLM's: tokens less likely than this times the likeliest one are not chosen
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    include_stop_str_in_output: bool = False  # vLLM's: the stop string that ends the text stays in it
+    min_tokens: int = 0  # vLLM's: no end token, stop token or stop string ends the output before this
     ignore_eos: bool = False
     logprobs: int | None = None  # the chosen token's log-probability and this many most likely ones
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
@@ -67,9 +70,9 @@ def _token_ids(parameters, key) -> tuple[int, ...]:
     return tuple(value)
 
 
-SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop",
-                 "stop_token_ids", "ignore_eos", "logprobs", "presence_penalty", "frequency_penalty",
-                 "logit_bias")
+SAMPLING_KEYS = ("max_tokens", "min_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                 "seed", "stop", "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "logprobs",
+                 "presence_penalty", "frequency_penalty", "logit_bias")
 MAX_LOGPROBS = 20
 # request parameters of the protocol itself (Triton's and tritonclient's), not sampling settings
 PROTOCOL_KEYS = frozenset({"priority", "timeout", "binary_data_output", "triton_enable_empty_final_response",
@@ -87,25 +90,40 @@ def sampling_params(
             f"unknown generation parameter {', '.join(map(repr, unknown))}; the parameters are "
             f"{', '.join(SAMPLING_KEYS + STRUCTURED_KEYS)}"
         )
-    ignore_eos = parameters.get("ignore_eos", False)
-    if not isinstance(ignore_eos, bool):
-        raise InvalidArgument(f"parameter 'ignore_eos' must be true or false, got {ignore_eos!r}")
+    max_tokens = _number(parameters, "max_tokens", default_max_tokens, 1, max_tokens_limit, integer=True)
     return SamplingParams(
-        max_tokens=_number(parameters, "max_tokens", default_max_tokens, 1, max_tokens_limit, integer=True),
+        max_tokens=max_tokens,
+        min_tokens=_min_tokens(parameters, max_tokens),
         temperature=float(_number(parameters, "temperature", 1.0, 0.0, 100.0)),
         top_k=_number(parameters, "top_k", 0, 0, integer=True),
         top_p=float(_number(parameters, "top_p", 1.0, 0.0, 1.0, low_open=True)),
+        min_p=float(_number(parameters, "min_p", 0.0, 0.0, 1.0)),
         repetition_penalty=float(_number(parameters, "repetition_penalty", 1.0, 0.0, 100.0, low_open=True)),
         seed=_number(parameters, "seed", None, 0, 2**63 - 1, integer=True),
         stop=_strings(parameters, "stop"),
         stop_token_ids=_token_ids(parameters, "stop_token_ids"),
-        ignore_eos=ignore_eos,
+        include_stop_str_in_output=_flag(parameters, "include_stop_str_in_output"),
+        ignore_eos=_flag(parameters, "ignore_eos"),
         logprobs=_number(parameters, "logprobs", None, 0, MAX_LOGPROBS, integer=True),
         presence_penalty=float(_number(parameters, "presence_penalty", 0.0, -2.0, 2.0)),
         frequency_penalty=float(_number(parameters, "frequency_penalty", 0.0, -2.0, 2.0)),
         logit_bias=_logit_bias(parameters.get("logit_bias")),
         structured=structured_spec(parameters),
     )
+
+
+def _min_tokens(parameters, max_tokens: int) -> int:
+    least = _number(parameters, "min_tokens", 0, 0, integer=True)
+    if least > max_tokens:
+        raise InvalidArgument(f"parameter 'min_tokens' ({least}) must not exceed 'max_tokens' ({max_tokens})")
+    return least
+
+
+def _flag(parameters, key) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"parameter '{key}' must be true or false, got {value!r}")
+    return value
 
 
 def _logit_bias(value) -> tuple[tuple[int, float], ...]:
@@ -140,9 +158,12 @@ def logprobs(logits: np.ndarray, token: int, count: int) -> tuple[float, list[tu
 
 @dataclass
 class Sampler:
-    """Chooses one sequence's tokens; with a seed its choices depend on nothing else."""
+    """Chooses one sequence's tokens; with a seed its choices depend on nothing else. `ends`: the tokens
+    that would end the sequence (its model's end tokens and its stop tokens), never chosen before
+    `min_tokens`."""
 
     params: SamplingParams
+    ends: tuple[int, ...] = ()
     rng: np.random.Generator = field(init=False)
     adjusts_logits: bool = field(init=False)  # a bias or penalty moves the logits before the choice
 
@@ -153,9 +174,12 @@ class Sampler:
                                    or params.repetition_penalty != 1.0)
 
     def __call__(self, logits: np.ndarray, prompt: list[int], generated: list[int]) -> int:
-        if self.params.greedy and not self.adjusts_logits:
+        holds_ends = bool(self.ends) and len(generated) < self.params.min_tokens
+        if self.params.greedy and not self.adjusts_logits and not holds_ends:
             return int(np.argmax(logits))  # the same order as in float64, without the copy
         logits = logits.astype(np.float64)
+        if holds_ends:
+            self._hold_ends(logits)
         if self.params.logit_bias:
             tokens, biases = zip(*self.params.logit_bias)  # ids checked against the vocabulary at admission
             logits[list(tokens)] += biases
@@ -170,6 +194,8 @@ class Sampler:
         if self.params.greedy:
             return int(np.argmax(logits))
         logits = logits / self.params.temperature
+        if self.params.min_p:  # p / p_max >= min_p, in logits
+            logits = np.where(logits < logits.max() + np.log(self.params.min_p), -np.inf, logits)
         if 0 < self.params.top_k < logits.size:
             cutoff = np.partition(logits, -self.params.top_k)[-self.params.top_k]
             logits = np.where(logits < cutoff, -np.inf, logits)
@@ -183,3 +209,11 @@ class Sampler:
             kept[keep] = probabilities[keep]
             probabilities = kept / kept.sum()
         return int(self.rng.choice(probabilities.size, p=probabilities))
+
+    def _hold_ends(self, logits: np.ndarray) -> None:
+        """Rules the end tokens out, unless nothing else is left (a grammar that allows only its end)."""
+        ends = [token for token in self.ends if token < logits.size]
+        kept = logits[ends].copy()
+        logits[ends] = -np.inf
+        if not np.isfinite(logits).any():
+            logits[ends] = kept

@@ -38,13 +38,18 @@ class TextStream:
     """One sequence's text as tokens arrive: `push` returns the new piece that is safe to send.
 
     Text that could still become a stop string is held back until the next token decides it (an
-    unfinished UTF-8 character the decoder holds itself); a stop string ends the text before it."""
+    unfinished UTF-8 character the decoder holds itself); a stop string ends the text before it, or after
+    it with `include_stop`. With `min_tokens`, as in vLLM, a stop string counts only where it ends in the
+    text of a later token."""
 
-    def __init__(self, codec: TextCodec | None, stop: tuple[str, ...]):
-        self.stop = stop
+    def __init__(self, codec: TextCodec | None, stop: tuple[str, ...], include_stop: bool = False,
+                 min_tokens: int = 0):
+        self.stop, self.include_stop, self.min_tokens = stop, include_stop, min_tokens
         self.decode = codec.stream() if codec is not None else None  # None: no text, token ids only
         self.decoded = 0  # tokens given to `decode`
+        self.sent = 0  # characters sent, all before `held`
         self.held = ""  # decoded but not yet sent
+        self.stops_after = 0 if min_tokens == 0 else None  # a stop string must end past this character
         self.stopped = False
 
     def push(self, ids: list[int], final: bool) -> str:
@@ -52,16 +57,27 @@ class TextStream:
             return ""
         for token in ids[self.decoded:]:
             self.held += self.decode(token)
-        self.decoded = len(ids)
-        hits = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
+            self.decoded += 1
+            if self.decoded == self.min_tokens:
+                self.stops_after = self.sent + len(self.held)
+        hits = sorted(hit for hit in map(self._find, self.stop) if hit is not None)
         if hits:
             self.stopped = True
-            piece, self.held = self.held[: min(hits)], ""
+            start, stop = hits[0]
+            piece, self.held = self.held[: start + len(stop) if self.include_stop else start], ""
             return piece
         keep = 0 if final else _held_for_stop(self.held, self.stop)
         piece = self.held[: len(self.held) - keep]
         self.held = self.held[len(piece):]
+        self.sent += len(piece)
         return piece
+
+    def _find(self, stop: str) -> tuple[int, str] | None:
+        """Where `stop` first ends in the held text past `stops_after` (and `stop`), or None."""
+        if self.stops_after is None:
+            return None
+        start = self.held.find(stop, max(0, self.stops_after - self.sent - len(stop) + 1))
+        return None if start < 0 else (start, stop)
 
 
 def _held_for_stop(text: str, stop: tuple[str, ...]) -> int:
