@@ -45,8 +45,9 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
-    """A server of a small random Qwen2 chat model with a Hermes-style template (`tiny`) and the same model
-    with a template that takes no tools (`plain`), for the modules that test the OpenAI APIs' structured
+    """A server of a small random Qwen2 chat model with a Hermes-style template (`tiny`; `<tool_call>` and
+    `</tool_call>` are tokens of their own, as in Qwen's tokenizer) and the same model with a template that
+    takes no tools (`plain`), for the modules that test the OpenAI APIs' structured
     outputs and tool calls."""
     import subprocess
     import sys
@@ -55,7 +56,8 @@ def served(tmp_path_factory):
     from tests.test_structured_outputs import HERMES, with_template
 
     root = tmp_path_factory.mktemp("structured")
-    checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2", HERMES, positions=2048)
+    checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2", HERMES, positions=2048,
+                                           added=("<tool_call>", "</tool_call>"))
     repository = root / "repository"
     subprocess.run([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
                     "--repository", str(repository), "--name", "tiny"], check=True, capture_output=True,

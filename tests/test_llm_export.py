@@ -181,25 +181,28 @@ CHAT = [{"role": "system", "content": "You answer in Python."},
         {"role": "user", "content": [{"type": "text", "text": "And read "}, {"type": "text", "text": "it?"}]}]
 
 
-def trained_tokenizer(chat_template: str | None = CHATML):
-    """A byte-level BPE trained here on real text, with ChatML's special tokens, as transformers wraps it."""
+def trained_tokenizer(chat_template: str | None = CHATML, added: tuple[str, ...] = ()):
+    """A byte-level BPE trained here on real text, with ChatML's special tokens, as transformers wraps it;
+    `added`: tokens of their own that are text, not special (as Qwen's `<tool_call>`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB - len(added),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=["<s>", "<|im_start|>", "<|im_end|>"])
     tokenizer.train_from_iterator(corpus.paragraphs(), trainer)
+    tokenizer.add_tokens(list(added))
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="<|im_end|>",
                                    chat_template=chat_template)
 
 
 def checkpoint_with_tokenizer(target: Path, kind: str, chat_template: str | None = CHATML,
-                              positions: int = 128) -> Path:
+                              positions: int = 128, added: tuple[str, ...] = ()) -> Path:
     tiny_decoder(kind, positions).save_pretrained(str(target))
-    trained_tokenizer(chat_template).save_pretrained(str(target))
+    trained_tokenizer(chat_template, added).save_pretrained(str(target))
     return target
 
 

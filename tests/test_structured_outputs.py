@@ -4,6 +4,7 @@ random Qwen2-architecture chat model with its own tokenizer and a Hermes-style c
 writes nonsense: the tests judge that what it writes is valid and constrained, not that it is clever."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -192,6 +193,61 @@ def test_a_required_tool_call_always_parses_streamed_or_not(client):
             finish = choice.finish_reason or finish
     assert finish == "tool_calls" and [d.index for d in deltas] == list(range(len(deltas)))
     assert_valid_calls(deltas)
+
+
+def test_with_tools_auto_a_call_the_model_begins_is_held_to_its_schema(client, served):
+    """`auto` as llama.cpp's lazy grammars: once the model writes `<tool_call>`, the call follows the tools'
+    schemas. A random model is pushed to begin one by a bias on the `<tool_call>` token; left to itself
+    after that it writes nonsense, so every valid call here is the grammar's doing."""
+    from tokenizers import Tokenizer
+
+    marker = Tokenizer.from_file(str(served.log.parent / "repository" / "tiny" / "tokenizer.json")
+                                 ).token_to_id("<tool_call>")
+    for seed in range(3):
+        answer = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, max_tokens=300,
+                                                parallel_tool_calls=False, seed=seed,
+                                                logit_bias={str(marker): 100})
+        choice = answer.choices[0]
+        assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+        assert_valid_calls(choice.message.tool_calls)
+
+
+HERMES_ANSWERS = {
+    "Let me see.": True,
+    'Let me see.\n<tool_call>\n{"name":"get_time","arguments":{"zone":"utc"}}\n</tool_call>': True,
+    'Let me see.\n<tool_call>\n{"name":"get_time","arguments":{"zone":"UTC"}}': False,
+    '<tool_call>\n{"name":"get_time","arguments":{"zone":"utc"}}\n</tool_call>\nDone.': False}
+LLAMA_ANSWERS = {"It is noon.": True, '{"name":"get_time","parameters":{"zone":"utc"}}': True,
+                 '{"name":"get_time","parameters":{}}': False, '{"answer": 1}': False}
+
+
+@pytest.mark.parametrize("format_, marker_tokens, answers", [
+    ("hermes", True, HERMES_ANSWERS), ("hermes", False, HERMES_ANSWERS), ("llama", False, LLAMA_ANSWERS)])
+def test_the_auto_grammar_leaves_text_free_and_holds_calls_to_their_schemas(served, format_, marker_tokens,
+                                                                          answers):
+    """Without marker tokens (a tokenizer that has none), the model spells the markers out: here their
+    letters are encoded apart, so that the tokenizer's `<tool_call>` token does not appear."""
+    from tokenizers import Tokenizer
+
+    from server.generation.structured import Grammars
+    from server.text.tools import grammar
+
+    tokenizer_file = served.log.parent / "repository" / "tiny" / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    end = tokenizer.token_to_id("<|im_end|>")
+
+    def ids(text):
+        if marker_tokens:
+            return tokenizer.encode(text, add_special_tokens=False).ids
+        parts = [part for piece in re.split(r"(</?tool_call>)", text)
+                 for part in ([piece[:3], piece[3:]] if "tool_call" in piece else [piece])]
+        return [token for part in parts for token in tokenizer.encode(part, add_special_tokens=False).ids]
+
+    spec = ("grammar", grammar([tool["function"] for tool in TOOLS], format_, parallel=True, optional=True,
+                               marker_tokens=marker_tokens))
+    for text, valid in answers.items():
+        constraint = Grammars(tokenizer_file, frozenset({end}), None).constraint(spec)
+        assert all(constraint.matcher.consume_token(token) for token in ids(text) + [end]) == valid, text
 
 
 def test_with_tools_offered_a_text_answer_still_streams_as_it_is_generated(client):

@@ -2,6 +2,7 @@
 each iteration and feeds every request its own stream of tokens."""
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from server.generation.structured import Grammars, RowConstraint
 from server.generation.text import TextCodec, TextStream, prompt_ids
 from server.runtime.executor import InstancePool
 from server.text.chat import ChatTemplate
+from server.text.tools import CALL_MARKERS
 from server.text.tools import grammar as tool_grammar
 from server.text.tools import parse as parse_tool_calls
 from server.text.tools import streamable as tool_text_streamable
@@ -302,7 +304,7 @@ class GenerationEngine:
         """The prompt's token ids and the sampling parameters, or a clear error about either. A chat that
         must call a tool gets the grammar of its calls."""
         prompt = self.prompt(text, ids, messages, tools, options)
-        if tools is not None and tools.choice != "auto":
+        if tools is not None:
             parameters = self._calling(parameters, tools)
         limit = self.settings.max_sequence_length
         if len(prompt) >= limit:
@@ -337,12 +339,27 @@ class GenerationEngine:
         return self.settings.chat.tool_format or "llama"
 
     def _calling(self, parameters: dict, tools: ToolUse) -> dict:
-        if any(parameters.get(key) is not None for key in STRUCTURED_OUTPUT_KEYS):
+        """The parameters with the grammar of the chat's calls: a call that `tool_choice` forces, or with
+        `auto` text or calls, the calls held to their schemas (as llama.cpp's lazy grammars hold them). Where
+        the client's own grammar shapes the text (structured outputs), `auto` keeps that one alone, and a
+        forced call is refused."""
+        structured = any(parameters.get(key) is not None for key in STRUCTURED_OUTPUT_KEYS)
+        if tools.choice == "auto":
+            if structured or self.settings.chat.tool_format is None:
+                return parameters
+            functions = tools.functions
+        elif structured:
             raise InvalidArgument("a required tool call and structured outputs both constrain the output: "
                                   "send one")
-        functions = [f for f in tools.functions if tools.choice in ("required", f["name"])]
-        calls = tool_grammar(functions, self._tool_format, tools.parallel)
+        else:
+            functions = [f for f in tools.functions if tools.choice in ("required", f["name"])]
+        calls = tool_grammar(functions, self._tool_format, tools.parallel, optional=tools.choice == "auto",
+                             marker_tokens=self._marker_tokens)
         return {**parameters, "structured_outputs": {"grammar": calls}}
+
+    @functools.cached_property
+    def _marker_tokens(self) -> bool:
+        return self.codec is not None and self.codec.has_tokens(*CALL_MARKERS)
 
     def tool_calls(self, text: str, tools: ToolUse) -> tuple[str | None, list[ToolCall]]:
         """The answer's content and the calls it makes, read in the format the chat template asks for."""

@@ -29,6 +29,11 @@ class TextCodec:
         decoder = DecodeStream(skip_special_tokens=True)
         return lambda token: decoder.step(self.tokenizer, token) or ""
 
+    def has_tokens(self, *texts: str) -> bool:
+        """Whether each of `texts` is a token the tokenizer added to its vocabulary (Qwen's `<tool_call>`)."""
+        added = {token.content for token in self.tokenizer.get_added_tokens_decoder().values()}
+        return set(texts) <= added
+
     def token_text(self, token: int) -> str:
         """One token as text, special tokens included (logprobs name every token)."""
         return self.tokenizer.decode([token], skip_special_tokens=False)

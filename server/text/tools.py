@@ -13,7 +13,9 @@ from server.core.types import ToolCall
 
 FORMATS = ("hermes", "llama")
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
-_CALL, _PYTHON_TAG = "<tool_call>", "<|python_tag|>"
+CALL_MARKERS = _CALL, _END = "<tool_call>", "</tool_call>"
+_PYTHON_TAG = "<|python_tag|>"
+_TEXT = r"TEXT: /(.|\n)+/ & ~/(.|\n)*<tool_call>(.|\n)*/"  # text without a call's marker
 _COMPACT = {"whitespace_flexible": False}
 
 
@@ -24,20 +26,33 @@ def template_format(source: str) -> str | None:
     return "hermes" if "<tool_call>" in source else "llama"
 
 
-def grammar(tools: list[dict], format_: str, parallel: bool) -> str:
+def grammar(tools: list[dict], format_: str, parallel: bool, optional: bool = False,
+            marker_tokens: bool = False) -> str:
     """A Lark grammar (llguidance's, with %json) whose every sentence is one call (or several, where
-    `parallel`) of one of `tools`, its arguments valid against the tool's parameters."""
+    `parallel`) of one of `tools`, its arguments valid against the tool's parameters. `optional` (OpenAI's
+    `tool_choice: auto`) also lets the answer be text, as llama.cpp's lazy grammars do: free until a call
+    begins (hermes: text, then calls from the first `<tool_call>` on; llama: text that does not open with
+    `{`), the call itself held to the grammar. `marker_tokens`: the tokenizer has `<tool_call>` and
+    `</tool_call>` as tokens of their own (Qwen's), which the model writes rather than their letters."""
     key = "arguments" if format_ == "hermes" else "parameters"
     calls = {"anyOf": [{
         "type": "object",
         "properties": {"name": {"const": tool["name"]}, key: tool.get("parameters") or {"type": "object"}},
         "required": ["name", key], "additionalProperties": False,
     } for tool in tools], "x-guidance": _COMPACT}
+    rules = [f"body: %json {json.dumps(calls)}"]
     if format_ == "llama":
-        return f"start: %json {json.dumps(calls)}"
-    repeat = "+" if parallel else ""
-    return (f'start: call{repeat}\ncall: "<tool_call>\\n" body "\\n</tool_call>" "\\n"?\n'
-            f"body: %json {json.dumps(calls)}")
+        start = ["start: TEXT | body", r"TEXT: /\s*([^{\s](.|\n)*)?/"] if optional else ["start: body"]
+        return "\n".join(start + rules)
+    opening, closing = (_CALL, _END) if marker_tokens else (json.dumps(_CALL), json.dumps(_END))
+    if not optional:
+        start = [f"start: {opening} calls"]
+    elif marker_tokens:  # text cannot hold the token; nor, then, the marker's letters
+        start = [f"start: TEXT? | TEXT? {opening} calls", _TEXT]
+    else:  # `lead`: the shortest text that ends in the marker
+        start = ["start: TEXT? | lead calls", _TEXT, r"lead[lazy]: /(.|\n)*<tool_call>/"]
+    more = f' ("\\n"? {opening} call)*' if parallel else ""
+    return "\n".join(start + [f'calls: call{more} "\\n"?', f'call: "\\n" body "\\n" {closing}'] + rules)
 
 
 def streamable(text: str, format_: str, sent: int = 0) -> int:
