@@ -178,3 +178,17 @@ def test_tei_routes_are_restricted_with_the_group_their_v2_kin_belong_to():
     assert http_group("GET", "/health") == "health"
     assert http_group("GET", "/info") == http_group("GET", "/tei/minilm/info") == "metadata"
     assert http_group("POST", "/tei/minilm/embedding") is None
+
+
+def test_every_http_route_belongs_to_a_restrictable_group():
+    """A route outside every group could not be restricted: a new route must be given its group."""
+    import re
+
+    from server.api.http_app import ROUTERS
+    from server.api.restrictions import http_group
+
+    for router in ROUTERS:
+        for route in router.routes:
+            path = re.sub(r"\{[^}]+\}", "m", route.path)
+            for method in route.methods:
+                assert http_group(method, path) is not None, (method, route.path)

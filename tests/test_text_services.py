@@ -260,6 +260,47 @@ def test_rerank_scores_equal_the_cross_encoder_in_pytorch(http, checkpoints):
     assert "text" not in raw[0]
 
 
+def test_cohere_clients_rerank_v1_and_v2_with_the_cross_encoders_scores(text_server, http, checkpoints):
+    """Cohere's rerank API (also Jina's and vLLM's) through Cohere's own SDK, both versions; the scores are
+    the cross-encoder's, long documents are truncated (as Cohere's), and `model` may be left out when one
+    reranker is loaded."""
+    import cohere
+    from sentence_transformers import CrossEncoder
+
+    query = "How do I start a subprocess?"
+    documents = corpus.sentences(40)[::4]
+    model = CrossEncoder(str(checkpoints["reranker"]), device="cpu")
+    expected = model.predict([(query, document) for document in documents])
+    best = [int(i) for i in np.argsort(-expected)]
+    url = f"http://{text_server.http_url}"
+    v2 = cohere.ClientV2(api_key="unused", base_url=url).rerank(model="reranker", query=query,
+                                                                 documents=documents, top_n=3)
+    assert [r.index for r in v2.results] == best[:3]
+    np.testing.assert_allclose([r.relevance_score for r in v2.results], expected[best[:3]], atol=1e-4)
+    v1 = cohere.Client(api_key="unused", base_url=url).rerank(
+        query=query, documents=[{"text": d} for d in documents], return_documents=True)
+    assert [r.index for r in v1.results] == best
+    assert all(r.document.text == documents[r.index] for r in v1.results)
+    long = http.post("/v1/rerank", json={"query": query, "documents": ["word " * 5000, documents[0]],
+                                         "return_documents": False}).json()
+    assert sorted(r["index"] for r in long["results"]) == [0, 1] and "document" not in long["results"][0]
+    assert long["model"] == "reranker" and long["usage"]["total_tokens"] > 0
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"model": "minilm", "query": "q", "documents": ["a"]}, "model 'minilm' is not a reranker"),
+    ({"query": "q", "documents": []}, "'documents' must be a non-empty list"),
+    ({"query": "q", "documents": [{"title": "a"}]}, "'documents' item 0 must be a non-empty string"),
+    ({"query": "", "documents": ["a"]}, "'query' must be a non-empty string"),
+    ({"query": "q", "documents": ["a"], "top_n": 0}, "'top_n' must be a positive integer"),
+    ({"query": "q", "documents": ["a"], "rank_fields": ["text"]}, "'rank_fields' is not supported"),
+])
+def test_rerank_refusals_name_the_problem(http, body, fragment):
+    for path in ("/v1/rerank", "/v2/rerank"):
+        answer = http.post(path, json=body)
+        assert answer.status_code == 400 and fragment in answer.json()["error"]["message"], answer.text
+
+
 def test_predict_gives_every_label_with_softmax_scores(http, checkpoints):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -17,6 +17,7 @@ from server.api.http.context import Served, trace_context
 from server.api.http.streams import SSE_HEADERS, collect, usage
 from server.api.openai.errors import OpenAIRoute
 from server.api.openai.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
+from server.api.openai.rerank import RerankRequest, reranker
 from server.api.openai.responses import Answer, ResponsesRequest, ResponseStore, events
 from server.api.openai.streaming import (
     ToolCallChoices,
@@ -28,7 +29,7 @@ from server.api.openai.streaming import (
     completion_logprobs,
 )
 from server.core.errors import NotFound, ServerError
-from server.core.types import FinishReason, GenerateRequest, TokenEvent
+from server.core.types import FinishReason, GenerateRequest, TextRequest, TokenEvent
 from server.service.services import Service
 
 router = APIRouter(route_class=OpenAIRoute)
@@ -36,6 +37,7 @@ Completion = Annotated[CompletionRequest, Depends(CompletionRequest.from_http)]
 Chat = Annotated[ChatRequest, Depends(ChatRequest.from_http)]
 Embedding = Annotated[EmbeddingRequest, Depends(EmbeddingRequest.from_http)]
 Responses = Annotated[ResponsesRequest, Depends(ResponsesRequest.from_http)]
+Rerank = Annotated[RerankRequest, Depends(RerankRequest.from_http)]
 
 
 @router.get("/v1/models")
@@ -164,6 +166,16 @@ async def embeddings(service: Served, body: Embedding):
         "model": result.model_name,
         "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
     })
+
+
+@router.post("/v1/rerank")
+@router.post("/v2/rerank")
+async def rerank(service: Served, body: Rerank):
+    """Cohere's (and vLLM's, Jina's): long documents are truncated to the model's length, as Cohere's."""
+    name = reranker(body.model, service.text.models())
+    result = await service.text.encode(TextRequest(name, "classify", [body.query] * len(body.documents),
+                                                   pairs=body.documents, truncate=True, protocol="http"))
+    return json_response(body.answer(result))
 
 
 def json_response(document) -> Response:
