@@ -61,6 +61,7 @@ async def serve(settings: Settings, logs: LogService | None = None) -> None:
     tracer = Tracer(TraceSettings(settings.trace), settings.trace_export)
     service = Service.over(registry, settings.strict_readiness, settings.min_ready_models, tracer, logs,
                            settings.cache_bytes)
+    service.health.name = settings.server_id
     sockets, grpc_server = _claim_ports(settings), None
     if settings.allow_grpc:
         options = channel_options(settings.max_request_bytes, settings.grpc_keepalive)

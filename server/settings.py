@@ -72,6 +72,7 @@ class Settings:
     log_file: str = ""  # "" : standard error
     log_levels: tuple[bool, bool, bool] = (True, True, True)  # info, warning, error
     exit_on_error: bool = False  # exit when a model fails to load at start (Triton's default: true)
+    server_id: str = "ortserve"  # tritonserver's --id: the name the server metadata gives
     ignored_flags: tuple[str, ...] = ()  # tritonserver flags given that have no meaning here, with why
     access_log: bool = True
     http_restrictions: Restrictions = NO_RESTRICTIONS
@@ -85,7 +86,6 @@ class Settings:
 # tritonserver flags that tune parts ortserve does not have: accepted, so that a Triton command line starts,
 # and named in a warning at start
 TRITON_IGNORED = {
-    "--id": "the server's metadata names it ortserve",
     "--model-load-thread-count": "models load one after another",
     "--http-thread-count": "HTTP requests are served on the event loop",
     "--pinned-memory-pool-byte-size": "ONNX Runtime allocates its own buffers",
@@ -174,6 +174,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-file", default="", help="write the log to this file (Triton's)")
     for level in ("info", "warning", "error"):
         parser.add_argument(f"--log-{level}", type=_bool, default=True, help=f"log {level} messages")
+    parser.add_argument("--id", dest="server_id", default=Settings.server_id,
+                        help="the server's name in its metadata (GET /v2, ServerMetadata), as tritonserver's")
     parser.add_argument("--exit-on-error", type=_bool, default=False,
                         help="exit when a model fails to load at start (ortserve's default: serve the rest)")
     parser.add_argument("--strict-model-config", type=_bool, default=False,
@@ -241,6 +243,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         log_file=args.log_file,
         log_levels=(args.log_info, args.log_warning, args.log_error),
         exit_on_error=args.exit_on_error,
+        server_id=args.server_id,
         ignored_flags=tuple(flag for flag in TRITON_IGNORED if getattr(args, _dest(flag)) is not None),
         access_log=args.access_log,
         http_restrictions=Restrictions.parse(args.http_restricted_api, "--http-restricted-api"),

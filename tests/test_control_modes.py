@@ -232,13 +232,15 @@ def test_a_tritonserver_command_line_starts_and_says_what_it_ignores(good_reposi
                           "--model-load-thread-count=4", "--pinned-memory-pool-byte-size=268435456",
                           "--allow-gpu-metrics=false",
                           "--backend-config=onnxruntime,enable-global-threadpool=1",
-                          f"--log-file={log}", "--log-info=false", ready_model="simple")
+                          f"--log-file={log}", "--log-info=false", "--id=edge-7", ready_model="simple")
     try:
         httpclient.InferenceServerClient(server.http_url).infer("simple", int32_pair(httpclient)[0])
+        assert httpclient.InferenceServerClient(server.http_url).get_server_metadata()["name"] == "edge-7"
+        assert grpcclient.InferenceServerClient(server.grpc_url).get_server_metadata().name == "edge-7"
     finally:
         assert stop_server(server) == 0
     written = log.read_text()
     assert "--model-load-thread-count is ignored: models load one after another" in written
-    assert "--backend-config is ignored" in written and "--id is ignored" not in written
+    assert "--backend-config is ignored" in written and "--id" not in written
     assert " INFO " not in written  # --log-info=false
     assert "WARNING" not in server.output()  # the log went to the file
