@@ -323,6 +323,40 @@ def test_chat_completions_equal_transformers_and_stream_the_same_text(chat_serve
     assert chunks[-1].usage.completion_tokens == 24 and not chunks[-1].choices
 
 
+def test_vllm_tokenize_and_detokenize_read_prompts_and_chats_as_the_model_does(chat_server):
+    from transformers import AutoTokenizer
+
+    from server.repository.config import read_config
+
+    checkpoint, repository, server = chat_server
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    url = f"http://{server.http_url}"
+    flat = [{**m, "content": "And read it?"} if isinstance(m["content"], list) else m for m in CHAT]
+    chat = httpx.post(f"{url}/tokenize", json={"model": "tiny", "messages": flat}, timeout=60).json()
+    ids = tokenizer.apply_chat_template(flat, tokenize=True, add_generation_prompt=True, return_dict=False)
+    context = int(read_config(repository / "tiny").parameters["max_sequence_length"].string_value)
+    assert chat == {"count": len(ids), "max_model_len": context, "tokens": ids, "token_strs": None}
+    opened = [*flat, PREFIX]
+    continued = httpx.post(f"{url}/tokenize", json={"model": "tiny", "messages": opened,
+                                                    "continue_final_message": True,
+                                                    "add_generation_prompt": False}, timeout=60).json()
+    assert continued["tokens"] == tokenizer.apply_chat_template(opened, tokenize=True, return_dict=False,
+                                                                continue_final_message=True)
+    text = "Return the path of the file."
+    prompt = httpx.post(f"{url}/tokenize", json={"model": "tiny", "prompt": text}, timeout=60).json()
+    assert prompt["tokens"] == tokenizer(text)["input_ids"]
+    back = httpx.post(f"{url}/detokenize", json={"model": "tiny", "tokens": ids}, timeout=60)
+    assert back.json() == {"prompt": tokenizer.decode(ids)}  # special tokens written out
+    for path, body, fragment in (
+            ("/detokenize", {"model": "tiny", "tokens": [10 ** 6]}, "outside the vocabulary of"),
+            ("/detokenize", {"model": "tiny", "tokens": "abc"}, "'tokens' must be a list of token ids"),
+            ("/tokenize", {"model": "tiny", "prompt": text, "echo": True}, "field 'echo' is not supported"),
+            ("/tokenize", {"model": "ids_only", "prompt": text}, "has no tokenizer"),
+            ("/tokenize", {"model": "tiny", "messages": []}, "'messages' must be a non-empty list")):
+        refused = httpx.post(f"{url}{path}", json=body, timeout=60)
+        assert refused.status_code == 400 and fragment in refused.text, refused.text
+
+
 @pytest.mark.parametrize("body, fragment", [
     ({"model": "ids_only", "messages": CHAT}, "this model has no chat template"),
     ({"model": "tiny", "messages": CHAT, "top_logprobs": 2}, "'top_logprobs' needs 'logprobs': true"),

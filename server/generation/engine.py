@@ -288,14 +288,18 @@ class GenerationEngine:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def prompt(self, text: str | None, ids: list[int] | None, messages: list | None = None,
-               tools: ToolUse | None = None, options: ChatOptions = PLAIN_CHAT) -> list[int]:
-        """The prompt's token ids (of a chat rendered with the model's template, when `messages`)."""
+               tools: ToolUse | None = None, options: ChatOptions = PLAIN_CHAT,
+               special_tokens: bool | None = None) -> list[int]:
+        """The prompt's token ids (of a chat rendered with the model's template, when `messages`).
+        `special_tokens`: whether the tokenizer adds its own around the text (None: to a prompt, not to a
+        chat, whose template writes them)."""
         if messages is not None:
             if self.settings.chat is None:
                 raise InvalidArgument("this model has no chat template (its tokenizer files define none); "
                                       "use /v1/completions with a prompt")
             text, ids = self.settings.chat.render(messages, options, self._shown(tools)), None
-        return prompt_ids(self.codec, text, ids, self.decoder.vocab_size, special_tokens=messages is None)
+        special = messages is None if special_tokens is None else special_tokens
+        return prompt_ids(self.codec, text, ids, self.decoder.vocab_size, special_tokens=special)
 
     def prepare(
         self, text: str | None, ids: list[int] | None, parameters: dict, messages: list | None = None,

@@ -18,8 +18,8 @@ class TextCodec:
         them itself."""
         return self.tokenizer.encode(text, add_special_tokens=special_tokens).ids
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def stream(self):
         """An incremental decoder (the `tokenizers` library's own): each call takes the next token id

@@ -85,6 +85,25 @@ class GenerationService:
         first = [] if logprobs is None else [TokenLogprob(engine.token_name(prompt[0]), None, None)]
         return TokenEvent(prompt, text, None, len(prompt), 0, first + scored)
 
+    def tokens(self, request: GenerateRequest, special_tokens: bool | None = None) -> tuple[list[int], int]:
+        """The prompt's token ids as the model would read them, and the model's context (vLLM's
+        /tokenize)."""
+        engine = self._model(request).engine
+        ids = engine.prompt(request.text, None, request.messages, request.tools, request.chat_options,
+                            special_tokens)
+        return ids, engine.settings.max_sequence_length
+
+    def text(self, model_name: str, ids: list[int]) -> str:
+        """Token ids as text, special tokens written out (vLLM's /detokenize)."""
+        engine = self._model(GenerateRequest(model_name)).engine
+        vocab = engine.decoder.vocab_size
+        outside = [token for token in ids if vocab is not None and token >= vocab]
+        if outside:
+            raise InvalidArgument(f"token {outside[0]} is outside the vocabulary of {vocab} tokens")
+        if engine.codec is None:
+            raise InvalidArgument(f"model '{model_name}' has no tokenizer: it reads and writes token ids")
+        return engine.codec.decode(ids, skip_special_tokens=False)
+
     async def infer_stream(self, request: InferRequest):
         """An infer request to a generation model: one response per step's new tokens."""
         model = self.registry.get(request.model_name, request.model_version)

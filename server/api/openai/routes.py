@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from server.api.http.context import Served, trace_context
+from server.api.http.context import Json, Served, trace_context
 from server.api.http.streams import SSE_HEADERS, collect, usage
 from server.api.openai.errors import OpenAIRoute
 from server.api.openai.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
@@ -28,6 +28,7 @@ from server.api.openai.streaming import (
     completion_choices,
     completion_logprobs,
 )
+from server.api.openai.tokenize import detokenize_request
 from server.core.errors import NotFound, ServerError
 from server.core.types import FinishReason, GenerateRequest, TextRequest, TokenEvent
 from server.service.services import Service
@@ -176,6 +177,13 @@ async def rerank(service: Served, body: Rerank):
     result = await service.text.encode(TextRequest(name, "classify", [body.query] * len(body.documents),
                                                    pairs=body.documents, truncate=True, protocol="http"))
     return json_response(body.answer(result))
+
+
+@router.post("/detokenize")
+async def detokenize(service: Served, payload: Json):
+    """vLLM's: a generation model's token ids as text, special tokens written out."""
+    model, tokens = detokenize_request(payload)
+    return {"prompt": service.generation.text(model, tokens)}
 
 
 def json_response(document) -> Response:

@@ -29,7 +29,10 @@ class _TeiRequest:
 
     @classmethod
     async def from_http(cls, request: Request):
-        payload = await json_of(request)
+        return cls.from_json(await json_of(request))
+
+    @classmethod
+    def from_json(cls, payload: dict):
         unknown = sorted(set(payload) - FIELDS[cls.route])
         if unknown:
             raise InvalidArgument(f"field {', '.join(map(repr, unknown))} is not supported by /{cls.route}")

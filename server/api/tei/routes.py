@@ -4,7 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from server.api.http.context import Served
+from server.api.http.context import Json, Served
+from server.api.openai import tokenize as vllm
 from server.api.openai.routes import json_response
 from server.api.tei.errors import TeiRoute
 from server.api.tei.protocol import (
@@ -22,7 +23,6 @@ router = APIRouter(route_class=TeiRoute)
 Embed = Annotated[EmbedRequest, Depends(EmbedRequest.from_http)]
 Rerank = Annotated[RerankRequest, Depends(RerankRequest.from_http)]
 Predict = Annotated[PredictRequest, Depends(PredictRequest.from_http)]
-Tokenize = Annotated[TokenizeRequest, Depends(TokenizeRequest.from_http)]
 Decode = Annotated[DecodeRequest, Depends(DecodeRequest.from_http)]
 
 
@@ -74,7 +74,13 @@ async def predict(service: Served, body: Predict, model: str = ""):
 
 @router.post("/tokenize")
 @router.post("/tei/{model}/tokenize")
-async def tokenize(service: Served, body: Tokenize, model: str = ""):
+async def tokenize(service: Served, payload: Json, model: str = ""):
+    """TEI's, or vLLM's where the body has a `prompt` or `messages` (a generation model's tokens)."""
+    if not model and vllm.is_vllm(payload):
+        body = vllm.TokenizeRequest.from_json(payload)
+        tokens, context = service.generation.tokens(body.generate, body.special_tokens)
+        return {"count": len(tokens), "max_model_len": context, "tokens": tokens, "token_strs": None}
+    body = TokenizeRequest.from_json(payload)
     name = _model(service, model or body.model, "tokenize")
     return service.text.tokens(name, body.inputs, body.add_special_tokens)
 
