@@ -107,6 +107,43 @@ def served(tmp_path_factory):
     assert stop_server(process) == 0, process.output()
 
 
+def test_unload_dependents_unloads_the_models_loaded_with_an_ensemble_that_nothing_else_runs(tmp_path):
+    """Triton's `unload_dependents`: unloading `nested` also unloads `pipeline` and `simple`, which its
+    load brought in, unless they were loaded by name or another loaded ensemble runs them; without the
+    parameter they stay."""
+    publish(tmp_path, "simple", simple_model(), SIMPLE_CONFIG)
+    ensemble(tmp_path, "pipeline", PIPELINE)
+    ensemble(tmp_path, "nested", NESTED)
+    ensemble(tmp_path, "loose", LOOSE)
+    process = start_server(tmp_path, tmp_path / "server.log", "--model-control-mode", "explicit",
+                           "--load-model", "nested", ready_model="nested")
+    http, grpc = (httpclient.InferenceServerClient(process.http_url),
+                  grpcclient.InferenceServerClient(process.grpc_url))
+
+    def ready():
+        return {row["name"] for row in http.get_model_repository_index() if row.get("state") == "READY"}
+
+    try:
+        assert "model_repository(unload_dependents)" in http.get_server_metadata()["extensions"]
+        assert ready() == {"nested", "pipeline", "simple"}
+        http.unload_model("nested")
+        assert ready() == {"pipeline", "simple"}
+        http.load_model("nested")
+        http.unload_model("nested", unload_dependents=True)
+        assert ready() == set()
+        http.load_model("nested")
+        http.load_model("loose")  # runs simple too
+        grpc.unload_model("nested", unload_dependents=True)
+        assert ready() == {"loose", "simple"}
+        http.load_model("pipeline")  # simple is now the one loose loaded; pipeline was loaded by name
+        http.unload_model("loose", unload_dependents=True)
+        assert ready() == {"pipeline", "simple"}  # pipeline still runs simple
+        with pytest.raises(InferenceServerException, match="'unload_dependents' must be true or false"):
+            http.unload_model("pipeline", headers=None, unload_dependents="yes")
+    finally:
+        assert stop_server(process) == 0, process.output()
+
+
 def pipeline_inputs(module, rows: int, seed: int = 0):
     return int32_pair(module, ("A", "B"), rows, seed)
 

@@ -38,6 +38,7 @@ class ModelRegistry:
         self.startup_models = list(startup_models)
         self._models: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._asked: set[str] = set()  # models loaded by name (a load request, a start), not for an ensemble
         self.load_seconds: dict[str, float] = {}
 
     async def start(self) -> None:
@@ -50,6 +51,7 @@ class ModelRegistry:
         for name in names:
             if name not in self._models:  # an ensemble loaded before may have loaded it
                 await self._load(name)
+            self._asked.add(name)
 
     def _model_dirs(self) -> list[str]:
         return sorted(p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -142,15 +144,30 @@ class ModelRegistry:
         elif name in self._models:
             override = self._models[name].override
         reason = await self._load(name, override)
+        self._asked.add(name)
         if reason is not None:
             kept = " (the versions loaded before keep serving)" if self._models[name].state == READY else ""
             raise InvalidArgument(f"load failed for model '{name}': {reason}{kept}")
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, dependents: bool = False) -> None:
+        """Triton's unload; with `dependents` (its `unload_dependents`) also the models an ensemble's steps
+        run that were loaded with it, where no other loaded ensemble runs them."""
         self._require_explicit("unload")
         if name not in self._models and not self._in_repository(name):
             raise NotFound(f"failed to unload '{name}': no such model")
+        steps = self._step_models(name)
         await self._unload(name)
+        for step in sorted(steps) if dependents else ():
+            if step in self._models and step not in self._asked and not self._run_by_ensembles(step):
+                await self.unload(step, dependents=True)
+
+    def _step_models(self, name: str) -> set[str]:
+        entry = self._models.get(name)
+        return {step.model for model in (entry.versions.values() if entry else ())
+                for step in model.ensemble or ()}
+
+    def _run_by_ensembles(self, name: str) -> bool:
+        return any(name in self._step_models(other) for other in self._models)
 
     def _in_repository(self, name: str) -> bool:
         """Whether `name` is a model directory of the repository (never a path out of it)."""
@@ -250,6 +267,7 @@ class ModelRegistry:
             if entry is None:
                 return
             self._models[name] = ModelEntry(UNLOADING, "unloading")
+            self._asked.discard(name)
             await _stop(entry, drain=True)
             if entry.override is not None:
                 entry.override.discard()

@@ -7,6 +7,7 @@ EXTENSIONS = (
     "classification",
     "schedule_policy",
     "model_repository",
+    "model_repository(unload_dependents)",
     "model_configuration",
     "binary_tensor_data",
     "parameters",

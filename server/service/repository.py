@@ -28,8 +28,8 @@ class RepositoryService:
                                       "HTTP, bytes_param over gRPC)")
         await self.registry.load(name, config, files)
 
-    async def unload(self, name: str) -> None:
-        await self.registry.unload(name)
+    async def unload(self, name: str, dependents: bool = False) -> None:
+        await self.registry.unload(name, dependents)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         return self.registry.is_ready(name, version)

@@ -69,7 +69,11 @@ class GrpcInferenceService:
         return message("RepositoryModelLoadResponse")()
 
     async def RepositoryModelUnload(self, request, context):
-        await self.service.repository.unload(request.model_name)
+        dependents = request.parameters.get("unload_dependents")
+        if dependents is not None and dependents.WhichOneof("parameter_choice") != "bool_param":
+            raise InvalidArgument("'unload_dependents' must be a bool_param")
+        await self.service.repository.unload(request.model_name,
+                                             dependents is not None and dependents.bool_param)
         return message("RepositoryModelUnloadResponse")()
 
     async def SystemSharedMemoryStatus(self, request, context):

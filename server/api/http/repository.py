@@ -1,10 +1,10 @@
 """Triton's model repository extension: the index, loads (with config and file overrides) and unloads."""
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from server.api.http import codec
-from server.api.http.context import Json, Served, body_of
+from server.api.http.context import Json, Served
 from server.core.errors import InvalidArgument
 from server.core.fields import boolean
 from server.core.types import LOAD_FILE_PREFIX
@@ -27,9 +27,13 @@ async def load(service: Served, body: Json, model: str):
     return Response(status_code=200)
 
 
-@router.post("/v2/repository/models/{model}/unload", dependencies=[Depends(body_of)])
-async def unload(service: Served, model: str):
-    await service.repository.unload(model)
+@router.post("/v2/repository/models/{model}/unload")
+async def unload(service: Served, body: Json, model: str):
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidArgument("'parameters' of an unload request must be a JSON object")
+    dependents = boolean(parameters.get("unload_dependents"), "'unload_dependents'", False)
+    await service.repository.unload(model, dependents)
     return Response(status_code=200)
 
 
