@@ -287,6 +287,26 @@ def test_cohere_clients_rerank_v1_and_v2_with_the_cross_encoders_scores(text_ser
     assert long["model"] == "reranker" and long["usage"]["total_tokens"] > 0
 
 
+def test_ollama_embed_gives_the_unit_length_embeddings_of_v1_embeddings(text_server, http):
+    """Ollama's /api/embed (through Ollama's client) and its older /api/embeddings."""
+    import ollama
+
+    client = ollama.Client(host=f"http://{text_server.http_url}")
+    texts = corpus.sentences(6)
+    embedded = client.embed(model="minilm:latest", input=texts)
+    expected = http.post("/v1/embeddings", json={"model": "minilm", "input": texts}).json()
+    vectors = np.array([item["embedding"] for item in expected["data"]])
+    np.testing.assert_allclose(embedded.embeddings, vectors / np.linalg.norm(vectors, axis=1)[:, None],
+                               atol=1e-5)
+    assert embedded.prompt_eval_count == expected["usage"]["prompt_tokens"]
+    long = client.embed(model="minilm", input="word " * 2000)  # cut to the model's length, as Ollama's
+    assert len(long.embeddings[0]) == vectors.shape[1]
+    with pytest.raises(ollama.ResponseError, match="this model takes at most 256"):
+        client.embed(model="minilm", input="word " * 2000, truncate=False)
+    older = client.embeddings(model="minilm", prompt=texts[0]).embedding
+    np.testing.assert_allclose(older, vectors[0], atol=1e-5)
+
+
 @pytest.mark.parametrize("body, fragment", [
     ({"model": "minilm", "query": "q", "documents": ["a"]}, "model 'minilm' is not a reranker"),
     ({"query": "q", "documents": []}, "'documents' must be a non-empty list"),

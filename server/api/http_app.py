@@ -12,6 +12,7 @@ from server.api.http import generate, repository, shared_memory, trace_logging, 
 from server.api.http.errors import error_response
 from server.api.http.infer_route import InferRoute
 from server.api.http.restricted import RestrictedApi
+from server.api.ollama import routes as ollama
 from server.api.openai import routes as openai
 from server.api.openai.errors import error_document
 from server.api.openai.responses import ResponseStore
@@ -21,7 +22,7 @@ from server.core.errors import ServerError
 from server.service.services import Service
 
 ROUTERS = (v2.router, repository.router, shared_memory.router, trace_logging.router, generate.router,
-           openai.router, tei.router)
+           openai.router, tei.router, ollama.router)
 
 
 def create_app(

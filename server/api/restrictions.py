@@ -53,6 +53,7 @@ _HTTP_GROUPS = [  # (method or None for any, path pattern, group), first match w
     (None, r"/v2/models/[^/]+(/versions/[^/]+)?/(infer|generate|generate_stream)|/v1/.*|/v2/rerank",
      "inference"),
     (None, r"(/tei/[^/]+)?/(embed|rerank|predict|tokenize|decode)|/detokenize", "inference"),  # TEI's, vLLM's
+    (None, r"/api/(chat|generate|embed|embeddings)", "inference"),  # Ollama's
     (None, r"/v2/health/.*|/v2/models/[^/]+(/versions/[^/]+)?/ready|/health", "health"),
     (None, r"/v2/repository/.*", "model-repository"),
     (None, r"/v2/(system|cuda)sharedmemory(/.*)?", "shared-memory"),
@@ -61,6 +62,7 @@ _HTTP_GROUPS = [  # (method or None for any, path pattern, group), first match w
     (None, r"/v2(/models/[^/]+)?(/versions/[^/]+)?/trace/setting", "trace"),
     (None, r"/v2/logging", "logging"),
     ("GET", r"/v2|/v2/models/[^/]+(/versions/[^/]+)?|(/tei/[^/]+)?/info", "metadata"),
+    (None, r"/api/(tags|ps|show|version)", "metadata"),  # Ollama's
 ]
 _HTTP = [(method, re.compile(pattern), group) for method, pattern, group in _HTTP_GROUPS]
 

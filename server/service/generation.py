@@ -17,7 +17,7 @@ from server.core.types import (
     TokenLogprob,
     ToolCall,
 )
-from server.generation.engine import TokenStream
+from server.generation.engine import GenerationSettings, TokenStream
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
 from server.tracing.spans import RequestTrace, Tracer
@@ -84,6 +84,10 @@ class GenerationService:
         text = request.text if request.text is not None else engine.token_text(prompt)
         first = [] if logprobs is None else [TokenLogprob(engine.token_name(prompt[0]), None, None)]
         return TokenEvent(prompt, text, None, len(prompt), 0, first + scored)
+
+    def settings(self, model_name: str) -> GenerationSettings:
+        """A generation model's settings: its context, its chat template (None where it has none)."""
+        return self._model(GenerateRequest(model_name)).engine.settings
 
     def tokens(self, request: GenerateRequest, special_tokens: bool | None = None) -> tuple[list[int], int]:
         """The prompt's token ids as the model would read them, and the model's context (vLLM's

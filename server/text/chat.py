@@ -30,6 +30,7 @@ class ChatTemplate:
         environment.filters["tojson"] = tojson
         environment.globals["raise_exception"] = raise_exception
         environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        self.source = source
         self.template = environment.from_string(source)
         self.special_tokens = special_tokens
         self.tool_format = template_format(source)  # None: the template takes no tools

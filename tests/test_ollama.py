@@ -1,0 +1,129 @@
+"""Ollama's API through Ollama's own Python client and LangChain's ChatOllama, against a real server process
+(conftest's `served`: a small random Qwen2 chat model with a Hermes-style template, and `plain`, the same
+model with a template that takes no tools). Answers are compared with the OpenAI routes' on the same
+model: the front end must mean the same requests."""
+
+import json
+
+import jsonschema
+import ollama
+import openai
+import pytest
+
+ASK = [{"role": "user", "content": "Describe a file as JSON."}]
+GREEDY = {"temperature": 0, "num_predict": 12, "num_ctx": 4096, "num_thread": 2}  # the last two: no effect
+SCHEMA = {"type": "object",
+          "properties": {"name": {"type": "string", "maxLength": 8}, "size": {"type": "integer"}},
+          "required": ["name", "size"], "additionalProperties": False}
+
+
+@pytest.fixture
+def clients(served):
+    url = f"http://{served.http_url}"
+    return ollama.Client(host=url), openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def openai_chat(client, messages, **extra):
+    answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0,
+                                            extra_body={"ignore_eos": True, **extra})
+    return answer.choices[0].message.content, answer.usage
+
+
+def test_chat_whole_and_streamed_means_the_openai_chat(clients):
+    client, openai_client = clients
+    whole = client.chat(model="tiny:latest", messages=ASK, options=GREEDY)
+    expected, usage = openai_chat(openai_client, ASK)
+    assert whole.message.role == "assistant" and whole.done and whole.done_reason in ("stop", "length")
+    assert whole.message.content == expected[:len(whole.message.content)]
+    assert whole.prompt_eval_count == usage.prompt_tokens and whole.eval_count <= 12
+    pieces = list(client.chat(model="tiny", messages=ASK, options=GREEDY, stream=True))
+    assert len(pieces) >= 3 and pieces[-1].done and not any(piece.done for piece in pieces[:-1])
+    assert "".join(piece.message.content for piece in pieces) == whole.message.content
+    assert pieces[-1].eval_count == whole.eval_count and pieces[-1].total_duration > 0
+
+
+def test_generate_wraps_the_prompt_in_the_template_unless_raw(clients, served):
+    client, openai_client = clients
+    options = {**GREEDY, "stop": ["\n\n"]}
+    templated = client.generate(model="tiny", prompt=ASK[0]["content"], options=options)
+    assert templated.response == openai_chat(openai_client, ASK, stop=["\n\n"])[0]
+    raw = client.generate(model="tiny", prompt="def main():", raw=True, options=GREEDY)
+    completion = openai_client.completions.create(model="tiny", prompt="def main():", max_tokens=12,
+                                                  temperature=0)
+    assert raw.response == completion.choices[0].text
+    streamed = list(client.generate(model="tiny", prompt="def main():", raw=True, options=GREEDY,
+                                    stream=True))
+    assert "".join(part.response for part in streamed) == raw.response and streamed[-1].done
+    loaded = client.generate(model="tiny")  # an empty prompt: Ollama's way to load the model
+    assert loaded.done and loaded.done_reason == "load" and loaded.response == ""
+
+
+def test_format_holds_the_answer_to_a_schema_or_json(clients):
+    client, openai_client = clients
+    for seed in range(3):
+        answer = client.chat(model="tiny", messages=ASK, format=SCHEMA,
+                             options={"seed": seed, "num_predict": 200})
+        jsonschema.validate(json.loads(answer.message.content), SCHEMA)
+    as_json = client.chat(model="tiny", messages=ASK, format="json", options={"seed": 5, "num_predict": 40})
+    expected = openai_client.chat.completions.create(model="tiny", messages=ASK, max_tokens=40, seed=5,
+                                                     response_format={"type": "json_object"})
+    assert as_json.message.content == expected.choices[0].message.content
+    assert as_json.message.content.startswith("{")
+
+
+def test_a_conversation_with_tool_calls_and_results_is_read_as_the_openai_one(clients):
+    client, openai_client = clients
+    tool = {"type": "function", "function": {"name": "get_time", "description": "The time", "parameters": {
+        "type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}
+    history = [*ASK, {"role": "assistant", "content": "",
+                      "tool_calls": [{"function": {"name": "get_time", "arguments": {"zone": "utc"}}}]},
+               {"role": "tool", "content": "12:00"}]
+    answer = client.chat(model="tiny", messages=history, tools=[tool], options=GREEDY)
+    openai_history = [*ASK, {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_1_0", "type": "function",
+         "function": {"name": "get_time", "arguments": json.dumps({"zone": "utc"})}}]},
+        {"role": "tool", "tool_call_id": "call_1_0", "content": "12:00"}]
+    sent = ollama.Tool.model_validate(tool).model_dump(exclude_none=True)  # keys in the client's order
+    expected = openai_client.chat.completions.create(model="tiny", messages=openai_history, tools=[sent],
+                                                     max_tokens=12, temperature=0)
+    assert answer.prompt_eval_count == expected.usage.prompt_tokens  # the same prompt, calls and result read
+    assert answer.message.content == (expected.choices[0].message.content or "")
+
+
+def test_the_model_lists_and_details(clients, served):
+    client, _ = clients
+    names = {model.model for model in client.list().models}
+    assert {"tiny:latest", "plain:latest"} <= names
+    assert {model.model for model in client.ps().models} == names
+    shown = client.show("tiny")
+    assert "<tool_call>" in shown.template and "tools" in shown.capabilities
+    assert shown.modelinfo["context_length"] == 2048
+    assert client.show("plain").capabilities == ["completion"]
+    version = client._client.get("/api/version").json()["version"]
+    assert version == client._client.get("/v2").json()["version"]
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda c: c.chat(model="absent", messages=ASK), "Request for unknown model: 'absent'"),
+    (lambda c: c.show("absent"), "model 'absent' not found"),
+    (lambda c: c.chat(model="tiny", messages=ASK, options={"mirostat": 2}), "'mirostat' is not supported"),
+    (lambda c: c.chat(model="tiny", messages=ASK, options={"num_predict": 0}), "'num_predict' must be"),
+    (lambda c: c.chat(model="tiny", messages=[{"role": "user", "content": "x", "images": ["aGk="]}]),
+     "images are not supported"),
+    (lambda c: c.chat(model="tiny", messages=ASK, think=True), "'think' is not supported"),
+    (lambda c: c.generate(model="tiny", prompt="x", suffix="y"), "'suffix' is not supported"),
+    (lambda c: c.embed(model="tiny", input="x"), "model 'tiny' takes no text"),
+])
+def test_refusals_name_the_problem(clients, call, fragment):
+    with pytest.raises(ollama.ResponseError) as refused:
+        call(clients[0])
+    assert fragment in refused.value.error and refused.value.status_code in (400, 404)
+
+
+def test_langchain_chat_ollama_answers_as_the_ollama_client(clients, served):
+    from langchain_ollama import ChatOllama
+
+    chat = ChatOllama(model="tiny", base_url=f"http://{served.http_url}", temperature=0, num_predict=12)
+    answer = chat.invoke(ASK[0]["content"])
+    assert answer.content == clients[0].chat(model="tiny", messages=ASK, options=GREEDY).message.content
+    assert answer.usage_metadata["input_tokens"] > 0
