@@ -13,7 +13,8 @@ import pytest
 ASK = [{"role": "user", "content": "Describe a file as JSON."}]
 GREEDY = {"temperature": 0, "num_predict": 12, "num_ctx": 4096, "num_thread": 2}  # the last two: no effect
 SCHEMA = {"type": "object",
-          "properties": {"name": {"type": "string", "maxLength": 8}, "size": {"type": "integer"}},
+          "properties": {"name": {"type": "string", "maxLength": 8},
+                         "size": {"type": "integer", "minimum": 0, "maximum": 999}},
           "required": ["name", "size"], "additionalProperties": False}
 
 
@@ -112,6 +113,7 @@ def test_the_model_lists_and_details(clients, served):
      "images are not supported"),
     (lambda c: c.chat(model="tiny", messages=ASK, think=True), "'think' is not supported"),
     (lambda c: c.generate(model="tiny", prompt="x", suffix="y"), "'suffix' is not supported"),
+    (lambda c: c.generate(model="tiny", prompt="x", system="s", raw=True), "the prompt is sent as it is"),
     (lambda c: c.embed(model="tiny", input="x"), "model 'tiny' takes no text"),
 ])
 def test_refusals_name_the_problem(clients, call, fragment):

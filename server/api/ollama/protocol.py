@@ -80,9 +80,12 @@ class OllamaGenerate:
         raw = boolean(payload.get("raw"), "'raw'", False)
         sampling = {**_sampling(payload), **_format(payload.get("format"))}
         if raw or not has_template(model):
+            if system:
+                raise InvalidArgument("'system' goes in the model's chat template, and with 'raw' (or a "
+                                      "model without a template) the prompt is sent as it is: put it in the "
+                                      "prompt")
             completion = ChatRequest.sampling_of(sampling, set(sampling) - {"response_format"})
-            request = GenerateRequest(model, text=system + prompt if raw else prompt, parameters=completion,
-                                      protocol="http")
+            request = GenerateRequest(model, text=prompt, parameters=completion, protocol="http")
         else:
             messages = [{"role": "system", "content": system}] if system else []
             messages.append({"role": "user", "content": prompt})
