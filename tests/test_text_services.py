@@ -307,6 +307,22 @@ def test_ollama_embed_gives_the_unit_length_embeddings_of_v1_embeddings(text_ser
     np.testing.assert_allclose(older, vectors[0], atol=1e-5)
 
 
+def test_vllm_score_gives_each_pairs_cross_encoder_score_in_order(http, checkpoints):
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(checkpoints["reranker"]), device="cpu")
+    queries, documents = corpus.sentences(12)[:3], corpus.sentences(12)[3:6]
+    one = http.post("/score", json={"model": "reranker", "text_1": queries[0], "text_2": documents}).json()
+    np.testing.assert_allclose([item["score"] for item in one["data"]],
+                               model.predict([(queries[0], d) for d in documents]), atol=1e-4)
+    assert [item["index"] for item in one["data"]] == [0, 1, 2] and one["usage"]["prompt_tokens"] > 0
+    pairwise = http.post("/v1/score", json={"text_1": queries, "text_2": documents}).json()
+    np.testing.assert_allclose([item["score"] for item in pairwise["data"]],
+                               model.predict(list(zip(queries, documents))), atol=1e-4)
+    uneven = http.post("/v1/score", json={"text_1": queries[:2], "text_2": documents})
+    assert uneven.status_code == 400 and "'text_1' has 2 texts and 'text_2' 3" in uneven.text
+
+
 @pytest.mark.parametrize("body, fragment", [
     ({"model": "minilm", "query": "q", "documents": ["a"]}, "model 'minilm' is not a reranker"),
     ({"query": "q", "documents": []}, "'documents' must be a non-empty list"),

@@ -1,6 +1,8 @@
-"""The rerank API of Cohere (`/v1/rerank`, `/v2/rerank`), Jina and vLLM: a query and documents in, the
-documents' indices out, most relevant first, each with its cross-encoder score in [0, 1]."""
+"""The cross-encoder APIs: Cohere's rerank (`/v1/rerank`, `/v2/rerank`, also Jina's and vLLM's), a query
+and documents in, the documents' indices out, most relevant first, each with its score in [0, 1]; and
+vLLM's score (`/score`, `/v1/score`), pairs of texts in, a score per pair out, in order."""
 
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -56,6 +58,43 @@ class RerankRequest:
                 "usage": {"total_tokens": result.tokens}}
 
 
+@dataclass
+class ScoreRequest:
+    model: str
+    pairs: list[tuple[str, str]]
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "ScoreRequest":
+        """vLLM's `text_1` and `text_2`: one text and several (each scored against the one), or two lists
+        of one length (scored pairwise)."""
+        unknown = sorted(set(payload) - {"model", "text_1", "text_2"})
+        if unknown:
+            raise InvalidArgument(f"parameter {', '.join(map(repr, unknown))} is not supported by ortserve's "
+                                  "score; it takes model, text_1, text_2")
+        model = payload.get("model") or ""
+        if not isinstance(model, str):
+            raise InvalidArgument(f"'model' must be a model's name, got {model!r}")
+        first, second = _texts(payload.get("text_1"), "text_1"), _texts(payload.get("text_2"), "text_2")
+        if len(first) == 1:
+            first = first * len(second)
+        if len(first) != len(second):
+            raise InvalidArgument(f"'text_1' has {len(first)} texts and 'text_2' {len(second)}: send one "
+                                  "text_1, or as many as text_2")
+        return cls(model, list(zip(first, second)))
+
+    @classmethod
+    async def from_http(cls, request: Request) -> "ScoreRequest":
+        return cls.from_json(await json_of(request))
+
+    def answer(self, result: TextResult) -> dict:
+        return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+                "model": result.model_name,
+                "data": [{"index": i, "object": "score", "score": float(v[0])}
+                         for i, v in enumerate(result.vectors)],
+                "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens,
+                          "completion_tokens": 0}}
+
+
 def reranker(named: str, models: list[TextModelInfo]) -> str:
     """The named model, or else the one loaded reranker; InvalidArgument says which are there."""
     rerankers = sorted(info.name for info in models if info.reranker)
@@ -80,4 +119,11 @@ def _documents(value) -> list[str]:
         if not isinstance(text, str) or not text:
             raise InvalidArgument(f"'documents' item {index} must be a non-empty string or "
                                   f"{{\"text\": ...}}, got {value[index]!r}")
+    return texts
+
+
+def _texts(value, field: str) -> list[str]:
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise InvalidArgument(f"'{field}' must be a non-empty string or a non-empty list of them")
     return texts

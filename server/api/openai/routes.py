@@ -17,7 +17,7 @@ from server.api.http.context import Json, Served, trace_context
 from server.api.http.streams import SSE_HEADERS, collect, usage
 from server.api.openai.errors import OpenAIRoute
 from server.api.openai.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
-from server.api.openai.rerank import RerankRequest, reranker
+from server.api.openai.rerank import RerankRequest, ScoreRequest, reranker
 from server.api.openai.responses import Answer, ResponsesRequest, ResponseStore, events
 from server.api.openai.streaming import (
     ToolCallChoices,
@@ -39,6 +39,7 @@ Chat = Annotated[ChatRequest, Depends(ChatRequest.from_http)]
 Embedding = Annotated[EmbeddingRequest, Depends(EmbeddingRequest.from_http)]
 Responses = Annotated[ResponsesRequest, Depends(ResponsesRequest.from_http)]
 Rerank = Annotated[RerankRequest, Depends(RerankRequest.from_http)]
+Score = Annotated[ScoreRequest, Depends(ScoreRequest.from_http)]
 
 
 @router.get("/v1/models")
@@ -176,6 +177,17 @@ async def rerank(service: Served, body: Rerank):
     name = reranker(body.model, service.text.models())
     result = await service.text.encode(TextRequest(name, "classify", [body.query] * len(body.documents),
                                                    pairs=body.documents, truncate=True, protocol="http"))
+    return json_response(body.answer(result))
+
+
+@router.post("/score")
+@router.post("/v1/score")
+async def score(service: Served, body: Score):
+    """vLLM's: each pair's cross-encoder score, in the order sent."""
+    name = reranker(body.model, service.text.models())
+    first, second = zip(*body.pairs)
+    result = await service.text.encode(TextRequest(name, "classify", list(first), pairs=list(second),
+                                                   truncate=True, protocol="http"))
     return json_response(body.answer(result))
 
 
