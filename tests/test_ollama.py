@@ -129,3 +129,46 @@ def test_langchain_chat_ollama_answers_as_the_ollama_client(clients, served):
     answer = chat.invoke(ASK[0]["content"])
     assert answer.content == clients[0].chat(model="tiny", messages=ASK, options=GREEDY).message.content
     assert answer.usage_metadata["input_tokens"] > 0
+
+
+def test_a_streamed_answer_that_calls_a_tool_ends_in_a_line_with_the_call_its_arguments_an_object():
+    """The lines of a chat whose model writes text, then a Hermes call, token by token (a random model
+    cannot be made to call in Ollama's API, which has no logit bias): the text streams, the call comes
+    whole in one line with its arguments as an object, as Ollama sends them, then the line with `done`."""
+    import asyncio
+
+    from server.api.ollama.routes import _chat_lines, _Reply
+    from server.api.openai.streaming import ToolCallChoices
+    from server.core.types import FinishReason, TokenEvent
+    from server.text.tools import parse, streamable
+
+    text = 'Let me look.\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "utc"}}\n</tool_call>'
+    pieces = [text[i:i + 5] for i in range(0, len(text), 5)]
+
+    class Tokens:
+        def __init__(self):
+            self.closed = False
+
+        async def __aiter__(self):
+            for n, piece in enumerate(pieces):
+                last = n == len(pieces) - 1
+                yield TokenEvent([n], piece, FinishReason.STOP if last else None, 7, n + 1)
+
+        async def aclose(self):
+            self.closed = True
+
+    async def lines():
+        tokens = Tokens()
+        shape = ToolCallChoices(lambda text: parse(text, "hermes", {"get_time"}),
+                                lambda text, sent: streamable(text, "hermes", sent))
+        answer = [json.loads(line) async for line in _chat_lines(tokens, shape, _Reply("tiny", 0))]
+        return answer, tokens.closed
+
+    answer, closed = asyncio.run(lines())
+    assert closed and answer[-1]["done"] and answer[-1]["done_reason"] == "stop"
+    assert answer[-1]["eval_count"] == len(pieces) and answer[-1]["prompt_eval_count"] == 7
+    streamed = "".join(line["message"]["content"] for line in answer)
+    assert streamed == "Let me look.\n" and "<tool_call>" not in streamed
+    [call_line] = [line for line in answer if line["message"].get("tool_calls")]
+    assert call_line["message"]["tool_calls"] == [{"function": {"name": "get_time",
+                                                                 "arguments": {"zone": "utc"}}}]
