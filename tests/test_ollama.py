@@ -11,7 +11,8 @@ import openai
 import pytest
 
 ASK = [{"role": "user", "content": "Describe a file as JSON."}]
-GREEDY = {"temperature": 0, "num_predict": 12, "num_ctx": 4096, "num_thread": 2}  # the last two: no effect
+# num_ctx, num_thread: llama.cpp's runtime, no effect here; an option sent as null is as absent
+GREEDY = {"temperature": 0, "num_predict": 12, "num_ctx": 4096, "num_thread": 2, "mirostat": None}
 SCHEMA = {"type": "object",
           "properties": {"name": {"type": "string", "maxLength": 8},
                          "size": {"type": "integer", "minimum": 0, "maximum": 999}},
@@ -37,6 +38,9 @@ def test_chat_whole_and_streamed_means_the_openai_chat(clients):
     assert whole.message.role == "assistant" and whole.done and whole.done_reason in ("stop", "length")
     assert whole.message.content == expected[:len(whole.message.content)]
     assert whole.prompt_eval_count == usage.prompt_tokens and whole.eval_count <= 12
+    sent_raw = client._client.post("/api/chat", json={"model": "tiny", "messages": ASK, "options": GREEDY,
+                                                     "stream": False}).json()
+    assert sent_raw["message"]["content"] == whole.message.content  # "mirostat": null as absent
     pieces = list(client.chat(model="tiny", messages=ASK, options=GREEDY, stream=True))
     assert len(pieces) >= 3 and pieces[-1].done and not any(piece.done for piece in pieces[:-1])
     assert "".join(piece.message.content for piece in pieces) == whole.message.content

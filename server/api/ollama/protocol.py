@@ -150,6 +150,8 @@ def _sampling(payload: dict) -> dict:
         raise InvalidArgument("'options' must be a JSON object")
     sampling = {}
     for key, value in options.items():
+        if value is None:  # as absent, as Ollama reads it
+            continue
         if key in SAMPLING_OPTIONS:
             sampling[SAMPLING_OPTIONS[key]] = value
         elif key == "num_predict":
