@@ -47,13 +47,14 @@ def tiny_llama(tmp_path_factory) -> Path:
 def served(tmp_path_factory):
     """A server of a small random Qwen2 chat model with a Hermes-style template (`tiny`; `<tool_call>` and
     `</tool_call>` are tokens of their own, as in Qwen's tokenizer) and the same model with a template that
-    takes no tools (`plain`), for the modules that test the OpenAI APIs' structured
+    takes no tools (`plain`), and one whose template opens each answer with `<think>`, as DeepSeek-R1's
+    (`thinker`), for the modules that test the OpenAI APIs' structured
     outputs and tool calls."""
     import subprocess
     import sys
 
     from tests.test_llm_export import CHATML, checkpoint_with_tokenizer
-    from tests.test_structured_outputs import HERMES, with_template
+    from tests.test_structured_outputs import HERMES, THINKING, with_template
 
     root = tmp_path_factory.mktemp("structured")
     checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2", HERMES, positions=2048,
@@ -63,6 +64,7 @@ def served(tmp_path_factory):
                     "--repository", str(repository), "--name", "tiny"], check=True, capture_output=True,
                    timeout=600)
     with_template(repository, "tiny", "plain", CHATML)
+    with_template(repository, "tiny", "thinker", THINKING)
     process = start_server(repository, root / "server.log", ready_model="plain")
     yield process
     assert stop_server(process) == 0, process.output()

@@ -480,3 +480,25 @@ def test_a_row_running_alone_checks_drafts_and_delivers_its_tokens_in_fewer_runs
     firsts = [step for step in delivered if step.elapsed_ns]
     assert len(firsts) == decoder.runs and sum(step.drafted for step in delivered) > 0
     assert 0 < sum(step.accepted for step in delivered) < sum(step.drafted for step in delivered)  # (7, 8, 9)
+
+
+@pytest.mark.parametrize("text, opened, expected", [
+    ("<think>\nI think.\n</think>\n\nAnswer.", False, ("\nI think.\n", "Answer.")),
+    ("I think.\n</think>\n\nAnswer.", True, ("I think.\n", "Answer.")),
+    ("Plain answer.", False, (None, "Plain answer.")),
+    ("Plain </think> answer.", False, (None, "Plain </think> answer.")),  # no <think> opened it
+    ("  <think>unfinished", False, ("unfinished", "")),
+    ("  <thi", False, (None, "  <thi")),
+    ("\n<think>a</thin</think>b", False, ("a</thin", "b")),
+])
+def test_reasoning_is_cut_from_the_answer_the_same_whole_or_piece_by_piece(text, opened, expected):
+    from server.text.reasoning import ReasoningStream, split
+
+    assert split(text, opened) == expected
+    for size in (1, 2, 3, 7):
+        stream, reasoning, answer = ReasoningStream(opened), "", ""
+        pieces = [text[i:i + size] for i in range(0, len(text), size)]
+        for n, piece in enumerate(pieces):
+            more, rest = stream.push(piece, final=n == len(pieces) - 1)
+            reasoning, answer = reasoning + more, answer + rest
+        assert (reasoning, answer) == (expected[0] or "", expected[1]), size

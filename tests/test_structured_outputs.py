@@ -41,6 +41,11 @@ HERMES = (
     "</tool_response><|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# DeepSeek-R1's way: past answers without their thinking, a new answer opened inside <think>
+THINKING = ("{% for message in messages %}<|im_start|>{{ message.role }}\n"
+            "{% if message.role == 'assistant' %}{{ message.content.split('</think>')[-1] }}"
+            "{% else %}{{ message.content }}{% endif %}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
 ASK = [{"role": "user", "content": "Describe a file as JSON."}]
 
 
@@ -360,3 +365,23 @@ def test_tool_calls_read_in_the_hermes_and_llama_formats_and_templates_without_t
     assert streamable("Sure. {", "llama", sent=5) == 7  # content already sent: the rest is content too
     with pytest.raises(InvalidArgument, match="takes no tools"):
         ChatTemplate(CHATML, {}).render(ASK, tools=TOOLS)
+
+
+def test_a_reasoning_models_thinking_comes_apart_as_reasoning_content_whole_and_streamed(client):
+    """vLLM's reasoning parsers' split: a model whose template cuts `</think>` from past answers is a
+    reasoning model; here the template opens the answer inside `<think>`, and a grammar makes the random
+    model write its thinking, `</think>`, then its answer."""
+    shape = {"structured_outputs": {"regex": "[a-z]{3,8} [a-z]{3,8}</think>\n\n[a-z]{3,8}"}}
+    whole = client.chat.completions.create(model="thinker", messages=ASK, max_tokens=60, seed=1,
+                                           extra_body=shape).choices[0].message
+    thought, answer = whole.model_extra["reasoning_content"], whole.content
+    assert re.fullmatch("[a-z]{3,8} [a-z]{3,8}", thought) and re.fullmatch("[a-z]{3,8}", answer)
+    reasoning, content = [], []
+    for chunk in client.chat.completions.create(model="thinker", messages=ASK, max_tokens=60, seed=1,
+                                                stream=True, extra_body=shape):
+        for choice in chunk.choices:
+            reasoning += [choice.delta.model_extra.get("reasoning_content") or ""]
+            content += [choice.delta.content or ""]
+    assert "".join(reasoning).strip() == thought and "".join(content) == answer
+    plain = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=4).choices[0].message
+    assert "reasoning_content" not in (plain.model_extra or {})  # a template without <think>: no split

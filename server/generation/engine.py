@@ -36,6 +36,7 @@ from server.generation.structured import Grammars, RowConstraint
 from server.generation.text import TextCodec, TextStream, prompt_ids
 from server.runtime.executor import InstancePool
 from server.text.chat import ChatTemplate
+from server.text.reasoning import opens_reasoning
 from server.text.tools import CALL_MARKERS
 from server.text.tools import grammar as tool_grammar
 from server.text.tools import parse as parse_tool_calls
@@ -197,6 +198,7 @@ class TokenStream:
         self._engine, self._request, self._on_close = engine, request, on_close
         self._outcome: str | None = None
         self.model_version = ""  # the serving model version, for answers that name it
+        self.reasoning: bool | None = None  # a reasoning model's chat: whether its answer starts in <think>
         self.first_token_ns: int | None = None  # when the first token reached the reader (perf_counter)
         self.last: TokenEvent | None = None
 
@@ -360,6 +362,14 @@ class GenerationEngine:
         calls = tool_grammar(functions, self._tool_format, tools.parallel, optional=tools.choice == "auto",
                              marker_tokens=self._marker_tokens)
         return {**parameters, "structured_outputs": {"grammar": calls}}
+
+    def opens_reasoning(self, prompt: list[int]) -> bool | None:
+        """For a reasoning model's chat, whether the prompt leaves its answer inside a `<think>` block;
+        None for other models."""
+        chat = self.settings.chat
+        if chat is None or not chat.reasoning or self.codec is None:
+            return None
+        return opens_reasoning(self.codec.decode(prompt[-8:], skip_special_tokens=False))
 
     @functools.cached_property
     def _marker_tokens(self) -> bool:

@@ -20,6 +20,7 @@ from server.core.types import (
 from server.generation.engine import GenerationSettings, TokenStream
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
+from server.text import reasoning
 from server.tracing.spans import RequestTrace, Tracer
 
 GENERATION_INPUTS = ("text_input", "input_ids", "sampling_parameters")
@@ -48,6 +49,8 @@ class GenerationService:
             )
             tokens = model.engine.submit(prompt, params, _recorder(model, start, request.protocol, trace))
             tokens.model_version = str(model.version)
+            if request.messages is not None:
+                tokens.reasoning = model.engine.opens_reasoning(prompt)
             return tokens
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
@@ -84,6 +87,16 @@ class GenerationService:
         text = request.text if request.text is not None else engine.token_text(prompt)
         first = [] if logprobs is None else [TokenLogprob(engine.token_name(prompt[0]), None, None)]
         return TokenEvent(prompt, text, None, len(prompt), 0, first + scored)
+
+    @staticmethod
+    def split_reasoning(text: str, opened: bool) -> tuple[str | None, str]:
+        """A reasoning model's answer as (its thinking, the rest); see `TokenStream.reasoning`."""
+        return reasoning.split(text, opened)
+
+    @staticmethod
+    def reasoning_stream(opened: bool) -> reasoning.ReasoningStream:
+        """The same cut made piece by piece, as an answer streams."""
+        return reasoning.ReasoningStream(opened)
 
     def settings(self, model_name: str) -> GenerationSettings:
         """A generation model's settings: its context, its chat template (None where it has none)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from server.core.errors import InvalidArgument
 from server.core.types import PLAIN_CHAT, ChatOptions
+from server.text.reasoning import reasoning_template
 from server.text.tools import template_format
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -34,6 +35,7 @@ class ChatTemplate:
         self.template = environment.from_string(source)
         self.special_tokens = special_tokens
         self.tool_format = template_format(source)  # None: the template takes no tools
+        self.reasoning = reasoning_template(source)  # its model thinks in <think> blocks
 
     @classmethod
     def from_model_dir(cls, model_dir: Path) -> "ChatTemplate | None":

@@ -20,6 +20,7 @@ from server.api.openai.protocol import ChatRequest, CompletionRequest, Embedding
 from server.api.openai.rerank import RerankRequest, ScoreRequest, reranker
 from server.api.openai.responses import Answer, ResponsesRequest, ResponseStore, events
 from server.api.openai.streaming import (
+    ReasoningChoices,
     ToolCallChoices,
     chat_choices,
     chat_logprobs,
@@ -113,16 +114,22 @@ async def chat_completions(request: Request, service: Served, body: Chat):
         raise
     completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                   "created": int(time.time()), "model": body.model}
-    calls = partial(service.generation.tool_calls, asked[0])
+    calls, opened = partial(service.generation.tool_calls, asked[0]), streams[0].reasoning
     if body.stream:
         chunk = {**completion, "object": "chat.completion.chunk"}
         streamable = partial(service.generation.streamable, asked[0])
         shape = ToolCallChoices(calls, streamable) if body.tools else chat_choices
+        if opened is not None:
+            shape = ReasoningChoices(shape, partial(service.generation.reasoning_stream, opened))
         answer = chunks(streams, chunk, body.include_usage, len(streams), shape)
         return StreamingResponse(answer, media_type="text/event-stream", headers=SSE_HEADERS)
     wholes = await collect(request, streams)
-    choices = [{"index": index, **chat_message(whole, *calls(whole.text)), "logprobs": chat_logprobs(whole)}
-               for index, whole in enumerate(wholes)]
+    choices = []
+    for index, whole in enumerate(wholes):
+        reasoning, text = ((None, whole.text) if opened is None
+                           else service.generation.split_reasoning(whole.text, opened))
+        choices.append({"index": index, **chat_message(whole, *calls(text), reasoning),
+                        "logprobs": chat_logprobs(whole)})
     return {**completion, "choices": choices,
             "usage": usage(wholes[0].prompt_tokens, sum(whole.generated_tokens for whole in wholes))}
 

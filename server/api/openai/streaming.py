@@ -47,9 +47,13 @@ def chat_choices(index: int, event: TokenEvent | None) -> list[dict]:
     return choices
 
 
-def chat_message(whole: TokenEvent, content: str | None, calls: list[ToolCall]) -> dict:
-    """A whole chat choice's message and finish reason: with the tool calls it makes, "tool_calls"."""
+def chat_message(whole: TokenEvent, content: str | None, calls: list[ToolCall],
+                 reasoning: str | None = None) -> dict:
+    """A whole chat choice's message and finish reason: with the tool calls it makes, "tool_calls"; a
+    reasoning model's thinking as `reasoning_content`, vLLM's field."""
     message = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning.strip()
     if not calls:
         return {"message": message, "finish_reason": whole.finish_reason}
     reason = "tool_calls" if whole.finish_reason == FinishReason.STOP else whole.finish_reason
@@ -96,6 +100,27 @@ class ToolCallChoices:
         self.sent[index] = end
         delta = {"content": text[start:end]}
         return [{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}]
+
+
+class ReasoningChoices:
+    """A reasoning model's chat chunks: its thinking as `reasoning_content` deltas (vLLM's field), the
+    rest as `choices` shapes it (content, calls, the finish)."""
+
+    def __init__(self, choices: Callable, new_stream: Callable):
+        """`new_stream()`: a choice's cut of reasoning from answer, made piece by piece."""
+        self.choices, self.new_stream = choices, new_stream
+        self.streams: dict = {}
+
+    def __call__(self, index: int, event: TokenEvent | None) -> list[dict]:
+        if event is None:
+            return self.choices(index, None)
+        stream = self.streams.get(index) or self.streams.setdefault(index, self.new_stream())
+        reasoning, answer = stream.push(event.text, final=event.finish_reason is not None)
+        thought = [{"index": index, "delta": {"reasoning_content": reasoning}, "logprobs": None,
+                    "finish_reason": None}] if reasoning else []
+        rest = TokenEvent(event.token_ids, answer, event.finish_reason, event.prompt_tokens,
+                          event.generated_tokens, event.logprobs)
+        return thought + self.choices(index, rest)
 
 
 def completion_choices(index: int, event: TokenEvent | None) -> list[dict]:

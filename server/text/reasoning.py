@@ -1,0 +1,67 @@
+"""A reasoning model's thinking apart from its answer, as vLLM's reasoning parsers read Qwen 3's and
+DeepSeek-R1's: the text inside `<think>` ... `</think>` is reasoning, the text after it the answer. A
+model is one when its chat template cuts `</think>` blocks out of the history; its answer starts inside
+the block when the prompt ends by opening one (DeepSeek-R1's templates do), else only when the answer
+opens one itself."""
+
+OPEN, CLOSE = "<think>", "</think>"
+
+
+def reasoning_template(source: str) -> bool:
+    return CLOSE in source
+
+
+def opens_reasoning(prompt_tail: str) -> bool:
+    """Whether a prompt ending in `prompt_tail` leaves the answer inside a `<think>` block."""
+    return prompt_tail.rstrip().endswith(OPEN)
+
+
+def split(text: str, opened: bool) -> tuple[str | None, str]:
+    """(reasoning, answer); reasoning None where the text has none."""
+    stream = ReasoningStream(opened)
+    reasoning, answer = stream.push(text, final=True)
+    return (reasoning if stream.reasoned else None), answer
+
+
+class ReasoningStream:
+    """One answer's text as it comes, cut into its reasoning and its answer pieces. Text that may still
+    turn out to be the start of `<think>` or of `</think>` is held until the next piece decides it."""
+
+    def __init__(self, opened: bool):
+        self.mode = "reasoning" if opened else "start"
+        self.reasoned = opened
+        self.held = ""
+        self.trim = False  # the answer's leading white space after `</think>` is dropped
+
+    def push(self, piece: str, final: bool) -> tuple[str, str]:
+        """(reasoning, answer) pieces that are now certain."""
+        self.held += piece
+        reasoning = ""
+        if self.mode == "start":
+            lead = self.held.lstrip()
+            if lead.startswith(OPEN):
+                self.mode, self.reasoned, self.held = "reasoning", True, lead[len(OPEN):]
+            elif not final and OPEN.startswith(lead):  # white space, or the start of `<think>`
+                return "", ""
+            else:
+                self.mode = "answer"
+        if self.mode == "reasoning":
+            end = self.held.find(CLOSE)
+            if end >= 0:
+                reasoning, self.held = self.held[:end], self.held[end + len(CLOSE):]
+                self.mode, self.trim = "answer", True
+            else:
+                keep = 0 if final else _partial(self.held, CLOSE)
+                reasoning, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
+                return reasoning, ""
+        answer, self.held = self.held, ""
+        if self.trim:
+            answer = answer.lstrip()
+            self.trim = not answer
+        return reasoning, answer
+
+
+def _partial(text: str, marker: str) -> int:
+    """The length of the longest end of `text` that begins `marker`."""
+    return max((n for n in range(min(len(marker) - 1, len(text)), 0, -1) if text.endswith(marker[:n])),
+               default=0)
