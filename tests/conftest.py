@@ -46,10 +46,10 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
     """A server of a small random Qwen2 chat model with a Hermes-style template (`tiny`; `<tool_call>` and
-    `</tool_call>` are tokens of their own, as in Qwen's tokenizer) and the same model with a template that
-    takes no tools (`plain`), and one whose template opens each answer with `<think>`, as DeepSeek-R1's
-    (`thinker`), for the modules that test the OpenAI APIs' structured
-    outputs and tool calls."""
+    `</tool_call>` are tokens of their own, as in Qwen's tokenizer), the same
+    model with a template that takes no tools (`plain`), and one whose template opens each answer with
+    `<think>`, as DeepSeek-R1's (`thinker`), for the modules that test the OpenAI APIs' structured outputs,
+    tool calls and reasoning."""
     import subprocess
     import sys
 

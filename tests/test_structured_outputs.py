@@ -204,10 +204,7 @@ def test_with_tools_auto_a_call_the_model_begins_is_held_to_its_schema(client, s
     """`auto` as llama.cpp's lazy grammars: once the model writes `<tool_call>`, the call follows the tools'
     schemas. A random model is pushed to begin one by a bias on the `<tool_call>` token; left to itself
     after that it writes nonsense, so every valid call here is the grammar's doing."""
-    from tokenizers import Tokenizer
-
-    marker = Tokenizer.from_file(str(served.log.parent / "repository" / "tiny" / "tokenizer.json")
-                                 ).token_to_id("<tool_call>")
+    marker = marker_token(served)
     for seed in range(3):
         answer = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, max_tokens=300,
                                                 parallel_tool_calls=False, seed=seed,
@@ -219,6 +216,8 @@ def test_with_tools_auto_a_call_the_model_begins_is_held_to_its_schema(client, s
 
 HERMES_ANSWERS = {
     "Let me see.": True,
+    '<think>\nThe time.\n</think>\n\n<tool_call>\n{"name":"get_time","arguments":{"zone":"utc"}}\n'
+    '</tool_call>': True,
     'Let me see.\n<tool_call>\n{"name":"get_time","arguments":{"zone":"utc"}}\n</tool_call>': True,
     'Let me see.\n<tool_call>\n{"name":"get_time","arguments":{"zone":"UTC"}}': False,
     '<tool_call>\n{"name":"get_time","arguments":{"zone":"utc"}}\n</tool_call>\nDone.': False}
@@ -228,36 +227,50 @@ LLAMA_ANSWERS = {"It is noon.": True, '{"name":"get_time","parameters":{"zone":"
 
 @pytest.mark.parametrize("format_, marker_tokens, answers", [
     ("hermes", True, HERMES_ANSWERS), ("hermes", False, HERMES_ANSWERS), ("llama", False, LLAMA_ANSWERS)])
-def test_the_auto_grammar_leaves_text_free_and_holds_calls_to_their_schemas(served, format_, marker_tokens,
+def test_the_auto_grammar_leaves_text_free_and_holds_calls_to_their_schemas(tmp_path, format_, marker_tokens,
                                                                           answers):
-    """Without marker tokens (a tokenizer that has none), the model spells the markers out: here their
-    letters are encoded apart, so that the tokenizer's `<tool_call>` token does not appear."""
+    """On a tokenizer with Qwen 3's own tokens for the call and thinking markers. Without marker tokens (a
+    tokenizer that has none), the model spells the markers out: here their letters are encoded apart,
+    so that the tokenizer's marker tokens do not appear."""
     from tokenizers import Tokenizer
 
     from server.generation.structured import Grammars
     from server.text.tools import grammar
+    from tests.test_llm_export import trained_tokenizer
 
-    tokenizer_file = served.log.parent / "repository" / "tiny" / "tokenizer.json"
+    added = ("<tool_call>", "</tool_call>", "<think>", "</think>")
+    tokenizer_file = tmp_path / "tokenizer.json"
+    trained_tokenizer(added=added).backend_tokenizer.save(str(tokenizer_file))
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     end = tokenizer.token_to_id("<|im_end|>")
 
     def ids(text):
         if marker_tokens:
             return tokenizer.encode(text, add_special_tokens=False).ids
-        parts = [part for piece in re.split(r"(</?tool_call>)", text)
-                 for part in ([piece[:3], piece[3:]] if "tool_call" in piece else [piece])]
+        markers = re.compile(r"(</?tool_call>|</?think>)")
+        parts = [part for piece in markers.split(text)
+                 for part in ([piece[:3], piece[3:]] if markers.fullmatch(piece) else [piece])]
         return [token for part in parts for token in tokenizer.encode(part, add_special_tokens=False).ids]
 
+    thinking = ("<think>", "</think>") if marker_tokens else ()
     spec = ("grammar", grammar([tool["function"] for tool in TOOLS], format_, parallel=True, optional=True,
-                               marker_tokens=marker_tokens))
+                               marker_tokens=marker_tokens, text_tokens=thinking))
     for text, valid in answers.items():
         constraint = Grammars(tokenizer_file, frozenset({end}), None).constraint(spec)
         assert all(constraint.matcher.consume_token(token) for token in ids(text) + [end]) == valid, text
 
 
-def test_with_tools_offered_a_text_answer_still_streams_as_it_is_generated(client):
+def marker_token(served, text: str = "<tool_call>") -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(served.log.parent / "repository" / "tiny" / "tokenizer.json")
+                               ).token_to_id(text)
+
+
+def test_with_tools_offered_a_text_answer_still_streams_as_it_is_generated(client, served):
+    """The model kept from opening a call (a bias against the marker's token): its text streams."""
     asked = dict(model="tiny", messages=ASK, tools=TOOLS, max_tokens=64, temperature=0,
-                 extra_body={"ignore_eos": True})
+                 logit_bias={str(marker_token(served)): -100}, extra_body={"ignore_eos": True})
     whole = client.chat.completions.create(**asked).choices[0]
     pieces, finish = [], None
     for chunk in client.chat.completions.create(**asked, stream=True):

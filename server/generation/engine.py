@@ -37,7 +37,7 @@ from server.generation.text import TextCodec, TextStream, prompt_ids
 from server.runtime.executor import InstancePool
 from server.text.chat import ChatTemplate
 from server.text.reasoning import opens_reasoning
-from server.text.tools import CALL_MARKERS
+from server.text.tools import CALL_MARKERS, THINKING_MARKERS
 from server.text.tools import grammar as tool_grammar
 from server.text.tools import parse as parse_tool_calls
 from server.text.tools import streamable as tool_text_streamable
@@ -360,7 +360,7 @@ class GenerationEngine:
         else:
             functions = [f for f in tools.functions if tools.choice in ("required", f["name"])]
         calls = tool_grammar(functions, self._tool_format, tools.parallel, optional=tools.choice == "auto",
-                             marker_tokens=self._marker_tokens)
+                             marker_tokens=self._marker_tokens, text_tokens=self._text_tokens)
         return {**parameters, "structured_outputs": {"grammar": calls}}
 
     def opens_reasoning(self, prompt: list[int]) -> bool | None:
@@ -374,6 +374,11 @@ class GenerationEngine:
     @functools.cached_property
     def _marker_tokens(self) -> bool:
         return self.codec is not None and self.codec.has_tokens(*CALL_MARKERS)
+
+    @functools.cached_property
+    def _text_tokens(self) -> tuple[str, ...]:
+        """The thinking markers the tokenizer has as tokens of their own (Qwen 3's)."""
+        return tuple(t for t in THINKING_MARKERS if self.codec is not None and self.codec.has_tokens(t))
 
     def tool_calls(self, text: str, tools: ToolUse) -> tuple[str | None, list[ToolCall]]:
         """The answer's content and the calls it makes, read in the format the chat template asks for."""
