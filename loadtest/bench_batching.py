@@ -238,12 +238,12 @@ def start_server(root: Path, port: int, grpc_port: int) -> subprocess.Popen:
 
 
 def run(seconds: float) -> str:
-    from loadtest.server_process import free_port
+    from loadtest.server_process import free_ports
 
     rng = np.random.default_rng(0)
     root = Path(tempfile.mkdtemp(prefix="ortserve-bench-"))
     build_repository(root)
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_ports(2)
     server = start_server(root, http_port, grpc_port)
     rows = []
     try:

@@ -20,7 +20,7 @@ import numpy as np
 
 from exporters.demo import SIMPLE_CONFIG, publish, simple_model
 from loadtest import client, report
-from loadtest.server_process import ServerProcess, free_port, stop_server, wait_ready
+from loadtest.server_process import ServerProcess, free_ports, stop_server, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADS = [(protocol, concurrency) for protocol in ("HTTP binary", "gRPC") for concurrency in (1, 32)]
@@ -36,7 +36,7 @@ def checkout(revision: str) -> Path:
 
 def serve(tree: Path, repository: Path, log: Path) -> ServerProcess:
     """`python -m server` with `tree` first on the path (its own `server` package, this environment)."""
-    ports = free_port(), free_port(), free_port()
+    ports = free_ports(3)
     command = [sys.executable, "-m", "server", "--model-repository", str(repository), "--host", "127.0.0.1",
                "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
                "--access-log", "false"]

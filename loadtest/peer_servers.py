@@ -19,6 +19,7 @@ import onnxruntime as ort
 from loadtest.server_process import (
     cpu_seconds,
     free_port,
+    free_ports,
     start_server,
     stop_process,
     stop_server,
@@ -97,7 +98,7 @@ def start_ortserve(root: Path, work: Path, model: str) -> Running:
 
 
 def start_kserve(python: Path, root: Path, work: Path, model: str) -> Running:
-    http, grpc_port = free_port(), free_port()
+    http, grpc_port = free_ports(2)
     log = work / f"kserve-{model}.log"
     command = [str(python), str(PEERS_DIR / "kserve_server.py"), model, str(model_file(root, model)), "0",
                "--http_port", str(http), "--grpc_port", str(grpc_port), "--enable_latency_logging", "false"]
@@ -107,14 +108,14 @@ def start_kserve(python: Path, root: Path, work: Path, model: str) -> Running:
 
 
 def start_mlserver(python: Path, root: Path, work: Path, model: str) -> Running:
-    http, grpc_port = free_port(), free_port()
+    http, grpc_port, metrics_port = free_ports(3)
     folder = work / f"mlserver-{model}"
     folder.mkdir()
     shutil.copy(PEERS_DIR / "mlserver_runtime.py", folder)
     # parallel_workers 0: inference in the server's own process, as the other two run it (and faster
     # for these models than MLServer's default of one worker process); debug false: no access log
     settings = {"debug": False, "parallel_workers": 0, "http_port": http, "grpc_port": grpc_port,
-                "metrics_port": free_port(), "host": "127.0.0.1"}
+                "metrics_port": metrics_port, "host": "127.0.0.1"}
     (folder / "settings.json").write_text(json.dumps(settings))
     model_settings = {"name": model, "implementation": "mlserver_runtime.OnnxModel",
                       "parameters": {"extra": {"path": str(model_file(root, model)), "intra_op_threads": 0}}}
@@ -133,7 +134,7 @@ def start_floor(work: Path) -> Running:
 def start_echo_floor(work: Path) -> Running:
     """With glibc's allocator keeping request-sized buffers, as ortserve's `keep_request_buffers` does."""
     allocator = {"MALLOC_MMAP_THRESHOLD_": str(LARGEST_FROM_HEAP), "MALLOC_TRIM_THRESHOLD_": str(KEPT_FREE)}
-    return _started_script(ECHO_FLOOR, "echo_floor.py", work, [free_port(), free_port()],
+    return _started_script(ECHO_FLOOR, "echo_floor.py", work, free_ports(2),
                            environment={**os.environ, **allocator})
 
 

@@ -1,5 +1,6 @@
 """An ortserve server process on free loopback ports, for benchmarks, the load test and the tests."""
 
+import contextlib
 import os
 import socket
 import ssl
@@ -32,9 +33,17 @@ def _stat(pid: int) -> list[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` ports free now, all different: each socket is held until all are chosen (ports chosen one
+    after another may come back the same)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 @dataclass
@@ -61,7 +70,7 @@ def start_server(repository: Path, log: Path, *args: str, ready_model: str | Non
                  timeout: float = 60.0) -> ServerProcess:
     """Starts `python -m server` on free ports and waits until `ready_model` (or the server) is ready.
     `verify`: for a server that serves HTTPS, its CA file or an SSL context (polled over https then)."""
-    ports = free_port(), free_port(), free_port()
+    ports = free_ports(3)
     command = [sys.executable, "-m", "server", "--model-repository", str(repository), "--host", "127.0.0.1",
                "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
                *args]

@@ -8,7 +8,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from loadtest.server_process import ServerProcess, free_port, start_server, stop_server  # noqa: F401
+from loadtest.server_process import ServerProcess, free_port, free_ports, start_server, stop_server  # noqa: F401
 from tests.models import build_repository
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from exporters.demo import SIMPLE_CONFIG, publish, simple_model
-from tests.conftest import free_port, start_server, stop_server
+from tests.conftest import free_ports, start_server, stop_server
 from tests.models import int32_pair, relu_model
 
 
@@ -210,7 +210,7 @@ def test_access_log_lines(server):
 
 
 def run_to_exit(repository, *flags: str) -> subprocess.CompletedProcess:
-    ports = [str(free_port()) for _ in range(3)]
+    ports = [str(port) for port in free_ports(3)]
     return subprocess.run([sys.executable, "-m", "server", "--model-repository", str(repository),
                            "--host", "127.0.0.1", "--http-port", ports[0], "--grpc-port", ports[1],
                            "--metrics-port", ports[2], *flags], capture_output=True, text=True, timeout=120)

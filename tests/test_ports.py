@@ -7,7 +7,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from exporters.demo import SIMPLE_CONFIG, publish, simple_model
-from tests.conftest import ROOT, free_port, start_server, stop_server
+from tests.conftest import ROOT, free_ports, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def first_server(tmp_path_factory):
 @pytest.mark.parametrize("taken, name", [("grpc", "gRPC"), ("http", "HTTP"), ("metrics", "metrics")])
 def test_a_port_in_use_stops_the_server_with_one_line(first_server, taken, name):
     root, first = first_server
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    ports = dict(zip(("http", "grpc", "metrics"), free_ports(3)))
     ports[taken] = getattr(first, f"{taken}_port")
     second = subprocess.run(
         [sys.executable, "-m", "server", "--model-repository", str(root), "--host", "127.0.0.1",

@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from exporters.demo import SIMPLE_CONFIG, publish, simple_model
-from tests.conftest import ROOT, free_port, start_server, stop_server
+from tests.conftest import ROOT, free_ports, start_server, stop_server
 from tests.models import offset_model
 
 SIMPLE_CONFIG_JSON = json.dumps({"max_batch_size": 8, "dynamic_batching": {}})
@@ -152,7 +152,7 @@ def test_the_modules_objects_are_frozen_before_the_models_load(tmp_path):
     loop, and of every request in flight, under load), while what a model holds stays collectable once
     it is unloaded."""
     publish(tmp_path, "simple", simple_model(), SIMPLE_CONFIG)
-    ports = [str(free_port()) for _ in range(3)]
+    ports = [str(port) for port in free_ports(3)]
     done = subprocess.run([sys.executable, "-c", FROZEN_AT_LOAD, str(tmp_path), *ports], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

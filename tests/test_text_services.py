@@ -305,6 +305,8 @@ def test_ollama_embed_gives_the_unit_length_embeddings_of_v1_embeddings(text_ser
         client.embed(model="minilm", input="word " * 2000, truncate=False)
     older = client.embeddings(model="minilm", prompt=texts[0]).embedding
     np.testing.assert_allclose(older, vectors[0], atol=1e-5)
+    refused = http.post("/api/embeddings", json={"model": "minilm", "prompt": "x", "input": "y"})
+    assert refused.status_code == 400 and "field 'input' is not supported" in refused.text
 
 
 def test_vllm_score_gives_each_pairs_cross_encoder_score_in_order(http, checkpoints):

@@ -108,6 +108,13 @@ def embed_request(payload: dict) -> TextRequest:
                        dimensions=dimensions, protocol="http")
 
 
+def older_embed_request(payload: dict) -> TextRequest:
+    """Ollama's /api/embeddings: one `prompt`, cut to the model's length."""
+    _refuse_unknown(payload, {"model", "prompt", "options", "keep_alive"}, "/api/embeddings")
+    return embed_request({"model": payload.get("model"), "input": payload.get("prompt"),
+                          "options": payload.get("options")})
+
+
 def _refuse_unknown(payload: dict, known: set, route: str) -> None:
     unknown = sorted(set(payload) - known)
     if unknown:

@@ -12,7 +12,13 @@ from fastapi.responses import StreamingResponse
 
 from server.api.http.context import Json, Served
 from server.api.http.streams import collect
-from server.api.ollama.protocol import OllamaChat, OllamaGenerate, embed_request, model_name
+from server.api.ollama.protocol import (
+    OllamaChat,
+    OllamaGenerate,
+    embed_request,
+    model_name,
+    older_embed_request,
+)
 from server.api.openai.routes import json_response
 from server.api.openai.streaming import ToolCallChoices, chat_choices
 from server.core.errors import NotFound, ServerError
@@ -65,9 +71,7 @@ async def embed(service: Served, payload: Json):
 @router.post("/api/embeddings")
 async def embeddings(service: Served, payload: Json):
     """Ollama's older route: one `prompt`, one `embedding`."""
-    prompt = payload.get("prompt")
-    request = embed_request({"model": payload.get("model"), "input": prompt, "truncate": True})
-    result = await service.text.encode(request)
+    result = await service.text.encode(older_embed_request(payload))
     return json_response({"embedding": result.vectors[0].tolist()})
 
 
