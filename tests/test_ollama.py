@@ -115,7 +115,8 @@ def test_the_model_lists_and_details(clients, served):
     (lambda c: c.chat(model="tiny", messages=ASK, options={"num_predict": 0}), "'num_predict' must be"),
     (lambda c: c.chat(model="tiny", messages=[{"role": "user", "content": "x", "images": ["aGk="]}]),
      "images are not supported"),
-    (lambda c: c.chat(model="tiny", messages=ASK, think=True), "'think' is not supported"),
+    (lambda c: c.chat(model="tiny", messages=ASK, think=True), '"tiny" does not support thinking'),
+    (lambda c: c.generate(model="tiny", prompt="x", think=True), "'think' is not supported by ortserve's"),
     (lambda c: c.generate(model="tiny", prompt="x", suffix="y"), "'suffix' is not supported"),
     (lambda c: c.generate(model="tiny", prompt="x", system="s", raw=True), "the prompt is sent as it is"),
     (lambda c: c.embed(model="tiny", input="x"), "model 'tiny' takes no text"),
@@ -176,3 +177,18 @@ def test_a_streamed_answer_that_calls_a_tool_ends_in_a_line_with_the_call_its_ar
     [call_line] = [line for line in answer if line["message"].get("tool_calls")]
     assert call_line["message"]["tool_calls"] == [{"function": {"name": "get_time",
                                                                  "arguments": {"zone": "utc"}}}]
+
+
+def test_think_gives_a_reasoning_models_thinking_apart_whole_and_streamed(clients):
+    """`thinker` opens each answer inside <think> (DeepSeek-R1's template) and the random model never
+    closes it, so with `think` all its text is thinking, as the OpenAI route's `reasoning_content`."""
+    client, openai_client = clients
+    whole = client.chat(model="thinker", messages=ASK, think=True, options=GREEDY).message
+    expected = openai_client.chat.completions.create(model="thinker", messages=ASK, max_tokens=12,
+                                                     temperature=0).choices[0].message
+    assert whole.thinking == expected.model_extra["reasoning_content"] and whole.thinking
+    assert whole.content == ""
+    streamed = list(client.chat(model="thinker", messages=ASK, think=True, options=GREEDY, stream=True))
+    assert "".join(part.message.thinking or "" for part in streamed).strip() == whole.thinking
+    unsplit = client.chat(model="thinker", messages=ASK, think=False, options=GREEDY).message
+    assert unsplit.thinking is None and unsplit.content.strip() == whole.thinking

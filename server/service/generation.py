@@ -98,6 +98,11 @@ class GenerationService:
         """The same cut made piece by piece, as an answer streams."""
         return reasoning.ReasoningStream(opened)
 
+    def thinks(self, model_name: str) -> bool:
+        """Whether the model is a reasoning model (its chat template cuts `</think>` from past answers)."""
+        chat = self.settings(model_name).chat
+        return chat is not None and chat.reasoning
+
     def settings(self, model_name: str) -> GenerationSettings:
         """A generation model's settings: its context, its chat template (None where it has none)."""
         return self._model(GenerateRequest(model_name)).engine.settings

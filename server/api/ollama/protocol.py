@@ -37,21 +37,25 @@ def model_name(payload: dict) -> str:
 class OllamaChat:
     request: GenerateRequest
     stream: bool
+    think: bool | None  # True: the thinking apart, as `thinking`; False: the model asked not to think
 
     @classmethod
     def from_json(cls, payload: dict) -> "OllamaChat":
-        _refuse_unknown(payload, CHAT_FIELDS, "/api/chat")
+        _refuse_unknown(payload, CHAT_FIELDS, "/api/chat", thinks=True)
         messages = payload.get("messages")
         if not isinstance(messages, list):
             raise InvalidArgument("'messages' must be a list of {role, content} objects")
+        think = boolean(payload.get("think"), "'think'")
         body = {"model": model_name(payload), "messages": [_message(i, m) for i, m in enumerate(messages)],
                 **_sampling(payload), **_format(payload.get("format"))}
+        if think is False:  # Qwen 3's template variable; a template without it ignores it
+            body["chat_template_kwargs"] = {"enable_thinking": False}
         if payload.get("tools"):
             body["tools"] = payload["tools"]
         chat = ChatRequest.from_json(body)
         request = GenerateRequest(chat.model, parameters=chat.sampling, messages=chat.messages,
-                                  tools=chat.tools, protocol="http")
-        return cls(request, _stream(payload))
+                                  tools=chat.tools, chat_options=chat.chat_options, protocol="http")
+        return cls(request, _stream(payload), think)
 
 
 @dataclass
@@ -115,12 +119,12 @@ def older_embed_request(payload: dict) -> TextRequest:
                           "options": payload.get("options")})
 
 
-def _refuse_unknown(payload: dict, known: set, route: str) -> None:
+def _refuse_unknown(payload: dict, known: set, route: str, thinks: bool = False) -> None:
     unknown = sorted(set(payload) - known)
     if unknown:
         raise InvalidArgument(f"field {', '.join(map(repr, unknown))} is not supported by ortserve's {route}")
-    if payload.get("think"):
-        raise InvalidArgument("'think' is not supported: ortserve does not separate a model's thinking")
+    if payload.get("think") and not thinks:
+        raise InvalidArgument(f"'think' is not supported by ortserve's {route}; /api/chat takes it")
 
 
 def _stream(payload: dict) -> bool:

@@ -20,8 +20,8 @@ from server.api.ollama.protocol import (
     older_embed_request,
 )
 from server.api.openai.routes import json_response
-from server.api.openai.streaming import ToolCallChoices, chat_choices
-from server.core.errors import NotFound, ServerError
+from server.api.openai.streaming import ReasoningChoices, ToolCallChoices, chat_choices
+from server.core.errors import InvalidArgument, NotFound, ServerError
 from server.core.types import ToolCall
 from server.service.services import Service
 
@@ -31,18 +31,28 @@ NDJSON = "application/x-ndjson"
 
 @router.post("/api/chat")
 async def chat(request: Request, service: Served, payload: Json):
+    """With `think`, a reasoning model's thinking comes apart as the message's `thinking`."""
     body = OllamaChat.from_json(payload)
     asked, started = body.request, time.perf_counter_ns()
+    if body.think and not service.generation.thinks(asked.model_name):
+        raise InvalidArgument(f"\"{asked.model_name}\" does not support thinking")
     tokens = service.generation.generate(asked)
-    reply = _Reply(asked.model_name, started)
+    reply, opened = _Reply(asked.model_name, started), tokens.reasoning if body.think else None
     calls = partial(service.generation.tool_calls, asked)
     if body.stream:
         shape = ToolCallChoices(calls, partial(service.generation.streamable, asked)) if asked.tools \
             else chat_choices
+        if opened is not None:
+            shape = ReasoningChoices(shape, partial(service.generation.reasoning_stream, opened))
         return StreamingResponse(_chat_lines(tokens, shape, reply), media_type=NDJSON)
     [whole] = await collect(request, [tokens])
-    content, found = calls(whole.text)
-    return json_response(reply.last(whole, message=_message(content or "", found)))
+    thinking, text = (None, whole.text) if opened is None else \
+        service.generation.split_reasoning(whole.text, opened)
+    content, found = calls(text)
+    message = _message(content or "", found)
+    if thinking is not None:
+        message["thinking"] = thinking.strip()
+    return json_response(reply.last(whole, message=message))
 
 
 @router.post("/api/generate")
@@ -141,6 +151,8 @@ async def _chat_lines(tokens, shape, reply: _Reply):
         async for event in tokens:
             for choice in shape(0, event):
                 delta = choice["delta"]
+                if delta.get("reasoning_content"):
+                    yield reply.part(message={**_message("", []), "thinking": delta["reasoning_content"]})
                 if delta.get("content"):
                     yield reply.part(message=_message(delta["content"], []))
                 if delta.get("tool_calls"):
