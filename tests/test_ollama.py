@@ -42,7 +42,8 @@ def test_chat_whole_and_streamed_means_the_openai_chat(clients):
                                                      "stream": False}).json()
     assert sent_raw["message"]["content"] == whole.message.content  # "mirostat": null as absent
     pieces = list(client.chat(model="tiny", messages=ASK, options=GREEDY, stream=True))
-    assert len(pieces) >= 3 and pieces[-1].done and not any(piece.done for piece in pieces[:-1])
+    # pieces that wait for a slower client come merged: how many lines there are depends on timing
+    assert len(pieces) >= 2 and pieces[-1].done and not any(piece.done for piece in pieces[:-1])
     assert "".join(piece.message.content for piece in pieces) == whole.message.content
     assert pieces[-1].eval_count == whole.eval_count and pieces[-1].total_duration > 0
 
