@@ -19,8 +19,7 @@ from server.api.ollama.protocol import (
     model_name,
     older_embed_request,
 )
-from server.api.openai.routes import json_response
-from server.api.openai.streaming import ReasoningChoices, ToolCallChoices, chat_choices
+from server.api.openai.routes import answer_shape, json_response, read_answer
 from server.core.errors import InvalidArgument, NotFound, ServerError
 from server.core.types import ToolCall
 from server.service.services import Service
@@ -38,17 +37,11 @@ async def chat(request: Request, service: Served, payload: Json):
         raise InvalidArgument(f"\"{asked.model_name}\" does not support thinking")
     tokens = service.generation.generate(asked)
     reply, opened = _Reply(asked.model_name, started), tokens.reasoning if body.think else None
-    calls = partial(service.generation.tool_calls, asked)
     if body.stream:
-        shape = ToolCallChoices(calls, partial(service.generation.streamable, asked)) if asked.tools \
-            else chat_choices
-        if opened is not None:
-            shape = ReasoningChoices(shape, partial(service.generation.reasoning_stream, opened))
-        return StreamingResponse(_chat_lines(tokens, shape, reply), media_type=NDJSON)
+        return StreamingResponse(_chat_lines(tokens, answer_shape(service, asked, opened), reply),
+                                 media_type=NDJSON)
     [whole] = await collect(request, [tokens])
-    thinking, text = (None, whole.text) if opened is None else \
-        service.generation.split_reasoning(whole.text, opened)
-    content, found = calls(text)
+    thinking, content, found = read_answer(service, asked, whole.text, opened)
     message = _message(content or "", found)
     if thinking is not None:
         message["thinking"] = thinking.strip()

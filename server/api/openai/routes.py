@@ -6,6 +6,7 @@ import dataclasses
 import json
 import time
 import uuid
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated
 
@@ -31,7 +32,7 @@ from server.api.openai.streaming import (
 )
 from server.api.openai.tokenize import detokenize_request
 from server.core.errors import NotFound, ServerError
-from server.core.types import FinishReason, GenerateRequest, TextRequest, TokenEvent
+from server.core.types import FinishReason, GenerateRequest, TextRequest, TokenEvent, ToolCall
 from server.service.services import Service
 
 router = APIRouter(route_class=OpenAIRoute)
@@ -114,24 +115,39 @@ async def chat_completions(request: Request, service: Served, body: Chat):
         raise
     completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                   "created": int(time.time()), "model": body.model}
-    calls, opened = partial(service.generation.tool_calls, asked[0]), streams[0].reasoning
+    opened = streams[0].reasoning
     if body.stream:
         chunk = {**completion, "object": "chat.completion.chunk"}
-        streamable = partial(service.generation.streamable, asked[0])
-        shape = ToolCallChoices(calls, streamable) if body.tools else chat_choices
-        if opened is not None:
-            shape = ReasoningChoices(shape, partial(service.generation.reasoning_stream, opened))
+        shape = answer_shape(service, asked[0], opened)
         answer = chunks(streams, chunk, body.include_usage, len(streams), shape)
         return StreamingResponse(answer, media_type="text/event-stream", headers=SSE_HEADERS)
     wholes = await collect(request, streams)
     choices = []
     for index, whole in enumerate(wholes):
-        reasoning, text = ((None, whole.text) if opened is None
-                           else service.generation.split_reasoning(whole.text, opened))
-        choices.append({"index": index, **chat_message(whole, *calls(text), reasoning),
+        reasoning, content, calls = read_answer(service, asked[0], whole.text, opened)
+        choices.append({"index": index, **chat_message(whole, content, calls, reasoning),
                         "logprobs": chat_logprobs(whole)})
     return {**completion, "choices": choices,
             "usage": usage(wholes[0].prompt_tokens, sum(whole.generated_tokens for whole in wholes))}
+
+
+def answer_shape(service: Service, asked: GenerateRequest, opened: bool | None) -> Callable:
+    """How a chat answer streams as chunks: its content while it surely is content, its calls whole where
+    tools were offered, a reasoning model's thinking apart (`opened`: see `TokenStream.reasoning`)."""
+    shape = chat_choices
+    if asked.tools:
+        shape = ToolCallChoices(partial(service.generation.tool_calls, asked),
+                                partial(service.generation.streamable, asked))
+    if opened is not None:
+        shape = ReasoningChoices(shape, partial(service.generation.reasoning_stream, opened))
+    return shape
+
+
+def read_answer(service: Service, asked: GenerateRequest, text: str, opened: bool | None
+                ) -> tuple[str | None, str | None, list[ToolCall]]:
+    """A whole chat answer's thinking (None but for a reasoning model), content and calls."""
+    reasoning, rest = (None, text) if opened is None else service.generation.split_reasoning(text, opened)
+    return (reasoning, *service.generation.tool_calls(asked, rest))
 
 
 @router.post("/v1/responses")

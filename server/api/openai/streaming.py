@@ -114,7 +114,9 @@ class ReasoningChoices:
     def __call__(self, index: int, event: TokenEvent | None) -> list[dict]:
         if event is None:
             return self.choices(index, None)
-        stream = self.streams.get(index) or self.streams.setdefault(index, self.new_stream())
+        if index not in self.streams:
+            self.streams[index] = self.new_stream()
+        stream = self.streams[index]
         reasoning, answer = stream.push(event.text, final=event.finish_reason is not None)
         thought = [{"index": index, "delta": {"reasoning_content": reasoning}, "logprobs": None,
                     "finish_reason": None}] if reasoning else []
