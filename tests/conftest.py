@@ -45,8 +45,8 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
-    """A server of a small random Qwen2 chat model with a Hermes-style template (`tiny`; `<tool_call>` and
-    `</tool_call>` are tokens of their own, as in Qwen's tokenizer), the same
+    """A server of a small random Qwen2 chat model with a Hermes-style template (`tiny`; `<tool_call>`,
+    `</tool_call>`, `<think>` and `</think>` are tokens of their own, as in Qwen 3's tokenizer), the same
     model with a template that takes no tools (`plain`), and one whose template opens each answer with
     `<think>`, as DeepSeek-R1's (`thinker`), for the modules that test the OpenAI APIs' structured outputs,
     tool calls and reasoning."""
@@ -58,7 +58,7 @@ def served(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("structured")
     checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2", HERMES, positions=2048,
-                                           added=("<tool_call>", "</tool_call>"))
+                                           added=("<tool_call>", "</tool_call>", "<think>", "</think>"))
     repository = root / "repository"
     subprocess.run([sys.executable, "-m", "exporters", "llm", "--checkpoint", str(checkpoint),
                     "--repository", str(repository), "--name", "tiny"], check=True, capture_output=True,

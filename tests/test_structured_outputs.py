@@ -47,6 +47,7 @@ THINKING = ("{% for message in messages %}<|im_start|>{{ message.role }}\n"
             "{% else %}{{ message.content }}{% endif %}<|im_end|>\n"
             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
 ASK = [{"role": "user", "content": "Describe a file as JSON."}]
+BIAS = 4  # on `</think>`: a random model closes its thinking after a few tokens
 
 
 def with_template(repository: Path, name: str, copy: str, template: str) -> None:
@@ -216,8 +217,6 @@ def test_with_tools_auto_a_call_the_model_begins_is_held_to_its_schema(client, s
 
 HERMES_ANSWERS = {
     "Let me see.": True,
-    '<think>\nThe time.\n</think>\n\n<tool_call>\n{"name":"get_time","arguments":{"zone":"utc"}}\n'
-    '</tool_call>': True,
     'Let me see.\n<tool_call>\n{"name":"get_time","arguments":{"zone":"utc"}}\n</tool_call>': True,
     'Let me see.\n<tool_call>\n{"name":"get_time","arguments":{"zone":"UTC"}}': False,
     '<tool_call>\n{"name":"get_time","arguments":{"zone":"utc"}}\n</tool_call>\nDone.': False}
@@ -225,22 +224,26 @@ LLAMA_ANSWERS = {"It is noon.": True, '{"name":"get_time","parameters":{"zone":"
                  '{"name":"get_time","parameters":{}}': False, '{"answer": 1}': False}
 
 
-@pytest.mark.parametrize("format_, marker_tokens, answers", [
-    ("hermes", True, HERMES_ANSWERS), ("hermes", False, HERMES_ANSWERS), ("llama", False, LLAMA_ANSWERS)])
-def test_the_auto_grammar_leaves_text_free_and_holds_calls_to_their_schemas(tmp_path, format_, marker_tokens,
-                                                                          answers):
-    """On a tokenizer with Qwen 3's own tokens for the call and thinking markers. Without marker tokens (a
-    tokenizer that has none), the model spells the markers out: here their letters are encoded apart,
-    so that the tokenizer's marker tokens do not appear."""
+@pytest.fixture(scope="module")
+def qwen_like_tokenizer(tmp_path_factory) -> Path:
+    """A tokenizer with Qwen 3's own tokens for the call and thinking markers."""
+    from tests.test_llm_export import trained_tokenizer
+
+    tokenizer_file = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    trained_tokenizer(added=("<tool_call>", "</tool_call>", "<think>", "</think>")).backend_tokenizer.save(
+        str(tokenizer_file))
+    return tokenizer_file
+
+
+def accepted(tokenizer_file: Path, spec: tuple[str, str], answers: dict[str, bool], marker_tokens: bool,
+             thinking: str | None = None) -> dict[str, bool]:
+    """Whether the grammar accepts each answer whole. Without marker tokens (a tokenizer that has none),
+    the model spells the markers out: here their letters are encoded apart, so that the tokenizer's marker
+    tokens do not appear."""
     from tokenizers import Tokenizer
 
     from server.generation.structured import Grammars
-    from server.text.tools import grammar
-    from tests.test_llm_export import trained_tokenizer
 
-    added = ("<tool_call>", "</tool_call>", "<think>", "</think>")
-    tokenizer_file = tmp_path / "tokenizer.json"
-    trained_tokenizer(added=added).backend_tokenizer.save(str(tokenizer_file))
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     end = tokenizer.token_to_id("<|im_end|>")
 
@@ -252,12 +255,52 @@ def test_the_auto_grammar_leaves_text_free_and_holds_calls_to_their_schemas(tmp_
                  for part in ([piece[:3], piece[3:]] if markers.fullmatch(piece) else [piece])]
         return [token for part in parts for token in tokenizer.encode(part, add_special_tokens=False).ids]
 
-    thinking = ("<think>", "</think>") if marker_tokens else ()
+    grammars = Grammars(tokenizer_file, frozenset({end}), None)
+    verdicts = {}
+    for text in answers:
+        constraint = grammars.constraint(spec, thinking=thinking)
+        verdicts[text] = all(constraint.matcher.consume_token(token) for token in ids(text) + [end])
+    return verdicts
+
+
+@pytest.mark.parametrize("format_, marker_tokens, answers", [
+    ("hermes", True, HERMES_ANSWERS), ("hermes", False, HERMES_ANSWERS), ("llama", False, LLAMA_ANSWERS)])
+def test_the_auto_grammar_leaves_text_free_and_holds_calls_to_their_schemas(qwen_like_tokenizer, format_,
+                                                                          marker_tokens, answers):
+    from server.text.tools import grammar
+
     spec = ("grammar", grammar([tool["function"] for tool in TOOLS], format_, parallel=True, optional=True,
-                               marker_tokens=marker_tokens, text_tokens=thinking))
-    for text, valid in answers.items():
-        constraint = Grammars(tokenizer_file, frozenset({end}), None).constraint(spec)
-        assert all(constraint.matcher.consume_token(token) for token in ids(text) + [end]) == valid, text
+                               marker_tokens=marker_tokens))
+    assert accepted(qwen_like_tokenizer, spec, answers, marker_tokens) == answers
+
+
+CALL = '<tool_call>\n{"name":"get_time","arguments":{"zone":"utc"}}\n</tool_call>'
+OPENED_ANSWERS = {'Hm, JSON.\n</think>\n\n{"a":1}': True, '</think>{"a":1}': True, '{"a":1}': False,
+                  'Hm.</think>\n\n{"a":x}': False, 'Hm.</think> a </think>{"a":1}': False,
+                  'Hm.</think>\n\n{"a":1} more': False}
+UNOPENED_ANSWERS = {'<think>\nHm, JSON.\n</think>\n\n{"a":1}': True, '{"a":1}': True,
+                    '<think>Hm.</think>{"a":x}': False, 'Hm.</think>{"a":1}': False}
+CALL_ANSWERS = {f"<think>\nThe time.\n</think>\n\n{CALL}": True, "<think>Hm.</think>\nIt is noon.": True,
+                CALL: True, f"<think>Hm.</think>{CALL[:-1]}": False}
+
+
+@pytest.mark.parametrize("marker_tokens", [True, False])
+def test_a_reasoning_models_thinking_comes_free_before_the_grammar_holds_its_answer(qwen_like_tokenizer,
+                                                                                   marker_tokens):
+    """vLLM's structured outputs with a reasoning parser: the thinking block is free text, the grammar holds
+    what follows `</think>`; where the prompt opened the block (DeepSeek-R1's template) the model must
+    close it, elsewhere (Qwen 3's) it may open one."""
+    from server.text.reasoning import thinking_grammar
+    from server.text.tools import grammar
+
+    schema = ("json", json.dumps({"type": "object", "properties": {"a": {"type": "integer"}},
+                                  "required": ["a"], "additionalProperties": False}))
+    for spec, opened, answers in [(schema, True, OPENED_ANSWERS), (schema, False, UNOPENED_ANSWERS), (
+            ("grammar", grammar([tool["function"] for tool in TOOLS], "hermes", parallel=False, optional=True,
+                                marker_tokens=marker_tokens)), False, CALL_ANSWERS)]:
+        thinking = thinking_grammar(opened, marker_tokens)
+        verdicts = accepted(qwen_like_tokenizer, spec, answers, marker_tokens, thinking)
+        assert verdicts == answers, (spec, opened)
 
 
 def marker_token(served, text: str = "<tool_call>") -> int:
@@ -380,21 +423,32 @@ def test_tool_calls_read_in_the_hermes_and_llama_formats_and_templates_without_t
         ChatTemplate(CHATML, {}).render(ASK, tools=TOOLS)
 
 
-def test_a_reasoning_models_thinking_comes_apart_as_reasoning_content_whole_and_streamed(client):
+def test_a_reasoning_models_thinking_comes_apart_as_reasoning_content_whole_and_streamed(client, served):
     """vLLM's reasoning parsers' split: a model whose template cuts `</think>` from past answers is a
-    reasoning model; here the template opens the answer inside `<think>`, and a grammar makes the random
-    model write its thinking, `</think>`, then its answer."""
-    shape = {"structured_outputs": {"regex": "[a-z]{3,8} [a-z]{3,8}</think>\n\n[a-z]{3,8}"}}
-    whole = client.chat.completions.create(model="thinker", messages=ASK, max_tokens=60, seed=1,
-                                           extra_body=shape).choices[0].message
-    thought, answer = whole.model_extra["reasoning_content"], whole.content
-    assert re.fullmatch("[a-z]{3,8} [a-z]{3,8}", thought) and re.fullmatch("[a-z]{3,8}", answer)
-    reasoning, content = [], []
-    for chunk in client.chat.completions.create(model="thinker", messages=ASK, max_tokens=60, seed=1,
-                                                stream=True, extra_body=shape):
-        for choice in chunk.choices:
-            reasoning += [choice.delta.model_extra.get("reasoning_content") or ""]
-            content += [choice.delta.content or ""]
-    assert "".join(reasoning).strip() == thought and "".join(content) == answer
+    reasoning model; here the template opens the answer inside `<think>`. A bias on the `</think>` token
+    makes the random model end its thinking soon; a schema, or a required call, then holds only the answer
+    (vLLM's structured outputs leave the thinking free)."""
+    bias = {str(marker_token(served, "</think>")): BIAS}
+    thoughts = []
+    for seed in range(3):
+        shape = {"response_format": Verdict, "logit_bias": bias, "seed": seed}
+        whole = client.chat.completions.parse(model="thinker", messages=ASK, max_tokens=120,
+                                              **shape).choices[0]
+        thought, answer = whole.message.model_extra["reasoning_content"], whole.message.parsed
+        assert whole.finish_reason == "stop" and isinstance(answer, Verdict) and "</think>" not in thought
+        reasoning, content = [], []
+        with client.chat.completions.stream(model="thinker", messages=ASK, max_tokens=120, **shape) as stream:
+            for choice in (c for event in stream if event.type == "chunk" for c in event.chunk.choices):
+                reasoning += [choice.delta.model_extra.get("reasoning_content") or ""]
+                content += [choice.delta.content or ""]
+        assert "".join(reasoning).strip() == thought
+        assert Verdict.model_validate_json("".join(content)) == answer
+        called = client.chat.completions.create(model="thinker", messages=ASK, tools=TOOLS, max_tokens=200,
+                                                tool_choice="required", parallel_tool_calls=False,
+                                                logit_bias=bias, seed=seed).choices[0]
+        assert called.finish_reason == "tool_calls" and "reasoning_content" in called.message.model_extra
+        assert_valid_calls(called.message.tool_calls)
+        thoughts.append(thought)
+    assert any(thoughts), thoughts  # the model thought before answering
     plain = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=4).choices[0].message
     assert "reasoning_content" not in (plain.model_extra or {})  # a template without <think>: no split

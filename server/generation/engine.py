@@ -2,6 +2,7 @@
 each iteration and feeds every request its own stream of tokens."""
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -36,8 +37,10 @@ from server.generation.structured import Grammars, RowConstraint
 from server.generation.text import TextCodec, TextStream, prompt_ids
 from server.runtime.executor import InstancePool
 from server.text.chat import ChatTemplate
-from server.text.reasoning import opens_reasoning
-from server.text.tools import CALL_MARKERS, THINKING_MARKERS
+from server.text.reasoning import CLOSE as THINKING_CLOSE
+from server.text.reasoning import OPEN as THINKING_OPEN
+from server.text.reasoning import opens_reasoning, thinking_grammar
+from server.text.tools import CALL_MARKERS
 from server.text.tools import grammar as tool_grammar
 from server.text.tools import parse as parse_tool_calls
 from server.text.tools import streamable as tool_text_streamable
@@ -329,7 +332,17 @@ class GenerationEngine:
                 f"max_tokens {params.max_tokens} is beyond the context: the prompt has {len(prompt)} "
                 f"tokens and the model's context is {limit}, so at most {room} can be generated"
             )
+        if params.structured is not None and messages is not None:
+            params = self._thinking_first(prompt, params)
         return prompt, params
+
+    def _thinking_first(self, prompt: list[int], params: SamplingParams) -> SamplingParams:
+        """A reasoning model's chat thinks before the grammar shapes its answer, as in vLLM: the grammar
+        holds only the text after `</think>`."""
+        opened = self.opens_reasoning(prompt)
+        if opened is None:
+            return params
+        return dataclasses.replace(params, thinking=thinking_grammar(opened, self._thinking_tokens))
 
     def _shown(self, tools: ToolUse | None) -> list[dict] | None:
         """The tools the chat template renders. A template that takes none cannot show them; a call its
@@ -360,7 +373,7 @@ class GenerationEngine:
         else:
             functions = [f for f in tools.functions if tools.choice in ("required", f["name"])]
         calls = tool_grammar(functions, self._tool_format, tools.parallel, optional=tools.choice == "auto",
-                             marker_tokens=self._marker_tokens, text_tokens=self._text_tokens)
+                             marker_tokens=self._marker_tokens)
         return {**parameters, "structured_outputs": {"grammar": calls}}
 
     def opens_reasoning(self, prompt: list[int]) -> bool | None:
@@ -376,9 +389,9 @@ class GenerationEngine:
         return self.codec is not None and self.codec.has_tokens(*CALL_MARKERS)
 
     @functools.cached_property
-    def _text_tokens(self) -> tuple[str, ...]:
-        """The thinking markers the tokenizer has as tokens of their own (Qwen 3's)."""
-        return tuple(t for t in THINKING_MARKERS if self.codec is not None and self.codec.has_tokens(t))
+    def _thinking_tokens(self) -> bool:
+        """Whether the tokenizer has the thinking markers as tokens of their own (Qwen 3's)."""
+        return self.codec is not None and self.codec.has_tokens(THINKING_OPEN, THINKING_CLOSE)
 
     def tool_calls(self, text: str, tools: ToolUse) -> tuple[str | None, list[ToolCall]]:
         """The answer's content and the calls it makes, read in the format the chat template asks for."""
@@ -395,7 +408,7 @@ class GenerationEngine:
         """Queues the sequence (or refuses it at once when too many wait) and returns its tokens as
         they come; closing the stream before the end (a client gone) aborts the sequence."""
         structured, ignore_eos = params.structured, params.ignore_eos
-        constraint = self.grammars.constraint(structured, ignore_eos) if structured else None
+        constraint = self.grammars.constraint(structured, ignore_eos, params.thinking) if structured else None
         sequence = Sequence(next(self._ids), prompt, params.max_tokens)
         text = TextStream(self.codec, params.stop, params.include_stop_str_in_output, params.min_tokens)
         ends = (() if ignore_eos else tuple(self.settings.eos_token_ids)) + params.stop_token_ids

@@ -29,6 +29,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # and this times the number of times it was generated
     logit_bias: tuple[tuple[int, float], ...] = ()  # added to the logits of these token ids
     structured: tuple[str, str] | None = None  # a grammar the output must follow (structured.py)
+    thinking: str | None = None  # a reasoning model's thinking block, free ahead of that grammar
 
     @property
     def greedy(self) -> bool:

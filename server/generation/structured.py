@@ -77,21 +77,25 @@ class Grammars:
         self._templates: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def constraint(self, spec: tuple[str, str], ignore_eos: bool = False) -> "RowConstraint":
+    def constraint(self, spec: tuple[str, str], ignore_eos: bool = False,
+                   thinking: str | None = None) -> "RowConstraint":
         """A fresh constraint for one request (InvalidArgument where the grammar does not compile). With
-        `ignore_eos` the model's end tokens stay forbidden while the grammar may go on."""
+        `ignore_eos` the model's end tokens stay forbidden while the grammar may go on. `thinking`: the
+        rules of a reasoning model's thinking block, free ahead of the grammar's answer
+        (`reasoning.thinking_grammar`)."""
+        key = (*spec, thinking)
         with self._lock:
-            template = self._templates.get(spec)
+            template = self._templates.get(key)
             if template is None:
-                template = self._compile(spec)
-                self._templates[spec] = template
+                template = self._compile(spec, thinking)
+                self._templates[key] = template
                 if len(self._templates) > _CACHED:
                     self._templates.popitem(last=False)
-            self._templates.move_to_end(spec)
+            self._templates.move_to_end(key)
             ends = tuple(self.eos_token_ids) if ignore_eos else ()
             return RowConstraint(template.deep_copy(), self._tokenizer.vocab_size, ends)
 
-    def _compile(self, spec: tuple[str, str]):
+    def _compile(self, spec: tuple[str, str], thinking: str | None):
         import llguidance
 
         if self.tokenizer_file is None:
@@ -101,7 +105,10 @@ class Grammars:
             eos = min(self.eos_token_ids, default=(self.vocab_size or 1) - 1)  # the grammar's own end
             self._tokenizer = llguidance.LLTokenizer(Path(self.tokenizer_file).read_text(), eos_token=eos)
         kind, text = spec
-        matcher = llguidance.LLMatcher(self._tokenizer, _grammar(llguidance, kind, text), log_level=0)
+        grammars = _grammar(llguidance, kind, text)["grammars"]
+        if thinking is not None:  # the answer's grammar becomes `@answer` after the thinking block
+            grammars = [{"lark_grammar": thinking}, {**grammars[0], "name": "answer"}, *grammars[1:]]
+        matcher = llguidance.LLMatcher(self._tokenizer, json.dumps({"grammars": grammars}), log_level=0)
         if matcher.is_error():
             raise InvalidArgument(f"the {_NAMES[kind]} cannot be compiled: {matcher.get_error()}")
         return matcher
@@ -111,19 +118,20 @@ _NAMES = {"json": "JSON schema", "json_object": "JSON object grammar", "regex": 
           "choice": "choice", "grammar": "grammar"}
 
 
-def _grammar(llguidance, kind: str, text: str) -> str:
+def _grammar(llguidance, kind: str, text: str) -> dict:
+    """The spec as llguidance's top-level grammar: {"grammars": [the start grammar, ...]}."""
     matcher = llguidance.LLMatcher
     try:
         if kind in ("json", "json_object"):
             schema = json.loads(text) if kind == "json" else {"type": "object"}
-            return matcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+            return json.loads(matcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS))
         if kind == "regex":
-            return matcher.grammar_from_regex(text)
+            return json.loads(matcher.grammar_from_regex(text))
         if kind == "choice":
-            choices = " | ".join(json.dumps(c, ensure_ascii=False) for c in json.loads(text))
-            return matcher.grammar_from_lark("start: " + choices)
-        lark = llguidance.gbnf_to_lark(text) if "::=" in text else text  # GBNF (llama.cpp's) or Lark
-        return matcher.grammar_from_lark(lark)
+            lark = "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in json.loads(text))
+        else:
+            lark = llguidance.gbnf_to_lark(text) if "::=" in text else text  # GBNF (llama.cpp's) or Lark
+        return {"grammars": [{"lark_grammar": lark}]}
     except (ValueError, TypeError) as error:
         raise InvalidArgument(f"the {_NAMES[kind]} cannot be compiled: {error}") from None
 

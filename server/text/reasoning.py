@@ -4,6 +4,8 @@ model is one when its chat template cuts `</think>` blocks out of the history; i
 the block when the prompt ends by opening one (DeepSeek-R1's templates do), else only when the answer
 opens one itself."""
 
+import json
+
 OPEN, CLOSE = "<think>", "</think>"
 
 
@@ -14,6 +16,20 @@ def reasoning_template(source: str) -> bool:
 def opens_reasoning(prompt_tail: str) -> bool:
     """Whether a prompt ending in `prompt_tail` leaves the answer inside a `<think>` block."""
     return prompt_tail.rstrip().endswith(OPEN)
+
+
+def thinking_grammar(opened: bool, marker_tokens: bool) -> str:
+    """The Lark rules (llguidance's) of a thinking block that comes free ahead of a grammar's answer, as
+    vLLM's structured outputs leave a reasoning model's thinking: `start` is the block (required where the
+    prompt `opened` it, else optional), then `@answer`. `marker_tokens`: the tokenizer has `<think>` and
+    `</think>` as tokens of their own (Qwen 3's), which the model writes rather than their letters."""
+    if marker_tokens:  # the thought's text holds neither the token nor the marker's letters
+        opening, thought = OPEN, [f"thought: THOUGHT? {CLOSE} GAP?",
+                                  r"THOUGHT: /(.|\n)+/ & ~/(.|\n)*<\/think>(.|\n)*/"]
+    else:  # the shortest text that ends in the marker
+        opening, thought = json.dumps(OPEN), ["thought: closed GAP?", r"closed[lazy]: /(.|\n)*<\/think>/"]
+    start = "start: thought @answer" if opened else f"start: ({opening} thought)? @answer"
+    return "\n".join([start, *thought, r"GAP: /\s+/"])
 
 
 def split(text: str, opened: bool) -> tuple[str | None, str]:

@@ -14,7 +14,6 @@ from server.core.types import ToolCall
 FORMATS = ("hermes", "llama")
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 CALL_MARKERS = _CALL, _END = "<tool_call>", "</tool_call>"
-THINKING_MARKERS = ("<think>", "</think>")
 _PYTHON_TAG = "<|python_tag|>"
 _TEXT = r"TEXT: /(.|\n)+/ & ~/(.|\n)*<tool_call>(.|\n)*/"  # text without a call's marker
 _COMPACT = {"whitespace_flexible": False}
@@ -28,14 +27,14 @@ def template_format(source: str) -> str | None:
 
 
 def grammar(tools: list[dict], format_: str, parallel: bool, optional: bool = False,
-            marker_tokens: bool = False, text_tokens: tuple[str, ...] = ()) -> str:
+            marker_tokens: bool = False) -> str:
     """A Lark grammar (llguidance's, with %json) whose every sentence is one call (or several, where
     `parallel`) of one of `tools`, its arguments valid against the tool's parameters. `optional` (OpenAI's
     `tool_choice: auto`) also lets the answer be text, as llama.cpp's lazy grammars do: free until a call
     begins (hermes: text, then calls from the first `<tool_call>` on; llama: text that does not open with
     `{`), the call itself held to the grammar. `marker_tokens`: the tokenizer has `<tool_call>` and
-    `</tool_call>` as tokens of their own (Qwen's), which the model writes rather than their letters;
-    `text_tokens`: other such tokens the text before a call may hold (Qwen 3's `<think>`, `</think>`)."""
+    `</tool_call>` as tokens of their own (Qwen's), which the model writes rather than their letters. A
+    reasoning model's thinking comes before, apart (`reasoning.thinking_grammar`)."""
     key = "arguments" if format_ == "hermes" else "parameters"
     calls = {"anyOf": [{
         "type": "object",
@@ -50,8 +49,7 @@ def grammar(tools: list[dict], format_: str, parallel: bool, optional: bool = Fa
     if not optional:
         start = [f"start: {opening} calls"]
     elif marker_tokens:  # text cannot hold the token; nor, then, the marker's letters
-        prose = " | ".join(["TEXT", *text_tokens])
-        start = [f"start: prose? | prose? {opening} calls", f"prose: ({prose})+", _TEXT]
+        start = [f"start: TEXT? | TEXT? {opening} calls", _TEXT]
     else:  # `lead`: the shortest text that ends in the marker
         start = ["start: TEXT? | lead calls", _TEXT, r"lead[lazy]: /(.|\n)*<tool_call>/"]
     more = f' ("\\n"? {opening} call)*' if parallel else ""
