@@ -14,7 +14,7 @@ import pytest
 
 from server.api.openai.responses import ResponseStore
 from server.core.errors import NotFound
-from tests.test_structured_outputs import SCHEMAS, TOOLS, Verdict
+from tests.test_structured_outputs import BIAS, SCHEMAS, TOOLS, Verdict, marker_token
 
 FUNCTIONS = [{"type": "function", **tool["function"]} for tool in TOOLS]  # Responses' flat tool shape
 FREE = dict(model="tiny", max_output_tokens=12, temperature=0, extra_body={"ignore_eos": True})
@@ -109,13 +109,46 @@ def test_stored_responses_can_be_read_and_deleted_and_unstored_ones_are_not_kept
         client.responses.create(input="And?", previous_response_id=unstored.id, **FREE)
 
 
+def test_a_reasoning_models_thinking_is_a_reasoning_item_before_its_message(client, served):
+    """`thinker` opens each answer inside <think> (DeepSeek-R1's template); a bias on `</think>` makes the
+    random model close it after a few tokens. Sent back as input, the reasoning item is left out, as the
+    template leaves past thinking out: the same conversation as by previous_response_id."""
+    asked = {"role": "user", "content": "Think, then say."}
+    ask = dict(model="thinker", max_output_tokens=40, temperature=1.0, extra_body={
+        "ignore_eos": True, "seed": 2, "logit_bias": {str(marker_token(served, "</think>")): BIAS}})
+    whole = client.responses.create(input=[asked], **ask)
+    thought, message = whole.output
+    assert thought.type == "reasoning" and thought.id.startswith("rs_") and thought.status == "completed"
+    assert message.type == "message"
+    [part] = thought.content
+    assert part.type == "reasoning_text" and part.text and "</think>" not in part.text
+    assert whole.output_text == message.content[0].text
+    events = list(client.responses.create(input=[asked], stream=True, **ask))
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    deltas = [event.delta for event in events if event.type == "response.reasoning_text.delta"]
+    assert "".join(deltas) == part.text and len(deltas) >= 2  # as generated, not one piece
+    added = [(event.output_index, event.item.type) for event in events if event.type.endswith("item.added")]
+    assert added == [(0, "reasoning"), (1, "message")]
+    kinds = [event.type for event in events]
+    assert kinds.index("response.output_item.done") < kinds.index("response.output_text.delta")
+    assert {event.output_index for event in events if "output_text" in event.type} == {1}
+    final = events[-1].response
+    assert final.output[0].content == thought.content and final.output_text == whole.output_text
+    after = dict(model="thinker", max_output_tokens=2, extra_body={"ignore_eos": True})
+    again = {"role": "user", "content": "And?"}
+    sent_back = [item.model_dump(exclude_none=True) for item in whole.output]
+    replayed = client.responses.create(input=[asked, *sent_back, again], **after)
+    chained = client.responses.create(input=[again], previous_response_id=whole.id, **after)
+    assert replayed.usage.input_tokens == chained.usage.input_tokens > whole.usage.input_tokens
+
+
 @pytest.mark.parametrize("body, fragment", [
     ({"tools": [{"type": "web_search"}]}, "tools[0] must be {\"type\": \"function\""),
     ({"tools": [{"type": "function", "name": "bad name"}]}, "tools[0].name must be letters"),
     ({"max_output_tokens": 0}, "'max_output_tokens' must be an integer >= 1, got 0"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
      "input[0][0] must be an input_text part"),
-    ({"input": [{"type": "reasoning", "summary": []}]}, "input[0] must be a message, function_call"),
+    ({"input": [{"type": "file_search_call"}]}, "input[0] must be a message, function_call"),
     ({"input": [{"type": "function_call_output", "output": "1"}]}, "needs 'call_id'"),
     ({"include": ["file_search_call.results"]}, "'include' may hold only"),
     ({"reasoning": {"effort": "high"}}, "parameter 'reasoning' is not supported"),
@@ -141,11 +174,13 @@ def test_the_store_forgets_the_oldest_beyond_its_capacity():
     assert store.conversation("c") == [{"role": "user", "content": "c"}] and store.get("b") == {"id": "b"}
 
 
-def test_an_openai_agents_sdk_agent_calls_its_tool_and_answers(served):
+@pytest.mark.parametrize("model", ["tiny", "thinker"])
+def test_an_openai_agents_sdk_agent_calls_its_tool_and_answers(served, model):
     """The OpenAI Agents SDK's loop: the model calls the function tool (forced on the first turn), the
     SDK runs it and sends the result back, the model answers (its tool choice reset to auto) in the
     agent's output type (a random model's free text would run to max_tokens, which the SDK takes as a
-    failure)."""
+    failure). `thinker` thinks first each turn (a bias on `</think>` ends its thinking soon), and the SDK
+    sends its reasoning items back with the rest."""
     from typing import Annotated
 
     from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
@@ -161,11 +196,16 @@ def test_an_openai_agents_sdk_agent_calls_its_tool_and_answers(served):
         return "21 degrees"
 
     client = openai.AsyncOpenAI(base_url=f"http://{served.http_url}/v1", api_key="unused", max_retries=0)
+    thinking = {"seed": 1, "logit_bias": {str(marker_token(served, "</think>")): BIAS}}
     agent = Agent(name="weather", instructions="Answer with the tool's help.", tools=[get_weather],
-                  model=OpenAIResponsesModel(model="tiny", openai_client=client), output_type=Verdict,
-                  model_settings=ModelSettings(tool_choice="required", max_tokens=100, temperature=0))
+                  model=OpenAIResponsesModel(model=model, openai_client=client), output_type=Verdict,
+                  model_settings=ModelSettings(tool_choice="required", max_tokens=300,
+                                               temperature=1.0 if model == "thinker" else 0,
+                                               extra_body=thinking if model == "thinker" else None))
     result = Runner.run_sync(agent, "Weather in Paris?", max_turns=3)
     assert len(called) == 1 and len(called[0][0]) <= 8 and called[0][1] in ("c", "f")
     first, second = result.raw_responses
+    thoughts = [item.type == "reasoning" for response in (first, second) for item in response.output[:1]]
+    assert thoughts == [model == "thinker"] * 2
     assert isinstance(result.final_output, Verdict)
     assert second.usage.input_tokens > first.usage.input_tokens  # the call and its result were sent back

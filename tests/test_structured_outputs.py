@@ -41,11 +41,13 @@ HERMES = (
     "</tool_response><|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-# DeepSeek-R1's way: past answers without their thinking, a new answer opened inside <think>
-THINKING = ("{% for message in messages %}<|im_start|>{{ message.role }}\n"
-            "{% if message.role == 'assistant' %}{{ message.content.split('</think>')[-1] }}"
-            "{% else %}{{ message.content }}{% endif %}<|im_end|>\n"
-            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+# DeepSeek-R1's way, with Hermes' tools: past answers without their thinking (a user's text is cut alike,
+# harmless here), a new answer opened inside <think>
+THINKING = (HERMES.replace("{{ message.content }}<|im_end|>",
+                           "{{ message.content.split('</think>')[-1] }}<|im_end|>")
+            .replace("{% if message.content %}{{ message.content }}",
+                     "{% if message.content %}{{ message.content.split('</think>')[-1] }}")
+            .replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}"))
 ASK = [{"role": "user", "content": "Describe a file as JSON."}]
 BIAS = 4  # on `</think>`: a random model closes its thinking after a few tokens
 

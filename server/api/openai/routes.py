@@ -157,13 +157,15 @@ async def responses(request: Request, service: Served, body: Responses):
                             tools=chat.tools, traceparent=trace_context(request))
     tokens = service.generation.generate(asked)
     answer = Answer(body, partial(service.generation.tool_calls, asked), _stored(request))
+    opened = tokens.reasoning
     if chat.stream:
         streamable = partial(service.generation.streamable, asked)
-        return StreamingResponse(events(answer, tokens, streamable), media_type="text/event-stream",
+        thinking = None if opened is None else service.generation.reasoning_stream(opened)
+        return StreamingResponse(events(answer, tokens, streamable, thinking), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
     [whole] = await collect(request, [tokens])
-    status, message, calls = answer.finished(whole, *answer.read_calls(whole.text))
-    return json_response(answer.document(status, [message, *calls] if message else calls, whole))
+    status, output = answer.finished(whole, *read_answer(service, asked, whole.text, opened))
+    return json_response(answer.document(status, output, whole))
 
 
 @router.get("/v1/responses/{response_id}")
