@@ -96,6 +96,28 @@ def test_a_tool_round_trip_sent_whole_or_by_previous_response_id_reads_the_same_
     assert chained.previous_response_id == first.id
     again = client.responses.retrieve(chained.id)
     assert again.model_dump() == chained.model_dump()
+    listed = list(client.responses.input_items.list(whole.id, order="asc", limit=1))  # page by page
+    assert [(item.type, item.id) for item in listed[1:3]] == [("function_call", call.id),
+                                                              ("function_call_output", listed[2].id)]
+    assert listed[0].content[0].text == asked[0]["content"] and listed[0].role == "user"
+    newest = client.responses.input_items.list(whole.id).data  # newest first, 20 at most
+    assert [item.id for item in newest] == [item.id for item in reversed(listed)] and len(newest) == 3
+    [own] = client.responses.input_items.list(chained.id).data  # a response's own input, not its history
+    assert own.type == "function_call_output" and own.call_id == call.call_id
+
+
+@pytest.mark.parametrize("query, status, fragment", [
+    ("order=up", 400, "'order' must be asc or desc, got 'up'"),
+    ("limit=0", 400, "'limit' must be an integer from 1 to 100, got 0"),
+    ("limit=x", 400, "'limit' must be an integer from 1 to 100, got 'x'"),
+    ("after=msg_nope", 400, "'after' must be an item id of response"),
+])
+def test_bad_input_item_listings_are_refused_naming_the_problem(client, served, query, status, fragment):
+    stored = client.responses.create(input="Hi.", **FREE)
+    answer = httpx.get(f"http://{served.http_url}/v1/responses/{stored.id}/input_items?{query}")
+    assert answer.status_code == status and fragment in answer.json()["error"]["message"], answer.text
+    missing = httpx.get(f"http://{served.http_url}/v1/responses/resp_nope/input_items")
+    assert missing.status_code == 404 and "resp_nope" in missing.json()["error"]["message"]
 
 
 def test_stored_responses_can_be_read_and_deleted_and_unstored_ones_are_not_kept(client):

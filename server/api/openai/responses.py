@@ -34,6 +34,7 @@ class ResponsesRequest:
     chat: ChatRequest  # the same request as a chat completion, its conversation whole
     store: bool
     shown: dict  # the request's settings that the response object repeats
+    items: list[dict]  # its input items as `input_items` lists them
 
     @classmethod
     def from_json(cls, payload: dict, store: "ResponseStore") -> "ResponsesRequest":
@@ -53,7 +54,7 @@ class ResponsesRequest:
                     **_tool_fields(payload), **_logprobs(payload))
         stored = boolean(payload.get("store"), "'store'", True)
         chat = ChatRequest.from_json({key: value for key, value in chat.items() if value is not None})
-        return cls(chat, stored, _shown(payload, stored))
+        return cls(chat, stored, _shown(payload, stored), listed_items(payload["input"]))
 
     @classmethod
     async def from_http(cls, request: Request) -> "ResponsesRequest":
@@ -99,6 +100,26 @@ def input_messages(value) -> list[dict]:
             raise InvalidArgument(f"input[{index}] must be a message, function_call, function_call_output or "
                                   f"reasoning item, got type {kind!r}")
     return messages
+
+
+ITEM_IDS = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def listed_items(value) -> list[dict]:
+    """A valid `input` as the items `GET .../input_items` lists: each with an id (the client's, else a new
+    one), a message's text as parts."""
+    items = [{"type": "message", "role": "user", "content": value}] if isinstance(value, str) else value
+    listed = []
+    for item in items:
+        kind = item.get("type", "message")
+        shown = {**item, "id": item.get("id") or f"{ITEM_IDS[kind]}_{uuid.uuid4().hex}", "type": kind}
+        if kind == "message":
+            part = "output_text" if item["role"] == "assistant" else "input_text"
+            content = item["content"]
+            shown["content"] = [{"type": part, "text": content}] if isinstance(content, str) else content
+            shown.setdefault("status", "completed")
+        listed.append(shown)
+    return listed
 
 
 def _role(index: int, item: dict) -> str:
@@ -195,14 +216,14 @@ class ResponseNotFound(NotFound):
 
 class ResponseStore:
     """The newest `capacity` responses, each with its conversation as chat messages (its history, its
-    input and its output); in this process only."""
+    input and its output) and its request's input items; in this process only."""
 
     def __init__(self, capacity: int = STORED):
         self.capacity = capacity
-        self.responses: OrderedDict[str, tuple[dict, list]] = OrderedDict()
+        self.responses: OrderedDict[str, tuple[dict, list, list]] = OrderedDict()
 
-    def put(self, response: dict, conversation: list) -> None:
-        self.responses[response["id"]] = (response, conversation)
+    def put(self, response: dict, conversation: list, items: list = ()) -> None:
+        self.responses[response["id"]] = (response, conversation, list(items))
         while len(self.responses) > self.capacity:
             self.responses.popitem(last=False)
 
@@ -212,16 +233,42 @@ class ResponseStore:
     def conversation(self, response_id) -> list:
         return self._entry(response_id)[1]
 
+    def input_items(self, response_id: str, query) -> dict:
+        """A page of the response's input items, as OpenAI's list: `query` holds `limit` (1 to 100, 20 by
+        default), `order` (`desc` by default, the newest first) and `after` (an item id)."""
+        items = self._entry(response_id)[2]
+        limit = integer(_query_number(query.get("limit", "20")), "'limit'", 1, 100)
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise InvalidArgument(f"'order' must be asc or desc, got {order!r}")
+        items = items if order == "asc" else items[::-1]
+        after = query.get("after")
+        if after is not None:
+            ids = [item["id"] for item in items]
+            if after not in ids:
+                raise InvalidArgument(f"'after' must be an item id of response {response_id!r}, got {after!r}")
+            items = items[ids.index(after) + 1:]
+        page = items[:limit]
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
+
     def delete(self, response_id: str) -> None:
         self._entry(response_id)
         del self.responses[response_id]
 
-    def _entry(self, response_id) -> tuple[dict, list]:
+    def _entry(self, response_id) -> tuple[dict, list, list]:
         entry = self.responses.get(response_id) if isinstance(response_id, str) else None
         if entry is None:
             raise ResponseNotFound(f"No response found with id {response_id!r} (this server keeps the "
                                    f"newest {self.capacity} responses sent with store true, in memory)")
         return entry
+
+
+def _query_number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 class Answer:
@@ -268,7 +315,8 @@ class Answer:
             output.append(self.message(content or "", status, whole))
         output += [_call_item(call) for call in calls]
         if self.request.store:
-            self.store.put(self.document(status, output, whole), self._conversation(content, calls))
+            self.store.put(self.document(status, output, whole), self._conversation(content, calls),
+                           self.request.items)
         return status, output
 
     def message(self, text: str, status: str = "in_progress", whole: TokenEvent | None = None) -> dict:

@@ -173,6 +173,11 @@ async def stored_response(request: Request, response_id: str):
     return json_response(_stored(request).get(response_id))
 
 
+@router.get("/v1/responses/{response_id}/input_items")
+async def response_input_items(request: Request, response_id: str):
+    return json_response(_stored(request).input_items(response_id, request.query_params))
+
+
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(request: Request, response_id: str):
     _stored(request).delete(response_id)
