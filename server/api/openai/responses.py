@@ -246,7 +246,8 @@ class ResponseStore:
         if after is not None:
             ids = [item["id"] for item in items]
             if after not in ids:
-                raise InvalidArgument(f"'after' must be an item id of response {response_id!r}, got {after!r}")
+                raise InvalidArgument(f"'after' must be an item id of response {response_id!r}, "
+                                      f"got {after!r}")
             items = items[ids.index(after) + 1:]
         page = items[:limit]
         return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
