@@ -1,11 +1,14 @@
 """Automatic prefix caching: greedy outputs are the same with the cache on and off for prompts that share
 nothing, part of a prefix or all of it, under eviction, and for requests that join a running batch; the
-metrics count what was reused. For ortserve's own export and for onnxruntime-genai's graphs."""
+metrics count what was reused, and OpenAI's usage says it per request. For ortserve's own export and for
+onnxruntime-genai's graphs."""
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -92,3 +95,27 @@ def test_requests_that_join_a_running_batch_with_a_cached_prefix(servers):
 
     with ThreadPoolExecutor(len(prompts)) as pool:
         assert list(pool.map(staggered, range(len(prompts)))) == expected
+
+
+def test_openai_usage_says_how_many_prompt_tokens_came_from_the_cache(served):
+    """OpenAI's `prompt_tokens_details.cached_tokens` (Responses: `input_tokens_details`): a prompt sent
+    again reads every whole block before its last token from the cache; a conversation continued by
+    `previous_response_id` reads the earlier turn's."""
+    client = openai.OpenAI(base_url=f"http://{served.http_url}/v1", api_key="unused", max_retries=0)
+    text = f"{uuid.uuid4()} " + "The quick brown fox jumps over the lazy dog. " * 6  # new to the cache
+    history = [{"role": "user", "content": text}]
+    first = client.chat.completions.create(model="tiny", messages=history, max_tokens=2).usage
+    assert first.prompt_tokens > 3 * BLOCK and first.prompt_tokens_details.cached_tokens == 0
+    reread = (first.prompt_tokens - 1) // BLOCK * BLOCK
+    chunks = client.chat.completions.create(model="tiny", messages=history, max_tokens=2, stream=True,
+                                            stream_options={"include_usage": True})
+    assert [chunk.usage for chunk in chunks][-1].prompt_tokens_details.cached_tokens == reread
+    completed = [client.completions.create(model="tiny", prompt=text + " Again.", max_tokens=2).usage
+                 for _ in range(2)]
+    assert [usage.prompt_tokens_details.cached_tokens for usage in completed] == [
+        0, (completed[0].prompt_tokens - 1) // BLOCK * BLOCK]
+    turn = client.responses.create(model="tiny", input=f"{uuid.uuid4()} {text}", max_output_tokens=2)
+    assert turn.usage.input_tokens_details.cached_tokens == 0
+    after = client.responses.create(model="tiny", input="And?", max_output_tokens=2,
+                                    previous_response_id=turn.id).usage
+    assert after.input_tokens_details.cached_tokens >= (turn.usage.input_tokens - BLOCK) // BLOCK * BLOCK

@@ -201,11 +201,13 @@ class TokenEvent:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)  # per token, when the request asked
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
 
     def then(self, later: "TokenEvent") -> "TokenEvent":
         """This event followed by a later one of the same sequence, as one."""
         return TokenEvent(self.token_ids + later.token_ids, self.text + later.text, later.finish_reason,
-                          later.prompt_tokens, later.generated_tokens, self.logprobs + later.logprobs)
+                          later.prompt_tokens, later.generated_tokens, self.logprobs + later.logprobs,
+                          later.cached_tokens)
 
 
 @dataclass(frozen=True)

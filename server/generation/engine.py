@@ -157,6 +157,7 @@ class _Request:
     last_token: float = 0.0
     constraint: RowConstraint | None = None  # the grammar its output follows (structured outputs)
     lookup: PromptLookup | None = None  # its drafts, where it may check them (running alone)
+    cached_tokens: int = 0  # its prompt's tokens found in the prefix cache, not prefilled
 
     @property
     def logprobs(self) -> bool:
@@ -524,8 +525,9 @@ class GenerationEngine:
         reused = [self.prefix_cache.lookup(prompt) for prompt in prompts] if self.prefix_cache else None
         reach = max((s.budget for s in plan.prefill), default=0)
         admitted = time.perf_counter()
-        for request in prefilling:  # a sequence is prefilled once
+        for row, request in enumerate(prefilling):  # a sequence is prefilled once
             request.admitted = admitted
+            request.cached_tokens = reused[row][0] if reused else 0
 
         def step(_session):
             decoded = self.decoder.decode(last, cache) if decoding else None  # grows `cache`
@@ -584,7 +586,8 @@ class GenerationEngine:
         chosen = [] if by_token else [token]
         scored = [self._logprob(logits, token, request.params.logprobs)] if chosen and (
             request.params.logprobs is not None) else []
-        request.events.put(TokenEvent(chosen, text, reason, len(sequence.prompt), len(visible), scored))
+        request.events.put(TokenEvent(chosen, text, reason, len(sequence.prompt), len(visible), scored,
+                                      request.cached_tokens))
 
     def _logprob(self, logits: np.ndarray, token: int, count: int) -> TokenLogprob:
         chosen, top = logprobs(logits, token, count)

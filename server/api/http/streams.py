@@ -53,5 +53,9 @@ async def events(tokens: AsyncIterator[TokenEvent], encode: Callable[[TokenEvent
         await tokens.aclose()  # a client gone: the sequence leaves the batch
 
 
-def usage(prompt: int, completion: int) -> dict:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(prompt: int, completion: int, cached: int | None = None) -> dict:
+    """Token counts as OpenAI's usage; `cached`: the prompt tokens read from the prefix cache."""
+    counts = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cached is not None:
+        counts["prompt_tokens_details"] = {"cached_tokens": cached}
+    return counts

@@ -297,6 +297,7 @@ class Answer:
         if whole is not None:
             usage = {"input_tokens": whole.prompt_tokens, "output_tokens": whole.generated_tokens,
                      "total_tokens": whole.prompt_tokens + whole.generated_tokens,
+                     "input_tokens_details": {"cached_tokens": whole.cached_tokens},
                      "output_tokens_details": {"reasoning_tokens": 0}}
         incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
         return {"id": self.id, "object": "response", "created_at": self.created, "status": status,

@@ -73,15 +73,18 @@ async def completions(request: Request, service: Served, body: Completion):
         answer = chunks(streams, completion, body.include_usage, body.n, completion_choices)
         return StreamingResponse(answer, media_type="text/event-stream", headers=SSE_HEADERS)
     wholes = await collect(request, [stream for group in groups for stream in group.streams])
-    choices, prompt_tokens, completion_tokens = [], 0, 0
+    choices, prompt_tokens, completion_tokens, cached_tokens = [], 0, 0, 0
     for group in groups:
         generated, wholes = wholes[:len(group.streams)], wholes[len(group.streams):]
         for whole in group.best(generated, body.n, body.shown_logprobs is not None):
             choices.append({"index": len(choices), "text": whole.text, "logprobs": completion_logprobs(whole),
                             "finish_reason": whole.finish_reason})
-        prompt_tokens += (group.echoed or generated[0]).prompt_tokens
+        first = group.echoed or generated[0]
+        prompt_tokens += first.prompt_tokens
+        cached_tokens += first.cached_tokens
         completion_tokens += sum(whole.generated_tokens for whole in generated)
-    return {**completion, "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
+    counts = usage(prompt_tokens, completion_tokens, cached_tokens)
+    return {**completion, "choices": choices, "usage": counts}
 
 
 async def _prompt_choices(service: Service, body: CompletionRequest, prompt, traceparent: str) -> "_Choices":
@@ -128,7 +131,8 @@ async def chat_completions(request: Request, service: Served, body: Chat):
         choices.append({"index": index, **chat_message(whole, content, calls, reasoning),
                         "logprobs": chat_logprobs(whole)})
     return {**completion, "choices": choices,
-            "usage": usage(wholes[0].prompt_tokens, sum(whole.generated_tokens for whole in wholes))}
+            "usage": usage(wholes[0].prompt_tokens, sum(whole.generated_tokens for whole in wholes),
+                           wholes[0].cached_tokens)}
 
 
 def answer_shape(service: Service, asked: GenerateRequest, opened: bool | None) -> Callable:

@@ -12,7 +12,7 @@ async def chunks(streams, chunk: dict, include_usage: bool, n: int, choices: Cal
     """Choices stream one after another, each event as the chunks `choices(index, event)` makes (and
     `choices(index, None)` before a choice's first), then the usage where asked and `data: [DONE]`.
     Choice i*n+j is prompt i's j-th; each prompt's tokens count once in the usage."""
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     try:
         for index, tokens in enumerate(streams):
             for choice in choices(index, None):
@@ -21,10 +21,13 @@ async def chunks(streams, chunk: dict, include_usage: bool, n: int, choices: Cal
                 for choice in choices(index, event):
                     yield sse({**chunk, "choices": [choice]})
                 if event.finish_reason is not None:
-                    prompt_tokens += event.prompt_tokens if index % n == 0 else 0
+                    if index % n == 0:
+                        prompt_tokens += event.prompt_tokens
+                        cached_tokens += event.cached_tokens
                     completion_tokens += event.generated_tokens
         if include_usage:
-            yield sse({**chunk, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+            counts = usage(prompt_tokens, completion_tokens, cached_tokens)
+            yield sse({**chunk, "choices": [], "usage": counts})
         yield "data: [DONE]\n\n"
     except ServerError as error:
         yield sse(error_body(error))
