@@ -47,14 +47,15 @@ def tiny_llama(tmp_path_factory) -> Path:
 def served(tmp_path_factory):
     """A server of a small random Qwen2 chat model with a Hermes-style template (`tiny`; `<tool_call>`,
     `</tool_call>`, `<think>` and `</think>` are tokens of their own, as in Qwen 3's tokenizer), the same
-    model with a template that takes no tools (`plain`), and one whose template opens each answer with
-    `<think>`, as DeepSeek-R1's (`thinker`), for the modules that test the OpenAI APIs' structured outputs,
+    model with a template that takes no tools (`plain`), one whose template opens each answer with
+    `<think>`, as DeepSeek-R1's (`thinker`), and one whose call markers are special tokens, as Hermes 2
+    Pro's (`hermes_pro`), for the modules that test the OpenAI APIs' structured outputs,
     tool calls and reasoning."""
     import subprocess
     import sys
 
     from tests.test_llm_export import CHATML, checkpoint_with_tokenizer
-    from tests.test_structured_outputs import HERMES, THINKING, with_template
+    from tests.test_structured_outputs import HERMES, THINKING, with_special_markers, with_template
 
     root = tmp_path_factory.mktemp("structured")
     checkpoint = checkpoint_with_tokenizer(root / "checkpoint", "qwen2", HERMES, positions=2048,
@@ -65,6 +66,7 @@ def served(tmp_path_factory):
                    timeout=600)
     with_template(repository, "tiny", "plain", CHATML)
     with_template(repository, "tiny", "thinker", THINKING)
+    with_special_markers(repository, "tiny", "hermes_pro")
     process = start_server(repository, root / "server.log", ready_model="plain")
     yield process
     assert stop_server(process) == 0, process.output()

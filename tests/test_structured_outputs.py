@@ -62,6 +62,17 @@ def with_template(repository: Path, name: str, copy: str, template: str) -> None
                                             "chat_template": template}))
 
 
+def with_special_markers(repository: Path, name: str, copy: str) -> None:
+    """A copy of the model whose tokenizer marks `<tool_call>` and `</tool_call>` special."""
+    shutil.copytree(repository / name, repository / copy)
+    config = repository / copy / "config.pbtxt"
+    config.write_text(config.read_text().replace(f'name: "{name}"', f'name: "{copy}"'))
+    tokenizer = json.loads((repository / copy / "tokenizer.json").read_text())
+    for token in tokenizer["added_tokens"]:
+        token["special"] = token["special"] or token["content"] in ("<tool_call>", "</tool_call>")
+    (repository / copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+
+
 @pytest.fixture
 def client(served):
     return openai.OpenAI(base_url=f"http://{served.http_url}/v1", api_key="unused", max_retries=0)
@@ -203,18 +214,28 @@ def test_a_required_tool_call_always_parses_streamed_or_not(client):
     assert_valid_calls(deltas)
 
 
-def test_with_tools_auto_a_call_the_model_begins_is_held_to_its_schema(client, served):
+@pytest.mark.parametrize("model", ["tiny", "hermes_pro"])
+def test_with_tools_auto_a_call_the_model_begins_is_held_to_its_schema(client, served, model):
     """`auto` as llama.cpp's lazy grammars: once the model writes `<tool_call>`, the call follows the tools'
     schemas. A random model is pushed to begin one by a bias on the `<tool_call>` token; left to itself
-    after that it writes nonsense, so every valid call here is the grammar's doing."""
+    after that it writes nonsense, so every valid call here is the grammar's doing. `hermes_pro`'s markers
+    are special tokens, which the text keeps where tools are offered (vLLM's Hermes parser's rule)."""
     marker = marker_token(served)
     for seed in range(3):
-        answer = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, max_tokens=300,
+        answer = client.chat.completions.create(model=model, messages=ASK, tools=TOOLS, max_tokens=300,
                                                 parallel_tool_calls=False, seed=seed,
                                                 logit_bias={str(marker): 100})
         choice = answer.choices[0]
         assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
         assert_valid_calls(choice.message.tool_calls)
+
+
+def test_special_tokens_stay_out_of_the_text_unless_asked_as_vllms_skip_special_tokens(client, served):
+    start = marker_token(served, "<|im_start|>")  # special, and not an end token
+    ask = dict(model="tiny", prompt="Hi", max_tokens=3, temperature=0, logit_bias={str(start): 100})
+    assert client.completions.create(**ask).choices[0].text == ""
+    kept = client.completions.create(**ask, extra_body={"skip_special_tokens": False}).choices[0].text
+    assert kept == "<|im_start|>" * 3
 
 
 HERMES_ANSWERS = {

@@ -375,7 +375,8 @@ class GenerationEngine:
             functions = [f for f in tools.functions if tools.choice in ("required", f["name"])]
         calls = tool_grammar(functions, self._tool_format, tools.parallel, optional=tools.choice == "auto",
                              marker_tokens=self._marker_tokens)
-        return {**parameters, "structured_outputs": {"grammar": calls}}
+        kept = {"skip_special_tokens": False} if self._special_markers else {}  # else the calls are lost
+        return {**parameters, **kept, "structured_outputs": {"grammar": calls}}
 
     def opens_reasoning(self, prompt: list[int]) -> bool | None:
         """For a reasoning model's chat, whether the prompt leaves its answer inside a `<think>` block;
@@ -388,6 +389,11 @@ class GenerationEngine:
     @functools.cached_property
     def _marker_tokens(self) -> bool:
         return self.codec is not None and self.codec.has_tokens(*CALL_MARKERS)
+
+    @functools.cached_property
+    def _special_markers(self) -> bool:
+        """Whether the call markers are special tokens (Hermes 2 Pro's), which decoding would leave out."""
+        return self.codec is not None and self.codec.has_tokens(*CALL_MARKERS, special=True)
 
     @functools.cached_property
     def _thinking_tokens(self) -> bool:
@@ -411,7 +417,8 @@ class GenerationEngine:
         structured, ignore_eos = params.structured, params.ignore_eos
         constraint = self.grammars.constraint(structured, ignore_eos, params.thinking) if structured else None
         sequence = Sequence(next(self._ids), prompt, params.max_tokens)
-        text = TextStream(self.codec, params.stop, params.include_stop_str_in_output, params.min_tokens)
+        text = TextStream(self.codec, params.stop, params.include_stop_str_in_output, params.min_tokens,
+                          params.skip_special_tokens)
         ends = (() if ignore_eos else tuple(self.settings.eos_token_ids)) + params.stop_token_ids
         request = _Request(sequence, params, Sampler(params, ends), text, self.settings,
                            constraint=constraint, lookup=self._lookup(prompt, params.max_tokens, constraint))

@@ -22,6 +22,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     include_stop_str_in_output: bool = False  # vLLM's: the stop string that ends the text stays in it
+    skip_special_tokens: bool = True  # vLLM's: special tokens are left out of the text
     min_tokens: int = 0  # vLLM's: no end token, stop token or stop string ends the output before this
     ignore_eos: bool = False
     logprobs: int | None = None  # the chosen token's log-probability and this many most likely ones
@@ -73,7 +74,7 @@ def _token_ids(parameters, key) -> tuple[int, ...]:
 
 SAMPLING_KEYS = ("max_tokens", "min_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                  "seed", "stop", "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "logprobs",
-                 "presence_penalty", "frequency_penalty", "logit_bias")
+                 "presence_penalty", "frequency_penalty", "logit_bias", "skip_special_tokens")
 MAX_LOGPROBS = 20
 # request parameters of the protocol itself (Triton's and tritonclient's), not sampling settings
 PROTOCOL_KEYS = frozenset({"priority", "timeout", "binary_data_output", "triton_enable_empty_final_response",
@@ -104,6 +105,7 @@ def sampling_params(
         stop=_strings(parameters, "stop"),
         stop_token_ids=_token_ids(parameters, "stop_token_ids"),
         include_stop_str_in_output=_flag(parameters, "include_stop_str_in_output"),
+        skip_special_tokens=_flag(parameters, "skip_special_tokens", True),
         ignore_eos=_flag(parameters, "ignore_eos"),
         logprobs=_number(parameters, "logprobs", None, 0, MAX_LOGPROBS, integer=True),
         presence_penalty=float(_number(parameters, "presence_penalty", 0.0, -2.0, 2.0)),
@@ -120,8 +122,8 @@ def _min_tokens(parameters, max_tokens: int) -> int:
     return least
 
 
-def _flag(parameters, key) -> bool:
-    value = parameters.get(key, False)
+def _flag(parameters, key, default: bool = False) -> bool:
+    value = parameters.get(key, default)
     if not isinstance(value, bool):
         raise InvalidArgument(f"parameter '{key}' must be true or false, got {value!r}")
     return value

@@ -21,17 +21,19 @@ class TextCodec:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def stream(self):
+    def stream(self, skip_special_tokens: bool = True):
         """An incremental decoder (the `tokenizers` library's own): each call takes the next token id
         and returns the text it completes, "" while a character spans tokens still to come."""
         from tokenizers.decoders import DecodeStream
 
-        decoder = DecodeStream(skip_special_tokens=True)
+        decoder = DecodeStream(skip_special_tokens=skip_special_tokens)
         return lambda token: decoder.step(self.tokenizer, token) or ""
 
-    def has_tokens(self, *texts: str) -> bool:
-        """Whether each of `texts` is a token the tokenizer added to its vocabulary (Qwen's `<tool_call>`)."""
-        added = {token.content for token in self.tokenizer.get_added_tokens_decoder().values()}
+    def has_tokens(self, *texts: str, special: bool | None = None) -> bool:
+        """Whether each of `texts` is a token the tokenizer added to its vocabulary (Qwen's `<tool_call>`);
+        with `special`, one marked special (True) or not (False): decoding leaves special tokens out."""
+        added = {token.content for token in self.tokenizer.get_added_tokens_decoder().values()
+                 if special is None or token.special == special}
         return set(texts) <= added
 
     def token_text(self, token: int) -> str:
@@ -48,9 +50,10 @@ class TextStream:
     text of a later token."""
 
     def __init__(self, codec: TextCodec | None, stop: tuple[str, ...], include_stop: bool = False,
-                 min_tokens: int = 0):
+                 min_tokens: int = 0, skip_special_tokens: bool = True):
         self.stop, self.include_stop, self.min_tokens = stop, include_stop, min_tokens
-        self.decode = codec.stream() if codec is not None else None  # None: no text, token ids only
+        # None: no text, token ids only
+        self.decode = codec.stream(skip_special_tokens) if codec is not None else None
         self.decoded = 0  # tokens given to `decode`
         self.sent = 0  # characters sent, all before `held`
         self.held = ""  # decoded but not yet sent

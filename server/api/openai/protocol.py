@@ -13,7 +13,8 @@ from server.core.types import STRUCTURED_OUTPUT_KEYS, ChatOptions, TextRequest, 
 
 SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty",
             "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty", "logit_bias",
-            "min_p", "min_tokens", "include_stop_str_in_output", *STRUCTURED_OUTPUT_KEYS}
+            "min_p", "min_tokens", "include_stop_str_in_output", "skip_special_tokens",
+            *STRUCTURED_OUTPUT_KEYS}
 COMPLETION_SAMPLING = SAMPLING | {"logprobs"}
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 COMPLETION_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "best_of", "echo", "user",
