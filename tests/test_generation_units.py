@@ -258,7 +258,7 @@ class Letters:
     def __init__(self, text):
         self.text = text
 
-    def stream(self):
+    def stream(self, skip_special_tokens=True):
         return lambda token: self.text[token]
 
 

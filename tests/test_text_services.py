@@ -239,6 +239,40 @@ def test_tei_embed_truncates_on_request_and_honours_normalize(http, sentence_tra
     np.testing.assert_allclose(raw / np.linalg.norm(raw), unit, atol=1e-6)
 
 
+def test_tei_similarity_gives_the_cosines_sentence_transformers_gives(text_server, http, sentence_transformer,
+                                                                      monkeypatch):
+    """TEI's /similarity, called by huggingface_hub's InferenceClient as it calls a TEI endpoint (its
+    offline mode, which the tests set for the hub, would refuse a local endpoint too)."""
+    from huggingface_hub import InferenceClient
+    from sentence_transformers.util import cos_sim
+
+    monkeypatch.setattr("huggingface_hub.constants.is_offline_mode", lambda: False)
+
+    source, others = "A man is eating food.", ["A man eats.", "A plane takes off.", "Someone has a meal."]
+    client = InferenceClient(model=f"http://{text_server.http_url}/tei/minilm/similarity")
+    scores = client.sentence_similarity(source, other_sentences=others)
+    vectors = sentence_transformer.encode([source, *others])
+    np.testing.assert_allclose(scores, cos_sim(vectors[:1], vectors[1:])[0].numpy(), atol=1e-5)
+    assert int(np.argmin(scores)) == 1  # the plane
+    long_text = " ".join(corpus.paragraphs()[:12])
+    body = {"model": "minilm", "inputs": {"source_sentence": long_text, "sentences": [long_text]}}
+    refused = http.post("/similarity", json=body)
+    assert refused.status_code == 400 and "this model takes at most 256" in refused.json()["error"]
+    cut = http.post("/similarity", json={**body, "parameters": {"truncate": True}}).json()
+    assert cut == [pytest.approx(1.0, abs=1e-5)]
+
+
+def test_tei_embed_all_gives_each_tokens_vector_as_sentence_transformers_does(http, sentence_transformer):
+    texts = ["The quick brown fox.", "Jumps over the lazy dog, twice."]
+    answer = http.post("/tei/minilm/embed_all", json={"inputs": texts}).json()
+    expected = sentence_transformer.encode(texts, output_value="token_embeddings")
+    assert [len(tokens) for tokens in answer] == [len(tokens) for tokens in expected]
+    for served, reference in zip(answer, expected):
+        np.testing.assert_allclose(served, reference.numpy(), atol=2e-4)
+    pooled = http.post("/tei/minilm/embed", json={"inputs": texts[:1], "normalize": False}).json()[0]
+    np.testing.assert_allclose(np.mean(answer[0], axis=0), pooled, atol=1e-5)  # minilm pools by the mean
+
+
 def test_rerank_scores_equal_the_cross_encoder_in_pytorch(http, checkpoints):
     from sentence_transformers import CrossEncoder
 
@@ -371,9 +405,18 @@ def test_predict_gives_every_label_with_softmax_scores(http, checkpoints):
     ("/tei/minilm/embed", {"inputs": "x", "prompt_name": "query"}, 400, "'prompt_name' is not supported"),
     ("/tei/minilm/embed", {"inputs": "x", "pooling": "cls"}, 400, "field 'pooling' is not supported"),
     ("/tei/minilm_tight/embed", {"inputs": ["a"] * 5}, 413, "takes at most 4 per request"),
-    ("/tei/minilm/predict", {"inputs": "x"}, 400, "model 'minilm' embeds text (/v1/embeddings, /embed)"),
+    ("/tei/minilm/predict", {"inputs": "x"}, 400,
+     "model 'minilm' embeds text (/v1/embeddings, /embed, /similarity)"),
     ("/tei/sentiment/predict", {"inputs": [["a", "b"], ["c"]]}, 400, "mixes single texts and pairs"),
     ("/tei/absent/embed", {"inputs": "x"}, 404, "unknown model"),
+    ("/tei/minilm/similarity", {"inputs": {"source_sentence": "x"}}, 400,
+     "'inputs.sentences' must be a non-empty list of strings"),
+    ("/tei/minilm/similarity", {"inputs": ["x"]}, 400, "'inputs' must be {\"source_sentence\": ..."),
+    ("/tei/minilm/similarity", {"inputs": {"source_sentence": "x", "sentences": ["y"]},
+                                "parameters": {"normalize": False}}, 400, "'parameters' takes"),
+    ("/tei/sentiment/similarity", {"inputs": {"source_sentence": "x", "sentences": ["y"]}}, 400,
+     "model 'sentiment' classifies text"),
+    ("/tei/sentiment/embed_all", {"inputs": "x"}, 400, "model 'sentiment' classifies text"),
 ])
 def test_tei_errors_in_tei_shape(http, path, status, body, fragment):
     answer = http.post(path, json=body)

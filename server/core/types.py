@@ -160,13 +160,14 @@ class TextRequest:
     model_version: str = ""
     protocol: str = ""
     max_inputs: int = 0  # more texts than the model takes at once (OpenAI's 2048), run in waves; 0: refused
+    pooled: bool = True  # False: each token's vector, not pooled nor normalized (TEI's /embed_all)
 
 
 @dataclass
 class TextResult:
     model_name: str
     model_version: str
-    vectors: list  # one np.ndarray per input: an embedding, or scores
+    vectors: list  # one np.ndarray per input: an embedding (or a row per token), or scores
     tokens: int
 
 

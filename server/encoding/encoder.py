@@ -56,7 +56,7 @@ class TextService:
 
     def check_task(self, task: str) -> None:
         if task != self.settings.task:
-            does = {"embed": "embeds text (/v1/embeddings, /embed)",
+            does = {"embed": "embeds text (/v1/embeddings, /embed, /similarity)",
                     "classify": "classifies text (/predict, /rerank)"}
             raise InvalidArgument(
                 f"model '{self.model_name}' {does[self.settings.task]}; it cannot answer this route"
@@ -146,6 +146,8 @@ class TextService:
     def _result(self, request: TextRequest, output: np.ndarray) -> np.ndarray:
         if self.settings.task == "classify":
             return pooling.scores(output, request.raw_scores)
+        if not request.pooled:
+            return output.astype(np.float32, copy=False)
         normalize = self.settings.normalize if request.normalize is None else request.normalize
         return pooling.shaped(pooling.pool(output, self.settings.pooling), normalize, request.dimensions)
 

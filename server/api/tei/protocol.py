@@ -13,6 +13,8 @@ TRUNCATION = {"right": "right", "left": "left"}
 COMMON = {"model", "truncate", "truncation_direction"}
 FIELDS = {
     "embed": COMMON | {"inputs", "normalize", "dimensions", "prompt_name"},
+    "embed_all": COMMON | {"inputs", "prompt_name"},
+    "similarity": COMMON | {"inputs", "prompt_name"},  # the truncation fields inside "parameters"
     "rerank": COMMON | {"query", "texts", "raw_scores", "return_text"},
     "predict": COMMON | {"inputs", "raw_scores"},
     "tokenize": {"model", "inputs", "add_special_tokens", "prompt_name"},
@@ -63,6 +65,51 @@ class EmbedRequest(_TeiRequest):
             integer(dimensions, "'dimensions'", 1, expected="a positive integer")
         return {"inputs": text_inputs(payload.get("inputs"), "inputs"),
                 "normalize": boolean(payload.get("normalize"), "'normalize'", True), "dimensions": dimensions}
+
+
+@dataclass
+class EmbedAllRequest(_TeiRequest):
+    inputs: list
+
+    route = "embed_all"
+
+    @staticmethod
+    def fields(payload: dict) -> dict:
+        return {"inputs": text_inputs(payload.get("inputs"), "inputs")}
+
+
+SIMILARITY_INPUTS = '{"source_sentence": ..., "sentences": [...]}'
+SIMILARITY_PARAMETERS = {"truncate", "truncation_direction", "prompt_name"}
+
+
+@dataclass
+class SimilarityRequest(_TeiRequest):
+    source: str
+    sentences: list[str]
+
+    route = "similarity"
+
+    @classmethod
+    def from_json(cls, payload: dict):
+        """TEI's {"inputs": {"source_sentence", "sentences"}, "parameters": {"truncate", ...}}: the
+        parameters are the other routes' fields, one level down."""
+        parameters = payload.get("parameters") or {}
+        if not isinstance(parameters, dict) or set(parameters) - SIMILARITY_PARAMETERS:
+            raise InvalidArgument(f"'parameters' takes {', '.join(sorted(SIMILARITY_PARAMETERS))}, "
+                                  f"got {parameters!r}")
+        return super().from_json({**{k: v for k, v in payload.items() if k != "parameters"}, **parameters})
+
+    @staticmethod
+    def fields(payload: dict) -> dict:
+        inputs = payload.get("inputs")
+        if not isinstance(inputs, dict) or set(inputs) - {"source_sentence", "sentences"}:
+            raise InvalidArgument(f"'inputs' must be {SIMILARITY_INPUTS}, got {inputs!r}")
+        source, sentences = inputs.get("source_sentence"), inputs.get("sentences")
+        if not isinstance(source, str) or not source:
+            raise InvalidArgument("'inputs.source_sentence' must be a non-empty string")
+        if not isinstance(sentences, list) or not sentences or not all(isinstance(t, str) for t in sentences):
+            raise InvalidArgument("'inputs.sentences' must be a non-empty list of strings")
+        return {"source": source, "sentences": sentences}
 
 
 @dataclass

@@ -10,9 +10,11 @@ from server.api.openai.routes import json_response
 from server.api.tei.errors import TeiRoute
 from server.api.tei.protocol import (
     DecodeRequest,
+    EmbedAllRequest,
     EmbedRequest,
     PredictRequest,
     RerankRequest,
+    SimilarityRequest,
     TokenizeRequest,
 )
 from server.core.errors import InvalidArgument, Unavailable
@@ -21,6 +23,8 @@ from server.service.services import Service
 
 router = APIRouter(route_class=TeiRoute)
 Embed = Annotated[EmbedRequest, Depends(EmbedRequest.from_http)]
+EmbedAll = Annotated[EmbedAllRequest, Depends(EmbedAllRequest.from_http)]
+Similarity = Annotated[SimilarityRequest, Depends(SimilarityRequest.from_http)]
 Rerank = Annotated[RerankRequest, Depends(RerankRequest.from_http)]
 Predict = Annotated[PredictRequest, Depends(PredictRequest.from_http)]
 Decode = Annotated[DecodeRequest, Depends(DecodeRequest.from_http)]
@@ -34,6 +38,27 @@ async def embed(service: Served, body: Embed, model: str = ""):
         name, "embed", body.inputs, normalize=body.normalize, dimensions=body.dimensions, protocol="http",
         **body.truncation))
     return json_response([vector.tolist() for vector in result.vectors])
+
+
+@router.post("/embed_all")
+@router.post("/tei/{model}/embed_all")
+async def embed_all(service: Served, body: EmbedAll, model: str = ""):
+    """Each token's vector, not pooled nor normalized."""
+    name = _model(service, model or body.model, "embed")
+    result = await service.text.encode(TextRequest(name, "embed", body.inputs, pooled=False, protocol="http",
+                                                   **body.truncation))
+    return json_response([tokens.tolist() for tokens in result.vectors])
+
+
+@router.post("/similarity")
+@router.post("/tei/{model}/similarity")
+async def similarity(service: Served, body: Similarity, model: str = ""):
+    """The cosine of the source sentence's embedding with each sentence's."""
+    name = _model(service, model or body.model, "embed")
+    result = await service.text.encode(TextRequest(
+        name, "embed", [body.source, *body.sentences], normalize=True, protocol="http", **body.truncation))
+    source, *sentences = result.vectors
+    return json_response([float(vector @ source) for vector in sentences])
 
 
 @router.post("/rerank")
