@@ -117,7 +117,8 @@ def test_the_model_lists_and_details(clients, served):
     (lambda c: c.chat(model="tiny", messages=[{"role": "user", "content": "x", "images": ["aGk="]}]),
      "images are not supported"),
     (lambda c: c.chat(model="tiny", messages=ASK, think=True), '"tiny" does not support thinking'),
-    (lambda c: c.generate(model="tiny", prompt="x", think=True), "'think' is not supported by ortserve's"),
+    (lambda c: c.generate(model="tiny", prompt="x", think=True), '"tiny" does not support thinking'),
+    (lambda c: c.generate(model="thinker", prompt="x", raw=True, think=True), "'think' asks the template"),
     (lambda c: c.generate(model="tiny", prompt="x", suffix="y"), "'suffix' is not supported"),
     (lambda c: c.generate(model="tiny", prompt="x", system="s", raw=True), "the prompt is sent as it is"),
     (lambda c: c.embed(model="tiny", input="x"), "model 'tiny' takes no text"),
@@ -193,3 +194,9 @@ def test_think_gives_a_reasoning_models_thinking_apart_whole_and_streamed(client
     assert "".join(part.message.thinking or "" for part in streamed).strip() == whole.thinking
     unsplit = client.chat(model="thinker", messages=ASK, think=False, options=GREEDY).message
     assert unsplit.thinking is None and unsplit.content.strip() == whole.thinking
+    generated = client.generate(model="thinker", prompt=ASK[0]["content"], think=True, options=GREEDY)
+    assert (generated.thinking.strip(), generated.response) == (whole.thinking, "")
+    parts = list(client.generate(model="thinker", prompt=ASK[0]["content"], think=True, options=GREEDY,
+                                 stream=True))
+    assert "".join(part.thinking or "" for part in parts).strip() == generated.thinking and parts[-1].done
+    assert client.generate(model="thinker", prompt=ASK[0]["content"], options=GREEDY).thinking is None

@@ -68,7 +68,8 @@ def assert_valid_calls(items, names=tuple(SCHEMAS)):
 
 def test_forced_calls_whole_and_streamed(client):
     named = client.responses.create(model="tiny", input="Weather?", tools=FUNCTIONS, max_output_tokens=200,
-                                    tool_choice={"type": "function", "name": "get_weather"})
+                                    tool_choice={"type": "function", "name": "get_weather"},
+                                    parallel_tool_calls=False)
     assert named.status == "completed" and named.output_text == ""
     assert_valid_calls(named.output, ("get_weather",))
     events = list(client.responses.create(model="tiny", input="Time?", tools=FUNCTIONS,

@@ -194,13 +194,13 @@ def test_a_required_tool_call_always_parses_streamed_or_not(client):
         assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
         assert_valid_calls(choice.message.tool_calls)
     named = client.chat.completions.create(
-        model="tiny", messages=ASK, tools=TOOLS, max_tokens=200,
+        model="tiny", messages=ASK, tools=TOOLS, max_tokens=200, parallel_tool_calls=False,
         tool_choice={"type": "function", "function": {"name": "get_time"}})
     assert_valid_calls(named.choices[0].message.tool_calls, ("get_time",))
     # a format for text answers leaves a forced call alone (there is no text to shape), as OpenAI's does
     formatted = client.chat.completions.create(
         model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=200,
-        response_format={"type": "json_schema",
+        parallel_tool_calls=False, response_format={"type": "json_schema",
                          "json_schema": {"name": "v", "schema": Verdict.model_json_schema()}})
     assert_valid_calls(formatted.choices[0].message.tool_calls)
     stream = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required",
@@ -366,11 +366,12 @@ def test_langchain_binds_tools_and_asks_for_structured_output(served, responses_
 
     chat = ChatOpenAI(model="tiny", base_url=f"http://{served.http_url}/v1", api_key="unused", max_tokens=200,
                       max_retries=0, use_responses_api=responses_api)
-    called = chat.bind_tools(TOOLS, tool_choice="get_weather").invoke("Weather in Paris?")
+    called = chat.bind_tools(TOOLS, tool_choice="get_weather", parallel_tool_calls=False).invoke(
+        "Weather in Paris?")
     assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather"
     jsonschema.validate(called.tool_calls[0]["args"], SCHEMAS["get_weather"])
     streamed = None
-    for piece in chat.bind_tools(TOOLS, tool_choice="required").stream("Time?"):
+    for piece in chat.bind_tools(TOOLS, tool_choice="required", parallel_tool_calls=False).stream("Time?"):
         streamed = piece if streamed is None else streamed + piece
     assert streamed.tool_calls and streamed.tool_calls[0]["name"] in SCHEMAS
     verdict = chat.with_structured_output(Verdict, method="json_schema").invoke("Yes or no?")
@@ -384,7 +385,7 @@ def test_a_template_without_tools_still_makes_the_calls_its_grammar_forces(clien
     from langchain_openai import ChatOpenAI
 
     named = client.chat.completions.create(
-        model="plain", messages=ASK, tools=TOOLS, max_tokens=200,
+        model="plain", messages=ASK, tools=TOOLS, max_tokens=200, parallel_tool_calls=False,
         tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert named.choices[0].finish_reason == "tool_calls"
     assert_valid_calls(named.choices[0].message.tool_calls, ("get_weather",))

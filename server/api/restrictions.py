@@ -52,7 +52,8 @@ NO_RESTRICTIONS = Restrictions()
 _HTTP_GROUPS = [  # (method or None for any, path pattern, group), first match wins; inference first
     (None, r"/v2/models/[^/]+(/versions/[^/]+)?/(infer|generate|generate_stream)|/v1/.*|/v2/rerank",
      "inference"),
-    (None, r"(/tei/[^/]+)?/(embed|rerank|predict|tokenize|decode)", "inference"),  # TEI's
+    (None, r"(/tei/[^/]+)?/(embed|embed_all|similarity|rerank|predict|tokenize|decode)",
+     "inference"),  # TEI's
     (None, r"/detokenize|/score", "inference"),  # vLLM's
     (None, r"/api/(chat|generate|embed|embeddings)", "inference"),  # Ollama's
     (None, r"/v2/health/.*|/v2/models/[^/]+(/versions/[^/]+)?/ready|/health", "health"),

@@ -41,15 +41,13 @@ class OllamaChat:
 
     @classmethod
     def from_json(cls, payload: dict) -> "OllamaChat":
-        _refuse_unknown(payload, CHAT_FIELDS, "/api/chat", thinks=True)
+        _refuse_unknown(payload, CHAT_FIELDS, "/api/chat")
         messages = payload.get("messages")
         if not isinstance(messages, list):
             raise InvalidArgument("'messages' must be a list of {role, content} objects")
         think = boolean(payload.get("think"), "'think'")
         body = {"model": model_name(payload), "messages": [_message(i, m) for i, m in enumerate(messages)],
-                **_sampling(payload), **_format(payload.get("format"))}
-        if think is False:  # Qwen 3's template variable; a template without it ignores it
-            body["chat_template_kwargs"] = {"enable_thinking": False}
+                **_sampling(payload), **_format(payload.get("format")), **_thinking(think)}
         if payload.get("tools"):
             body["tools"] = payload["tools"]
         chat = ChatRequest.from_json(body)
@@ -63,6 +61,7 @@ class OllamaGenerate:
     request: GenerateRequest | None  # None: an empty prompt, which only asks that the model be loaded
     model: str
     stream: bool
+    think: bool | None  # as /api/chat's
 
     @classmethod
     def from_json(cls, payload: dict, has_template) -> "OllamaGenerate":
@@ -79,8 +78,9 @@ class OllamaGenerate:
         system = payload.get("system") or ""
         if not isinstance(system, str):
             raise InvalidArgument("'system' must be a string")
+        think = boolean(payload.get("think"), "'think'")
         if not prompt:
-            return cls(None, model, _stream(payload))
+            return cls(None, model, _stream(payload), think)
         raw = boolean(payload.get("raw"), "'raw'", False)
         sampling = {**_sampling(payload), **_format(payload.get("format"))}
         if raw or not has_template(model):
@@ -88,15 +88,19 @@ class OllamaGenerate:
                 raise InvalidArgument("'system' goes in the model's chat template, and with 'raw' (or a "
                                       "model without a template) the prompt is sent as it is: put it in the "
                                       "prompt")
+            if think is not None:
+                raise InvalidArgument("'think' asks the template to think or not, and with 'raw' (or a model "
+                                      "without a template) the prompt is sent as it is")
             completion = ChatRequest.sampling_of(sampling, set(sampling) - {"response_format"})
             request = GenerateRequest(model, text=prompt, parameters=completion, protocol="http")
         else:
             messages = [{"role": "system", "content": system}] if system else []
             messages.append({"role": "user", "content": prompt})
-            chat = ChatRequest.from_json({"model": model, "messages": messages, **sampling})
+            body = {"model": model, "messages": messages, **sampling, **_thinking(think)}
+            chat = ChatRequest.from_json(body)
             request = GenerateRequest(model, parameters=chat.sampling, messages=chat.messages,
-                                      protocol="http")
-        return cls(request, model, _stream(payload))
+                                      chat_options=chat.chat_options, protocol="http")
+        return cls(request, model, _stream(payload), think)
 
 
 def embed_request(payload: dict) -> TextRequest:
@@ -119,12 +123,15 @@ def older_embed_request(payload: dict) -> TextRequest:
                           "options": payload.get("options")})
 
 
-def _refuse_unknown(payload: dict, known: set, route: str, thinks: bool = False) -> None:
+def _refuse_unknown(payload: dict, known: set, route: str) -> None:
     unknown = sorted(set(payload) - known)
     if unknown:
         raise InvalidArgument(f"field {', '.join(map(repr, unknown))} is not supported by ortserve's {route}")
-    if payload.get("think") and not thinks:
-        raise InvalidArgument(f"'think' is not supported by ortserve's {route}; /api/chat takes it")
+
+
+def _thinking(think: bool | None) -> dict:
+    """`think: false` as Qwen 3's template variable (a template without it ignores it)."""
+    return {"chat_template_kwargs": {"enable_thinking": False}} if think is False else {}
 
 
 def _stream(payload: dict) -> bool:

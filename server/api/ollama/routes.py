@@ -33,8 +33,7 @@ async def chat(request: Request, service: Served, payload: Json):
     """With `think`, a reasoning model's thinking comes apart as the message's `thinking`."""
     body = OllamaChat.from_json(payload)
     asked, started = body.request, time.perf_counter_ns()
-    if body.think and not service.generation.thinks(asked.model_name):
-        raise InvalidArgument(f"\"{asked.model_name}\" does not support thinking")
+    _check_thinking(service, asked.model_name, body.think)
     tokens = service.generation.generate(asked)
     reply, opened = _Reply(asked.model_name, started), tokens.reasoning if body.think else None
     if body.stream:
@@ -42,10 +41,7 @@ async def chat(request: Request, service: Served, payload: Json):
                                  media_type=NDJSON)
     [whole] = await collect(request, [tokens])
     thinking, content, found = read_answer(service, asked, whole.text, opened)
-    message = _message(content or "", found)
-    if thinking is not None:
-        message["thinking"] = thinking.strip()
-    return json_response(reply.last(whole, message=message))
+    return json_response(reply.last(whole, message={**_message(content or "", found), **_thought(thinking)}))
 
 
 @router.post("/api/generate")
@@ -55,11 +51,26 @@ async def generate(request: Request, service: Served, payload: Json):
     if body.request is None:  # Ollama's way to load a model: here every model is loaded already
         service.generation.settings(body.model)
         return json_response({**reply.head(), "response": "", "done": True, "done_reason": "load"})
+    _check_thinking(service, body.model, body.think)
     tokens = service.generation.generate(body.request)
+    opened = tokens.reasoning if body.think else None
     if body.stream:
-        return StreamingResponse(_generate_lines(tokens, reply), media_type=NDJSON)
+        thinking = None if opened is None else service.generation.reasoning_stream(opened)
+        return StreamingResponse(_generate_lines(tokens, reply, thinking), media_type=NDJSON)
     [whole] = await collect(request, [tokens])
-    return json_response(reply.last(whole, response=whole.text))
+    if opened is None:
+        return json_response(reply.last(whole, response=whole.text))
+    thought, answer = service.generation.split_reasoning(whole.text, opened)
+    return json_response(reply.last(whole, response=answer, **_thought(thought)))
+
+
+def _check_thinking(service: Service, model: str, think: bool | None) -> None:
+    if think and not service.generation.thinks(model):
+        raise InvalidArgument(f"\"{model}\" does not support thinking")
+
+
+def _thought(thinking: str | None) -> dict:
+    return {} if thinking is None else {"thinking": thinking.strip()}
 
 
 @router.post("/api/embed")
@@ -160,11 +171,17 @@ async def _chat_lines(tokens, shape, reply: _Reply):
         await tokens.aclose()
 
 
-async def _generate_lines(tokens, reply: _Reply):
+async def _generate_lines(tokens, reply: _Reply, thinking=None):
+    """A line per piece of the answer (`thinking`: a reasoning model's `ReasoningStream`, its thinking in
+    the lines' `thinking`), then the line with `done`."""
     try:
         async for event in tokens:
-            if event.text:
-                yield reply.part(response=event.text)
+            thought, text = ("", event.text) if thinking is None else thinking.push(
+                event.text, event.finish_reason is not None)
+            if thought:
+                yield reply.part(response="", thinking=thought)
+            if text:
+                yield reply.part(response=text)
             if event.finish_reason is not None:
                 yield json.dumps(reply.last(event, response="")) + "\n"
     except ServerError as error:
