@@ -19,7 +19,8 @@ from server.api.http.streams import SSE_HEADERS, collect, usage
 from server.api.openai.errors import OpenAIRoute
 from server.api.openai.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
 from server.api.openai.rerank import RerankRequest, ScoreRequest, reranker
-from server.api.openai.responses import Answer, ResponsesRequest, ResponseStore, events
+from server.api.openai.response_items import Answer, events
+from server.api.openai.responses import ResponsesRequest, ResponseStore
 from server.api.openai.streaming import (
     ReasoningChoices,
     ToolCallChoices,
