@@ -10,12 +10,13 @@ from server.core.errors import InvalidArgument, Unavailable
 from server.core.types import FinishReason, TokenEvent
 from server.generation.decode_run import DecodeRun
 from server.generation.device_cache import CacheKernels, DeviceKVBatch, DeviceRunner, append_graph
-from server.generation.engine import GenerationSettings, Mailbox
+from server.generation.engine import Mailbox
 from server.generation.kv_cache import GROWTH, KVBatch
 from server.generation.prompt_lookup import PromptLookup
 from server.generation.protocols import KVCache
 from server.generation.sampling import Sampler, SamplingParams, sampling_params
 from server.generation.scheduler import Scheduler, SchedulerLimits, Sequence
+from server.generation.settings import GenerationSettings
 from server.generation.text import TextStream
 
 

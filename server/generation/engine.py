@@ -2,119 +2,32 @@
 each iteration and feeds every request its own stream of tokens."""
 
 import asyncio
-import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
-from pathlib import Path
 
 import numpy as np
 
 from server.core.errors import Internal, InvalidArgument, Unavailable, failure_reason
 from server.core.stats import ModelStats
-from server.core.types import (
-    PLAIN_CHAT,
-    STRUCTURED_OUTPUT_KEYS,
-    ChatOptions,
-    FinishReason,
-    TokenEvent,
-    TokenLogprob,
-    ToolCall,
-    ToolUse,
-)
+from server.core.types import FinishReason, TokenEvent, TokenLogprob
 from server.generation.decode_run import DecodedStep, DecodeRun
 from server.generation.decoder import make_decoder
 from server.generation.prefix_cache import BLOCK as PREFIX_BLOCK
 from server.generation.prefix_cache import PrefixCache
 from server.generation.prompt_lookup import PromptLookup
+from server.generation.prompting import Prompting
 from server.generation.protocols import KVCache
-from server.generation.sampling import Sampler, SamplingParams, logprobs, sampling_params
-from server.generation.scheduler import Plan, Scheduler, SchedulerLimits, Sequence
+from server.generation.sampling import Sampler, SamplingParams, logprobs
+from server.generation.scheduler import Plan, Scheduler, Sequence
+from server.generation.settings import GenerationSettings
 from server.generation.structured import Grammars, RowConstraint
-from server.generation.text import TextCodec, TextStream, prompt_ids
+from server.generation.text import TextCodec, TextStream
 from server.runtime.executor import InstancePool
-from server.text.chat import ChatTemplate
-from server.text.reasoning import CLOSE as THINKING_CLOSE
-from server.text.reasoning import OPEN as THINKING_OPEN
-from server.text.reasoning import opens_reasoning, thinking_grammar
-from server.text.tools import CALL_MARKERS
-from server.text.tools import grammar as tool_grammar
-from server.text.tools import parse as parse_tool_calls
-from server.text.tools import streamable as tool_text_streamable
 
 log = logging.getLogger(__name__)
-
-
-_SWITCH = {"auto": None, "true": True, "1": True, "false": False, "0": False}
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """From the model's config.pbtxt `parameters`."""
-
-    max_sequence_length: int
-    eos_token_ids: frozenset[int] = frozenset()  # config `eos_token_id`: one id, or several "a,b,c"
-    default_max_tokens: int = 64
-    limits: SchedulerLimits = field(default_factory=SchedulerLimits)
-    tokenizer_file: Path | None = None
-    chat: ChatTemplate | None = None  # the checkpoint's chat template, where its files have one
-    io_binding: bool | None = None  # the KV cache on the graph's device; None: where that is a GPU
-    prefix_cache_tokens: int = 0  # prompt tokens whose keys and values are kept for reuse; 0: off
-    kv_head_dim: int | None = None  # where the graph leaves the head size symbolic (onnxruntime-genai's)
-    prompt_lookup_num_tokens: int = 0  # tokens a sequence running alone drafts per run; 0: off
-
-    @classmethod
-    def from_parameters(cls, parameters: dict[str, str], model_dir: Path) -> "GenerationSettings":
-        def number(key, default, low=1):
-            value = parameters.get(key, default)
-            try:
-                number = int(value)
-            except (TypeError, ValueError):
-                number = None
-            if number is None or number < low:
-                raise ValueError(f"generation parameter '{key}' must be an integer >= {low}, got {value!r}")
-            return number
-
-        if "max_sequence_length" not in parameters:
-            raise ValueError("a generation model needs the parameter 'max_sequence_length'")
-        tokenizer = parameters.get("tokenizer_file")
-        if tokenizer and not (model_dir / tokenizer).exists():
-            raise ValueError(f"tokenizer_file '{tokenizer}' is not in the model directory")
-        binding = parameters.get("io_binding", "auto").lower()
-        if binding not in _SWITCH:
-            raise ValueError(
-                f"generation parameter 'io_binding' must be auto, true or false, got {binding!r}"
-            )
-        defaults = SchedulerLimits()
-        return cls(
-            max_sequence_length=number("max_sequence_length", None),
-            eos_token_ids=_token_ids(parameters.get("eos_token_id", "-1")),
-            default_max_tokens=number("default_max_tokens", 64),
-            limits=SchedulerLimits(
-                max_running=number("max_running_sequences", defaults.max_running),
-                max_waiting=number("max_waiting_sequences", defaults.max_waiting),
-                max_prefill_tokens=number("max_prefill_tokens", defaults.max_prefill_tokens),
-                max_cache_tokens=number("max_cache_tokens", defaults.max_cache_tokens),
-            ),
-            tokenizer_file=model_dir / tokenizer if tokenizer else None,
-            chat=ChatTemplate.from_model_dir(model_dir) if tokenizer else None,
-            io_binding=_SWITCH[binding],
-            prefix_cache_tokens=number("prefix_cache_tokens", 0, low=0),
-            kv_head_dim=number("kv_head_dim", None) if "kv_head_dim" in parameters else None,
-            prompt_lookup_num_tokens=number("prompt_lookup_num_tokens", 0, low=0),
-        )
-
-
-def _token_ids(value: str) -> frozenset[int]:
-    items = [item.strip() for item in str(value).split(",")]
-    if not all(item.lstrip("-").isdigit() for item in items):
-        raise ValueError(
-            f"generation parameter 'eos_token_id' must be token ids separated by commas, got {value!r}"
-        )
-    return frozenset(int(item) for item in items if int(item) >= 0)
 
 
 class Mailbox:
@@ -267,6 +180,7 @@ class GenerationEngine:
             log.warning("prompt_lookup_num_tokens is set, but drafts are checked on a cache on the host and "
                         "this model keeps it on its device (io_binding): decoding goes a token per step")
         self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
+        self.prompting = Prompting(settings, self.codec, self.decoder.vocab_size)
         self.grammars = Grammars(settings.tokenizer_file, settings.eos_token_ids, self.decoder.vocab_size)
         self.scheduler = Scheduler(settings.limits)
         # reused blocks are fed from the host: not where the cache lives on a GPU
@@ -292,121 +206,6 @@ class GenerationEngine:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-
-    def prompt(self, text: str | None, ids: list[int] | None, messages: list | None = None,
-               tools: ToolUse | None = None, options: ChatOptions = PLAIN_CHAT,
-               special_tokens: bool | None = None) -> list[int]:
-        """The prompt's token ids (of a chat rendered with the model's template, when `messages`).
-        `special_tokens`: whether the tokenizer adds its own around the text (None: to a prompt, not to a
-        chat, whose template writes them)."""
-        if messages is not None:
-            if self.settings.chat is None:
-                raise InvalidArgument("this model has no chat template (its tokenizer files define none); "
-                                      "use /v1/completions with a prompt")
-            text, ids = self.settings.chat.render(messages, options, self._shown(tools)), None
-        special = messages is None if special_tokens is None else special_tokens
-        return prompt_ids(self.codec, text, ids, self.decoder.vocab_size, special_tokens=special)
-
-    def prepare(
-        self, text: str | None, ids: list[int] | None, parameters: dict, messages: list | None = None,
-        tools: ToolUse | None = None, options: ChatOptions = PLAIN_CHAT,
-    ) -> tuple[list[int], SamplingParams]:
-        """The prompt's token ids and the sampling parameters, or a clear error about either. A chat that
-        must call a tool gets the grammar of its calls."""
-        prompt = self.prompt(text, ids, messages, tools, options)
-        if tools is not None:
-            parameters = self._calling(parameters, tools)
-        limit = self.settings.max_sequence_length
-        if len(prompt) >= limit:
-            raise InvalidArgument(
-                f"the prompt has {len(prompt)} tokens; this model allows at most {limit - 1} "
-                f"(context {limit}, one token left to generate)"
-            )
-        room = limit - len(prompt)
-        params = sampling_params(parameters, min(self.settings.default_max_tokens, room), 1 << 30)
-        vocab = self.decoder.vocab_size
-        outside = [token for token, _ in params.logit_bias if vocab is not None and token >= vocab]
-        if outside:
-            raise InvalidArgument(f"logit_bias names token {outside[0]}; the vocabulary has {vocab} tokens")
-        if params.max_tokens > room:
-            raise InvalidArgument(
-                f"max_tokens {params.max_tokens} is beyond the context: the prompt has {len(prompt)} "
-                f"tokens and the model's context is {limit}, so at most {room} can be generated"
-            )
-        if params.structured is not None and messages is not None:
-            params = self._thinking_first(prompt, params)
-        return prompt, params
-
-    def _thinking_first(self, prompt: list[int], params: SamplingParams) -> SamplingParams:
-        """A reasoning model's chat thinks before the grammar shapes its answer, as in vLLM: the grammar
-        holds only the text after `</think>`."""
-        opened = self.opens_reasoning(prompt)
-        if opened is None:
-            return params
-        return dataclasses.replace(params, thinking=thinking_grammar(opened, self._thinking_tokens))
-
-    def _shown(self, tools: ToolUse | None) -> list[dict] | None:
-        """The tools the chat template renders. A template that takes none cannot show them; a call its
-        grammar forces (`required` or a named function) still works there, as in vLLM: the model writes
-        the call's JSON without having read the tools."""
-        if tools is None or (self.settings.chat.tool_format is None and tools.choice != "auto"):
-            return None
-        return tools.tools
-
-    @property
-    def _tool_format(self) -> str:
-        """The template's format of calls; a bare JSON object where it takes no tools."""
-        return self.settings.chat.tool_format or "llama"
-
-    def _calling(self, parameters: dict, tools: ToolUse) -> dict:
-        """The parameters with the grammar of the chat's calls: a call that `tool_choice` forces, or with
-        `auto` text or calls, the calls held to their schemas (as llama.cpp's lazy grammars hold them). Where
-        the client's own grammar shapes the text (structured outputs), `auto` keeps that one alone, and a
-        forced call is refused."""
-        structured = any(parameters.get(key) is not None for key in STRUCTURED_OUTPUT_KEYS)
-        if tools.choice == "auto":
-            if structured or self.settings.chat.tool_format is None:
-                return parameters
-            functions = tools.functions
-        elif structured:
-            raise InvalidArgument("a required tool call and structured outputs both constrain the output: "
-                                  "send one")
-        else:
-            functions = [f for f in tools.functions if tools.choice in ("required", f["name"])]
-        calls = tool_grammar(functions, self._tool_format, tools.parallel, optional=tools.choice == "auto",
-                             marker_tokens=self._marker_tokens)
-        kept = {"skip_special_tokens": False} if self._special_markers else {}  # else the calls are lost
-        return {**parameters, **kept, "structured_outputs": {"grammar": calls}}
-
-    def opens_reasoning(self, prompt: list[int]) -> bool | None:
-        """For a reasoning model's chat, whether the prompt leaves its answer inside a `<think>` block;
-        None for other models."""
-        chat = self.settings.chat
-        if chat is None or not chat.reasoning or self.codec is None:
-            return None
-        return opens_reasoning(self.codec.decode(prompt[-8:], skip_special_tokens=False))
-
-    @functools.cached_property
-    def _marker_tokens(self) -> bool:
-        return self.codec is not None and self.codec.has_tokens(*CALL_MARKERS)
-
-    @functools.cached_property
-    def _special_markers(self) -> bool:
-        """Whether the call markers are special tokens (Hermes 2 Pro's), which decoding would leave out."""
-        return self.codec is not None and self.codec.has_tokens(*CALL_MARKERS, special=True)
-
-    @functools.cached_property
-    def _thinking_tokens(self) -> bool:
-        """Whether the tokenizer has the thinking markers as tokens of their own (Qwen 3's)."""
-        return self.codec is not None and self.codec.has_tokens(THINKING_OPEN, THINKING_CLOSE)
-
-    def tool_calls(self, text: str, tools: ToolUse) -> tuple[str | None, list[ToolCall]]:
-        """The answer's content and the calls it makes, read in the format the chat template asks for."""
-        return parse_tool_calls(text, self._tool_format, {f["name"] for f in tools.functions})
-
-    def streamable(self, text: str, sent: int) -> int:
-        """How much of an answer so far may be streamed as content: none of a call that may be starting."""
-        return tool_text_streamable(text, self._tool_format, sent)
 
     def submit(
         self, prompt: list[int], params: SamplingParams,

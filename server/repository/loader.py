@@ -16,9 +16,9 @@ from server.core.validation import InputLimits
 from server.encoding.encoder import TextService
 from server.encoding.settings import TextSettings
 from server.generation.decoder import make_decoder
-from server.generation.engine import GenerationSettings
 from server.generation.graph import DecoderGraphError
 from server.generation.interface import GENERATION_INTERFACE
+from server.generation.settings import GenerationSettings
 from server.protocol import ModelConfig, enum, model_config
 from server.protocol.model_config import ConfigError
 from server.repository import config as cfg

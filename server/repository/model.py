@@ -13,7 +13,8 @@ from server.core.stats import ModelStats, Timing
 from server.core.types import TensorSpec
 from server.core.validation import InputLimits
 from server.encoding.encoder import TextService
-from server.generation.engine import GenerationEngine, GenerationSettings
+from server.generation.engine import GenerationEngine
+from server.generation.settings import GenerationSettings
 from server.protocol import ModelConfig
 from server.repository.ensemble import EnsembleStep
 from server.runtime.executor import InstancePool

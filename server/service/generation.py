@@ -17,7 +17,8 @@ from server.core.types import (
     TokenLogprob,
     ToolCall,
 )
-from server.generation.engine import GenerationSettings, TokenStream
+from server.generation.engine import TokenStream
+from server.generation.settings import GenerationSettings
 from server.repository.model import ModelVersion
 from server.repository.registry import ModelRegistry
 from server.text import reasoning
@@ -43,14 +44,14 @@ class GenerationService:
         model = self._model(request)
         trace = self.tracer.start(model.name, request.protocol, request.traceparent, "GenerateRequest")
         try:
-            prompt, params = model.engine.prepare(
+            prompt, params = model.engine.prompting.prepare(
                 request.text, request.input_ids, request.parameters, request.messages, request.tools,
                 request.chat_options,
             )
             tokens = model.engine.submit(prompt, params, _recorder(model, start, request.protocol, trace))
             tokens.model_version = str(model.version)
             if request.messages is not None:
-                tokens.reasoning = model.engine.opens_reasoning(prompt)
+                tokens.reasoning = model.engine.prompting.opens_reasoning(prompt)
             return tokens
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
@@ -63,14 +64,14 @@ class GenerationService:
         """A chat answer's content and the tool calls it makes (none where the request gave no tools)."""
         if request.tools is None:
             return text, []
-        return self._model(request).engine.tool_calls(text, request.tools)
+        return self._model(request).engine.prompting.tool_calls(text, request.tools)
 
     def streamable(self, request: GenerateRequest, text: str, sent: int = 0) -> int:
         """How much of a chat answer so far is surely content (all of it where the request gave no tools);
         `sent` of it already went out."""
         if request.tools is None:
             return len(text)
-        return self._model(request).engine.streamable(text, sent)
+        return self._model(request).engine.prompting.streamable(text, sent)
 
     async def echo(self, request: GenerateRequest, logprobs: int | None) -> TokenEvent:
         """The prompt as the model reads it: its token ids and text, and with `logprobs` each token's
@@ -79,7 +80,7 @@ class GenerationService:
         model = self._model(request)
         engine = model.engine
         try:
-            prompt = engine.prompt(request.text, request.input_ids)
+            prompt = engine.prompting.prompt(request.text, request.input_ids)
             scored = [] if logprobs is None else await engine.score(prompt, logprobs)
         except BaseException as error:
             model.stats.record_failure(0, failure_reason(error), request.protocol)
@@ -111,8 +112,8 @@ class GenerationService:
         """The prompt's token ids as the model would read them, and the model's context (vLLM's
         /tokenize)."""
         engine = self._model(request).engine
-        ids = engine.prompt(request.text, None, request.messages, request.tools, request.chat_options,
-                            special_tokens)
+        ids = engine.prompting.prompt(request.text, None, request.messages, request.tools,
+                                      request.chat_options, special_tokens)
         return ids, engine.settings.max_sequence_length
 
     def text(self, model_name: str, ids: list[int]) -> str:
