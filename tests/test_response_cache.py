@@ -117,3 +117,30 @@ def test_without_a_server_cache_a_models_setting_changes_nothing(tmp_path):
         assert stats(client, "simple")["execution_count"] == 2
     finally:
         assert stop_server(process) == 0
+
+
+def test_a_cached_answer_cannot_be_changed_by_the_requests_it_answers():
+    """A hit hands out the kept arrays themselves: they are read-only, and each hit gets its own mapping,
+    so a front end that wrote into an answer, or added to it, could not change the next one's."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from server.core.stats import ModelStats, Timing
+    from server.service.response_cache import ResponseCache
+
+    cache, model = ResponseCache(SIZE), SimpleNamespace(name="m", version=1, stats=ModelStats())
+    feeds, computed = {"x": np.arange(4, dtype=np.float32)}, []
+
+    async def run():
+        computed.append(1)
+        return {"y": feeds["x"] * 2}, Timing()
+
+    async def ask():
+        return (await cache.through(model, feeds, ["y"], run))[0]
+
+    first, hit, again = (asyncio.run(ask()) for _ in range(3))
+    assert len(computed) == 1 and first["y"].flags.writeable  # the run's own array goes to its request
+    with pytest.raises(ValueError, match="read-only"):
+        hit["y"][0] = 7
+    hit["z"] = np.zeros(1)
+    assert set(again) == {"y"} and again["y"].tolist() == [0, 2, 4, 6]

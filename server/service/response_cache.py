@@ -47,7 +47,7 @@ class ResponseCache:
         if entry is not None:
             self.entries.move_to_end(key)
             model.stats.cache_hit.add(time.perf_counter_ns() - start)
-            return entry[0], Timing()
+            return dict(entry[0]), Timing()
         looked = time.perf_counter_ns() - start
         arrays, timing = await run()
         start = time.perf_counter_ns()
@@ -59,12 +59,19 @@ class ResponseCache:
         size = sum(_size(array) for array in arrays.values())
         if size > self.size or key in self.entries:
             return
-        copies = {name: array.copy() for name, array in arrays.items()}  # not views of a batch or a region
+        copies = {name: _kept(array) for name, array in arrays.items()}
         self.entries[key] = (copies, size)
         self.used += size
         while self.used > self.size:
             _, (_, dropped) = self.entries.popitem(last=False)
             self.used -= dropped
+
+
+def _kept(array: np.ndarray) -> np.ndarray:
+    """A copy (not a view of a batch or a region) that the answers it is handed to cannot change."""
+    copy = array.copy()
+    copy.setflags(write=False)
+    return copy
 
 
 def _size(array: np.ndarray) -> int:

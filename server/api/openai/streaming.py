@@ -1,5 +1,6 @@
 """OpenAI's streamed chunks and log-probability shapes, for completions and chat."""
 
+import dataclasses
 from collections.abc import Callable
 
 from server.api.http.streams import sse, usage
@@ -123,9 +124,7 @@ class ReasoningChoices:
         reasoning, answer = stream.push(event.text, final=event.finish_reason is not None)
         thought = [{"index": index, "delta": {"reasoning_content": reasoning}, "logprobs": None,
                     "finish_reason": None}] if reasoning else []
-        rest = TokenEvent(event.token_ids, answer, event.finish_reason, event.prompt_tokens,
-                          event.generated_tokens, event.logprobs)
-        return thought + self.choices(index, rest)
+        return thought + self.choices(index, dataclasses.replace(event, text=answer))
 
 
 def completion_choices(index: int, event: TokenEvent | None) -> list[dict]:
