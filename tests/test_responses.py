@@ -134,8 +134,9 @@ def test_stored_responses_can_be_read_and_deleted_and_unstored_ones_are_not_kept
 
 def test_a_reasoning_models_thinking_is_a_reasoning_item_before_its_message(client, served):
     """`thinker` opens each answer inside <think> (DeepSeek-R1's template); a bias on `</think>` makes the
-    random model close it after a few tokens. Sent back as input, the reasoning item is left out, as the
-    template leaves past thinking out: the same conversation as by previous_response_id."""
+    random model close it after a few tokens. Sent back as input, the reasoning item becomes the answer's
+    `reasoning_content`, which this template leaves out as it leaves past thinking out: the same
+    conversation as by previous_response_id."""
     asked = {"role": "user", "content": "Think, then say."}
     ask = dict(model="thinker", max_output_tokens=40, temperature=1.0, extra_body={
         "ignore_eos": True, "seed": 2, "logit_bias": {str(marker_token(served, "</think>")): BIAS}})

@@ -307,6 +307,41 @@ CALL_ANSWERS = {f"<think>\nThe time.\n</think>\n\n{CALL}": True, "<think>Hm.</th
                 CALL: True, f"<think>Hm.</think>{CALL[:-1]}": False}
 
 
+# Qwen 3's way: the thinking of the turn still in progress (after the last user message) is shown again
+QWEN3_LIKE = ("{% set ns = namespace(last=0) %}{% for message in messages %}"
+              "{% if message.role == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+              "{% for message in messages %}<|im_start|>{{ message.role }}\n"
+              "{% if message.role == 'assistant' and loop.index0 > ns.last and message.reasoning_content %}"
+              "<think>\n{{ message.reasoning_content }}\n</think>\n\n{% endif %}"
+              "{{ message.content }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_the_thinking_sent_back_with_an_answer_reaches_the_template():
+    """An agent loop sends the assistant's message back as the server gave it (`reasoning_content`), or
+    as Responses' reasoning item, or as Ollama's `thinking`: each reaches the template as
+    `reasoning_content`, which Qwen 3's shows for the turn in progress."""
+    from server.api.ollama.protocol import OllamaChat
+    from server.api.openai.responses import input_messages
+    from server.text.chat import ChatTemplate
+
+    call = {"type": "function_call", "call_id": "call_1", "name": "get_time", "arguments": "{}"}
+    items = [{"role": "user", "content": "Time?"},
+             {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "Look."}]},
+             call, {"type": "function_call_output", "call_id": "call_1", "output": "noon"}]
+    messages = input_messages(items)
+    assert messages[1] == {"role": "assistant", "content": "", "reasoning_content": "Look.",
+                           "tool_calls": [{"id": "call_1", "type": "function",
+                                           "function": {"name": "get_time", "arguments": "{}"}}]}
+    prompt = ChatTemplate(QWEN3_LIKE, {}).render(messages)
+    assert "<|im_start|>assistant\n<think>\nLook.\n</think>\n\n<|im_end|>" in prompt
+    later = ChatTemplate(QWEN3_LIKE, {}).render([*messages, {"role": "user", "content": "And?"}])
+    assert "Look." not in later  # a finished turn's thinking is left out
+    ollama = OllamaChat.from_json({"model": "m", "messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "thinking": "Hm."}]})
+    assert ollama.request.messages[1]["reasoning_content"] == "Hm."
+
+
 @pytest.mark.parametrize("marker_tokens", [True, False])
 def test_a_reasoning_models_thinking_comes_free_before_the_grammar_holds_its_answer(qwen_like_tokenizer,
                                                                                    marker_tokens):
@@ -414,6 +449,8 @@ def test_a_template_without_tools_still_makes_the_calls_its_grammar_forces(clien
     ({"tools": TOOLS, "tool_choice": "required", "guided_regex": "a"}, "both constrain the output"),
     ({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}]},
      "arguments of 'f' are not JSON"),
+    ({"messages": [{"role": "user", "content": "x", "reasoning_content": "y"}]},
+     "only assistant messages carry their thinking"),
 ])
 def test_bad_tool_requests_are_refused_naming_the_problem(served, body, fragment):
     answer = httpx.post(f"http://{served.http_url}/v1/chat/completions",
@@ -472,6 +509,11 @@ def test_a_reasoning_models_thinking_comes_apart_as_reasoning_content_whole_and_
                                                 logit_bias=bias, seed=seed).choices[0]
         assert called.finish_reason == "tool_calls" and "reasoning_content" in called.message.model_extra
         assert_valid_calls(called.message.tool_calls)
+        results = [{"role": "tool", "tool_call_id": call.id, "content": "21"}
+                   for call in called.message.tool_calls]
+        sent_back = [*ASK, called.message.model_dump(exclude_none=True), *results]  # an agent loop's way
+        assert "reasoning_content" in sent_back[1]
+        client.chat.completions.create(model="thinker", messages=sent_back, max_tokens=2)
         thoughts.append(thought)
     assert any(thoughts), thoughts  # the model thought before answering
     plain = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=4).choices[0].message

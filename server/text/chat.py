@@ -79,13 +79,15 @@ def _content(token) -> str:
 
 def check_messages(messages) -> list[dict]:
     """OpenAI's messages with text content (a string, or a list of text parts joined), assistant messages
-    with `tool_calls` (their arguments as objects, as chat templates write them) and `tool` results."""
+    with `tool_calls` (their arguments as objects, as chat templates write them) and their thinking
+    (vLLM's `reasoning_content`, or `reasoning`: Qwen 3's template shows the thinking of the turn still
+    in progress), and `tool` results."""
     if not isinstance(messages, list) or not messages:
         raise InvalidArgument("'messages' must be a non-empty list of {role, content} objects")
     return [_checked(index, message) for index, message in enumerate(messages)]
 
 
-_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id"}
+_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "reasoning_content", "reasoning"}
 
 
 def _checked(index: int, message) -> dict:
@@ -99,6 +101,12 @@ def _checked(index: int, message) -> dict:
     if role not in ROLES:
         raise InvalidArgument(f"messages[{index}].role must be one of {', '.join(ROLES)}, got {role!r}")
     checked = dict(message)
+    thought = message.get("reasoning_content", message.get("reasoning"))
+    if thought is not None:
+        if role != "assistant" or not isinstance(thought, str):
+            raise InvalidArgument(f"messages[{index}]: only assistant messages carry their thinking, as a "
+                                  "string ('reasoning_content')")
+        checked["reasoning_content"] = thought
     if message.get("tool_calls") is not None:
         if role != "assistant":
             raise InvalidArgument(f"messages[{index}]: only assistant messages carry 'tool_calls'")

@@ -139,13 +139,16 @@ def _stream(payload: dict) -> bool:
 
 
 def _message(index: int, message) -> dict:
-    """An Ollama message as OpenAI's: tool calls with ids and JSON-string arguments."""
+    """An Ollama message as OpenAI's: tool calls with ids and JSON-string arguments, `thinking` as
+    `reasoning_content`."""
     if not isinstance(message, dict):
         raise InvalidArgument(f"messages[{index}] must be a {{role, content}} object")
     if message.get("images"):
         raise InvalidArgument(f"messages[{index}].images are not supported: the models ortserve serves read "
                               "text")
     converted = {key: message[key] for key in ("role", "content") if key in message}
+    if message.get("thinking") is not None:  # an answer's thinking, sent back
+        converted["reasoning_content"] = message["thinking"]
     calls = message.get("tool_calls")
     if calls:
         if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)

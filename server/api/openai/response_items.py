@@ -57,8 +57,8 @@ class Answer:
             output.append(self.message(content or "", status, whole))
         output += [_call_item(call) for call in calls]
         if self.request.store:
-            self.store.put(self.document(status, output, whole), self._conversation(content, calls),
-                           self.request.items)
+            self.store.put(self.document(status, output, whole),
+                           self._conversation(reasoning, content, calls), self.request.items)
         return status, output
 
     def message(self, text: str, status: str = "in_progress", whole: TokenEvent | None = None) -> dict:
@@ -73,8 +73,10 @@ class Answer:
         return {"type": "reasoning", "id": self.reasoning_id, "summary": [], "content": content,
                 "status": status}
 
-    def _conversation(self, content: str | None, calls: list[ToolCall]) -> list:
+    def _conversation(self, reasoning: str | None, content: str | None, calls: list[ToolCall]) -> list:
         answer = {"role": "assistant", "content": content or ""}
+        if reasoning is not None:
+            answer["reasoning_content"] = reasoning
         if calls:
             answer["tool_calls"] = [{"id": call.id, "type": "function",
                                      "function": {"name": call.name, "arguments": call.arguments}}

@@ -68,13 +68,15 @@ def _shown(payload: dict, stored: bool) -> dict:
 
 def input_messages(value) -> list[dict]:
     """Responses' `input` (a string, or a list of messages, function calls and their outputs, reasoning
-    items) as chat messages; consecutive function calls join the assistant message before them."""
+    items) as chat messages; consecutive function calls join the assistant message before them, and a
+    reasoning item's text becomes the next assistant message's `reasoning_content` (which a reasoning
+    model's template shows or leaves out)."""
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
         raise InvalidArgument("'input' must be a string or a non-empty list of input items (messages, "
-                              "function_call, function_call_output)")
-    messages = []
+                              "function_call, function_call_output, reasoning)")
+    messages, thought = [], None
     for index, item in enumerate(value):
         kind = item.get("type", "message") if isinstance(item, dict) else None
         if kind == "message":
@@ -83,17 +85,35 @@ def input_messages(value) -> list[dict]:
         elif kind == "function_call":
             function = {"name": _string(index, item, "name"), "arguments": _string(index, item, "arguments")}
             call = {"id": _string(index, item, "call_id"), "type": "function", "function": function}
-            last = messages[-1] if messages else None
-            if last is None or last["role"] != "assistant":
-                messages.append(last := {"role": "assistant", "content": ""})
-            last.setdefault("tool_calls", []).append(call)
+            if messages[-1:] and messages[-1]["role"] == "assistant":
+                messages[-1].setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": _string(index, item, "call_id"),
                              "content": _text(f"input[{index}].output", item.get("output"))})
-        elif kind != "reasoning":  # past thinking, which reasoning models' templates leave out
+        elif kind == "reasoning":
+            thought = _reasoning(index, item)
+            continue
+        else:
             raise InvalidArgument(f"input[{index}] must be a message, function_call, function_call_output or "
                                   f"reasoning item, got type {kind!r}")
+        if thought is not None and messages[-1]["role"] == "assistant":
+            messages[-1]["reasoning_content"], thought = thought, None
     return messages
+
+
+def _reasoning(index: int, item: dict) -> str:
+    """A reasoning item's text: its reasoning text parts, else its summary's."""
+    for field, part_type in (("content", "reasoning_text"), ("summary", "summary_text")):
+        parts = item.get(field) or []
+        if not isinstance(parts, list) or not all(
+                isinstance(p, dict) and p.get("type") == part_type and isinstance(p.get("text"), str)
+                for p in parts):
+            raise InvalidArgument(f"input[{index}].{field} must be a list of {part_type} parts")
+        if parts:
+            return "".join(p["text"] for p in parts)
+    return ""
 
 
 ITEM_IDS = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
