@@ -158,6 +158,12 @@ def test_a_reasoning_models_thinking_is_a_reasoning_item_before_its_message(clie
     assert {event.output_index for event in events if "output_text" in event.type} == {1}
     final = events[-1].response
     assert final.output[0].content == thought.content and final.output_text == whole.output_text
+    unthought = client.responses.create(input=[asked], reasoning={"effort": "none", "summary": "auto"}, **ask)
+    assert [item.type for item in unthought.output] == ["message"]  # the template closed the block at once
+    assert unthought.reasoning.effort == "none" and whole.reasoning.effort is None
+    chat = client.chat.completions.create(model="thinker", messages=[asked], max_tokens=4, temperature=0,
+                                          reasoning_effort="none").choices[0].message
+    assert "reasoning_content" not in (chat.model_extra or {})
     after = dict(model="thinker", max_output_tokens=2, extra_body={"ignore_eos": True})
     again = {"role": "user", "content": "And?"}
     sent_back = [item.model_dump(exclude_none=True) for item in whole.output]
@@ -175,7 +181,8 @@ def test_a_reasoning_models_thinking_is_a_reasoning_item_before_its_message(clie
     ({"input": [{"type": "file_search_call"}]}, "input[0] must be a message, function_call"),
     ({"input": [{"type": "function_call_output", "output": "1"}]}, "needs 'call_id'"),
     ({"include": ["file_search_call.results"]}, "'include' may hold only"),
-    ({"reasoning": {"effort": "high"}}, "parameter 'reasoning' is not supported"),
+    ({"reasoning": {"summary": "detailed"}}, "'reasoning.summary' 'detailed' is not supported"),
+    ({"reasoning": {"effort": "huge"}}, "'reasoning.effort' must be one of none, minimal, low"),
     ({"text": {"format": {"type": "yaml"}}}, "'text.format' must be"),
     ({"text": "json"}, "'text' must be an object"),
     ({"tool_choice": {"type": "file_search"}}, "'tool_choice' must be none, auto, required"),

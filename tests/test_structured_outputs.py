@@ -42,12 +42,13 @@ HERMES = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 # DeepSeek-R1's way, with Hermes' tools: past answers without their thinking (a user's text is cut alike,
-# harmless here), a new answer opened inside <think>
+# harmless here), a new answer opened inside <think>, closed at once where the reasoning effort is none
 THINKING = (HERMES.replace("{{ message.content }}<|im_end|>",
                            "{{ message.content.split('</think>')[-1] }}<|im_end|>")
             .replace("{% if message.content %}{{ message.content }}",
                      "{% if message.content %}{{ message.content.split('</think>')[-1] }}")
-            .replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}"))
+            .replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n"
+                     "{% if reasoning_effort == 'none' %}</think>\n\n{% endif %}{% endif %}"))
 ASK = [{"role": "user", "content": "Describe a file as JSON."}]
 BIAS = 4  # on `</think>`: a random model closes its thinking after a few tokens
 
@@ -295,6 +296,29 @@ def test_the_auto_grammar_leaves_text_free_and_holds_calls_to_their_schemas(qwen
     spec = ("grammar", grammar([tool["function"] for tool in TOOLS], format_, parallel=True, optional=True,
                                marker_tokens=marker_tokens))
     assert accepted(qwen_like_tokenizer, spec, answers, marker_tokens) == answers
+
+
+def test_a_model_without_an_end_token_ends_its_grammars_with_the_tokenizers(qwen_like_tokenizer):
+    """The test models' configs name no end token: a grammar then ends with the tokenizer's own (its
+    config's `eos_token`, as vLLM takes it), not with the vocabulary's last token (here `</think>`, which
+    a model wrote into its answer where the grammar could end), and `ignore_eos` forbids it."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from server.generation.structured import Grammars
+    from server.text.tools import grammar
+
+    tokenizer = Tokenizer.from_file(str(qwen_like_tokenizer))
+    end, last = tokenizer.token_to_id("<|im_end|>"), tokenizer.get_vocab_size() - 1
+    spec = ("grammar", grammar([tool["function"] for tool in TOOLS], "hermes", parallel=False, optional=True,
+                               marker_tokens=True))
+    free = Grammars(qwen_like_tokenizer, frozenset(), None, "<|im_end|>").constraint(spec)
+    allowed = np.unpackbits(np.frombuffer(free.matcher.compute_bitmask(), np.uint8), bitorder="little")
+    assert tokenizer.id_to_token(last) == "</think>" and (allowed[end], allowed[last]) == (1, 0)
+    held = Grammars(qwen_like_tokenizer, frozenset(), None, "<|im_end|>").constraint(spec, ignore_eos=True)
+    assert held.forbidden == [end]
+    unnamed = Grammars(qwen_like_tokenizer, frozenset(), None).constraint(spec, ignore_eos=True)
+    assert unnamed.forbidden == [last]  # no end token anywhere: the last one, forbidden all the same
 
 
 CALL = '<tool_call>\n{"name":"get_time","arguments":{"zone":"utc"}}\n</tool_call>'

@@ -71,9 +71,14 @@ def _canonical(kind: str, value) -> str:
 class Grammars:
     """One generation model's compiled grammars, over its tokenizer."""
 
-    def __init__(self, tokenizer_file: Path | None, eos_token_ids: frozenset[int], vocab_size: int | None):
+    def __init__(self, tokenizer_file: Path | None, eos_token_ids: frozenset[int], vocab_size: int | None,
+                 eos_token: str | None = None):
+        """`eos_token`: the tokenizer's own end token (its config's), the grammar's end where the model
+        names none."""
         self.tokenizer_file, self.eos_token_ids, self.vocab_size = tokenizer_file, eos_token_ids, vocab_size
+        self.eos_token = eos_token
         self._tokenizer = None
+        self._end: int | None = None  # the token that ends a grammar
         self._templates: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -92,7 +97,7 @@ class Grammars:
                 if len(self._templates) > _CACHED:
                     self._templates.popitem(last=False)
             self._templates.move_to_end(key)
-            ends = tuple(self.eos_token_ids) if ignore_eos else ()
+            ends = (*self.eos_token_ids, self._end) if ignore_eos else ()
             return RowConstraint(template.deep_copy(), self._tokenizer.vocab_size, ends)
 
     def _compile(self, spec: tuple[str, str], thinking: str | None):
@@ -102,8 +107,9 @@ class Grammars:
             raise InvalidArgument("structured outputs need the model's tokenizer (tokenizer_file), and this "
                                   "model has none")
         if self._tokenizer is None:
-            eos = min(self.eos_token_ids, default=(self.vocab_size or 1) - 1)  # the grammar's own end
-            self._tokenizer = llguidance.LLTokenizer(Path(self.tokenizer_file).read_text(), eos_token=eos)
+            self._end = self._grammar_end()
+            tokenizer = Path(self.tokenizer_file).read_text()
+            self._tokenizer = llguidance.LLTokenizer(tokenizer, eos_token=self._end)
         kind, text = spec
         grammars = _grammar(llguidance, kind, text)["grammars"]
         if thinking is not None:  # the answer's grammar becomes `@answer` after the thinking block
@@ -112,6 +118,18 @@ class Grammars:
         if matcher.is_error():
             raise InvalidArgument(f"the {_NAMES[kind]} cannot be compiled: {matcher.get_error()}")
         return matcher
+
+
+    def _grammar_end(self) -> int:
+        """The model's end token; else the tokenizer's, as vLLM takes it; else the last token (a model
+        without either may then write it where the grammar may end)."""
+        if self.eos_token_ids:
+            return min(self.eos_token_ids)
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
+        named = tokenizer.token_to_id(self.eos_token) if self.eos_token else None
+        return named if named is not None else tokenizer.get_vocab_size() - 1
 
 
 _NAMES = {"json": "JSON schema", "json_object": "JSON object grammar", "regex": "regular expression",

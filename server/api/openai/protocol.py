@@ -22,8 +22,9 @@ COMPLETION_FIELDS = {"model", "prompt", "stream", "stream_options", "n", "best_o
 CHAT_FIELDS = {"model", "messages", "stream", "stream_options", "n", "user", "max_completion_tokens",
                "logprobs", "top_logprobs", "response_format", "metadata", "store", "tools", "tool_choice",
                "parallel_tool_calls", "chat_template_kwargs", "add_generation_prompt",
-               "continue_final_message"}
+               "continue_final_message", "reasoning_effort"}
 RESERVED_TEMPLATE_KEYS = {"messages", "tools", "add_generation_prompt"}  # what the server itself passes
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")  # OpenAI's
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
 ENCODING_FORMATS = ("float", "base64")
 # parameters ortserve does not implement, accepted only at the value that changes nothing (clients send them)
@@ -196,6 +197,12 @@ def _chat_options(payload: dict) -> ChatOptions:
     if reserved:
         raise InvalidArgument(f"'chat_template_kwargs' cannot set {', '.join(reserved)}: the request's own "
                               "fields do")
+    effort = payload.get("reasoning_effort")
+    if effort is not None:  # a template variable, as vLLM passes it (gpt-oss's templates read it)
+        if effort not in REASONING_EFFORTS:
+            raise InvalidArgument(f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORTS)}, "
+                                  f"got {effort!r}")
+        kwargs = {"reasoning_effort": effort, **kwargs}
     return ChatOptions(prompted, continued, kwargs)
 
 

@@ -10,12 +10,19 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from server.api.http.context import json_of
-from server.api.openai.protocol import SAMPLING, TOOL_NAME, ChatRequest, refuse_unsupported
+from server.api.openai.protocol import (
+    REASONING_EFFORTS,
+    SAMPLING,
+    TOOL_NAME,
+    ChatRequest,
+    refuse_unsupported,
+)
 from server.core.errors import InvalidArgument, NotFound
 from server.core.fields import boolean, integer
 
 FIELDS = {"model", "input", "instructions", "stream", "tools", "tool_choice", "parallel_tool_calls", "text",
-          "max_output_tokens", "top_logprobs", "include", "store", "metadata", "user", "previous_response_id"}
+          "max_output_tokens", "top_logprobs", "include", "store", "metadata", "user", "previous_response_id",
+          "reasoning"}
 SAMPLING_FIELDS = SAMPLING - {"max_tokens"}  # temperature, top_p, and vLLM's extras
 NEUTRAL = {"truncation": "disabled", "background": False, "service_tier": "auto"}
 LOGPROBS = "message.output_text.logprobs"  # the one `include` ortserve has to add
@@ -45,6 +52,7 @@ class ResponsesRequest:
         chat.update(model=payload.get("model"), messages=messages, stream=payload.get("stream"),
                     max_completion_tokens=None if most is None else integer(most, "'max_output_tokens'", 1),
                     response_format=_response_format(payload.get("text")),
+                    reasoning_effort=_reasoning_setting(payload.get("reasoning"))["effort"],
                     **_tool_fields(payload), **_logprobs(payload))
         stored = boolean(payload.get("store"), "'store'", True)
         chat = ChatRequest.from_json({key: value for key, value in chat.items() if value is not None})
@@ -63,7 +71,8 @@ def _shown(payload: dict, stored: bool) -> dict:
             "text": payload.get("text") or {"format": {"type": "text"}},
             "tool_choice": payload.get("tool_choice") or "auto", "tools": payload.get("tools") or [],
             "user": payload.get("user"), "previous_response_id": payload.get("previous_response_id"),
-            "store": stored, "truncation": "disabled", "reasoning": {"effort": None, "summary": None}}
+            "store": stored, "truncation": "disabled",
+            "reasoning": _reasoning_setting(payload.get("reasoning"))}
 
 
 def input_messages(value) -> list[dict]:
@@ -212,6 +221,21 @@ def _response_format(text) -> dict | None:
     if not isinstance(form.get("name"), str):
         raise InvalidArgument("'text.format' of type json_schema needs 'name' and 'schema'")
     return {"type": "json_schema", "json_schema": {"name": form["name"], "schema": form.get("schema")}}
+
+
+def _reasoning_setting(value) -> dict:
+    """`reasoning`: its `effort` goes to the chat template (as chat's `reasoning_effort`); a summary is
+    not written, so only `auto` (which may give none) is taken."""
+    value = value or {}
+    if not isinstance(value, dict) or set(value) - {"effort", "summary"}:
+        raise InvalidArgument(f"'reasoning' must be {{\"effort\": ..., \"summary\": ...}}, got {value!r}")
+    if value.get("effort") not in (None, *REASONING_EFFORTS):
+        raise InvalidArgument(f"'reasoning.effort' must be one of {', '.join(REASONING_EFFORTS)}, "
+                              f"got {value['effort']!r}")
+    if value.get("summary") not in (None, "auto"):
+        raise InvalidArgument(f"'reasoning.summary' {value['summary']!r} is not supported: ortserve writes "
+                              "no summaries (the thinking comes whole, as reasoning text); send auto or none")
+    return {"effort": value.get("effort"), "summary": value.get("summary")}
 
 
 def _logprobs(payload: dict) -> dict:

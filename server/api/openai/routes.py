@@ -159,7 +159,8 @@ def read_answer(service: Service, asked: GenerateRequest, text: str, opened: boo
 async def responses(request: Request, service: Served, body: Responses):
     chat = body.chat
     asked = GenerateRequest(chat.model, parameters=chat.sampling, protocol="http", messages=chat.messages,
-                            tools=chat.tools, traceparent=trace_context(request))
+                            tools=chat.tools, chat_options=chat.chat_options,
+                            traceparent=trace_context(request))
     tokens = service.generation.generate(asked)
     answer = Answer(body, partial(service.generation.tool_calls, asked), _stored(request))
     opened = tokens.reasoning
