@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from server.core.errors import InvalidArgument
+from server.text.markers import held_back
 
 
 class TextCodec:
@@ -74,7 +75,7 @@ class TextStream:
             start, stop = hits[0]
             piece, self.held = self.held[: start + len(stop) if self.include_stop else start], ""
             return piece
-        keep = 0 if final else _held_for_stop(self.held, self.stop)
+        keep = 0 if final else held_back(self.held, self.stop)
         piece = self.held[: len(self.held) - keep]
         self.held = self.held[len(piece):]
         self.sent += len(piece)
@@ -86,12 +87,6 @@ class TextStream:
             return None
         start = self.held.find(stop, max(0, self.stops_after - self.sent - len(stop) + 1))
         return None if start < 0 else (start, stop)
-
-
-def _held_for_stop(text: str, stop: tuple[str, ...]) -> int:
-    """The length of the longest end of `text` that begins some stop string."""
-    return max((n for s in stop for n in range(min(len(s) - 1, len(text)), 0, -1)
-                if text.endswith(s[:n])), default=0)
 
 
 def prompt_ids(

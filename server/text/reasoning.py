@@ -6,6 +6,8 @@ opens one itself."""
 
 import json
 
+from server.text.markers import held_back
+
 OPEN, CLOSE = "<think>", "</think>"
 
 
@@ -67,7 +69,7 @@ class ReasoningStream:
                 reasoning, self.held = self.held[:end], self.held[end + len(CLOSE):]
                 self.mode, self.trim = "answer", True
             else:
-                keep = 0 if final else _partial(self.held, CLOSE)
+                keep = 0 if final else held_back(self.held, (CLOSE,))
                 reasoning, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
                 return reasoning, ""
         answer, self.held = self.held, ""
@@ -76,8 +78,3 @@ class ReasoningStream:
             self.trim = not answer
         return reasoning, answer
 
-
-def _partial(text: str, marker: str) -> int:
-    """The length of the longest end of `text` that begins `marker`."""
-    return max((n for n in range(min(len(marker) - 1, len(text)), 0, -1) if text.endswith(marker[:n])),
-               default=0)

@@ -10,6 +10,7 @@ import re
 import uuid
 
 from server.core.types import ToolCall
+from server.text.markers import held_back
 
 FORMATS = ("hermes", "llama")
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
@@ -63,10 +64,7 @@ def streamable(text: str, format_: str, sent: int = 0) -> int:
         start = text.find(_CALL, sent)
         if start >= 0:
             return start
-        for length in range(min(len(_CALL) - 1, len(text) - sent), 0, -1):
-            if text.endswith(_CALL[:length]):  # the text may end in the first half of a call's marker
-                return len(text) - length
-        return len(text)
+        return len(text) - held_back(text[sent:], (_CALL,))  # it may end in the first half of a marker
     if sent:
         return len(text)  # content went out: a llama-format call is the whole answer, so this is not one
     stripped = text.lstrip()
