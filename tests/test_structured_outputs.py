@@ -279,7 +279,7 @@ def accepted(tokenizer_file: Path, spec: tuple[str, str], answers: dict[str, boo
                  for part in ([piece[:3], piece[3:]] if markers.fullmatch(piece) else [piece])]
         return [token for part in parts for token in tokenizer.encode(part, add_special_tokens=False).ids]
 
-    grammars = Grammars(tokenizer_file, frozenset({end}), None)
+    grammars = Grammars(tokenizer_file, frozenset({end}))
     verdicts = {}
     for text in answers:
         constraint = grammars.constraint(spec, thinking=thinking)
@@ -312,12 +312,12 @@ def test_a_model_without_an_end_token_ends_its_grammars_with_the_tokenizers(qwen
     end, last = tokenizer.token_to_id("<|im_end|>"), tokenizer.get_vocab_size() - 1
     spec = ("grammar", grammar([tool["function"] for tool in TOOLS], "hermes", parallel=False, optional=True,
                                marker_tokens=True))
-    free = Grammars(qwen_like_tokenizer, frozenset(), None, "<|im_end|>").constraint(spec)
+    free = Grammars(qwen_like_tokenizer, frozenset(), "<|im_end|>").constraint(spec)
     allowed = np.unpackbits(np.frombuffer(free.matcher.compute_bitmask(), np.uint8), bitorder="little")
     assert tokenizer.id_to_token(last) == "</think>" and (allowed[end], allowed[last]) == (1, 0)
-    held = Grammars(qwen_like_tokenizer, frozenset(), None, "<|im_end|>").constraint(spec, ignore_eos=True)
+    held = Grammars(qwen_like_tokenizer, frozenset(), "<|im_end|>").constraint(spec, ignore_eos=True)
     assert held.forbidden == [end]
-    unnamed = Grammars(qwen_like_tokenizer, frozenset(), None).constraint(spec, ignore_eos=True)
+    unnamed = Grammars(qwen_like_tokenizer, frozenset()).constraint(spec, ignore_eos=True)
     assert unnamed.forbidden == [last]  # no end token anywhere: the last one, forbidden all the same
 
 

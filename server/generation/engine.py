@@ -181,7 +181,7 @@ class GenerationEngine:
                         "this model keeps it on its device (io_binding): decoding goes a token per step")
         self.codec = TextCodec(settings.tokenizer_file) if settings.tokenizer_file else None
         self.prompting = Prompting(settings, self.codec, self.decoder.vocab_size)
-        self.grammars = Grammars(settings.tokenizer_file, settings.eos_token_ids, self.decoder.vocab_size,
+        self.grammars = Grammars(settings.tokenizer_file, settings.eos_token_ids,
                                  settings.chat.special_tokens.get("eos_token") if settings.chat else None)
         self.scheduler = Scheduler(settings.limits)
         # reused blocks are fed from the host: not where the cache lives on a GPU

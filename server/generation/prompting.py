@@ -42,9 +42,10 @@ class Prompting:
     def prepare(
         self, text: str | None, ids: list[int] | None, parameters: dict, messages: list | None = None,
         tools: ToolUse | None = None, options: ChatOptions = PLAIN_CHAT,
-    ) -> tuple[list[int], SamplingParams]:
-        """The prompt's token ids and the sampling parameters, or a clear error about either. A chat that
-        must call a tool gets the grammar of its calls."""
+    ) -> tuple[list[int], SamplingParams, bool | None]:
+        """The prompt's token ids, the sampling parameters, and for a reasoning model's chat whether the
+        prompt leaves its answer inside a `<think>` block (None for others); or a clear error. A chat
+        that must call a tool gets the grammar of its calls, after the thinking where the model thinks."""
         prompt = self.prompt(text, ids, messages, tools, options)
         if tools is not None:
             parameters = self._calling(parameters, tools)
@@ -65,17 +66,11 @@ class Prompting:
                 f"max_tokens {params.max_tokens} is beyond the context: the prompt has {len(prompt)} "
                 f"tokens and the model's context is {limit}, so at most {room} can be generated"
             )
-        if params.structured is not None and messages is not None:
-            params = self._thinking_first(prompt, params)
-        return prompt, params
-
-    def _thinking_first(self, prompt: list[int], params: SamplingParams) -> SamplingParams:
-        """A reasoning model's chat thinks before the grammar shapes its answer, as in vLLM: the grammar
-        holds only the text after `</think>`."""
-        opened = self.opens_reasoning(prompt)
-        if opened is None:
-            return params
-        return dataclasses.replace(params, thinking=thinking_grammar(opened, self._thinking_tokens))
+        opened = self._opens_reasoning(prompt) if messages is not None else None
+        if params.structured is not None and opened is not None:
+            # the model thinks before the grammar shapes its answer, as in vLLM
+            params = dataclasses.replace(params, thinking=thinking_grammar(opened, self._thinking_tokens))
+        return prompt, params, opened
 
     def _shown(self, tools: ToolUse | None) -> list[dict] | None:
         """The tools the chat template renders. A template that takes none cannot show them; a call its
@@ -110,7 +105,7 @@ class Prompting:
         kept = {"skip_special_tokens": False} if self._special_markers else {}  # else the calls are lost
         return {**parameters, **kept, "structured_outputs": {"grammar": calls}}
 
-    def opens_reasoning(self, prompt: list[int]) -> bool | None:
+    def _opens_reasoning(self, prompt: list[int]) -> bool | None:
         """For a reasoning model's chat, whether the prompt leaves its answer inside a `<think>` block;
         None for other models."""
         chat = self.settings.chat

@@ -71,12 +71,11 @@ def _canonical(kind: str, value) -> str:
 class Grammars:
     """One generation model's compiled grammars, over its tokenizer."""
 
-    def __init__(self, tokenizer_file: Path | None, eos_token_ids: frozenset[int], vocab_size: int | None,
+    def __init__(self, tokenizer_file: Path | None, eos_token_ids: frozenset[int],
                  eos_token: str | None = None):
         """`eos_token`: the tokenizer's own end token (its config's), the grammar's end where the model
         names none."""
-        self.tokenizer_file, self.eos_token_ids, self.vocab_size = tokenizer_file, eos_token_ids, vocab_size
-        self.eos_token = eos_token
+        self.tokenizer_file, self.eos_token_ids, self.eos_token = tokenizer_file, eos_token_ids, eos_token
         self._tokenizer = None
         self._end: int | None = None  # the token that ends a grammar
         self._templates: OrderedDict[tuple[str, str], object] = OrderedDict()

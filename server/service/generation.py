@@ -44,14 +44,13 @@ class GenerationService:
         model = self._model(request)
         trace = self.tracer.start(model.name, request.protocol, request.traceparent, "GenerateRequest")
         try:
-            prompt, params = model.engine.prompting.prepare(
+            prompt, params, opened = model.engine.prompting.prepare(
                 request.text, request.input_ids, request.parameters, request.messages, request.tools,
                 request.chat_options,
             )
             tokens = model.engine.submit(prompt, params, _recorder(model, start, request.protocol, trace))
             tokens.model_version = str(model.version)
-            if request.messages is not None:
-                tokens.reasoning = model.engine.prompting.opens_reasoning(prompt)
+            tokens.reasoning = opened
             return tokens
         except BaseException as error:
             elapsed = time.perf_counter_ns() - start
