@@ -35,7 +35,7 @@ class ResponsesRequest:
     chat: ChatRequest  # the same request as a chat completion, its conversation whole
     store: bool
     shown: dict  # the request's settings that the response object repeats
-    items: list[dict]  # its input items as `input_items` lists them
+    items: list[dict]  # its input items as `input_items` lists them, where it is stored
 
     @classmethod
     def from_json(cls, payload: dict, store: "ResponseStore") -> "ResponsesRequest":
@@ -56,7 +56,8 @@ class ResponsesRequest:
                     **_tool_fields(payload), **_logprobs(payload))
         stored = boolean(payload.get("store"), "'store'", True)
         chat = ChatRequest.from_json({key: value for key, value in chat.items() if value is not None})
-        return cls(chat, stored, _shown(payload, stored), listed_items(payload["input"]))
+        items = listed_items(payload["input"]) if stored else []  # kept only for the store
+        return cls(chat, stored, _shown(payload, stored), items)
 
     @classmethod
     async def from_http(cls, request: Request) -> "ResponsesRequest":
